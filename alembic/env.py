@@ -1,0 +1,91 @@
+"""Alembic environment of the tenant schema.
+
+Three ways in:
+
+* ``tenants upgrade`` (and friends) hand in a live connection through ``config.attributes["connection"]``
+  (Alembic's "sharing a connection" recipe). It is not inside a transaction, so
+  ``transaction_per_migration=True`` gives every revision its own transaction: a failure rolls back only the
+  revision in progress, and a rerun resumes there.
+* Plain Alembic for one tenant: ``alembic -x tenant=acme upgrade head`` resolves the tenant's URL from the
+  environment in ``tenants.toml`` (``-x env=NAME`` / ``TENANTS_ENV``; ``-x config=FILE`` / ``TENANTS_CONFIG``).
+* Offline (``--sql``): the URL only chooses the dialect; nothing connects.
+"""
+
+from __future__ import annotations
+
+from logging.config import fileConfig
+from pathlib import Path
+
+from alembic import context
+from alembic.util import CommandError
+
+config = context.config
+target_metadata = None  # revisions are written by hand: autogenerate has no single model to compare against
+
+
+def _tenant_url() -> str:
+    """The URL from ``-x tenant=NAME`` (via tenants.toml), else the ``sqlalchemy.url`` main option."""
+    x = context.get_x_argument(as_dictionary=True)
+    if "tenant" in x:
+        from tenants import api
+        from tenants.config import load_settings
+        from tenants.discovery import Selection
+        from tenants.errors import TenantsError
+
+        config_file = x.get("config")
+        if config_file is None and config.config_file_name:
+            beside = Path(config.config_file_name).resolve().parent / "tenants.toml"
+            config_file = str(beside) if beside.is_file() else None
+        try:
+            settings = load_settings(config_file, x.get("env"))
+            return api.discover(settings, Selection(tenants=(x["tenant"],)))[0].url
+        except TenantsError as err:
+            raise CommandError(str(err)) from None
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise CommandError("no database: pass -x tenant=NAME (see tenants.toml), or use `tenants upgrade`")
+    return url
+
+
+def _configure(**kw) -> None:
+    context.configure(
+        target_metadata=target_metadata,
+        transaction_per_migration=True,
+        version_table=config.get_main_option("version_table", "alembic_version"),
+        **kw,
+    )
+
+
+def run_migrations_offline() -> None:
+    _configure(url=_tenant_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _configure(connection=connection, render_as_batch=connection.dialect.name == "sqlite")
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+
+    # Plain alembic: one tenant, our engine factory (SQLite gets transactional DDL there too).
+    from tenants.db import make_engine
+
+    if config.config_file_name is not None:
+        fileConfig(config.config_file_name)
+    engine = make_engine(_tenant_url())
+    try:
+        with engine.connect() as connection:
+            _configure(connection=connection, render_as_batch=connection.dialect.name == "sqlite")
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,28 @@
+"""index invoices by user and issue date
+
+Revision ID: 0004_invoice_user_index
+Revises: 0003_invoice_status
+Create Date: 2026-11-26 09:30:00
+
+Serves "a customer's invoices, newest first".
+"""
+from typing import Sequence, Union
+
+from alembic import op
+
+from tenants import guards
+
+revision: str = "0004_invoice_user_index"
+down_revision: Union[str, Sequence[str], None] = "0003_invoice_status"
+branch_labels: Union[str, Sequence[str], None] = None
+depends_on: Union[str, Sequence[str], None] = None
+
+
+def upgrade() -> None:
+    if not guards.has_index("invoices", "ix_invoices_user_id_issued_at"):
+        op.create_index("ix_invoices_user_id_issued_at", "invoices", ["user_id", "issued_at"])
+
+
+def downgrade() -> None:
+    if guards.has_index("invoices", "ix_invoices_user_id_issued_at"):
+        op.drop_index("ix_invoices_user_id_issued_at", table_name="invoices")

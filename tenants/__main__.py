@@ -1,0 +1,3 @@
+from tenants.cli import main
+
+main()

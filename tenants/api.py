@@ -1,0 +1,262 @@
+"""The library: one function per CLI verb, each taking one explicit :class:`Settings` and returning data.
+
+Every function validates its whole input (configuration, selection, revision) before it touches any tenant:
+bad input raises a :class:`~tenants.errors.TenantsError` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from time import monotonic
+
+from tenants import __version__
+from tenants.config import Settings
+from tenants.db import NoVersionTable, describe_error, make_engine, read_version, url_secrets
+from tenants.discovery import Selection, Tenant, source_for
+from tenants.errors import RevisionError, TenantUnreachable, UsageError
+from tenants.fanout import FailurePolicy, Strategy, choose_strategy
+from tenants.report import RunReport, State, StatusReport, TenantResult, TenantStatus
+from tenants.revisions import Operation, Revisions
+from tenants.unit import Job
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run: each None falls back to the environment's setting."""
+
+    concurrency: int | None = None
+    retries: int | None = None
+    max_failures: int | None = 1  # None: keep going through every tenant
+    strategy: Strategy | None = None  # None: serial for one tenant, worker processes otherwise
+
+
+def discover(settings: Settings, selection: Selection = Selection()) -> list[Tenant]:
+    """The environment's tenants, discovered now, narrowed by ``selection``."""
+    env = settings.environment
+    return selection.apply(source_for(env).discover(), env.name)
+
+
+def list_tenants(settings: Settings, selection: Selection = Selection()) -> list[Tenant]:
+    return discover(settings, selection)
+
+
+def load_revisions(settings: Settings) -> Revisions:
+    return Revisions(settings.environment.alembic, settings.environment.version_table)
+
+
+def status(settings: Settings, selection: Selection = Selection()) -> StatusReport:
+    """Each selected tenant's recorded revision against the head. Reads only; threads are safe here."""
+    env = settings.environment
+    revisions = load_revisions(settings)
+    head = revisions.head()
+    tenants = discover(settings, selection)
+
+    def one(tenant: Tenant) -> TenantStatus:
+        engine = make_engine(tenant.url, must_exist=_must_exist(settings))
+        try:
+            with engine.connect() as conn:
+                current = read_version(conn, env.version_table)
+        except NoVersionTable:
+            return TenantStatus(tenant.name, State.NEW, (), len(revisions.pending_upgrade((), head)))
+        except Exception as err:  # noqa: BLE001 - an unreachable tenant is a state, not a crash
+            return TenantStatus(tenant.name, State.UNREACHABLE, error=describe_error(err, url_secrets(tenant.url)))
+        finally:
+            engine.dispose()
+        if not revisions.is_known(current):
+            return TenantStatus(tenant.name, State.UNKNOWN_REVISION, current)
+        if not current:
+            return TenantStatus(tenant.name, State.NEW, (), len(revisions.pending_upgrade((), head)))
+        behind = len(revisions.pending_upgrade(current, head))
+        return TenantStatus(tenant.name, State.AT_HEAD if behind == 0 else State.BEHIND, current, behind)
+
+    with ThreadPoolExecutor(max(1, min(env.concurrency, len(tenants) or 1))) as pool:
+        rows = tuple(pool.map(one, tenants))
+    return StatusReport(env.name, head, rows)
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A validated run: the revision graph, the resolved target and the tenants, before any is touched."""
+
+    settings: Settings
+    revisions: Revisions
+    operation: Operation
+    target: str | None
+    head: str | None
+    tenants: tuple[Tenant, ...]
+
+    def run(self, options: RunOptions = RunOptions(),
+            on_result: Callable[[TenantResult], None] | None = None) -> RunReport:
+        return _run(self.settings, self.revisions, self.operation, self.target, self.head, self.tenants,
+                    options, on_result)
+
+
+def prepare_upgrade(settings: Settings, revision: str = "head",
+                    selection: Selection = Selection()) -> PreparedRun:
+    """Validate an upgrade (graph, revision, discovery, selection) without touching any tenant."""
+    revisions = load_revisions(settings)
+    head = revisions.head() if revision == "head" else _head_or_none(revisions)
+    target = revisions.resolve(revision)
+    tenants = tuple(discover(settings, selection))
+    return PreparedRun(settings, revisions, "upgrade", target, head, tenants)
+
+
+def upgrade(
+    settings: Settings,
+    revision: str = "head",
+    selection: Selection = Selection(),
+    options: RunOptions = RunOptions(),
+    on_result: Callable[[TenantResult], None] | None = None,
+) -> RunReport:
+    """Bring every selected tenant to ``revision`` (default head), in parallel; see :mod:`tenants.fanout`."""
+    return prepare_upgrade(settings, revision, selection).run(options, on_result)
+
+
+@dataclass(frozen=True)
+class DowngradePlan:
+    """What a single-tenant downgrade will do, shown to the operator before it happens."""
+
+    tenant: Tenant
+    current: tuple[str, ...]
+    target: str | None
+    undo: tuple[str, ...]  # newest first
+    descriptions: tuple[str, ...]  # one "rev: message" line per revision undone
+
+
+def plan_downgrade(settings: Settings, tenant: str, revision: str) -> DowngradePlan:
+    """Read the tenant's revision and list the revisions a downgrade to ``revision`` would undo."""
+    revisions = load_revisions(settings)
+    chosen = discover(settings, Selection(tenants=(tenant,)))[0]
+    target = _resolve_down(revisions, revision, chosen, settings)
+    current = _current(chosen, settings)
+    if not revisions.is_known(current):
+        raise RevisionError(
+            f"tenant {tenant!r} is at {','.join(current)}, which is not in the revision graph; "
+            "fix it by hand (or `tenants stamp`) before downgrading"
+        )
+    undo = revisions.pending_downgrade(current, target)
+    descriptions = tuple(f"{rev}: {revisions.script.get_revision(rev).doc}" for rev in undo)
+    return DowngradePlan(chosen, current, target, tuple(undo), descriptions)
+
+
+def downgrade(settings: Settings, plan: DowngradePlan, options: RunOptions = RunOptions()) -> RunReport:
+    """Downgrade exactly the one tenant of ``plan`` (made by :func:`plan_downgrade`)."""
+    revisions = load_revisions(settings)
+    head = _head_or_none(revisions)
+    return _run(settings, revisions, "downgrade", plan.target, head, [plan.tenant], options, None)
+
+
+def stamp(settings: Settings, tenants: tuple[str, ...], revision: str, options: RunOptions = RunOptions(),
+          on_result: Callable[[TenantResult], None] | None = None) -> RunReport:
+    """Record ``revision`` in the named tenants without running any migration (adopting an existing database)."""
+    if not tenants:
+        raise UsageError("stamp needs --tenant NAME (repeatable): it adopts named databases, never a whole fleet")
+    revisions = load_revisions(settings)
+    target = revisions.resolve(revision)
+    chosen = discover(settings, Selection(tenants=tenants))
+    return _run(settings, revisions, "stamp", target, _head_or_none(revisions), chosen, options, on_result)
+
+
+def sql(settings: Settings, revision_range: str, tenant: str | None = None) -> str:
+    """The offline SQL for ``[FROM:]TO`` in the environment's dialect, for review.
+
+    With ``--tenant`` and no FROM, FROM is that tenant's current revision: the SQL it would run now.
+    Without either, FROM is base. A TO below FROM renders the downgrade.
+    """
+    env = settings.environment
+    revisions = load_revisions(settings)
+    start_arg, _, to_arg = revision_range.rpartition(":")
+    target = revisions.resolve(to_arg or "head")
+    if tenant is not None:
+        chosen = discover(settings, Selection(tenants=(tenant,)))[0]
+        url = chosen.url
+        start = revisions.resolve(start_arg) if start_arg else _single(_current(chosen, settings), tenant)
+    else:
+        url = env.tenant_url("tenant")
+        start = revisions.resolve(start_arg) if start_arg else None
+    if start is not None and target is not None and start == target:
+        return ""
+    downward = start is not None and (target is None or target in revisions.ancestors(start))
+    return revisions.offline_sql(url, start, target, "downgrade" if downward else "upgrade")
+
+
+# --- helpers -----------------------------------------------------------------------------------------------
+
+def _run(settings, revisions, operation: Operation, target, head, tenants, options: RunOptions, on_result):
+    env = settings.environment
+    concurrency = options.concurrency or env.concurrency
+    job = Job(
+        operation=operation,
+        target=target,
+        alembic_ini=str(env.alembic),
+        version_table=env.version_table,
+        retries=env.retries if options.retries is None else options.retries,
+        retry_backoff=env.retry_backoff,
+        retry_backoff_max=env.retry_backoff_max,
+        lock_timeout=env.lock_timeout,
+        must_exist=_must_exist(settings),
+    )
+    strategy = options.strategy or choose_strategy(concurrency, len(tenants), revisions)
+    started_wall, started = datetime.now(timezone.utc), monotonic()
+    results = strategy.run(list(tenants), job, FailurePolicy(options.max_failures), on_result or (lambda r: None))
+    return RunReport(
+        run_id=uuid.uuid4().hex,
+        environment=env.name,
+        operation=operation,
+        target=target,
+        head=head,
+        concurrency=strategy.concurrency,
+        started_at=started_wall.isoformat(timespec="seconds"),
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        duration=monotonic() - started,
+        results=tuple(results),
+        tool_version=__version__,
+    )
+
+
+def _must_exist(settings: Settings) -> bool:
+    # A `server` source found the files, so a missing one has vanished: fail it rather than recreate it
+    # empty. Static tenants (the demo fleet) are created on first use.
+    return settings.environment.source == "server"
+
+
+def _head_or_none(revisions: Revisions) -> str | None:
+    return revisions.heads[0] if len(revisions.heads) == 1 else None
+
+
+def _current(tenant: Tenant, settings: Settings) -> tuple[str, ...]:
+    engine = make_engine(tenant.url, must_exist=_must_exist(settings))
+    try:
+        with engine.connect() as conn:
+            try:
+                return read_version(conn, settings.environment.version_table)
+            except NoVersionTable:
+                return ()
+    except Exception as err:
+        raise TenantUnreachable(
+            f"tenant {tenant.name!r}: cannot read its revision: {describe_error(err, url_secrets(tenant.url))}"
+        ) from err
+    finally:
+        engine.dispose()
+
+
+def _single(current: tuple[str, ...], tenant: str) -> str | None:
+    if len(current) > 1:
+        raise RevisionError(f"tenant {tenant!r} has several heads ({', '.join(current)}); pass FROM:TO explicitly")
+    return current[0] if current else None
+
+
+def _resolve_down(revisions: Revisions, revision: str, tenant: Tenant, settings: Settings) -> str | None:
+    """Absolute ids, ``base``, or ``-N`` (N revisions below the tenant's current one)."""
+    if revision.startswith("-") and revision[1:].isdigit():
+        current = _single(_current(tenant, settings), tenant.name)
+        chain = [s.revision for s in revisions.script.iterate_revisions(current, "base")] if current else []
+        steps = int(revision[1:])
+        if steps > len(chain):
+            raise RevisionError(f"tenant {tenant.name!r} has only {len(chain)} revisions to undo, not {steps}")
+        return chain[steps] if steps < len(chain) else None
+    return revisions.resolve(revision)

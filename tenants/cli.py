@@ -1,0 +1,281 @@
+"""The ``tenants`` command: parse, call one library function from :mod:`tenants.api`, render the result.
+
+Results go to stdout; diagnostics and errors to stderr. Every :class:`~tenants.errors.TenantsError` and every
+usage error becomes one line on stderr and exit code 2, with no traceback (and no locals: a password is a
+local). Exit codes: 0 all good, 1 some tenant failed, was skipped, locked or is not at head, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tenants import api, render
+from tenants.config import Settings, load_settings
+from tenants.discovery import Selection
+from tenants.errors import TenantsError, UsageError
+from tenants.report import RunReport, TenantResult
+
+app = typer.Typer(
+    name="tenants",
+    help="Take one Alembic release to every tenant database: upgrade, status, downgrade one tenant, offline SQL.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+@dataclass
+class Context:
+    """What the callback parsed, handed to every command through ``ctx.obj`` (no module-level state)."""
+
+    config: Optional[str]
+    env: Optional[str]
+    out: Console
+    err: Console
+
+    def settings(self) -> Settings:
+        return load_settings(self.config, self.env)
+
+
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    # Not a terminal (CI logs, pipes, tests): no colour, and wide enough that tables do not wrap.
+    width = None if stream.isatty() else max(120, int(os.environ.get("COLUMNS", "0") or 0))
+    return Console(file=stream, stderr=stderr, width=width, highlight=False, soft_wrap=False)
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    config: Annotated[Optional[str], typer.Option(
+        "--config", "-c", envvar="TENANTS_CONFIG", help="Configuration file [default: ./tenants.toml].")] = None,
+    env: Annotated[Optional[str], typer.Option(
+        "--env", "-e", envvar="TENANTS_ENV", help="Environment in the configuration [default: dev].")] = None,
+) -> None:
+    ctx.obj = Context(config, env, _console(), _console(stderr=True))
+
+
+def _command(fn):
+    """Turn the library's errors into one line on stderr and their exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TenantsError as err:
+            typer.echo(f"tenants: error: {err}", err=True)
+            raise typer.Exit(err.exit_code) from None
+
+    return wrapper
+
+
+TenantOpt = Annotated[list[str], typer.Option(
+    "--tenant", "-t", help="Only this tenant (repeatable).", show_default=False)]
+ExcludeOpt = Annotated[list[str], typer.Option(
+    "--exclude", "-x", help="Leave out tenants matching this glob (repeatable).", show_default=False)]
+TagOpt = Annotated[list[str], typer.Option("--tag", help="Only tenants with this tag (repeatable).",
+                                           show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _selection(tenant, exclude, tag) -> Selection:
+    return Selection(tuple(tenant or ()), tuple(exclude or ()), tuple(tag or ()))
+
+
+@app.command("list")
+@_command
+def list_(ctx: typer.Context, tenant: TenantOpt = [], exclude: ExcludeOpt = [], tag: TagOpt = [],
+          json: JsonOpt = False) -> None:
+    """List the discovered tenants: name, URL (password masked), tags."""
+    obj: Context = ctx.obj
+    tenants = api.list_tenants(obj.settings(), _selection(tenant, exclude, tag))
+    if json:
+        typer.echo(render.tenants_json(tenants))
+    else:
+        obj.out.print(render.tenants_table(tenants))
+
+
+@app.command()
+@_command
+def status(ctx: typer.Context, tenant: TenantOpt = [], exclude: ExcludeOpt = [], tag: TagOpt = [],
+           json: JsonOpt = False) -> None:
+    """Each tenant's revision against head. Exit 0 only if every selected tenant is at head."""
+    obj: Context = ctx.obj
+    report = api.status(obj.settings(), _selection(tenant, exclude, tag))
+    if json:
+        typer.echo(render.to_json(report.to_dict()))
+    else:
+        obj.out.print(render.status_table(report))
+        typer.echo(render.status_line(report))
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def _run_and_render(obj: Context, run, total: int, report_path: Optional[Path]) -> None:
+    """Stream results as they finish (a live bar on a terminal, a line each otherwise), then summarise."""
+    if sys.stdout.isatty():
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=obj.err, transient=True) as progress:
+            task = progress.add_task("tenants", total=total)
+
+            def on_result(result: TenantResult) -> None:
+                progress.console.print(render.result_line(result), markup=False, highlight=False)
+                progress.advance(task)
+
+            report = run(on_result)
+    else:
+        report = run(lambda result: typer.echo(render.result_line(result)))
+    _finish(obj, report, report_path)
+
+
+def _finish(obj: Context, report: RunReport, report_path: Optional[Path]) -> None:
+    if report_path is not None:
+        report_path.write_text(render.to_json(report.to_dict()) + "\n", encoding="utf-8")
+    obj.out.print(render.summary_table(report))
+    typer.echo(render.summary_line(report))
+    for line in render.failures(report):
+        typer.echo(line)
+    if report_path is not None:
+        typer.echo(f"report written to {report_path}", err=True)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+ReportOpt = Annotated[Optional[Path], typer.Option(
+    "--report", help="Write the run as JSON to this file (fields: see README).", dir_okay=False)]
+
+
+def _check_report_path(report: Optional[Path]) -> None:
+    if report is not None and not report.parent.resolve().is_dir():
+        raise UsageError(f"--report {report}: folder {report.parent} does not exist")
+
+
+@app.command()
+@_command
+def upgrade(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    tenant: TenantOpt = [], exclude: ExcludeOpt = [], tag: TagOpt = [],
+    concurrency: Annotated[Optional[int], typer.Option(
+        "--concurrency", "-j", min=1, help="Tenants migrated at once [default: the environment's, else 4].",
+        show_default=False)] = None,
+    keep_going: Annotated[bool, typer.Option(
+        "--keep-going", help="Run every tenant whatever fails (default: stop starting new ones at the first "
+        "failure).")] = False,
+    max_failures: Annotated[Optional[int], typer.Option(
+        "--max-failures", min=1, help="Stop starting new tenants after this many failures.",
+        show_default=False)] = None,
+    retries: Annotated[Optional[int], typer.Option(
+        "--retries", min=0, help="Retries per tenant on transient errors [default: 3].", show_default=False)] = None,
+    report: ReportOpt = None,
+) -> None:
+    """Bring every selected tenant to REVISION (default head), in parallel."""
+    obj: Context = ctx.obj
+    if keep_going and max_failures is not None:
+        raise UsageError("--keep-going and --max-failures contradict each other: use one")
+    _check_report_path(report)
+    settings = obj.settings()
+    options = api.RunOptions(concurrency=concurrency, retries=retries,
+                             max_failures=None if keep_going else (max_failures or 1))
+    # Validate everything (revision, discovery, selection) before the first tenant is touched.
+    prepared = api.prepare_upgrade(settings, revision, _selection(tenant, exclude, tag))
+    if not prepared.tenants:
+        typer.echo("tenants: no tenant selected; nothing to do", err=True)
+    _run_and_render(obj, lambda on_result: prepared.run(options, on_result), len(prepared.tenants), report)
+
+
+@app.command()
+@_command
+def downgrade(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Argument(help="Target revision: an id, base, or -N.")],
+    tenant: Annotated[list[str], typer.Option(
+        "--tenant", "-t", help="The one tenant to downgrade (required).", show_default=False)] = [],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    report: ReportOpt = None,
+) -> None:
+    """Downgrade exactly one tenant to REVISION, after showing what will be undone."""
+    obj: Context = ctx.obj
+    if len(tenant) != 1:
+        raise UsageError(
+            "downgrade takes exactly one --tenant NAME"
+            + (f" (got {len(tenant)})" if tenant else "")
+            + ": downgrades are per-tenant operations, never fleet-wide"
+        )
+    _check_report_path(report)
+    settings = obj.settings()
+    plan = api.plan_downgrade(settings, tenant[0], revision)
+    if not plan.undo:
+        typer.echo(f"tenant {plan.tenant.name} is already at {render.rev(plan.target)}: nothing to undo")
+        raise typer.Exit(0)
+    typer.echo(f"downgrade {plan.tenant.name} ({settings.env_name}) from {','.join(plan.current)} "
+               f"to {render.rev(plan.target)}, undoing {len(plan.undo)} revision(s):")
+    for line in plan.descriptions:
+        typer.echo(f"  - {line}")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("refusing to downgrade without confirmation: stdin is not a terminal; pass --yes")
+        if not typer.confirm("Proceed?", default=False):
+            typer.echo("cancelled; nothing changed", err=True)
+            raise typer.Exit(1)
+    report_obj = api.downgrade(settings, plan)
+    for result in report_obj.results:
+        typer.echo(render.result_line(result))
+    _finish(obj, report_obj, report)
+
+
+@app.command()
+@_command
+def stamp(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Argument(help="Revision to record (no migration runs).")],
+    tenant: Annotated[list[str], typer.Option(
+        "--tenant", "-t", help="Tenant to stamp (required, repeatable).", show_default=False)] = [],
+    report: ReportOpt = None,
+) -> None:
+    """Record REVISION in a tenant without running migrations: adopt a database that predates the project."""
+    obj: Context = ctx.obj
+    _check_report_path(report)
+    settings = obj.settings()
+    report_obj = api.stamp(settings, tuple(tenant), revision, api.RunOptions(concurrency=1, max_failures=None),
+                           lambda r: typer.echo(render.result_line(r)))
+    _finish(obj, report_obj, report)
+
+
+@app.command()
+@_command
+def sql(
+    ctx: typer.Context,
+    revision_range: Annotated[str, typer.Argument(
+        metavar="[FROM:]TO", help="Target revision, optionally with a starting one.")] = "head",
+    tenant: Annotated[Optional[str], typer.Option(
+        "--tenant", "-t", help="Start from this tenant's current revision (and use its URL).",
+        show_default=False)] = None,
+) -> None:
+    """Print the offline SQL of the environment's dialect, for review."""
+    obj: Context = ctx.obj
+    typer.echo(api.sql(obj.settings(), revision_range, tenant), nl=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point. Usage errors are one line, like every other bad input."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="tenants", standalone_mode=False)
+    except typer.TyperException as err:  # Typer's (vendored click) usage errors: bad option, missing argument
+        ctx = getattr(err, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        typer.echo(f"tenants: error: {err.format_message()}{hint}", err=True)
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        typer.echo("tenants: aborted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

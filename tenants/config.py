@@ -1,0 +1,327 @@
+"""Settings: which environment, read from ``tenants.toml``, validated before any tenant is touched.
+
+A configuration file holds named environments::
+
+    [environments.staging]
+    url = "postgresql+psycopg://deploy:${PGPASSWORD}@db.internal/{tenant}"
+    source = "server"          # or "static" with tenants = [...]
+    match = "tenant_*"
+    concurrency = 8
+
+``${VAR}`` is replaced from the process environment when the environment is loaded: it is the only way a
+secret gets into a URL, and the file itself holds none. The embedded ``dev`` environment (three SQLite demo
+tenants) exists even without a file, so a fresh clone runs ``tenants upgrade`` with no setup.
+
+Everything is resolved into one frozen :class:`Settings` object that is passed explicitly; there is no
+module-level state.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from tenants.errors import ConfigError, MissingVariable, UnknownEnvironment
+
+DEFAULT_CONFIG = "tenants.toml"
+DEFAULT_ENV = "dev"
+SOURCES = ("static", "server")
+
+# The embedded default: three demo tenants as SQLite files in a git-ignored folder next to the config file
+# (or the current directory when there is no config file). SQLite creates each file on first connect.
+DEV_ENVIRONMENT: dict[str, Any] = {
+    "url": "sqlite:///.tenants/{tenant}.db",
+    "source": "static",
+    "tenants": [
+        {"name": "acme", "tags": ["canary"]},
+        {"name": "globex", "tags": []},
+        {"name": "initech", "tags": []},
+    ],
+}
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class TenantSpec:
+    """A tenant as declared by a ``static`` source: a name and its tags."""
+
+    name: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One validated ``[environments.NAME]`` table."""
+
+    name: str
+    url: str  # SQLAlchemy URL template with ``{tenant}``; ``${VAR}`` already substituted
+    source: str = "static"
+    tenants: tuple[TenantSpec, ...] = ()
+    match: str = "*"
+    concurrency: int = 4
+    alembic: Path = Path("alembic.ini")
+    version_table: str = "alembic_version"
+    retries: int = 3
+    retry_backoff: float = 1.0  # seconds before the first retry; doubles up to retry_backoff_max
+    retry_backoff_max: float = 30.0
+    lock_timeout: float = 0.0  # seconds to wait for a tenant's lock before reporting it `locked`
+    maintenance_database: str = "postgres"  # where `source = "server"` lists pg_database
+    base_dir: Path = field(default_factory=Path.cwd)  # relative SQLite paths and `alembic` resolve here
+
+    @property
+    def dialect(self) -> str:
+        return make_url(self.tenant_url("x")).get_backend_name()
+
+    def tenant_url(self, tenant: str) -> str:
+        """The tenant's URL as a string, password included: for connecting, never for printing."""
+        url = make_url(self.url.replace("{tenant}", tenant))
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            path = Path(url.database)
+            if not path.is_absolute():
+                url = url.set(database=str(self.base_dir / path))
+        return url.render_as_string(hide_password=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the library needs to know about where it runs: the chosen environment and its origin."""
+
+    environment: Environment
+    config_path: Path | None = None
+
+    @property
+    def env_name(self) -> str:
+        return self.environment.name
+
+
+_ENV_KEYS: dict[str, type | tuple[type, ...]] = {
+    "url": str,
+    "source": str,
+    "tenants": list,
+    "match": str,
+    "concurrency": int,
+    "alembic": str,
+    "version_table": str,
+    "retries": int,
+    "retry_backoff": (int, float),
+    "retry_backoff_max": (int, float),
+    "lock_timeout": (int, float),
+    "maintenance_database": str,
+}
+
+
+def mask_url(url: str | URL) -> str:
+    """The URL with its password replaced by ``***``: the only form of a URL the tool ever prints."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable URL>"
+
+
+def load_settings(
+    config: str | os.PathLike[str] | None = None,
+    env: str | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Read the configuration and resolve one environment into :class:`Settings`.
+
+    ``config`` defaults to ``$TENANTS_CONFIG`` or ``./tenants.toml``; ``env`` to ``$TENANTS_ENV`` or ``dev``.
+    A missing default file is not an error (the embedded ``dev`` environment still exists); a missing file
+    that was asked for explicitly is.
+    """
+    environ = dict(os.environ) if environ is None else environ
+    explicit = config is not None or bool(environ.get("TENANTS_CONFIG"))
+    path = Path(config or environ.get("TENANTS_CONFIG") or DEFAULT_CONFIG)
+    env_name = env or environ.get("TENANTS_ENV") or DEFAULT_ENV
+
+    text: str | None = None
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: cannot read the configuration: {err}") from err
+    elif explicit:
+        raise ConfigError(f"{path}: configuration file not found (check --config / TENANTS_CONFIG)")
+
+    environments: dict[str, Any] = {}
+    if text is not None:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: malformed TOML: {err}") from err
+        for key in data:
+            if key != "environments":
+                raise ConfigError(
+                    f"{path}:{_line_of(text, key)}: unknown top-level key {key!r}; "
+                    "environments go in [environments.NAME] tables"
+                )
+        environments = data.get("environments", {})
+        if not isinstance(environments, dict):
+            raise ConfigError(f"{path}: 'environments' must be a table of [environments.NAME] tables")
+
+    base_dir = (path.resolve().parent if text is not None else Path.cwd().resolve())
+    if env_name not in environments:
+        if env_name == DEFAULT_ENV:
+            return Settings(
+                environment=_environment(DEFAULT_ENV, DEV_ENVIRONMENT, base_dir, path, "", environ),
+                config_path=path if text is not None else None,
+            )
+        known = ", ".join(sorted(set(environments) | {DEFAULT_ENV}))
+        where = str(path) if text is not None else f"{path} (not found)"
+        raise UnknownEnvironment(
+            f"{where}: unknown environment {env_name!r} (--env / TENANTS_ENV); known: {known}"
+        )
+    table = environments[env_name]
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: environments.{env_name} must be a table")
+    return Settings(
+        environment=_environment(env_name, table, base_dir, path, text or "", environ),
+        config_path=path,
+    )
+
+
+def _environment(
+    name: str, table: dict[str, Any], base_dir: Path, path: Path, text: str, environ: dict[str, str]
+) -> Environment:
+    where = f"{path}:{_line_of(text, f'environments.{name}')}" if text else f"environment {name!r}"
+
+    def fail(message: str, key: str | None = None) -> ConfigError:
+        line = _line_of(text, key, after=f"environments.{name}") if (text and key) else None
+        loc = f"{path}:{line}" if line else where
+        return ConfigError(f"{loc}: environments.{name}: {message}")
+
+    for key, value in table.items():
+        if key not in _ENV_KEYS:
+            known = ", ".join(sorted(_ENV_KEYS))
+            raise fail(f"unknown key {key!r} (known keys: {known})", key)
+        expected = _ENV_KEYS[key]
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+            names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
+            raise fail(f"{key} must be a {names}, not {type(value).__name__}", key)
+
+    if "url" not in table:
+        raise fail("missing required key 'url' (a SQLAlchemy URL template with {tenant})")
+    url = _substitute(table["url"], lambda var: fail(
+        f"url uses ${{{var}}} but the environment variable {var} is not set; export it and retry", "url"
+    ), environ)
+    if "{tenant}" not in url:
+        raise fail("url must contain the {tenant} placeholder", "url")
+    try:
+        parsed = make_url(url.replace("{tenant}", "tenant"))
+    except ArgumentError as err:
+        raise fail(f"url is not a valid SQLAlchemy URL: {err}", "url") from err
+
+    source = table.get("source", "static")
+    if source not in SOURCES:
+        raise fail(f"source must be one of {', '.join(SOURCES)}, not {source!r}", "source")
+    tenants = tuple(_tenant_specs(table.get("tenants", []), lambda m: fail(m, "tenants")))
+    if source == "static" and not tenants:
+        raise fail("source 'static' needs a non-empty 'tenants' list", "tenants" if "tenants" in table else None)
+    if source == "server" and "tenants" in table:
+        raise fail("'tenants' is only for source 'static'; source 'server' uses 'match'", "tenants")
+    if source == "server" and parsed.get_backend_name() not in ("postgresql", "sqlite"):
+        raise fail(
+            f"source 'server' supports postgresql and sqlite URLs, not {parsed.get_backend_name()!r}", "source"
+        )
+
+    for key in ("concurrency",):
+        if key in table and table[key] < 1:
+            raise fail(f"{key} must be at least 1", key)
+    for key in ("retries", "retry_backoff", "retry_backoff_max", "lock_timeout"):
+        if key in table and table[key] < 0:
+            raise fail(f"{key} must not be negative", key)
+
+    alembic_path = Path(table.get("alembic", "alembic.ini"))
+    if not alembic_path.is_absolute():
+        alembic_path = base_dir / alembic_path
+
+    return Environment(
+        name=name,
+        url=url,
+        source=source,
+        tenants=tenants,
+        match=table.get("match", "*"),
+        concurrency=table.get("concurrency", 4),
+        alembic=alembic_path,
+        version_table=table.get("version_table", "alembic_version"),
+        retries=table.get("retries", 3),
+        retry_backoff=float(table.get("retry_backoff", 1.0)),
+        retry_backoff_max=float(table.get("retry_backoff_max", 30.0)),
+        lock_timeout=float(table.get("lock_timeout", 0.0)),
+        maintenance_database=table.get("maintenance_database", "postgres"),
+        base_dir=base_dir,
+    )
+
+
+def _tenant_specs(items: list[Any], fail) -> list[TenantSpec]:
+    specs: list[TenantSpec] = []
+    seen: set[str] = set()
+    for item in items:
+        if isinstance(item, str):
+            spec = TenantSpec(item)
+        elif isinstance(item, dict) and isinstance(item.get("name"), str):
+            extra = set(item) - {"name", "tags"}
+            tags = item.get("tags", [])
+            if extra:
+                raise fail(f"tenant {item['name']!r}: unknown key {sorted(extra)[0]!r} (known: name, tags)")
+            if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+                raise fail(f"tenant {item['name']!r}: tags must be a list of strings")
+            spec = TenantSpec(item["name"], tuple(tags))
+        else:
+            raise fail(f"each tenant is a name or a table with name and tags, not {item!r}")
+        if not _NAME.match(spec.name):
+            raise fail(f"tenant name {spec.name!r} may only use letters, digits, '_', '.', '-'")
+        if spec.name in seen:
+            raise fail(f"tenant {spec.name!r} is listed twice")
+        seen.add(spec.name)
+        specs.append(spec)
+    return specs
+
+
+def _substitute(value: str, missing, environ: dict[str, str]) -> str:
+    def repl(m: re.Match[str]) -> str:
+        var = m.group(1)
+        if var not in environ:
+            raise missing(var)
+        return environ[var]
+
+    try:
+        return _VAR.sub(repl, value)
+    except ConfigError as err:
+        raise MissingVariable(str(err)) from None
+
+
+def _line_of(text: str, key: str | None, after: str | None = None) -> int | None:
+    """Best-effort line number of ``key`` (a table header or a key) in TOML text, for error messages."""
+    if not text or not key:
+        return None
+    lines = text.splitlines()
+    start = 0
+    if after:
+        header = re.compile(r"^\s*\[\s*" + re.escape(after).replace(r"\.", r"\s*\.\s*") + r"\s*\]")
+        for i, line in enumerate(lines):
+            if header.match(line):
+                start = i + 1
+                break
+    table = re.compile(r"^\s*\[\s*" + re.escape(key).replace(r"\.", r"\s*\.\s*") + r"\s*\]")
+    assign = re.compile(r"^\s*" + re.escape(key) + r"\s*=")
+    for i in range(start, len(lines)):
+        if after and i > start and lines[i].lstrip().startswith("[") and not lines[i].lstrip().startswith("[["):
+            break
+        if table.match(lines[i]) or assign.match(lines[i]):
+            return i + 1
+    return None
+
+
+def glob_matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)

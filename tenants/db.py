@@ -1,0 +1,228 @@
+"""Connections, version reads, per-tenant locks and error classification, per dialect.
+
+Everything here works on one tenant's database and is used from inside a worker process. Each tenant gets
+engines of its own (``NullPool``: a connection is opened for the tenant and closed with it), so nothing
+database-related is ever shared between tenants or across the process boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+
+class LockNotAcquired(Exception):
+    """Another run holds this tenant's lock (internal: the unit of work turns it into status ``locked``)."""
+
+
+class NoVersionTable(Exception):
+    """The tenant database has no version table yet: it is ``new``."""
+
+
+def make_engine(url: str, *, must_exist: bool = False) -> Engine:
+    """An engine for one tenant database.
+
+    SQLite: pysqlite's default transaction handling does not emit BEGIN before DDL, which would make every
+    CREATE/ALTER autocommit and break "one transaction per revision". The two listeners below are
+    SQLAlchemy's documented recipe: turn the driver's own handling off and emit BEGIN ourselves, so DDL is
+    transactional and a revision that fails half-way rolls back completely. ``must_exist`` opens the file
+    read-write without creating it, so a tenant whose file vanished fails instead of being recreated empty.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        # Without it, a tenant behind a silent firewall holds a worker for the OS's TCP timeout (minutes).
+        return create_engine(parsed, poolclass=NullPool, connect_args={"connect_timeout": 10})
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, poolclass=NullPool)
+    if must_exist and parsed.database and parsed.database != ":memory:":
+        parsed = parsed.set(database=f"file:{parsed.database}", query={**parsed.query, "mode": "rw", "uri": "true"})
+    elif parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed, poolclass=NullPool, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection, _record):  # pragma: no cover - trivial
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):  # pragma: no cover - trivial
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def read_version(conn: Connection, version_table: str) -> tuple[str, ...]:
+    """The tenant's recorded heads, with one query; raises :class:`NoVersionTable` for a new database.
+
+    This is the whole no-op path: an up-to-date tenant costs this query and nothing else (no env.py, no
+    inspector round trips). The transaction the query opened is ended so the connection can be handed to
+    Alembic outside a transaction (Alembic then gives each revision its own transaction).
+    """
+    try:
+        rows = conn.execute(text(f"SELECT version_num FROM {version_table}")).scalars().all()
+    except DBAPIError as err:
+        conn.rollback()
+        if _is_missing_table(err):
+            raise NoVersionTable() from err
+        raise
+    conn.rollback()
+    return tuple(sorted(rows))
+
+
+def _is_missing_table(err: DBAPIError) -> bool:
+    sqlstate = getattr(err.orig, "sqlstate", None)
+    if sqlstate == "42P01":  # PostgreSQL undefined_table
+        return True
+    message = str(err.orig).lower()
+    return "no such table" in message or "invalid object name" in message or "doesn't exist" in message
+
+
+# --- locks -------------------------------------------------------------------------------------------------
+
+# One advisory-lock key for every tenant: PostgreSQL scopes advisory locks to the current database, so the
+# same key in two tenant databases never collides, while two runs on the same tenant do.
+PG_LOCK_KEY = int.from_bytes(b"tenants!", "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+@contextlib.contextmanager
+def tenant_lock(engine: Engine, timeout: float) -> Iterator[None]:
+    """Hold the tenant's exclusive migration lock for the duration of the block.
+
+    The lock lives on its own connection, never on the one Alembic migrates with: a lock query on the
+    migration connection would open a transaction there, and Alembic would then run every revision inside it
+    and never commit (see REFERENCE.md). If this process dies, the lock dies with its session.
+    Raises :class:`LockNotAcquired` when another run holds it for longer than ``timeout`` seconds.
+    """
+    backend = engine.url.get_backend_name()
+    if backend == "postgresql":
+        with _pg_lock(engine, timeout):
+            yield
+    elif backend == "sqlite":
+        with _file_lock(engine, timeout):
+            yield
+    else:  # dialects added later (SQL Server: sp_getapplock) plug in here
+        yield
+
+
+@contextlib.contextmanager
+def _pg_lock(engine: Engine, timeout: float) -> Iterator[None]:
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        deadline = time.monotonic() + timeout
+        while not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": PG_LOCK_KEY}).scalar():
+            if time.monotonic() >= deadline:
+                raise LockNotAcquired()
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        try:
+            yield
+        finally:
+            with contextlib.suppress(SQLAlchemyError):
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_LOCK_KEY})
+
+
+@contextlib.contextmanager
+def _file_lock(engine: Engine, timeout: float) -> Iterator[None]:
+    # SQLite has no named session locks; its own write lock is per transaction, and we commit per revision.
+    # An OS advisory lock (flock) on a sidecar file spans the whole run on the tenant and, like a session lock,
+    # is released by the kernel if the process dies. SQLite files are only reachable on this host, so a
+    # host-local lock is enough.
+    database = engine.url.database or ""
+    if database.startswith("file:"):
+        database = database[len("file:"):]
+    if not database or database == ":memory:":
+        yield
+        return
+    path = f"{database}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockNotAcquired() from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+# --- error classification ----------------------------------------------------------------------------------
+
+# PostgreSQL SQLSTATEs worth a retry on a fresh connection: connection exceptions (class 08), the server
+# shutting down or starting up (57P01-57P03), too many connections (53300), deadlock (40P01), serialization
+# failure (40001) and lock timeout (55P03).
+_PG_TRANSIENT_STATES = {"57P01", "57P02", "57P03", "53300", "40P01", "40001", "55P03"}
+_TRANSIENT_TEXT = re.compile(
+    r"connection refused|could not connect|server closed the connection|connection reset|"
+    r"terminating connection|connection timed out|timeout expired|no route to host|"
+    r"the database system is (starting up|shutting down)|database is locked|ssl syscall error|"
+    r"consuming input failed|connection is closed",
+    re.IGNORECASE,
+)
+
+
+def is_transient(err: BaseException) -> bool:
+    """True if retrying the tenant on a fresh connection may succeed; False for a real failure.
+
+    A failing migration (an error in its SQL) is never transient: retrying would fail the same way. A
+    database that does not exist (3D000) is not transient either: it was dropped or never created.
+    """
+    orig = err.orig if isinstance(err, DBAPIError) else err
+    sqlstate = getattr(orig, "sqlstate", None) or ""
+    if sqlstate:
+        return sqlstate.startswith("08") or sqlstate in _PG_TRANSIENT_STATES
+    if isinstance(err, DBAPIError) and err.connection_invalidated:
+        return True
+    return bool(_TRANSIENT_TEXT.search(str(orig)))
+
+
+def describe_error(err: BaseException, secrets: tuple[str, ...] = ()) -> str:
+    """One password-free line describing ``err`` for the report.
+
+    SQLAlchemy's message carries the driver's text, the failing SQL and a link; the report keeps the driver's
+    first line (plus the SQL statement when there is one, truncated) and scrubs every secret we know of.
+    """
+    orig = err.orig if isinstance(err, DBAPIError) else err
+    lines = [ln.strip() for ln in str(orig).strip().splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    # psycopg puts the meaningful part ("database ... does not exist") after "connection ... failed:".
+    if len(lines) > 1 and first.lower().endswith("failed:"):
+        first = f"{first} {lines[1]}"
+    message = f"{type(orig).__name__}: {first}" if first else type(orig).__name__
+    statement = getattr(err, "statement", None)
+    if isinstance(err, DBAPIError) and statement:
+        sql = " ".join(statement.split())
+        message += f" [SQL: {sql[:200]}{'...' if len(sql) > 200 else ''}]"
+    return scrub(message, secrets)
+
+
+def scrub(message: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    return message
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The parts of a URL that must never be printed (its password, raw and URL-encoded)."""
+    from urllib.parse import quote_plus
+
+    password = make_url(url).password
+    if not password:
+        return ()
+    return tuple({password, quote_plus(password)})

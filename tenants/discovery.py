@@ -1,0 +1,134 @@
+"""Discovery turns an environment into tenants; selection narrows them.
+
+A :class:`TenantSource` lists the tenants of an environment at run time: ``static`` (the names in the
+configuration) or ``server`` (every database on the server whose name matches a glob, so a tenant created
+yesterday is included today). Later sources (an Azure elastic pool) implement the same one-method protocol.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from tenants.config import Environment, mask_url
+from tenants.db import describe_error, make_engine, url_secrets
+from tenants.errors import DiscoveryError, TenantNotFound
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """One tenant database. ``url`` carries the password: it crosses to worker processes, never to output."""
+
+    name: str
+    url: str = field(repr=False)
+    tags: tuple[str, ...] = ()
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.url)
+
+
+class TenantSource(Protocol):
+    def discover(self) -> list[Tenant]: ...
+
+
+@dataclass(frozen=True)
+class StaticSource:
+    environment: Environment
+
+    def discover(self) -> list[Tenant]:
+        env = self.environment
+        return [Tenant(spec.name, env.tenant_url(spec.name), spec.tags) for spec in env.tenants]
+
+
+@dataclass(frozen=True)
+class ServerSource:
+    """Every database on the environment's server whose name matches ``match``."""
+
+    environment: Environment
+
+    def discover(self) -> list[Tenant]:
+        env = self.environment
+        if env.dialect == "sqlite":
+            names = self._sqlite_names()
+        else:
+            names = self._postgres_names()
+        names = sorted(n for n in names if fnmatch.fnmatchcase(n, env.match))
+        return [Tenant(name, env.tenant_url(name)) for name in names]
+
+    def _postgres_names(self) -> list[str]:
+        env = self.environment
+        url = env.tenant_url(env.maintenance_database)
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(text(
+                    "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
+                )).scalars().all()
+        except SQLAlchemyError as err:
+            raise DiscoveryError(
+                f"environment {env.name!r}: cannot list the databases on {mask_url(url)}: "
+                f"{describe_error(err, url_secrets(url))}; check the url and that the server is up"
+            ) from err
+        finally:
+            engine.dispose()
+        # The maintenance database is where we list from, never a tenant.
+        return [r for r in rows if r != env.maintenance_database]
+
+    def _sqlite_names(self) -> list[str]:
+        env = self.environment
+        template = Path(make_url(env.tenant_url("{tenant}")).database or "")
+        if "{tenant}" in str(template.parent):
+            raise DiscoveryError(
+                f"environment {env.name!r}: with source 'server', {{tenant}} must be in the SQLite file name, "
+                "not in its folder"
+            )
+        folder = template.parent
+        prefix, _, suffix = template.name.partition("{tenant}")
+        if not folder.is_dir():
+            raise DiscoveryError(
+                f"environment {env.name!r}: folder {folder} does not exist; create it or fix the url"
+            )
+        names = []
+        for path in folder.iterdir():
+            file = path.name
+            if path.is_file() and file.startswith(prefix) and file.endswith(suffix) and \
+                    len(file) > len(prefix) + len(suffix):
+                names.append(file[len(prefix):len(file) - len(suffix)])
+        return names
+
+
+def source_for(environment: Environment) -> TenantSource:
+    if environment.source == "server":
+        return ServerSource(environment)
+    return StaticSource(environment)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """``--tenant`` (exact names), ``--exclude`` (globs) and ``--tag`` (any of), applied in that order."""
+
+    tenants: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+
+    def apply(self, tenants: list[Tenant], environment: str = "") -> list[Tenant]:
+        by_name = {t.name: t for t in tenants}
+        missing = [name for name in self.tenants if name not in by_name]
+        if missing:
+            where = f" in environment {environment!r}" if environment else ""
+            raise TenantNotFound(
+                f"unknown tenant {missing[0]!r} (--tenant){where}; `tenants list` shows the tenants found"
+            )
+        chosen = [by_name[name] for name in dict.fromkeys(self.tenants)] if self.tenants else list(tenants)
+        if self.exclude:
+            chosen = [t for t in chosen if not any(fnmatch.fnmatchcase(t.name, g) for g in self.exclude)]
+        if self.tags:
+            chosen = [t for t in chosen if set(t.tags) & set(self.tags)]
+        return chosen

@@ -1,0 +1,55 @@
+"""One root error for the tool, subclassed by condition.
+
+The CLI catches only :class:`TenantsError` and prints its message as one line on stderr with exit code 2.
+Every message names the file, flag, environment or tenant involved and, where there is one, the way out.
+Lower-level errors are translated at the layer edge with ``raise ... from err``.
+
+Errors that happen *inside* one tenant's unit of work are never raised to the caller: they become a
+``TenantResult`` with status ``failed`` (see :mod:`tenants.unit`).
+"""
+
+from __future__ import annotations
+
+
+class TenantsError(Exception):
+    """Root of every error the tool reports as bad input or bad configuration (exit code 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(TenantsError):
+    """The configuration file or an environment in it is missing, malformed or incomplete."""
+
+
+class UnknownEnvironment(ConfigError):
+    """``--env`` / ``TENANTS_ENV`` names an environment the configuration does not declare."""
+
+
+class MissingVariable(ConfigError):
+    """A ``${VAR}`` placeholder names an environment variable that is not set."""
+
+
+class TenantNotFound(TenantsError):
+    """``--tenant`` names a tenant that discovery did not find."""
+
+
+class RevisionError(TenantsError):
+    """A revision argument does not resolve in the revision graph, or the graph is ambiguous."""
+
+
+class MultipleHeads(RevisionError):
+    """The revision graph has several heads, so ``head`` is ambiguous."""
+
+
+class UsageError(TenantsError):
+    """The command line asks for something the command refuses to do (e.g. downgrade several tenants)."""
+
+
+class DiscoveryError(TenantsError):
+    """The tenant source could not be listed (server unreachable, folder missing)."""
+
+
+class TenantUnreachable(TenantsError):
+    """A single named tenant could not be read (a runtime failure, not bad input: exit code 1)."""
+
+    exit_code = 1

@@ -1,0 +1,64 @@
+"""Idempotent guards for revision scripts: "is this change already there?".
+
+A revision must be safe to re-run on a tenant that already has its change (a tenant changed by hand, a
+database restored from a copy, a stamp that lagged behind). Alembic's own ``if_not_exists`` / ``if_exists``
+flags cover this where the dialect has the syntax (PostgreSQL and SQLite: ``CREATE TABLE/INDEX IF NOT
+EXISTS``); SQL Server has no ``CREATE TABLE IF NOT EXISTS``, so portable revisions ask the database with
+these inspector-based helpers instead::
+
+    if not guards.has_column("invoices", "status"):
+        op.add_column("invoices", sa.Column("status", sa.String(20), server_default="open", nullable=False))
+
+Offline (``--sql``) there is no database to ask: every helper answers "not there" so the full change is
+rendered for review.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import context, op
+
+
+def _inspector() -> sa.Inspector | None:
+    if context.is_offline_mode():
+        return None
+    # A fresh inspector every time: its caches would not see DDL run earlier in the same revision.
+    return sa.inspect(op.get_bind())
+
+
+def has_table(table: str, schema: str | None = None) -> bool:
+    inspector = _inspector()
+    return inspector is not None and inspector.has_table(table, schema=schema)
+
+
+def has_column(table: str, column: str, schema: str | None = None) -> bool:
+    inspector = _inspector()
+    if inspector is None or not inspector.has_table(table, schema=schema):
+        return False
+    return any(c["name"] == column for c in inspector.get_columns(table, schema=schema))
+
+
+def has_index(table: str, index: str, schema: str | None = None) -> bool:
+    inspector = _inspector()
+    if inspector is None or not inspector.has_table(table, schema=schema):
+        return False
+    return any(ix["name"] == index for ix in inspector.get_indexes(table, schema=schema))
+
+
+def has_foreign_key(table: str, name: str, schema: str | None = None) -> bool:
+    inspector = _inspector()
+    if inspector is None or not inspector.has_table(table, schema=schema):
+        return False
+    return any(fk.get("name") == name for fk in inspector.get_foreign_keys(table, schema=schema))
+
+
+def has_unique_constraint(table: str, name: str, schema: str | None = None) -> bool:
+    inspector = _inspector()
+    if inspector is None or not inspector.has_table(table, schema=schema):
+        return False
+    return any(uc.get("name") == name for uc in inspector.get_unique_constraints(table, schema=schema))
+
+
+def dialect() -> str:
+    """The dialect name the revision runs against (also offline)."""
+    return context.get_context().dialect.name

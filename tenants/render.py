@@ -1,0 +1,115 @@
+"""Pure functions from results to text: lines, rich tables, JSON-ready dicts. No I/O here."""
+
+from __future__ import annotations
+
+import json
+
+from rich import box
+from rich.table import Table
+
+from tenants.discovery import Tenant
+from tenants.report import RunReport, State, Status, StatusReport, TenantResult
+
+_STYLE = {
+    Status.UPGRADED: "green", Status.DOWNGRADED: "green", Status.STAMPED: "green", Status.UP_TO_DATE: "green",
+    Status.FAILED: "red", Status.LOCKED: "yellow", Status.SKIPPED: "yellow", Status.UNKNOWN_REVISION: "red",
+    State.AT_HEAD: "green", State.BEHIND: "yellow", State.NEW: "yellow", State.UNKNOWN_REVISION: "red",
+    State.UNREACHABLE: "red",
+}
+FOLD = 10  # tenant names listed per summary row before folding into "... and N more"
+
+
+def rev(revision: str | None) -> str:
+    return revision or "base"
+
+
+def result_line(result: TenantResult) -> str:
+    """One line per finished tenant: what CI logs show as the run goes."""
+    line = f"{result.status.value:<16} {result.tenant}"
+    if result.status is Status.SKIPPED:
+        return line
+    if result.applied or result.from_revision != result.to_revision:
+        line += f"  {rev(result.from_revision)} -> {rev(result.to_revision)}"
+    else:
+        line += f"  at {rev(result.to_revision)}"
+    details = []
+    if result.applied:
+        details.append(f"{len(result.applied)} revision{'s' if len(result.applied) != 1 else ''}")
+    if result.attempts > 1:
+        details.append(f"{result.attempts} attempts")
+    details.append(f"{result.duration:.2f}s")
+    line += f"  ({', '.join(details)})"
+    if result.error:
+        line += f"  {result.error}"
+    return line
+
+
+def fold(names: list[str], limit: int = FOLD) -> str:
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:limit])} ... and {len(names) - limit} more"
+
+
+def summary_line(report: RunReport) -> str:
+    counts = ", ".join(f"{n} {status}" for status, n in report.counts.items()) or "nothing to do"
+    total = len(report.results)
+    return (f"{report.operation} to {rev(report.target)}: {total} tenant{'s' if total != 1 else ''}, {counts} "
+            f"in {report.duration:.1f}s (concurrency {report.concurrency})")
+
+
+def summary_table(report: RunReport) -> Table:
+    table = Table(box=box.SIMPLE)
+    table.add_column("status")
+    table.add_column("tenants", justify="right")
+    table.add_column("which")
+    for status in Status:
+        names = [r.tenant for r in report.results if r.status is status]
+        if names:
+            table.add_row(f"[{_STYLE[status]}]{status.value}[/]", str(len(names)), fold(names))
+    return table
+
+
+def failures(report: RunReport) -> list[str]:
+    """The tenants that did not end well, with why: printed after the table so nobody has to hunt."""
+    return [f"{r.status.value}: {r.tenant}: {r.error or ''}".rstrip(": ") for r in report.failed]
+
+
+def tenants_table(tenants: list[Tenant]) -> Table:
+    table = Table(box=box.SIMPLE)
+    table.add_column("tenant")
+    table.add_column("url")
+    table.add_column("tags")
+    for t in tenants:
+        table.add_row(t.name, t.masked_url, ",".join(t.tags))
+    return table
+
+
+def tenants_json(tenants: list[Tenant]) -> str:
+    return json.dumps([{"tenant": t.name, "url": t.masked_url, "tags": list(t.tags)} for t in tenants], indent=2)
+
+
+def status_table(report: StatusReport) -> Table:
+    table = Table(box=box.SIMPLE)
+    table.add_column("tenant")
+    table.add_column("revision")
+    table.add_column("behind", justify="right")
+    table.add_column("state")
+    table.add_column("detail")
+    for t in report.tenants:
+        table.add_row(
+            t.tenant,
+            ",".join(t.current) or ("-" if t.state is State.UNREACHABLE else "base"),
+            "" if t.behind is None else str(t.behind),
+            f"[{_STYLE[t.state]}]{t.state.value}[/]",
+            t.error or "",
+        )
+    return table
+
+
+def status_line(report: StatusReport) -> str:
+    at_head = sum(t.state is State.AT_HEAD for t in report.tenants)
+    return f"{at_head}/{len(report.tenants)} tenants at head {report.head}"
+
+
+def to_json(data: dict) -> str:
+    return json.dumps(data, indent=2)

@@ -1,0 +1,156 @@
+"""Results are data: one :class:`TenantResult` per tenant, gathered into a :class:`RunReport`.
+
+Rendering (tables, lines, JSON) lives in :mod:`tenants.render` as pure functions over these objects.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Status(str, Enum):
+    UPGRADED = "upgraded"
+    DOWNGRADED = "downgraded"
+    STAMPED = "stamped"
+    UP_TO_DATE = "up-to-date"
+    FAILED = "failed"
+    LOCKED = "locked"
+    SKIPPED = "skipped"
+    UNKNOWN_REVISION = "unknown-revision"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# A run is good when every tenant ended in one of these.
+GOOD = frozenset({Status.UPGRADED, Status.DOWNGRADED, Status.STAMPED, Status.UP_TO_DATE})
+
+
+@dataclass(frozen=True)
+class TenantResult:
+    """What happened to one tenant. Plain data: it crosses back from the worker process."""
+
+    tenant: str
+    status: Status
+    from_revision: str | None = None  # None: base (no revision recorded, or a new database)
+    to_revision: str | None = None
+    applied: tuple[str, ...] = ()  # revisions applied (upgrade) or undone (downgrade), in order
+    attempts: int = 0
+    duration: float = 0.0  # seconds
+    error: str | None = None  # password-free
+
+    @property
+    def ok(self) -> bool:
+        return self.status in GOOD
+
+    def to_dict(self) -> dict:
+        return {
+            "tenant": self.tenant,
+            "status": self.status.value,
+            "from": self.from_revision,
+            "to": self.to_revision,
+            "applied": list(self.applied),
+            "attempts": self.attempts,
+            "duration": round(self.duration, 4),
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """One run of one operation over the selected tenants, in selection order."""
+
+    run_id: str
+    environment: str
+    operation: str  # upgrade | downgrade | stamp
+    target: str | None  # resolved revision id; None is base
+    head: str | None
+    concurrency: int
+    started_at: str  # ISO 8601, UTC
+    finished_at: str
+    duration: float
+    results: tuple[TenantResult, ...] = ()
+    tool_version: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = Counter(r.status.value for r in self.results)
+        return {s.value: counts[s.value] for s in Status if counts[s.value]}
+
+    @property
+    def failed(self) -> tuple[TenantResult, ...]:
+        return tuple(r for r in self.results if not r.ok)
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": 1,
+            "tool_version": self.tool_version,
+            "run_id": self.run_id,
+            "environment": self.environment,
+            "operation": self.operation,
+            "target": self.target,
+            "head": self.head,
+            "concurrency": self.concurrency,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration": round(self.duration, 4),
+            "ok": self.ok,
+            "summary": self.counts,
+            "tenants": [r.to_dict() for r in self.results],
+        }
+
+
+class State(str, Enum):
+    AT_HEAD = "at-head"
+    BEHIND = "behind"
+    NEW = "new"
+    UNKNOWN_REVISION = "unknown-revision"
+    UNREACHABLE = "unreachable"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class TenantStatus:
+    tenant: str
+    state: State
+    current: tuple[str, ...] = ()
+    behind: int | None = None  # revisions to apply to reach head; None when unknown
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "tenant": self.tenant,
+            "state": self.state.value,
+            "current": ",".join(self.current) or None,
+            "behind": self.behind,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    environment: str
+    head: str
+    tenants: tuple[TenantStatus, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return all(t.state is State.AT_HEAD for t in self.tenants)
+
+    def to_dict(self) -> dict:
+        counts = Counter(t.state.value for t in self.tenants)
+        return {
+            "environment": self.environment,
+            "head": self.head,
+            "ok": self.ok,
+            "summary": {s.value: counts[s.value] for s in State if counts[s.value]},
+            "tenants": [t.to_dict() for t in self.tenants],
+        }

@@ -1,0 +1,187 @@
+"""The Alembic project being driven: its revision graph, loaded once, and the one place that runs env.py.
+
+Alembic's ``command.upgrade()`` builds a new ``ScriptDirectory`` (executing every revision file) and runs
+env.py on every call. Serving many tenants from one process, we build the ``ScriptDirectory`` once per
+process and, per tenant, run env.py through an ``EnvironmentContext`` the way ``command.upgrade`` does inside.
+The private ``ScriptDirectory._upgrade_revs`` / ``_downgrade_revs`` / ``_stamp_revs`` are used here and nowhere
+else, so an Alembic upgrade that renames them breaks one function.
+
+env.py gets the tenant in two ways, so any Alembic project works: ``config.attributes["connection"]`` (the
+cookbook's "sharing a connection" recipe; our env.py uses it) and the ``sqlalchemy.url`` main option (for an
+env.py that builds its own engine).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Literal
+
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy.engine import Connection
+
+from tenants.errors import ConfigError, MultipleHeads, RevisionError
+
+Operation = Literal["upgrade", "downgrade", "stamp"]
+
+
+class Revisions:
+    """An Alembic project (``alembic.ini`` + script directory) with its revision graph loaded once."""
+
+    def __init__(self, alembic_ini: str | Path, version_table: str = "alembic_version") -> None:
+        path = Path(alembic_ini)
+        if not path.is_file():
+            raise ConfigError(
+                f"{path}: alembic.ini not found; set `alembic = \"path/to/alembic.ini\"` in the environment "
+                "or run from the project directory"
+            )
+        self.path = path
+        # Alembic prints through Config.stdout; keep it out of the worker's stdout (results are our output).
+        self.config = Config(str(path), stdout=io.StringIO())
+        # Our env.py reads it; an env.py of another project configures its own (and the environment's
+        # `version_table` must then match it).
+        self.config.set_main_option("version_table", version_table)
+        try:
+            self.script = ScriptDirectory.from_config(self.config)
+            self._heads = tuple(self.script.get_heads())  # loads (executes) every revision file, once
+        except CommandError as err:
+            raise ConfigError(f"{path}: cannot load the Alembic project: {err}") from err
+        except Exception as err:  # a revision file that does not import
+            raise ConfigError(f"{path}: a revision file failed to load: {type(err).__name__}: {err}") from err
+        self._ancestors: dict[str, frozenset[str]] = {}
+
+    # --- the graph ---------------------------------------------------------------------------------------
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return self._heads
+
+    def head(self) -> str:
+        """The single head; several heads make ``head`` ambiguous and are bad input."""
+        if len(self._heads) != 1:
+            raise MultipleHeads(
+                f"{self.path}: the revision graph has {len(self._heads)} heads "
+                f"({', '.join(sorted(self._heads)) or 'none'}); merge them with `alembic merge heads`"
+            )
+        return self._heads[0]
+
+    def resolve(self, revision: str) -> str | None:
+        """A full revision id for ``revision`` (``head``, ``base``, an id or a unique prefix); None is base."""
+        if revision == "base":
+            return None
+        if revision == "head":
+            return self.head()
+        try:
+            found = self.script.get_revisions(revision)
+        except CommandError as err:
+            raise RevisionError(
+                f"unknown revision {revision!r} in {self.path.parent / 'versions'}: {err}; "
+                "see `alembic history`"
+            ) from err
+        if len(found) != 1 or found[0] is None:
+            raise RevisionError(f"revision {revision!r} does not name exactly one revision; see `alembic history`")
+        return found[0].revision
+
+    def is_known(self, current: tuple[str, ...]) -> bool:
+        return all(self._lookup(rev) for rev in current)
+
+    def _lookup(self, rev: str) -> bool:
+        try:
+            return self.script.revision_map.get_revision(rev) is not None
+        except Exception:  # alembic raises ResolutionError (not a CommandError) for unknown ids
+            return False
+
+    def ancestors(self, rev: str | None) -> frozenset[str]:
+        """``rev`` and every revision below it."""
+        if rev is None:
+            return frozenset()
+        if rev not in self._ancestors:
+            self._ancestors[rev] = frozenset(s.revision for s in self.script.iterate_revisions(rev, "base"))
+        return self._ancestors[rev]
+
+    def pending_upgrade(self, current: tuple[str, ...], target: str | None) -> list[str]:
+        """Revisions an upgrade from ``current`` to ``target`` applies, in order ([] when nothing to do)."""
+        if target is None:
+            return []
+        done: set[str] = set()
+        for rev in current:
+            done |= self.ancestors(rev)
+        return [rev for rev in reversed([s.revision for s in self.script.iterate_revisions(target, "base")])
+                if rev not in done]
+
+    def pending_downgrade(self, current: tuple[str, ...], target: str | None) -> list[str]:
+        """Revisions a downgrade from ``current`` to ``target`` undoes, newest first.
+
+        Raises :class:`RevisionError` when ``target`` is not below ``current``.
+        """
+        keep = self.ancestors(target)
+        have: set[str] = set()
+        for rev in current:
+            have |= self.ancestors(rev)
+        if target is not None and target not in have:
+            raise RevisionError(
+                f"revision {target} is not below the tenant's current revision "
+                f"{','.join(current) or 'base'}: a downgrade only goes down"
+            )
+        ordered = []
+        for rev in current:
+            ordered += [s.revision for s in self.script.iterate_revisions(rev, "base")]
+        seen: set[str] = set()
+        return [r for r in ordered if r not in keep and not (r in seen or seen.add(r))]
+
+    # --- running env.py ------------------------------------------------------------------------------------
+
+    def migrate(self, connection: Connection, url: str, operation: Operation, target: str | None) -> None:
+        """Run env.py once for this tenant to take it to ``target`` (None is base).
+
+        ``connection`` must not be inside a transaction: env.py configures ``transaction_per_migration`` and
+        Alembic then begins and commits one transaction per revision on it.
+        """
+        script = self.script
+        destination = target or "base"
+
+        def steps(rev, _context):
+            if operation == "upgrade":
+                return script._upgrade_revs(destination, rev)
+            if operation == "downgrade":
+                return script._downgrade_revs(destination, rev)
+            return script._stamp_revs(destination, rev)
+
+        self._run_env(url, steps, destination, as_sql=False, connection=connection)
+
+    def offline_sql(self, url: str, start: str | None, target: str | None, operation: Operation) -> str:
+        """The SQL that takes a database from ``start`` to ``target`` (Alembic's ``--sql`` mode)."""
+        script = self.script
+        destination = target or "base"
+        starting = start or "base"
+
+        def steps(rev, _context):
+            if operation == "downgrade":
+                return script._downgrade_revs(destination, rev)
+            return script._upgrade_revs(destination, rev)
+
+        buffer = io.StringIO()
+        self._run_env(url, steps, destination, as_sql=True, starting_rev=starting, output_buffer=buffer)
+        return buffer.getvalue()
+
+    def _run_env(self, url, fn, destination, *, as_sql, connection=None, starting_rev=None, output_buffer=None):
+        config = self.config
+        config.output_buffer = output_buffer
+        # ConfigParser interpolation: a literal % (URL-encoded passwords) must be doubled.
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+        if connection is not None:
+            config.attributes["connection"] = connection
+        try:
+            with EnvironmentContext(
+                config, self.script, fn=fn, as_sql=as_sql, starting_rev=starting_rev,
+                destination_rev=destination,
+            ):
+                self.script.run_env()
+        finally:
+            config.attributes.pop("connection", None)
+            config.output_buffer = None
+            # Never leave a tenant's password in a long-lived object.
+            config.set_main_option("sqlalchemy.url", "")

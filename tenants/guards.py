@@ -9,8 +9,12 @@ these inspector-based helpers instead::
     if not guards.has_column("invoices", "status"):
         op.add_column("invoices", sa.Column("status", sa.String(20), server_default="open", nullable=False))
 
-Offline (``--sql``) there is no database to ask: every helper answers "not there" so the full change is
-rendered for review.
+Offline (``--sql``) there is no database to ask: each helper then answers ``offline`` (default False,
+"not there"), so an upgrade's guarded step is rendered for review. A downgrade asks the opposite question
+("is it still there?") and passes ``offline=True``::
+
+    if guards.has_column("invoices", "status", offline=True):
+        op.drop_column("invoices", "status")
 """
 
 from __future__ import annotations
@@ -20,41 +24,52 @@ from alembic import context, op
 
 
 def _inspector() -> sa.Inspector | None:
+    """None offline (no database to ask)."""
     if context.is_offline_mode():
         return None
     # A fresh inspector every time: its caches would not see DDL run earlier in the same revision.
     return sa.inspect(op.get_bind())
 
 
-def has_table(table: str, schema: str | None = None) -> bool:
+def has_table(table: str, schema: str | None = None, offline: bool = False) -> bool:
     inspector = _inspector()
-    return inspector is not None and inspector.has_table(table, schema=schema)
+    if inspector is None:
+        return offline
+    return inspector.has_table(table, schema=schema)
 
 
-def has_column(table: str, column: str, schema: str | None = None) -> bool:
+def has_column(table: str, column: str, schema: str | None = None, offline: bool = False) -> bool:
     inspector = _inspector()
-    if inspector is None or not inspector.has_table(table, schema=schema):
+    if inspector is None:
+        return offline
+    if not inspector.has_table(table, schema=schema):
         return False
     return any(c["name"] == column for c in inspector.get_columns(table, schema=schema))
 
 
-def has_index(table: str, index: str, schema: str | None = None) -> bool:
+def has_index(table: str, index: str, schema: str | None = None, offline: bool = False) -> bool:
     inspector = _inspector()
-    if inspector is None or not inspector.has_table(table, schema=schema):
+    if inspector is None:
+        return offline
+    if not inspector.has_table(table, schema=schema):
         return False
     return any(ix["name"] == index for ix in inspector.get_indexes(table, schema=schema))
 
 
-def has_foreign_key(table: str, name: str, schema: str | None = None) -> bool:
+def has_foreign_key(table: str, name: str, schema: str | None = None, offline: bool = False) -> bool:
     inspector = _inspector()
-    if inspector is None or not inspector.has_table(table, schema=schema):
+    if inspector is None:
+        return offline
+    if not inspector.has_table(table, schema=schema):
         return False
     return any(fk.get("name") == name for fk in inspector.get_foreign_keys(table, schema=schema))
 
 
-def has_unique_constraint(table: str, name: str, schema: str | None = None) -> bool:
+def has_unique_constraint(table: str, name: str, schema: str | None = None, offline: bool = False) -> bool:
     inspector = _inspector()
-    if inspector is None or not inspector.has_table(table, schema=schema):
+    if inspector is None:
+        return offline
+    if not inspector.has_table(table, schema=schema):
         return False
     return any(uc.get("name") == name for uc in inspector.get_unique_constraints(table, schema=schema))
 

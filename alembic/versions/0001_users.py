@@ -34,7 +34,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if guards.has_index("users", "ux_users_email"):
+    if guards.has_index("users", "ux_users_email", offline=True):
         op.drop_index("ux_users_email", table_name="users")
-    if guards.has_table("users"):
+    if guards.has_table("users", offline=True):
         op.drop_table("users")

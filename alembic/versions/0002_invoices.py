@@ -40,5 +40,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if guards.has_table("invoices"):
+    if guards.has_table("invoices", offline=True):
         op.drop_table("invoices")

@@ -33,6 +33,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if guards.has_column("invoices", "status"):
+    if guards.has_column("invoices", "status", offline=True):
         # SQL Server keeps a column's default in a named constraint that must go first.
         op.drop_column("invoices", "status", mssql_drop_default=True)

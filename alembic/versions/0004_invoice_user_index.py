@@ -24,5 +24,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if guards.has_index("invoices", "ix_invoices_user_id_issued_at"):
+    if guards.has_index("invoices", "ix_invoices_user_id_issued_at", offline=True):
         op.drop_index("ix_invoices_user_id_issued_at", table_name="invoices")

@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""Benchmark `tenants upgrade` against the obvious alternatives, on throwaway PostgreSQL tenant databases.
+
+Creates N empty databases named PREFIX0000.., then times, on the same tenants and the same revisions:
+
+  1. `tenants upgrade` (empty -> head)               4. in-process loop of `alembic.command.upgrade` (empty -> head)
+  2. `tenants upgrade` again (the no-op pass)        5. the same loop again (its no-op)
+  3. shell loop of `alembic -x tenant=T upgrade head` 6. `xargs -P C psql -f` running the offline SQL (raw C client)
+
+Every tenant is reset to an empty schema before each method that starts from empty, and every method is
+checked afterwards: each tenant must record the head revision and have the same schema as after (1).
+Only the ratios within one run mean anything; never compare absolute times across runs or machines.
+Targets (concurrency 4, 2 cores): tenants/psql <= 1.0, shell/tenants >= 20, in-process no-op/tenants no-op >= 5.
+
+    /work/venv/bin/python scripts/bench.py --tenants 10       # quick check
+    /work/venv/bin/python scripts/bench.py                    # 200 tenants, a few minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
+from pathlib import Path
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import make_url
+
+REPO = Path(__file__).resolve().parent.parent
+ALEMBIC_INI = REPO / "alembic.ini"
+BIN = Path(sys.executable).parent  # the venv's `alembic` executable lives next to its python
+DB_WORKERS = 8  # threads for setup chores (create, reset, verify, drop); never part of a timed section
+
+# One fingerprint of a tenant's end state: recorded revision + columns, indexes and constraints of `public`.
+FINGERPRINT_SQL = """
+SELECT (SELECT string_agg(version_num, ',') FROM alembic_version),
+       md5(concat_ws('|',
+         (SELECT string_agg(concat_ws(' ', table_name, column_name, data_type, is_nullable, column_default), ','
+                            ORDER BY table_name, column_name)
+            FROM information_schema.columns WHERE table_schema = 'public'),
+         (SELECT string_agg(indexdef, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = 'public'),
+         (SELECT string_agg(conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid), ','
+                            ORDER BY conname)
+            FROM pg_constraint WHERE connamespace = 'public'::regnamespace)))
+"""
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tenants", type=int, default=200, metavar="N", help="tenant databases to create (200)")
+    p.add_argument("--concurrency", type=int, default=4, help="parallelism of tenants and of xargs -P (4)")
+    p.add_argument("--pg-url", default=os.environ.get(
+        "TENANTS_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
+        help="SQLAlchemy URL of the server's maintenance database ($TENANTS_BENCH_PG_URL)")
+    p.add_argument("--prefix", default="bench_t_", help="name prefix of the databases created (bench_t_)")
+    p.add_argument("--keep", action="store_true", help="keep the databases afterwards (default: drop them)")
+    p.add_argument("--shell-sample", type=int, metavar="K",
+                   help="time the shell loop on only K tenants and extrapolate linearly (default: all N)")
+    p.add_argument("--skip-shell-loop", action="store_true", help="do not run the shell loop at all")
+    args = p.parse_args()
+    if args.tenants < 1 or args.concurrency < 1:
+        p.error("--tenants and --concurrency must be at least 1")
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", args.prefix):  # it is pasted into SQL and into a glob
+        p.error("--prefix may only use lowercase letters, digits and '_'")
+    if args.shell_sample is not None and not 1 <= args.shell_sample <= args.tenants:
+        p.error("--shell-sample must be between 1 and --tenants")
+    if make_url(args.pg_url).get_backend_name() != "postgresql":
+        p.error("--pg-url must be a postgresql URL")
+    return args
+
+
+class Server:
+    """The PostgreSQL server, reached with plain psycopg (autocommit) for setup and checks."""
+
+    def __init__(self, sa_url: str) -> None:
+        self.url = make_url(sa_url)
+
+    def conninfo(self, db: str | None = None) -> str:
+        url = self.url.set(drivername="postgresql", database=db or self.url.database)
+        return url.render_as_string(hide_password=False)
+
+    def sa_url(self, db: str) -> str:
+        """A SQLAlchemy URL for `db` (with the driver and password of --pg-url), as alembic/tenants use it."""
+        return self.url.set(database=db).render_as_string(hide_password=False)
+
+    def execute(self, sql: str, params=(), db: str | None = None) -> list[tuple]:
+        with psycopg.connect(self.conninfo(db), autocommit=True) as conn:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+    def each(self, dbs: list[str], fn) -> list:
+        with ThreadPoolExecutor(DB_WORKERS) as pool:
+            return list(pool.map(fn, dbs))
+
+    def create(self, db: str) -> None:
+        # From template0 (always empty). A dedicated empty template database measured no faster here.
+        self.execute(f'CREATE DATABASE "{db}" TEMPLATE template0')
+
+    def drop(self, db: str) -> None:
+        self.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')  # FORCE ends leftover sessions (PG 13+)
+
+    def reset(self, dbs: list[str]) -> None:
+        """Every tenant back to empty (alembic_version lives in public too), then a checkpoint so the reset's
+        writes are not flushed during the next timed section."""
+        self.each(dbs, lambda db: self.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public", db=db))
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            self.execute("CHECKPOINT")
+
+    def fingerprints(self, dbs: list[str]) -> dict[str, tuple]:
+        def one(db):
+            try:
+                return self.execute(FINGERPRINT_SQL, db=db)[0]
+            except psycopg.Error as err:
+                return (f"unreadable: {type(err).__name__}: {str(err).strip().splitlines()[0]}", None)
+        return dict(zip(dbs, self.each(dbs, one)))
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, server: Server, tmp: Path, names: list[str]) -> None:
+        self.args, self.server, self.tmp, self.names = args, server, tmp, names
+        self.head = ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).get_current_head()
+        self.reference: str | None = None  # schema fingerprint after the first `tenants upgrade`
+        self.times: dict[str, float] = {}
+        # The temporary directory is private (mkdtemp: mode 0700), so a password in this file stays local.
+        url = server.sa_url("TENANT").replace("/TENANT", "/{tenant}")  # render first: '{' would be escaped
+        self.toml = tmp / "tenants.toml"
+        self.toml.write_text(
+            "[environments.bench]\n"
+            f"url = {toml_str(url)}\nsource = \"server\"\nmatch = {toml_str(args.prefix + '*')}\n"
+            f"concurrency = {args.concurrency}\nalembic = {toml_str(str(ALEMBIC_INI))}\n"
+            f"maintenance_database = {toml_str(server.url.database or 'postgres')}\n", encoding="utf-8")
+
+    def timed(self, label: str, fn) -> float:
+        print(f"  {label} ...", end="", flush=True)
+        started = time.perf_counter()
+        fn()
+        seconds = self.times[label] = time.perf_counter() - started
+        print(f" {seconds:.2f}s", flush=True)
+        return seconds
+
+    def verify(self, label: str, dbs: list[str]) -> None:
+        """Fail loudly unless every tenant records the head and has the same schema as every other method."""
+        bad = []
+        for db, (rev, schema) in self.server.fingerprints(dbs).items():
+            self.reference = self.reference or schema
+            if rev != self.head or schema != self.reference:
+                bad.append(f"{db}: revision {rev!r}" + ("" if schema == self.reference else ", schema differs"))
+        if bad:
+            raise SystemExit(f"bench: {label}: {len(bad)} of {len(dbs)} tenants not at head {self.head}:\n  "
+                             + "\n  ".join(bad[:10]))
+
+    def run(self, cmd: list[str], label: str, **kw) -> str:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stdout.splitlines()[-20:])
+            raise SystemExit(f"bench: {label}: exit code {proc.returncode}; last output:\n{tail}")
+        return proc.stdout
+
+    def tenants_cli(self, *argv: str) -> list[str]:
+        return [sys.executable, "-m", "tenants", "--config", str(self.toml), "--env", "bench", *argv]
+
+    # --- the methods -------------------------------------------------------------------------------------------
+
+    def tenants_upgrade(self, label: str) -> None:
+        upgrade = self.tenants_cli("upgrade", "--concurrency", str(self.args.concurrency))
+        self.timed(label, lambda: self.run(upgrade, label))
+        self.verify(label, self.names)
+
+    def shell_loop(self, label: str, dbs: list[str]) -> None:
+        # Tenant names are passed as arguments ("$@"), not pasted into the script. set -e: stop at a failure.
+        script = ('set -e; for t in "$@"; do "$ALEMBIC" -c "$INI" -x tenant="$t" -x config="$TOML" -x env=bench '
+                  'upgrade head; done')
+        env = {**os.environ, "ALEMBIC": str(BIN / "alembic"), "INI": str(ALEMBIC_INI), "TOML": str(self.toml)}
+        self.timed(label, lambda: self.run(["bash", "-c", script, "bash", *dbs], label, env=env))
+        self.verify(label, dbs)
+
+    def in_process_loop(self, label: str) -> None:
+        def loop():
+            path = list(sys.path)  # alembic prepends `prepend_sys_path` to sys.path on every call
+            # env.py re-reads alembic.ini's logging config per call, with a handler on the then-current stderr:
+            # send that to /dev/null rather than flood the table (the logging cost stays in the measurement).
+            with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+                for db in self.names:
+                    cfg = Config(str(ALEMBIC_INI), stdout=io.StringIO())
+                    cfg.set_main_option("sqlalchemy.url", self.server.sa_url(db).replace("%", "%%"))
+                    command.upgrade(cfg, "head")
+            sys.path[:] = path
+        self.timed(label, loop)
+        self.verify(label, self.names)
+
+    def psql_fanout(self, label: str) -> None:
+        sql_file = self.tmp / "upgrade.sql"  # rendered once, outside the timed section
+        sql_file.write_text(self.run(self.tenants_cli("sql", "base:head"), "tenants sql"), encoding="utf-8")
+        url = self.server.url
+        psql = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", url.host or "127.0.0.1",
+                "-p", str(url.port or 5432), "-U", url.username or "postgres", "-d", "{}", "-f", str(sql_file)]
+        env = {**os.environ, **({"PGPASSWORD": url.password} if url.password else {})}
+        xargs = ["xargs", f"-P{self.args.concurrency}", "-I{}", *psql]
+        self.timed(label, lambda: self.run(xargs, label, input="\n".join(self.names) + "\n", env=env))
+        self.verify(label, self.names)
+
+
+def toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def versions(server: Server) -> str:
+    psql = subprocess.run(["psql", "--version"], capture_output=True, text=True).stdout.split()[-1]
+    pg = server.execute("SHOW server_version")[0][0]
+    libs = ", ".join(f"{name} {version(name)}" for name in ("tenants", "alembic", "SQLAlchemy", "psycopg"))
+    return f"Python {platform.python_version()}, {libs}, psql {psql}, PostgreSQL server {pg}"
+
+
+def report(bench: Bench, args: argparse.Namespace, shell_label: str | None, shell_factor: float) -> None:
+    t, n, c = bench.times, args.tenants, args.concurrency
+    print(f"\n{'method':<58}{'seconds':>10}{'ms/tenant':>12}")
+    for label, seconds in t.items():
+        if label == shell_label and shell_factor != 1:  # a sample: show the extrapolated figure
+            seconds *= shell_factor
+            label = f"{label}, extrapolated x{shell_factor:.1f} to N={n}"
+        print(f"{label:<58}{seconds:>10.2f}{seconds / n * 1000:>12.1f}")
+    up, noop = t["tenants upgrade (empty -> head)"], t["tenants upgrade (no-op: all at head)"]
+    shell = t[shell_label] * shell_factor if shell_label else None
+    ratios = [
+        (f"tenants upgrade / xargs -P{c} psql", up / t[f"xargs -P{c} psql -f offline.sql"], "<=", 1.0),
+        ("shell loop / tenants upgrade" + (" (extrapolated)" if shell_factor != 1 else ""),
+         shell / up if shell else None, ">=", 20.0),
+        ("in-process no-op / tenants no-op", t["in-process command.upgrade loop (no-op)"] / noop, ">=", 5.0),
+        ("in-process upgrade / tenants upgrade (no target)",
+         t["in-process command.upgrade loop (empty -> head)"] / up, None, None),
+    ]
+    print(f"\n{'ratio':<58}{'value':>10}{'target':>12}  result")
+    for label, value, op, target in ratios:
+        if value is None:
+            print(f"{label:<58}{'n/a':>10}{f'{op} {target:g}':>12}  not measured")
+            continue
+        verdict = "" if op is None else ("met" if (value <= target if op == "<=" else value >= target)
+                                         else "NOT MET")
+        print(f"{label:<58}{value:>10.2f}{(f'{op} {target:g}' if op else '-'):>12}  {verdict}")
+
+
+def main() -> None:
+    args = parse_args()
+    server = Server(args.pg_url)
+    names = [f"{args.prefix}{i:04d}" for i in range(args.tenants)]
+    existing = server.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (args.prefix,))
+    if existing:  # never adopt (and later drop) databases this run did not create
+        raise SystemExit(f"bench: {len(existing)} database(s) named {args.prefix}* already exist "
+                         f"(e.g. {existing[0][0]}); drop them or pick another --prefix")
+    # SIGTERM takes the same way out as Ctrl-C, through the `finally` that drops the databases.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    tmp = Path(tempfile.mkdtemp(prefix="tenants-bench-"))
+    created: list[str] = []
+    started = time.perf_counter()
+    try:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        print(f"bench: N={args.tenants} tenants, concurrency {args.concurrency}, nproc {cpus}")
+        print(f"versions: {versions(server)}")
+        print(f"creating {args.tenants} databases {names[0]}..{names[-1]} ...", flush=True)
+
+        def create(db):
+            server.create(db)
+            created.append(db)  # list.append is atomic: safe from the pool's threads
+        server.each(names, create)
+        bench = Bench(args, server, tmp, names)
+        print(f"head: {bench.head}; timing (each method starts from the same state):")
+
+        bench.tenants_upgrade("tenants upgrade (empty -> head)")  # tenants start empty: no reset needed
+        bench.tenants_upgrade("tenants upgrade (no-op: all at head)")
+
+        shell_label, shell_factor = None, 1.0
+        if not args.skip_shell_loop:
+            k = args.shell_sample or args.tenants
+            shell_label, shell_factor = f"shell loop: alembic -x tenant=T upgrade head (x{k})", args.tenants / k
+            bench.server.reset(names)
+            bench.shell_loop(shell_label, names[:k])
+
+        bench.server.reset(names)
+        bench.in_process_loop("in-process command.upgrade loop (empty -> head)")
+        bench.in_process_loop("in-process command.upgrade loop (no-op)")
+
+        bench.server.reset(names)
+        bench.psql_fanout(f"xargs -P{args.concurrency} psql -f offline.sql")
+
+        report(bench, args, shell_label, shell_factor)
+    except KeyboardInterrupt:
+        print("\nbench: interrupted", file=sys.stderr)
+        raise SystemExit(130)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the cleanup finish
+        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            print(f"kept {len(created)} databases {args.prefix}* (--keep)")
+        elif created:
+            print(f"dropping {len(created)} databases ...", flush=True)
+            server.each(created, server.drop)
+        print(f"total wall time {time.perf_counter() - started:.1f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Configuration: environments, ${VAR}, validation with file and line, masked URLs."""
+
+from pathlib import Path
+
+import pytest
+
+from tenants.config import load_settings, mask_url
+from tenants.errors import ConfigError, MissingVariable, UnknownEnvironment
+
+from conftest import write_config
+
+
+def test_embedded_dev_environment_without_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(environ={})
+    env = settings.environment
+    assert settings.config_path is None
+    assert env.name == "dev" and env.source == "static"
+    assert [t.name for t in env.tenants] == ["acme", "globex", "initech"]
+    assert env.tenant_url("acme") == f"sqlite:///{tmp_path.resolve()}/.tenants/acme.db"
+
+
+def test_env_and_config_from_environment_variables(tmp_path):
+    path = write_config(tmp_path / "other.toml", """
+        [environments.staging]
+        url = "postgresql+psycopg://app:${PGPASS}@db.internal/{tenant}"
+        source = "server"
+        match = "t_*"
+        concurrency = 8
+    """)
+    settings = load_settings(environ={"TENANTS_CONFIG": str(path), "TENANTS_ENV": "staging", "PGPASS": "s3cret"})
+    env = settings.environment
+    assert (env.name, env.source, env.match, env.concurrency) == ("staging", "server", "t_*", 8)
+    assert env.tenant_url("t_1") == "postgresql+psycopg://app:s3cret@db.internal/t_1"
+    assert mask_url(env.tenant_url("t_1")) == "postgresql+psycopg://app:***@db.internal/t_1"
+    assert env.alembic == tmp_path.resolve() / "alembic.ini"
+
+
+def test_missing_explicit_file_names_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope\.toml: configuration file not found \(check --config"):
+        load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_malformed_toml_names_file_and_line(tmp_path):
+    path = write_config(tmp_path / "t.toml", '[environments.a]\nurl = "sqlite:///{tenant}.db\ntenants = ["a"]\n')
+    with pytest.raises(ConfigError, match=r"t\.toml: malformed TOML: .*line 2"):
+        load_settings(path, "a", environ={})
+
+
+def test_unknown_key_names_file_line_and_known_keys(tmp_path):
+    path = write_config(tmp_path / "t.toml", """\
+        [environments.a]
+        url = "sqlite:///{tenant}.db"
+        tenants = ["x"]
+        concurency = 3
+    """)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, "a", environ={})
+    assert str(err.value).startswith(f"{path}:4: environments.a: unknown key 'concurency' (known keys: alembic,")
+
+
+def test_unknown_environment_lists_known_ones(tmp_path):
+    path = write_config(tmp_path / "t.toml", '[environments.staging]\nurl = "sqlite:///{tenant}.db"\ntenants=["a"]\n')
+    with pytest.raises(UnknownEnvironment, match=r"unknown environment 'prod' \(--env / TENANTS_ENV\); "
+                                                 r"known: dev, staging"):
+        load_settings(path, "prod", environ={})
+
+
+def test_unset_variable_is_named(tmp_path):
+    path = write_config(tmp_path / "t.toml", """\
+        [environments.a]
+        url = "postgresql+psycopg://app:${DB_PASSWORD}@h/{tenant}"
+        source = "server"
+    """)
+    with pytest.raises(MissingVariable, match=r"t\.toml:2: environments\.a: url uses \$\{DB_PASSWORD\} but the "
+                                              r"environment variable DB_PASSWORD is not set"):
+        load_settings(path, "a", environ={})
+
+
+@pytest.mark.parametrize("body, message", [
+    ('tenants = ["a"]', "missing required key 'url'"),
+    ('url = "sqlite:///x.db"\ntenants = ["a"]', "url must contain the {tenant} placeholder"),
+    ('url = "sqlite:///{tenant}.db"', "source 'static' needs a non-empty 'tenants' list"),
+    ('url = "sqlite:///{tenant}.db"\ntenants = ["a"]\nconcurrency = 0', "concurrency must be at least 1"),
+    ('url = "sqlite:///{tenant}.db"\ntenants = ["a"]\nconcurrency = "4"', "concurrency must be a int, not str"),
+    ('url = "sqlite:///{tenant}.db"\ntenants = ["a", "a"]', "tenant 'a' is listed twice"),
+    ('url = "sqlite:///{tenant}.db"\ntenants = ["a b"]', "tenant name 'a b' may only use"),
+    ('url = "sqlite:///{tenant}.db"\nsource = "cloud"', "source must be one of static, server"),
+    ('url = "sqlite:///{tenant}.db"\ntenants = [{name = "a", tag = ["x"]}]', "unknown key 'tag'"),
+])
+def test_invalid_environments_are_rejected(tmp_path, body, message):
+    path = write_config(tmp_path / "t.toml", f"[environments.a]\n{body}\n")
+    with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}").replace("(", r"\(")):
+        load_settings(path, "a", environ={})
+
+
+def test_unknown_top_level_key(tmp_path):
+    path = write_config(tmp_path / "t.toml", 'default = "x"\n')
+    with pytest.raises(ConfigError, match=r"t\.toml:1: unknown top-level key 'default'"):
+        load_settings(path, environ={})
+
+
+def test_relative_paths_resolve_next_to_the_config_file(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    path = write_config(tmp_path / "sub" / "t.toml", """\
+        [environments.a]
+        url = "sqlite:///data/{tenant}.db"
+        tenants = [{name = "a", tags = ["canary"]}]
+        alembic = "../proj/alembic.ini"
+    """)
+    monkeypatch.chdir(tmp_path)
+    env = load_settings(Path("sub/t.toml"), "a", environ={}).environment
+    assert env.tenant_url("a") == f"sqlite:///{tmp_path.resolve()}/sub/data/a.db"
+    assert env.alembic == tmp_path.resolve() / "sub" / ".." / "proj" / "alembic.ini"
+    assert env.tenants[0].tags == ("canary",)

@@ -1,0 +1,311 @@
+"""The engine at the library level, on real SQLite files and real worker processes."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tenants import api
+from tenants.config import load_settings
+from tenants.discovery import Selection
+from tenants.errors import MultipleHeads, RevisionError, TenantNotFound, UsageError
+from tenants.fanout import ProcessStrategy, SerialStrategy
+from tenants.report import State, Status
+
+from conftest import DEMO_REVISIONS, HEAD, ROOT, make_project
+
+
+def settings_for(path: Path, env: str = "test"):
+    return load_settings(path, env, environ={})
+
+
+def tables(db: Path) -> set[str]:
+    with sqlite3.connect(db) as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def version(db: Path) -> str | None:
+    with sqlite3.connect(db) as conn:
+        try:
+            rows = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+        except sqlite3.OperationalError:
+            return None
+    return rows[0][0] if rows else None
+
+
+def test_upgrade_brings_every_tenant_to_head_then_noop(sqlite_config, tmp_path):
+    settings = settings_for(sqlite_config())
+    first = api.upgrade(settings, options=api.RunOptions(concurrency=2))
+    assert first.ok and first.target == HEAD and first.head == HEAD
+    assert [(r.tenant, r.status, r.from_revision, r.to_revision, r.applied) for r in first.results] == [
+        (name, Status.UPGRADED, None, HEAD, tuple(DEMO_REVISIONS)) for name in ("acme", "globex", "initech")
+    ]
+    for name in ("acme", "globex", "initech"):
+        db = tmp_path / "db" / f"{name}.db"
+        assert version(db) == HEAD
+        assert {"users", "invoices", "alembic_version"} <= tables(db)
+
+    again = api.upgrade(settings, options=api.RunOptions(concurrency=2))
+    assert [(r.status, r.applied, r.attempts) for r in again.results] == [(Status.UP_TO_DATE, (), 1)] * 3
+
+    status = api.status(settings)
+    assert status.ok and [t.state for t in status.tenants] == [State.AT_HEAD] * 3
+
+
+def test_parallel_run_equals_serial_run(sqlite_config, tmp_path):
+    names = [f"t{i}" for i in range(8)]
+    serial_settings = settings_for(sqlite_config(names))
+    # A second, identical fleet for the parallel strategy.
+    parallel_cfg = tmp_path / "parallel.toml"
+    parallel_cfg.write_text(sqlite_config(names).read_text().replace("sqlite:///db/", "sqlite:///pdb/"))
+    parallel_settings = settings_for(parallel_cfg)
+    # Start the fleets at different revisions per tenant so the runs are not all alike.
+    for i, name in enumerate(names):
+        if i % 3:
+            for s in (serial_settings, parallel_settings):
+                api.upgrade(s, DEMO_REVISIONS[i % 3], Selection(tenants=(name,)))
+
+    serial = api.upgrade(serial_settings, options=api.RunOptions(strategy=SerialStrategy()))
+    parallel = api.upgrade(parallel_settings, options=api.RunOptions(strategy=ProcessStrategy(4)))
+
+    def key(report):
+        return [(r.tenant, r.status, r.from_revision, r.to_revision, r.applied, r.error) for r in report.results]
+
+    assert key(parallel) == key(serial)
+    assert {r.status for r in serial.results} == {Status.UPGRADED}
+
+
+def test_upgrade_to_an_intermediate_revision_and_status_counts_behind(sqlite_config):
+    settings = settings_for(sqlite_config())
+    report = api.upgrade(settings, "0002", Selection(tenants=("acme",)))
+    assert report.results[0].applied == ("0001_users", "0002_invoices")
+    rows = {t.tenant: (t.state, t.current, t.behind) for t in api.status(settings).tenants}
+    assert rows == {
+        "acme": (State.BEHIND, ("0002_invoices",), 2),
+        "globex": (State.NEW, (), 4),
+        "initech": (State.NEW, (), 4),
+    }
+    assert not api.status(settings).ok
+
+
+def test_selection_tenant_exclude_tag(sqlite_config, tmp_path):
+    path = sqlite_config(names=())
+    path.write_text(path.read_text().replace(
+        "tenants = []", 'tenants = [{name = "a1", tags = ["canary"]}, "a2", {name = "b1", tags = ["eu"]}]'))
+    settings = settings_for(path)
+    names = lambda sel: [t.name for t in api.list_tenants(settings, sel)]  # noqa: E731
+    assert names(Selection()) == ["a1", "a2", "b1"]
+    assert names(Selection(exclude=("a*",))) == ["b1"]
+    assert names(Selection(tags=("canary", "eu"))) == ["a1", "b1"]
+    assert names(Selection(tenants=("b1", "a2"))) == ["b1", "a2"]
+    with pytest.raises(TenantNotFound, match="unknown tenant 'zz' \\(--tenant\\) in environment 'test'"):
+        names(Selection(tenants=("zz",)))
+
+
+def test_bad_revision_touches_nothing(sqlite_config, tmp_path):
+    settings = settings_for(sqlite_config())
+    with pytest.raises(RevisionError, match="unknown revision 'nope'"):
+        api.upgrade(settings, "nope")
+    assert not (tmp_path / "db").exists()
+
+
+def test_unknown_revision_is_reported_and_not_touched(sqlite_config, tmp_path):
+    settings = settings_for(sqlite_config())
+    api.upgrade(settings, "0001_users")
+    db = tmp_path / "db" / "globex.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'hotfix_by_hand'")
+    report = api.upgrade(settings, options=api.RunOptions(max_failures=None))
+    by = {r.tenant: r for r in report.results}
+    assert by["globex"].status is Status.UNKNOWN_REVISION
+    assert "hotfix_by_hand is not in the revision graph" in by["globex"].error
+    assert version(db) == "hotfix_by_hand" and "invoices" not in tables(db)
+    assert by["acme"].status is by["initech"].status is Status.UPGRADED
+    assert not report.ok
+    assert {t.tenant: t.state for t in api.status(settings).tenants}["globex"] is State.UNKNOWN_REVISION
+
+
+def failing_project(root: Path) -> Path:
+    """Revision r2 creates a table, then fails for tenants whose database name contains 'bad'."""
+    return make_project(root, {
+        "r1": "op.create_table('one', sa.Column('id', sa.Integer, primary_key=True))",
+        "r2": """
+            op.create_table('two', sa.Column('id', sa.Integer, primary_key=True))
+            if 'bad' in str(op.get_bind().engine.url.database):
+                op.execute('SELECT * FROM no_such_table')
+        """,
+    }, env_py=(ROOT / "alembic" / "env.py").read_text())
+
+
+def test_failed_revision_rolls_back_and_tenant_stays_at_previous_revision(sqlite_config, tmp_path):
+    ini = failing_project(tmp_path / "proj")
+    settings = settings_for(sqlite_config(["ok1", "bad1", "ok2"], alembic=ini))
+    report = api.upgrade(settings, options=api.RunOptions(concurrency=1, max_failures=None))
+    by = {r.tenant: r for r in report.results}
+    bad = by["bad1"]
+    assert (bad.status, bad.from_revision, bad.to_revision, bad.applied, bad.attempts) == (
+        Status.FAILED, None, "r1", ("r1",), 1)  # an SQL error is not retried
+    assert bad.error.startswith("OperationalError: no such table: no_such_table [SQL: SELECT * FROM no_such_table]")
+    db = tmp_path / "db" / "bad1.db"
+    assert version(db) == "r1"
+    assert "two" not in tables(db), "the failed revision's CREATE TABLE must roll back with it"
+    assert by["ok1"].status is by["ok2"].status is Status.UPGRADED
+
+
+def test_fail_fast_skips_tenants_not_started_and_keep_going_runs_all(sqlite_config, tmp_path):
+    ini = failing_project(tmp_path / "proj")
+    names = ["a_bad", "b", "c", "d"]
+    settings = settings_for(sqlite_config(names, alembic=ini))
+    fast = api.upgrade(settings, options=api.RunOptions(strategy=SerialStrategy()))
+    assert [r.status for r in fast.results] == [Status.FAILED, Status.SKIPPED, Status.SKIPPED, Status.SKIPPED]
+    assert version(tmp_path / "db" / "b.db") is None
+
+    keep = api.upgrade(settings, options=api.RunOptions(concurrency=2, max_failures=None))
+    assert [r.status for r in keep.results] == [Status.FAILED, Status.UPGRADED, Status.UPGRADED, Status.UPGRADED]
+
+
+def test_max_failures_in_parallel_stops_new_tenants(sqlite_config, tmp_path):
+    ini = failing_project(tmp_path / "proj")
+    names = ["bad1", "bad2", "bad3"] + [f"z{i}" for i in range(6)]
+    settings = settings_for(sqlite_config(names, alembic=ini))
+    report = api.upgrade(settings, options=api.RunOptions(strategy=ProcessStrategy(2), max_failures=2))
+    counts = report.counts
+    assert counts["failed"] >= 2
+    assert counts.get("skipped", 0) >= 1  # in-flight tenants finish, later ones never start
+    assert sum(counts.values()) == len(names)
+
+
+def test_locked_tenant_is_reported_locked_not_failed(sqlite_config, tmp_path):
+    settings = settings_for(sqlite_config())
+    db_dir = tmp_path / "db"
+    db_dir.mkdir()
+    fd = os.open(db_dir / "globex.db.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another run holds globex
+    try:
+        report = api.upgrade(settings, options=api.RunOptions(concurrency=2))
+    finally:
+        os.close(fd)
+    by = {r.tenant: r for r in report.results}
+    assert by["globex"].status is Status.LOCKED and "held by another run" in by["globex"].error
+    assert by["acme"].status is Status.UPGRADED and not report.ok
+    assert api.upgrade(settings).results[1].status is Status.UPGRADED
+
+
+def test_downgrade_one_tenant_then_upgrade_again(sqlite_config, tmp_path):
+    settings = settings_for(sqlite_config())
+    api.upgrade(settings)
+    plan = api.plan_downgrade(settings, "acme", "0002_invoices")
+    assert plan.undo == ("0004_invoice_user_index", "0003_invoice_status")
+    assert plan.descriptions[0] == "0004_invoice_user_index: index invoices by user and issue date"
+    report = api.downgrade(settings, plan)
+    assert (report.results[0].status, report.results[0].applied, report.results[0].to_revision) == (
+        Status.DOWNGRADED, plan.undo, "0002_invoices")
+    with sqlite3.connect(tmp_path / "db" / "acme.db") as conn:
+        assert "status" not in {r[1] for r in conn.execute("PRAGMA table_info(invoices)")}
+    assert version(tmp_path / "db" / "globex.db") == HEAD
+    assert api.plan_downgrade(settings, "acme", "-1").target == "0001_users"
+    with pytest.raises(RevisionError, match="not below the tenant's current revision"):
+        api.plan_downgrade(settings, "acme", "0004")
+    again = api.upgrade(settings)
+    assert [r.status for r in again.results] == [Status.UPGRADED, Status.UP_TO_DATE, Status.UP_TO_DATE]
+    assert again.results[0].applied == ("0003_invoice_status", "0004_invoice_user_index")
+
+
+def test_guards_make_revisions_safe_to_rerun(sqlite_config, tmp_path):
+    """A tenant that already has the schema but no version table (pre-dating the project) upgrades cleanly."""
+    settings = settings_for(sqlite_config(["old"]))
+    api.upgrade(settings)
+    db = tmp_path / "db" / "old.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO users (id, email) VALUES (1, 'a@example.com')")
+        conn.execute("INSERT INTO invoices (id, user_id, number, amount_cents, issued_at, paid_at, status) "
+                     "VALUES (1, 1, 'F-1', 100, '2026-01-01', '2026-01-02', 'open')")
+        conn.execute("DROP TABLE alembic_version")
+    report = api.upgrade(settings)
+    assert report.results[0].status is Status.UPGRADED and report.results[0].applied == tuple(DEMO_REVISIONS)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT status FROM invoices").fetchall() == [("paid",)]  # the backfill ran
+
+
+def test_stamp_adopts_an_existing_database(sqlite_config, tmp_path):
+    settings = settings_for(sqlite_config())
+    with pytest.raises(UsageError, match="stamp needs --tenant"):
+        api.stamp(settings, (), "head")
+    report = api.stamp(settings, ("initech",), "0002_invoices")
+    assert report.results[0].status is Status.STAMPED and report.results[0].to_revision == "0002_invoices"
+    assert version(tmp_path / "db" / "initech.db") == "0002_invoices"
+    assert tables(tmp_path / "db" / "initech.db") == {"alembic_version"}  # nothing ran
+
+
+def test_offline_sql(sqlite_config):
+    settings = settings_for(sqlite_config())
+    full = api.sql(settings, "head")
+    assert "CREATE TABLE users" in full and "CREATE INDEX ix_invoices_user_id_issued_at" in full
+    assert full.count("INSERT INTO alembic_version") == 1
+    step = api.sql(settings, "0003_invoice_status:head")
+    assert "CREATE TABLE" not in step and "ix_invoices_user_id_issued_at" in step
+    down = api.sql(settings, "head:0003")
+    assert "DROP INDEX ix_invoices_user_id_issued_at" in down
+    api.upgrade(settings, "0003", Selection(tenants=("acme",)))
+    assert api.sql(settings, "head", tenant="acme") == step
+    assert api.sql(settings, "head", tenant="globex") == full
+
+
+def test_multiple_heads_are_bad_input(sqlite_config, tmp_path):
+    ini = make_project(tmp_path / "proj", {"r1": "pass"})
+    versions = tmp_path / "proj" / "migrations" / "versions"
+    (versions / "branch.py").write_text("revision = 'r2'\ndown_revision = None\nbranch_labels = None\n"
+                                        "depends_on = None\ndef upgrade(): pass\ndef downgrade(): pass\n")
+    settings = settings_for(sqlite_config(alembic=ini))
+    with pytest.raises(MultipleHeads, match="the revision graph has 2 heads \\(r1, r2\\); merge them"):
+        api.upgrade(settings)
+
+
+def test_third_party_project_with_stock_env_py(sqlite_config, tmp_path):
+    """`alembic init`'s own env.py knows only sqlalchemy.url; the engine drives it all the same."""
+    ini = make_project(tmp_path / "proj", {
+        "a1": "op.create_table('things', sa.Column('id', sa.Integer, primary_key=True))",
+        "a2": "op.add_column('things', sa.Column('label', sa.String(20)))",
+    })
+    settings = settings_for(sqlite_config(["x", "y", "z"], alembic=ini))
+    report = api.upgrade(settings, options=api.RunOptions(concurrency=3))
+    assert [(r.status, r.applied) for r in report.results] == [(Status.UPGRADED, ("a1", "a2"))] * 3
+    assert version(tmp_path / "db" / "y.db") == "a2"
+    assert [r.status for r in api.upgrade(settings).results] == [Status.UP_TO_DATE] * 3
+
+
+def test_worker_killed_mid_revision_leaves_previous_revision(sqlite_config, tmp_path):
+    """SIGKILL in the middle of a revision: its transaction dies with the process; a rerun resumes."""
+    gate = tmp_path / "started"
+    ini = make_project(tmp_path / "proj", {
+        "k1": "op.create_table('one', sa.Column('id', sa.Integer, primary_key=True))",
+        "k2": f"""
+            op.create_table('two', sa.Column('id', sa.Integer, primary_key=True))
+            open({str(gate)!r}, 'w').close()
+            if os.environ.get('TENANTS_TEST_HANG'):
+                time.sleep(60)
+        """,
+    }, env_py=(ROOT / "alembic" / "env.py").read_text())
+    config = sqlite_config(["victim"], alembic=ini)
+    env = {**os.environ, "TENANTS_TEST_HANG": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tenants", "--config", str(config), "--env", "test", "upgrade"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not gate.exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "the revision never started"
+        time.sleep(0.05)
+    os.killpg(proc.pid, 9)
+    proc.wait()
+    db = tmp_path / "db" / "victim.db"
+    assert version(db) == "k1"
+    assert "two" not in tables(db)
+    report = api.upgrade(settings_for(config))
+    assert (report.results[0].status, report.results[0].applied) == (Status.UPGRADED, ("k2",))
+    assert version(db) == "k2"

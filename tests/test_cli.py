@@ -1,0 +1,203 @@
+"""The CLI: exit codes and exact output, through the real console-script entry point."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tenants.cli import app
+from tenants.report import Status, TenantResult
+from tenants.render import result_line
+
+from conftest import HEAD, ROOT
+
+DURATION = re.compile(r"\d+\.\d\ds")
+
+
+def lines(text: str) -> list[str]:
+    return [DURATION.sub("T", ln.rstrip()) for ln in text.splitlines() if ln.strip()]
+
+
+def test_upgrade_status_and_noop_on_a_fleet(cli, sqlite_config):
+    config = str(sqlite_config())
+    run = cli("--config", config, "--env", "test", "upgrade", "--concurrency", "2")
+    assert run.code == 0, run.err
+    out = lines(run.out)
+    assert out[:3] == [f"upgraded         {name}  base -> {HEAD}  (4 revisions, T)" for name in
+                       ("acme", "globex", "initech")]
+    assert out[-1].startswith(f"upgrade to {HEAD}: 3 tenants, 3 upgraded in ")
+    assert out[-1].endswith("(concurrency 2)")
+    assert "upgraded         3   acme, globex, initech" in "\n".join(out)
+
+    status = cli("--config", config, "--env", "test", "status")
+    assert status.code == 0
+    assert lines(status.out)[-1] == f"3/3 tenants at head {HEAD}"
+
+    again = cli("--config", config, "--env", "test", "upgrade")
+    assert again.code == 0
+    assert lines(again.out)[:3] == [f"up-to-date       {name}  at {HEAD}  (T)" for name in
+                                    ("acme", "globex", "initech")]
+
+
+def test_status_exits_1_when_a_tenant_is_behind_and_json_is_data(cli, sqlite_config):
+    config = str(sqlite_config())
+    assert cli("--config", config, "-e", "test", "upgrade", "0002", "--tenant", "acme").code == 0
+    run = cli("--config", config, "-e", "test", "status", "--json")
+    assert run.code == 1
+    data = json.loads(run.out)
+    assert data["head"] == HEAD and data["ok"] is False
+    assert data["summary"] == {"behind": 1, "new": 2}
+    assert data["tenants"][0] == {"tenant": "acme", "state": "behind", "current": "0002_invoices", "behind": 2,
+                                  "error": None}
+
+
+def test_report_file_fields(cli, sqlite_config, tmp_path):
+    config = str(sqlite_config())
+    report = tmp_path / "run.json"
+    run = cli("--config", config, "-e", "test", "upgrade", "--report", str(report), "-t", "globex")
+    assert run.code == 0 and run.err.strip() == f"report written to {report}"
+    data = json.loads(report.read_text())
+    assert set(data) == {"schema_version", "tool_version", "run_id", "environment", "operation", "target", "head",
+                         "concurrency", "started_at", "finished_at", "duration", "ok", "summary", "tenants"}
+    assert (data["environment"], data["operation"], data["target"], data["ok"]) == ("test", "upgrade", HEAD, True)
+    assert data["summary"] == {"upgraded": 1}
+    (tenant,) = data["tenants"]
+    assert set(tenant) == {"tenant", "status", "from", "to", "applied", "attempts", "duration", "error"}
+    assert (tenant["tenant"], tenant["from"], tenant["to"], tenant["attempts"]) == ("globex", None, HEAD, 1)
+
+
+def test_failed_tenant_exit_1_and_names_it(cli, sqlite_config, tmp_path):
+    from test_engine_sqlite import failing_project
+
+    config = str(sqlite_config(["bad1", "ok1"], alembic=failing_project(tmp_path / "proj")))
+    run = cli("--config", config, "-e", "test", "upgrade", "-j", "1")
+    assert run.code == 1
+    out = lines(run.out)
+    assert out[0].startswith("failed           bad1  base -> r1  (1 revision, T)  OperationalError: no such table")
+    assert out[1] == "skipped          ok1"
+    assert out[-2].startswith("failed: bad1: OperationalError: no such table: no_such_table")
+    assert out[-1] == "skipped: ok1: not started: the failure policy stopped the run"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "missing.toml", "list"],
+     "tenants: error: missing.toml: configuration file not found (check --config / TENANTS_CONFIG)"),
+    (["--env", "prod", "list"],
+     "tenants: error: {config}: unknown environment 'prod' (--env / TENANTS_ENV); known: dev, test"),
+    (["list", "--tenant", "nobody"],
+     "tenants: error: unknown tenant 'nobody' (--tenant) in environment 'test'; `tenants list` shows the tenants "
+     "found"),
+    (["upgrade", "nope"], None),
+    (["downgrade", "base", "-t", "acme", "-t", "globex"],
+     "tenants: error: downgrade takes exactly one --tenant NAME (got 2): downgrades are per-tenant operations, "
+     "never fleet-wide"),
+    (["downgrade", "base"],
+     "tenants: error: downgrade takes exactly one --tenant NAME: downgrades are per-tenant operations, never "
+     "fleet-wide"),
+    (["upgrade", "--keep-going", "--max-failures", "2"],
+     "tenants: error: --keep-going and --max-failures contradict each other: use one"),
+    (["upgrade", "--concurrency", "0"], None),
+    (["upgrade", "--frobnicate"], "tenants: error: No such option: --frobnicate (see `tenants upgrade --help`)"),
+    (["stamp", "head"], "tenants: error: stamp needs --tenant NAME (repeatable): it adopts named databases, never a "
+                        "whole fleet"),
+    (["upgrade", "--report", "/no/such/dir/r.json"],
+     "tenants: error: --report /no/such/dir/r.json: folder /no/such/dir does not exist"),
+])
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(cli, sqlite_config, tmp_path, monkeypatch, args, message):
+    config = sqlite_config()
+    monkeypatch.chdir(tmp_path)
+    if args[0] != "--config":
+        args = ["--config", str(config), "--env", "test", *args] if args[0] != "--env" else \
+            ["--config", str(config), *args]
+    run = cli(*args)
+    assert run.code == 2
+    assert run.out == ""
+    assert len(run.err.splitlines()) == 1 and "Traceback" not in run.err
+    assert run.err.startswith("tenants: error: ")
+    if message is not None:
+        assert run.err.strip() == message.format(config=config)
+    assert not (tmp_path / "db").exists(), "bad input must not touch any tenant"
+
+
+def test_unknown_revision_message(cli, sqlite_config):
+    run = cli("--config", str(sqlite_config()), "--env", "test", "upgrade", "nope")
+    assert run.code == 2
+    assert run.err.startswith("tenants: error: unknown revision 'nope' in ")
+    assert run.err.rstrip().endswith("see `alembic history`")
+
+
+def test_unset_variable_is_named_and_password_never_printed(cli, tmp_path, monkeypatch):
+    config = tmp_path / "t.toml"
+    config.write_text('[environments.x]\nurl = "postgresql+psycopg://app:${APP_PW}@127.0.0.1:1/{tenant}"\n'
+                      f'tenants = ["acme"]\nretries = 0\nalembic = "{ROOT / "alembic.ini"}"\n')
+    run = cli("--config", str(config), "--env", "x", "list")
+    assert run.code == 2
+    assert run.err.strip() == (f"tenants: error: {config}:2: environments.x: url uses ${{APP_PW}} but the environment "
+                               "variable APP_PW is not set; export it and retry")
+    monkeypatch.setenv("APP_PW", "hunter2-secret")
+    listed = cli("--config", str(config), "--env", "x", "list", "--json")
+    assert json.loads(listed.out) == [{"tenant": "acme", "url": "postgresql+psycopg://app:***@127.0.0.1:1/acme",
+                                       "tags": []}]
+    report = tmp_path / "r.json"
+    up = cli("--config", str(config), "--env", "x", "upgrade", "--report", str(report))
+    assert up.code == 1
+    for text in (listed.out, listed.err, up.out, up.err, report.read_text()):
+        assert "hunter2-secret" not in text
+    assert "failed           acme" in up.out
+
+
+def test_downgrade_asks_unless_yes_and_refuses_without_a_terminal(cli, sqlite_config, tmp_path):
+    config = str(sqlite_config())
+    assert cli("--config", config, "-e", "test", "upgrade").code == 0
+    refused = cli("--config", config, "-e", "test", "downgrade", "0002", "-t", "acme")
+    assert refused.code == 2
+    assert lines(refused.out) == [
+        f"downgrade acme (test) from {HEAD} to 0002_invoices, undoing 2 revision(s):",
+        f"  - {HEAD}: index invoices by user and issue date",
+        "  - 0003_invoice_status: add invoices.status with a default, backfilled from paid_at",
+    ]
+    assert refused.err.strip() == ("tenants: error: refusing to downgrade without confirmation: stdin is not a "
+                                   "terminal; pass --yes")
+    done = cli("--config", config, "-e", "test", "downgrade", "0002", "-t", "acme", "--yes")
+    assert done.code == 0
+    assert f"downgraded       acme  {HEAD} -> 0002_invoices  (2 revisions, T)" in lines(done.out)
+    nothing = cli("--config", config, "-e", "test", "downgrade", "0002", "-t", "acme", "--yes")
+    assert (nothing.code, nothing.out.strip()) == (0, "tenant acme is already at 0002_invoices: nothing to undo")
+
+
+def test_list_and_sql(cli, sqlite_config, tmp_path):
+    config = str(sqlite_config())
+    listed = cli("--config", config, "-e", "test", "list", "--tag", "nope")
+    assert listed.code == 0
+    run = cli("--config", config, "-e", "test", "list", "--json", "--exclude", "g*")
+    assert [t["tenant"] for t in json.loads(run.out)] == ["acme", "initech"]
+    sql = cli("--config", config, "-e", "test", "sql", "0003:head")
+    assert sql.code == 0
+    assert "CREATE INDEX ix_invoices_user_id_issued_at ON invoices (user_id, issued_at);" in sql.out
+    assert not (tmp_path / "db").exists(), "offline SQL connects to nothing"
+
+
+def test_result_line_is_exact():
+    result = TenantResult("acme", Status.UPGRADED, "0001", "0003", ("0002", "0003"), attempts=2, duration=1.234)
+    assert result_line(result) == "upgraded         acme  0001 -> 0003  (2 revisions, 2 attempts, 1.23s)"
+    locked = TenantResult("b", Status.LOCKED, "0001", "0001", attempts=1, duration=0.5, error="held")
+    assert result_line(locked) == "locked           b  at 0001  (0.50s)  held"
+
+
+def test_every_command_has_help_and_is_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    for command in app.registered_commands:
+        name = command.name or command.callback.__name__
+        assert command.callback.__doc__, f"{name} has no help text"
+        assert f"tenants {name}" in readme, f"`tenants {name}` is not documented in README.md"
+
+
+def test_python_dash_m_and_help():
+    run = subprocess.run([sys.executable, "-m", "tenants", "--help"], capture_output=True, text=True)
+    assert run.returncode == 0
+    for name in ("list", "status", "upgrade", "downgrade", "stamp", "sql"):
+        assert name in run.stdout

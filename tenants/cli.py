@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,7 +197,8 @@ def upgrade(
 @_command
 def downgrade(
     ctx: typer.Context,
-    revision: Annotated[str, typer.Argument(help="Target revision: an id, base, or -N.")],
+    revision: Annotated[str, typer.Argument(
+        help="Target revision: an id, base, or -N (after `--`: `tenants downgrade -t acme -- -1`).")],
     tenant: Annotated[list[str], typer.Option(
         "--tenant", "-t", help="The one tenant to downgrade (required).", show_default=False)] = [],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
@@ -273,6 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     except typer.TyperException as err:  # Typer's (vendored click) usage errors: bad option, missing argument
         ctx = getattr(err, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        if re.fullmatch(r"No such option: -\d+", err.format_message()):
+            hint = "; a relative revision goes after `--`, e.g. `tenants downgrade -t NAME -- -1`"
         typer.echo(f"tenants: error: {err.format_message()}{hint}", err=True)
         sys.exit(err.exit_code)
     except typer.Abort:

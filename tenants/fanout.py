@@ -20,6 +20,7 @@ would then lie about where the tenant is). Tenants never started are reported ``
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -52,8 +53,8 @@ class Strategy(Protocol):
         ...
 
 
-def _skipped(tenant: Tenant) -> TenantResult:
-    return TenantResult(tenant.name, Status.SKIPPED, error="not started: the failure policy stopped the run")
+def _skipped(tenant: Tenant, why: str = "the failure policy stopped the run") -> TenantResult:
+    return TenantResult(tenant.name, Status.SKIPPED, error=f"not started: {why}")
 
 
 @dataclass
@@ -86,6 +87,9 @@ _worker: tuple[Job, Revisions] | None = None
 
 def _init_worker(job: Job) -> None:
     global _worker
+    # Ctrl-C in a terminal signals the whole process group. Workers ignore it so the tenant in progress
+    # finishes its revision; the parent decides (stop starting new tenants, drain, report).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker = (job, Revisions(job.alembic_ini, job.version_table))
 
 
@@ -129,7 +133,8 @@ class ProcessStrategy:
                 else:
                     finish(done)
 
-        while queue and not policy.stop(failures):
+        interrupted = False
+        while queue and not policy.stop(failures) and not interrupted:
             # A worker that dies (killed, out of memory) breaks the whole pool; its in-flight tenants are
             # reported failed and the rest continue on a new pool.
             workers = min(self.concurrency, len(queue))
@@ -139,11 +144,22 @@ class ProcessStrategy:
                 broken = False
                 # Submit no more than `workers` at a time: the executor's own queue would start tenants the
                 # failure policy may want to skip.
-                while (queue and not broken and not policy.stop(failures)) or in_flight:
-                    while queue and not broken and not policy.stop(failures) and len(in_flight) < workers:
+                def starting() -> bool:
+                    return bool(queue) and not broken and not interrupted and not policy.stop(failures)
+
+                while starting() or in_flight:
+                    while starting() and len(in_flight) < workers:
                         tenant = queue.popleft()
                         in_flight[pool.submit(_work, tenant)] = tenant
-                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    try:
+                        done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    except KeyboardInterrupt:
+                        # First Ctrl-C: start nothing new, let the tenants in flight finish, report.
+                        # A second one propagates (the pool still waits for in-flight workers on exit).
+                        if interrupted:
+                            raise
+                        interrupted = True
+                        continue
                     for future in done:
                         tenant = in_flight.pop(future)
                         try:
@@ -156,7 +172,7 @@ class ProcessStrategy:
                             finish(TenantResult(tenant.name, Status.FAILED, attempts=1,
                                                 error=f"worker error: {type(err).__name__}: {err}"))
         for tenant in queue:
-            finish(_skipped(tenant))
+            finish(_skipped(tenant, "interrupted (Ctrl-C)" if interrupted else "the failure policy stopped the run"))
         results.sort(key=lambda r: order[r.tenant])
         return results
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -309,3 +310,36 @@ def test_worker_killed_mid_revision_leaves_previous_revision(sqlite_config, tmp_
     report = api.upgrade(settings_for(config))
     assert (report.results[0].status, report.results[0].applied) == (Status.UPGRADED, ("k2",))
     assert version(db) == "k2"
+
+
+def test_ctrl_c_lets_tenants_in_flight_finish_and_skips_the_rest(sqlite_config, tmp_path):
+    """SIGINT to the whole process group, as a terminal sends it: in-flight tenants complete, none start."""
+    gate = tmp_path / "gate"
+    ini = make_project(tmp_path / "proj", {
+        "s1": f"""
+            open({str(gate)!r} + str(os.getpid()), 'w').close()
+            time.sleep(1.5)
+            op.create_table('one', sa.Column('id', sa.Integer, primary_key=True))
+        """,
+    }, env_py=(ROOT / "alembic" / "env.py").read_text())
+    names = [f"t{i}" for i in range(8)]
+    config = sqlite_config(names, alembic=ini)
+    report = tmp_path / "r.json"
+    proc = subprocess.Popen([sys.executable, "-m", "tenants", "--config", str(config), "--env", "test", "upgrade",
+                             "-j", "2", "--report", str(report)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while len(list(tmp_path.glob("gate*"))) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, "the first tenants never started"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    import json
+
+    statuses = [t["status"] for t in json.loads(report.read_text())["tenants"]]
+    assert statuses.count("upgraded") == 2, out
+    assert statuses.count("skipped") == 6
+    assert "skipped: t7: not started: interrupted (Ctrl-C)" in out
+    upgraded = [t for t in names if version(tmp_path / "db" / f"{t}.db") == "s1"]
+    assert len(upgraded) == 2 and all("one" in tables(tmp_path / "db" / f"{t}.db") for t in upgraded)

@@ -201,3 +201,15 @@ def test_python_dash_m_and_help():
     assert run.returncode == 0
     for name in ("list", "status", "upgrade", "downgrade", "stamp", "sql"):
         assert name in run.stdout
+
+
+def test_unreachable_server_source_is_one_line_exit_2(cli, tmp_path):
+    config = tmp_path / "t.toml"
+    config.write_text('[environments.x]\nurl = "postgresql+psycopg://app:pw-123@127.0.0.1:1/{tenant}"\n'
+                      'source = "server"\nmatch = "t_*"\n')
+    run = cli("--config", str(config), "--env", "x", "list")
+    assert run.code == 2 and run.out == "" and len(run.err.splitlines()) == 1
+    assert run.err.startswith("tenants: error: environment 'x': cannot list the databases on "
+                              "postgresql+psycopg://app:***@127.0.0.1:1/postgres: OperationalError: ")
+    assert run.err.rstrip().endswith("check the url and that the server is up")
+    assert "pw-123" not in run.err

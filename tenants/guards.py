@@ -19,59 +19,43 @@ Offline (``--sql``) there is no database to ask: each helper then answers ``offl
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import sqlalchemy as sa
 from alembic import context, op
 
 
-def _inspector() -> sa.Inspector | None:
-    """None offline (no database to ask)."""
+def _exists(table: str, schema: str | None, offline: bool, found: Callable[[sa.Inspector], bool]) -> bool:
+    """True if ``table`` exists and ``found`` says the thing in it does; ``offline`` in ``--sql`` mode."""
     if context.is_offline_mode():
-        return None
+        return offline  # no database to ask
     # A fresh inspector every time: its caches would not see DDL run earlier in the same revision.
-    return sa.inspect(op.get_bind())
+    inspector = sa.inspect(op.get_bind())
+    return inspector.has_table(table, schema=schema) and found(inspector)
 
 
 def has_table(table: str, schema: str | None = None, offline: bool = False) -> bool:
-    inspector = _inspector()
-    if inspector is None:
-        return offline
-    return inspector.has_table(table, schema=schema)
+    return _exists(table, schema, offline, lambda i: True)
 
 
 def has_column(table: str, column: str, schema: str | None = None, offline: bool = False) -> bool:
-    inspector = _inspector()
-    if inspector is None:
-        return offline
-    if not inspector.has_table(table, schema=schema):
-        return False
-    return any(c["name"] == column for c in inspector.get_columns(table, schema=schema))
+    return _exists(table, schema, offline,
+                   lambda i: any(c["name"] == column for c in i.get_columns(table, schema=schema)))
 
 
 def has_index(table: str, index: str, schema: str | None = None, offline: bool = False) -> bool:
-    inspector = _inspector()
-    if inspector is None:
-        return offline
-    if not inspector.has_table(table, schema=schema):
-        return False
-    return any(ix["name"] == index for ix in inspector.get_indexes(table, schema=schema))
+    return _exists(table, schema, offline,
+                   lambda i: any(ix["name"] == index for ix in i.get_indexes(table, schema=schema)))
 
 
 def has_foreign_key(table: str, name: str, schema: str | None = None, offline: bool = False) -> bool:
-    inspector = _inspector()
-    if inspector is None:
-        return offline
-    if not inspector.has_table(table, schema=schema):
-        return False
-    return any(fk.get("name") == name for fk in inspector.get_foreign_keys(table, schema=schema))
+    return _exists(table, schema, offline,
+                   lambda i: any(fk.get("name") == name for fk in i.get_foreign_keys(table, schema=schema)))
 
 
 def has_unique_constraint(table: str, name: str, schema: str | None = None, offline: bool = False) -> bool:
-    inspector = _inspector()
-    if inspector is None:
-        return offline
-    if not inspector.has_table(table, schema=schema):
-        return False
-    return any(uc.get("name") == name for uc in inspector.get_unique_constraints(table, schema=schema))
+    return _exists(table, schema, offline,
+                   lambda i: any(uc.get("name") == name for uc in i.get_unique_constraints(table, schema=schema)))
 
 
 def dialect() -> str:

@@ -178,3 +178,26 @@ def make_project(root: Path, revisions: dict[str, str], env_py: str | None = Non
         )
         down = rev
     return root / "alembic.ini"
+
+
+def guard_probe_project(root: Path, out: Path) -> Path:
+    """A project whose one revision asks every guard about the demo schema and writes the answers to ``out``."""
+    return make_project(root, {"probe": f"""
+        import json
+        from tenants import guards
+        answers = {{
+            "table": guards.has_table("users"), "no_table": guards.has_table("nope"),
+            "column": guards.has_column("users", "email"), "no_column": guards.has_column("users", "nope"),
+            "column_of_missing_table": guards.has_column("nope", "email"),
+            "index": guards.has_index("users", "ux_users_email"), "no_index": guards.has_index("users", "nope"),
+            "fk": guards.has_foreign_key("invoices", "fk_invoices_user_id_users"),
+            "no_fk": guards.has_foreign_key("invoices", "nope"),
+            "unique": guards.has_unique_constraint("invoices", "uq_invoices_number"),
+        }}
+        open({str(out)!r}, "w").write(json.dumps(answers))
+    """}, env_py=(ROOT / "alembic" / "env.py").read_text())
+
+
+GUARD_ANSWERS = {"table": True, "no_table": False, "column": True, "no_column": False,
+                 "column_of_missing_table": False, "index": True, "no_index": False, "fk": True, "no_fk": False,
+                 "unique": True}

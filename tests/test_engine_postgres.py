@@ -216,3 +216,16 @@ def test_selection_on_server_source(pg_fleet):
     report = api.upgrade(settings, selection=Selection(exclude=(f"{fleet.prefix}00[01]",)))
     assert [r.tenant for r in report.results] == fleet.names[2:]
     assert fleet.version(fleet.names[0]) is None
+
+
+def test_guards_answer_from_the_live_schema(pg_fleet, tmp_path):
+    from conftest import GUARD_ANSWERS, guard_probe_project
+
+    fleet = pg_fleet(1)
+    assert api.upgrade(settings_of(fleet)).ok
+    answers = tmp_path / "answers.json"
+    ini = guard_probe_project(tmp_path / "probe", answers)
+    probe_config = fleet.config.read_text().replace(str(ROOT / "alembic.ini"), str(ini))
+    fleet.config.write_text(probe_config + 'version_table = "probe_version"\n')
+    assert api.upgrade(settings_of(fleet)).ok
+    assert json.loads(answers.read_text()) == GUARD_ANSWERS

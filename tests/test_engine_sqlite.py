@@ -343,3 +343,17 @@ def test_ctrl_c_lets_tenants_in_flight_finish_and_skips_the_rest(sqlite_config, 
     assert "skipped: t7: not started: interrupted (Ctrl-C)" in out
     upgraded = [t for t in names if version(tmp_path / "db" / f"{t}.db") == "s1"]
     assert len(upgraded) == 2 and all("one" in tables(tmp_path / "db" / f"{t}.db") for t in upgraded)
+
+
+def test_guards_answer_from_the_live_schema(sqlite_config, tmp_path):
+    from conftest import GUARD_ANSWERS, guard_probe_project
+
+    settings = settings_for(sqlite_config(["g"]))
+    api.upgrade(settings)
+    answers = tmp_path / "answers.json"
+    ini = guard_probe_project(tmp_path / "probe", answers)
+    probe = settings_for(sqlite_config(["g"], alembic=ini, extra='version_table = "probe_version"'))
+    assert api.upgrade(probe).ok
+    import json
+
+    assert json.loads(answers.read_text()) == GUARD_ANSWERS

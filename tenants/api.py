@@ -15,7 +15,7 @@ from time import monotonic
 
 from tenants import __version__
 from tenants.config import Settings
-from tenants.db import NoVersionTable, describe_error, make_engine, read_version, url_secrets
+from tenants.db import Connector, NoVersionTable, describe_error, make_engine, read_version, url_secrets
 from tenants.discovery import Selection, Tenant, source_for
 from tenants.errors import RevisionError, TenantUnreachable, UsageError
 from tenants.fanout import FailurePolicy, Strategy, choose_strategy
@@ -55,17 +55,16 @@ def status(settings: Settings, selection: Selection = Selection()) -> StatusRepo
     head = revisions.head()
     tenants = discover(settings, selection)
 
+    connector = Connector()
+
     def one(tenant: Tenant) -> TenantStatus:
-        engine = make_engine(tenant.url, must_exist=_must_exist(settings))
         try:
-            with engine.connect() as conn:
+            with connector.engine(tenant.url, must_exist=_must_exist(settings)) as engine, engine.connect() as conn:
                 current = read_version(conn, env.version_table)
         except NoVersionTable:
             return TenantStatus(tenant.name, State.NEW, (), len(revisions.pending_upgrade((), head)))
         except Exception as err:  # noqa: BLE001 - an unreachable tenant is a state, not a crash
             return TenantStatus(tenant.name, State.UNREACHABLE, error=describe_error(err, url_secrets(tenant.url)))
-        finally:
-            engine.dispose()
         if not revisions.is_known(current):
             return TenantStatus(tenant.name, State.UNKNOWN_REVISION, current)
         if not current:
@@ -73,8 +72,11 @@ def status(settings: Settings, selection: Selection = Selection()) -> StatusRepo
         behind = len(revisions.pending_upgrade(current, head))
         return TenantStatus(tenant.name, State.AT_HEAD if behind == 0 else State.BEHIND, current, behind)
 
-    with ThreadPoolExecutor(max(1, min(env.concurrency, len(tenants) or 1))) as pool:
-        rows = tuple(pool.map(one, tenants))
+    try:
+        with ThreadPoolExecutor(max(1, min(env.concurrency, len(tenants) or 1))) as pool:
+            rows = tuple(pool.map(one, tenants))
+    finally:
+        connector.dispose()
     return StatusReport(env.name, head, rows)
 
 
@@ -232,10 +234,9 @@ def _current(tenant: Tenant, settings: Settings) -> tuple[str, ...]:
     engine = make_engine(tenant.url, must_exist=_must_exist(settings))
     try:
         with engine.connect() as conn:
-            try:
-                return read_version(conn, settings.environment.version_table)
-            except NoVersionTable:
-                return ()
+            return read_version(conn, settings.environment.version_table)
+    except NoVersionTable:
+        return ()
     except Exception as err:
         raise TenantUnreachable(
             f"tenant {tenant.name!r}: cannot read its revision: {describe_error(err, url_secrets(tenant.url))}"

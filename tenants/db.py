@@ -13,6 +13,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 from sqlalchemy import create_engine, event, text
@@ -59,6 +60,57 @@ def make_engine(url: str, *, must_exist: bool = False) -> Engine:
         conn.exec_driver_sql("BEGIN")
 
     return engine
+
+
+class Connector:
+    """Engines for tenant databases, shared by every tenant of the same PostgreSQL server in one process.
+
+    An engine costs more than its connection: building it, and on its first connection the dialect's
+    ``initialize()`` (several round trips), and its compiled-statement cache starts empty, so every statement
+    of every tenant would be compiled again. One engine per server (host, port, user, options) removes that:
+    ``NullPool`` keeps no idle connection, and a ``do_connect`` listener (SQLAlchemy's documented hook for
+    changing connection arguments) points each new connection at the database of the tenant being worked
+    on, taken from a ``ContextVar`` (per thread, so the parent's precheck threads do not mix tenants).
+    The shared engine's own ``url`` names no tenant; env.py gets the tenant's URL as ``sqlalchemy.url``.
+
+    SQLite gets an engine per tenant: its "server" is the file, and opening one costs nothing.
+    One ``Connector`` per process (each worker makes its own); it is never shared across processes.
+    """
+
+    _SHARED = "__tenant__"  # the database name in a shared engine's URL: never connected to
+
+    def __init__(self) -> None:
+        self._engines: dict[str, Engine] = {}
+        self._database: ContextVar[str | None] = ContextVar("tenants_database", default=None)
+
+    @contextlib.contextmanager
+    def engine(self, url: str, *, must_exist: bool = False) -> Iterator[Engine]:
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "postgresql":
+            engine = make_engine(url, must_exist=must_exist)
+            try:
+                yield engine
+            finally:
+                engine.dispose()
+            return
+        key = parsed.set(database=self._SHARED).render_as_string(hide_password=False)
+        engine = self._engines.get(key)
+        if engine is None:
+            engine = self._engines[key] = make_engine(key)
+            event.listen(engine, "do_connect", self._choose_database)
+        token = self._database.set(parsed.database)
+        try:
+            yield engine
+        finally:
+            self._database.reset(token)
+
+    def _choose_database(self, _dialect, _record, _cargs, cparams) -> None:
+        cparams["dbname"] = self._database.get() or self._SHARED
+
+    def dispose(self) -> None:
+        for engine in self._engines.values():
+            engine.dispose()
+        self._engines.clear()
 
 
 def read_version(conn: Connection, version_table: str) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Protocol
 
+from tenants.db import Connector
 from tenants.discovery import Tenant
 from tenants.report import Status, TenantResult
 from tenants.revisions import Revisions
@@ -66,15 +67,19 @@ class SerialStrategy:
 
     def run(self, tenants, job, policy, on_result):
         revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
+        connector = Connector()
         results, failures = [], 0
-        for tenant in tenants:
-            if policy.stop(failures):
-                result = _skipped(tenant)
-            else:
-                result = run_tenant(tenant, job, revisions)
-                failures += result.status is Status.FAILED
-            results.append(result)
-            on_result(result)
+        try:
+            for tenant in tenants:
+                if policy.stop(failures):
+                    result = _skipped(tenant)
+                else:
+                    result = run_tenant(tenant, job, revisions, connector)
+                    failures += result.status is Status.FAILED
+                results.append(result)
+                on_result(result)
+        finally:
+            connector.dispose()
         return results
 
 
@@ -82,7 +87,7 @@ class SerialStrategy:
 # Per-process state of a worker, set once by its initializer. This is the only module-level mutable state in
 # the package, and it exists only inside worker processes: it is what "load the revision graph once per
 # worker" means.
-_worker: tuple[Job, Revisions] | None = None
+_worker: tuple[Job, Revisions, Connector] | None = None
 
 
 def _init_worker(job: Job) -> None:
@@ -90,13 +95,13 @@ def _init_worker(job: Job) -> None:
     # Ctrl-C in a terminal signals the whole process group. Workers ignore it so the tenant in progress
     # finishes its revision; the parent decides (stop starting new tenants, drain, report).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker = (job, Revisions(job.alembic_ini, job.version_table))
+    _worker = (job, Revisions(job.alembic_ini, job.version_table), Connector())
 
 
 def _work(tenant: Tenant) -> TenantResult:
     assert _worker is not None, "worker used before its initializer ran"
-    job, revisions = _worker
-    return run_tenant(tenant, job, revisions)
+    job, revisions, connector = _worker
+    return run_tenant(tenant, job, revisions, connector)
 
 
 @dataclass
@@ -126,12 +131,17 @@ class ProcessStrategy:
             on_result(result)
 
         revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
-        with ThreadPoolExecutor(self.concurrency) as threads:
-            for tenant, done in zip(tenants, threads.map(lambda t: precheck(t, job, revisions), tenants)):
-                if done is None:
-                    queue.append(tenant)
-                else:
-                    finish(done)
+        connector = Connector()
+        try:
+            with ThreadPoolExecutor(self.concurrency) as threads:
+                checked = threads.map(lambda t: precheck(t, job, revisions, connector), tenants)
+                for tenant, done in zip(tenants, checked):
+                    if done is None:
+                        queue.append(tenant)
+                    else:
+                        finish(done)
+        finally:
+            connector.dispose()
 
         interrupted = False
         while queue and not policy.stop(failures) and not interrupted:

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 
 from tenants.db import (
+    Connector,
     LockNotAcquired,
     NoVersionTable,
     describe_error,
     is_transient,
-    make_engine,
     read_version,
     tenant_lock,
     url_secrets,
@@ -70,7 +70,8 @@ class _Outcome(Exception):
         self.status, self.current, self.error = status, current, error
 
 
-def run_tenant(tenant: Tenant, job: Job, revisions: Revisions, sleep=time.sleep) -> TenantResult:
+def run_tenant(tenant: Tenant, job: Job, revisions: Revisions, connector: Connector,
+               sleep=time.sleep) -> TenantResult:
     """Run ``job`` on ``tenant``; never raises (a bug in here is still reported as that tenant's failure)."""
     started = time.monotonic()
     rng = random.Random()
@@ -81,7 +82,7 @@ def run_tenant(tenant: Tenant, job: Job, revisions: Revisions, sleep=time.sleep)
         attempts += 1
         progress = _Progress()
         try:
-            _attempt(tenant, job, revisions, progress)
+            _attempt(tenant, job, revisions, connector, progress)
             status, error = _DONE[job.operation], None
         except _Outcome as outcome:
             status, error = outcome.status, outcome.error
@@ -102,10 +103,9 @@ class _Progress:
     after: tuple[str, ...] | None = None
 
 
-def _attempt(tenant: Tenant, job: Job, revisions: Revisions, progress: _Progress) -> None:
-    engine = make_engine(tenant.url, must_exist=job.must_exist)
+def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connector, progress: _Progress) -> None:
     try:
-        with engine.connect() as conn:
+        with connector.engine(tenant.url, must_exist=job.must_exist) as engine, engine.connect() as conn:
             current = _read(conn, job)
             progress.before = progress.after = current
             _check(current, job, revisions)
@@ -119,8 +119,6 @@ def _attempt(tenant: Tenant, job: Job, revisions: Revisions, progress: _Progress
                     progress.after = _read_after(engine, conn, job)
     except LockNotAcquired:
         raise _Outcome(Status.LOCKED, progress.after or (), "held by another run (its lock is taken)") from None
-    finally:
-        engine.dispose()
 
 
 def _read(conn, job: Job) -> tuple[str, ...]:
@@ -187,7 +185,7 @@ def _result(tenant, job, revisions, status, before, after, attempts, duration, e
     )
 
 
-def precheck(tenant: Tenant, job: Job, revisions: Revisions) -> TenantResult | None:
+def precheck(tenant: Tenant, job: Job, revisions: Revisions, connector: Connector) -> TenantResult | None:
     """The no-op path, cheap enough to run in a thread of the parent: no worker process, no env.py.
 
     Returns the final result for a tenant with nothing to do (``up-to-date``) or that must not be touched
@@ -196,9 +194,8 @@ def precheck(tenant: Tenant, job: Job, revisions: Revisions) -> TenantResult | N
     Alembic context, so threads are safe here.
     """
     started = time.monotonic()
-    engine = make_engine(tenant.url, must_exist=job.must_exist)
     try:
-        with engine.connect() as conn:
+        with connector.engine(tenant.url, must_exist=job.must_exist) as engine, engine.connect() as conn:
             current = _read(conn, job)
         _check(current, job, revisions)
     except _Outcome as outcome:
@@ -206,6 +203,4 @@ def precheck(tenant: Tenant, job: Job, revisions: Revisions) -> TenantResult | N
                        time.monotonic() - started, outcome.error)
     except Exception:  # noqa: BLE001 - the worker will report it properly
         return None
-    finally:
-        engine.dispose()
     return None

@@ -139,7 +139,8 @@ def failing_project(root: Path) -> Path:
         "r1": "op.create_table('one', sa.Column('id', sa.Integer, primary_key=True))",
         "r2": """
             op.create_table('two', sa.Column('id', sa.Integer, primary_key=True))
-            if 'bad' in str(op.get_bind().engine.url.database):
+            from alembic import context
+            if 'bad' in context.config.get_main_option('sqlalchemy.url'):
                 op.execute('SELECT * FROM no_such_table')
         """,
     }, env_py=(ROOT / "alembic" / "env.py").read_text())

@@ -2,13 +2,13 @@
 """Benchmark `tenants upgrade` against the obvious alternatives, on throwaway PostgreSQL tenant databases.
 
 Creates N empty databases named PREFIX0000.., then times, on the same tenants and the same revisions:
-
-  1. `tenants upgrade` (empty -> head)               4. in-process loop of `alembic.command.upgrade` (empty -> head)
-  2. `tenants upgrade` again (the no-op pass)        5. the same loop again (its no-op)
-  3. shell loop of `alembic -x tenant=T upgrade head` 6. `xargs -P C psql -f` running the offline SQL (raw C client)
+`tenants upgrade` (empty -> head); `tenants upgrade` again (all at head: the no-op pass); a shell loop of
+`alembic -x tenant=T upgrade head`; a sequential in-process loop of `alembic.command.upgrade` (empty -> head,
+then its no-op); and `xargs -P C psql -f` running the same offline SQL (the raw C-client near-limit).
 
 Every tenant is reset to an empty schema before each method that starts from empty, and every method is
-checked afterwards: each tenant must record the head revision and have the same schema as after (1).
+checked afterwards: each tenant must record the head revision and have the same schema as
+after the first `tenants upgrade`.
 Only the ratios within one run mean anything; never compare absolute times across runs or machines.
 Targets (concurrency 4, 2 cores): tenants/psql <= 1.0, shell/tenants >= 20, in-process no-op/tenants no-op >= 5.
 
@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -138,19 +138,18 @@ class Bench:
         # The temporary directory is private (mkdtemp: mode 0700), so a password in this file stays local.
         url = server.sa_url("TENANT").replace("/TENANT", "/{tenant}")  # render first: '{' would be escaped
         self.toml = tmp / "tenants.toml"
-        self.toml.write_text(
+        self.toml.write_text(  # json.dumps: a JSON string is a valid TOML basic string
             "[environments.bench]\n"
-            f"url = {toml_str(url)}\nsource = \"server\"\nmatch = {toml_str(args.prefix + '*')}\n"
-            f"concurrency = {args.concurrency}\nalembic = {toml_str(str(ALEMBIC_INI))}\n"
-            f"maintenance_database = {toml_str(server.url.database or 'postgres')}\n", encoding="utf-8")
+            f"url = {json.dumps(url)}\nsource = \"server\"\nmatch = {json.dumps(args.prefix + '*')}\n"
+            f"concurrency = {args.concurrency}\nalembic = {json.dumps(str(ALEMBIC_INI))}\n"
+            f"maintenance_database = {json.dumps(server.url.database or 'postgres')}\n", encoding="utf-8")
 
-    def timed(self, label: str, fn) -> float:
+    def timed(self, label: str, fn) -> None:
         print(f"  {label} ...", end="", flush=True)
         started = time.perf_counter()
         fn()
-        seconds = self.times[label] = time.perf_counter() - started
-        print(f" {seconds:.2f}s", flush=True)
-        return seconds
+        self.times[label] = time.perf_counter() - started
+        print(f" {self.times[label]:.2f}s", flush=True)
 
     def verify(self, label: str, dbs: list[str]) -> None:
         """Fail loudly unless every tenant records the head and has the same schema as every other method."""
@@ -214,15 +213,11 @@ class Bench:
         self.verify(label, self.names)
 
 
-def toml_str(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def versions(server: Server) -> str:
     psql = subprocess.run(["psql", "--version"], capture_output=True, text=True).stdout.split()[2]
     pg = server.execute("SHOW server_version")[0][0].split()[0]
     libs = ", ".join(f"{name} {version(name)}" for name in ("tenants", "alembic", "SQLAlchemy", "psycopg"))
-    return f"Python {platform.python_version()}, {libs}, psql {psql}, PostgreSQL server {pg}"
+    return f"Python {sys.version.split()[0]}, {libs}, psql {psql}, PostgreSQL server {pg}"
 
 
 def report(bench: Bench, args: argparse.Namespace, shell_label: str | None, shell_factor: float) -> None:
@@ -245,12 +240,12 @@ def report(bench: Bench, args: argparse.Namespace, shell_label: str | None, shel
     ]
     print(f"\n{'ratio':<60}{'value':>10}{'target':>12}  result")
     for label, value, op, target in ratios:
+        goal = f"{op} {target:g}" if op else "-"
         if value is None:
-            print(f"{label:<60}{'n/a':>10}{f'{op} {target:g}':>12}  not measured")
-            continue
-        verdict = "" if op is None else ("met" if (value <= target if op == "<=" else value >= target)
-                                         else "NOT MET")
-        print(f"{label:<60}{value:>10.2f}{(f'{op} {target:g}' if op else '-'):>12}  {verdict}")
+            print(f"{label:<60}{'n/a':>10}{goal:>12}  not measured")
+        else:
+            met = op is None or (value <= target if op == "<=" else value >= target)
+            print(f"{label:<60}{value:>10.2f}{goal:>12}  {'' if op is None else 'met' if met else 'NOT MET'}")
 
 
 def _interrupt(_signum, _frame) -> None:
@@ -305,7 +300,8 @@ def main() -> None:
         print("\nbench: interrupted", file=sys.stderr)
         raise SystemExit(130)
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the cleanup finish
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a second Ctrl-C must not leave the databases behind
+            signal.signal(sig, signal.SIG_IGN)
         shutil.rmtree(tmp, ignore_errors=True)
         if args.keep:
             print(f"kept {len(created)} databases {args.prefix}* (--keep)")

@@ -54,6 +54,10 @@ class Strategy(Protocol):
         ...
 
 
+_POOL_BROKE = ("a worker process died (killed? out of memory?) and took the worker pool down: this tenant was "
+               "stopped mid-run; its revision in progress rolled back; rerun to resume")
+
+
 def _skipped(tenant: Tenant, why: str = "the failure policy stopped the run") -> TenantResult:
     return TenantResult(tenant.name, Status.SKIPPED, error=f"not started: {why}")
 
@@ -108,9 +112,15 @@ def _work(tenant: Tenant) -> TenantResult:
 class ProcessStrategy:
     """At most ``concurrency`` tenants at once, each in a worker process.
 
-    First the parent reads every tenant's revision from ``concurrency`` threads (:func:`precheck`: one
-    connection and one query each, no Alembic context, so threads are safe); only tenants with work to do
-    go to worker processes. A fleet already at head never starts a process.
+    The parent first reads tenants' revisions itself, from ``concurrency`` threads (:func:`precheck`: one
+    connection and one query each, no Alembic context, so threads are safe). Tenants already at the target
+    are done right there: a fleet at head never starts a worker process. Tenants with work to do stream to
+    the worker processes as they are found, so the workers start while the parent is still reading.
+
+    Once ``2 × concurrency`` tenants in a row needed work, the fleet is evidently being upgraded: the parent
+    stops reading and hands the rest straight to the workers, which read the revision themselves. Each read
+    in the parent costs a connection of its own (a few ms of server CPU each on PostgreSQL), which a tenant
+    that goes to a worker anyway would pay twice.
     """
 
     concurrency: int = 4
@@ -119,10 +129,18 @@ class ProcessStrategy:
     def run(self, tenants, job, policy, on_result):
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["tenants.fanout"])
+        revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
+        connector = Connector()
         order = {t.name: i for i, t in enumerate(tenants)}
+        unchecked: deque[Tenant] = deque(tenants)  # not read yet
+        ready: deque[Tenant] = deque()  # need a worker
+        checks: dict[Future, Tenant] = {}  # reads in flight (threads)
+        in_flight: dict[Future, Tenant] = {}  # tenants in flight (processes)
         results: list[TenantResult] = []
-        queue: deque[Tenant] = deque()
-        failures = 0
+        failures = streak = 0
+        prechecking, interrupted = True, False
+        pool: ProcessPoolExecutor | None = None
+        workers = min(self.concurrency, len(tenants))
 
         def finish(result: TenantResult) -> None:
             nonlocal failures
@@ -130,59 +148,69 @@ class ProcessStrategy:
             results.append(result)
             on_result(result)
 
-        revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
-        connector = Connector()
-        try:
-            with ThreadPoolExecutor(self.concurrency) as threads:
-                checked = threads.map(lambda t: precheck(t, job, revisions, connector), tenants)
-                for tenant, done in zip(tenants, checked):
-                    if done is None:
-                        queue.append(tenant)
-                    else:
-                        finish(done)
-        finally:
-            connector.dispose()
+        def starting() -> bool:
+            return not interrupted and not policy.stop(failures)
 
-        interrupted = False
-        while queue and not policy.stop(failures) and not interrupted:
-            # A worker that dies (killed, out of memory) breaks the whole pool; its in-flight tenants are
-            # reported failed and the rest continue on a new pool.
-            workers = min(self.concurrency, len(queue))
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                     initargs=(job,)) as pool:
-                in_flight: dict[Future, Tenant] = {}
-                broken = False
+        threads = ThreadPoolExecutor(self.concurrency)
+        try:
+            while True:
+                if not prechecking:
+                    ready.extend(unchecked)
+                    unchecked.clear()
+                while starting() and unchecked and len(checks) < self.concurrency:
+                    tenant = unchecked.popleft()
+                    checks[threads.submit(precheck, tenant, job, revisions, connector)] = tenant
                 # Submit no more than `workers` at a time: the executor's own queue would start tenants the
                 # failure policy may want to skip.
-                def starting() -> bool:
-                    return bool(queue) and not broken and not interrupted and not policy.stop(failures)
-
-                while starting() or in_flight:
-                    while starting() and len(in_flight) < workers:
-                        tenant = queue.popleft()
-                        in_flight[pool.submit(_work, tenant)] = tenant
-                    try:
-                        done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                    except KeyboardInterrupt:
-                        # First Ctrl-C: start nothing new, let the tenants in flight finish, report.
-                        # A second one propagates (the pool still waits for in-flight workers on exit).
-                        if interrupted:
-                            raise
-                        interrupted = True
+                while starting() and ready and len(in_flight) < workers:
+                    if pool is None:
+                        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                                   initargs=(job,))
+                    tenant = ready.popleft()
+                    in_flight[pool.submit(_work, tenant)] = tenant
+                if not checks and not in_flight:
+                    break
+                try:
+                    done, _ = wait([*checks, *in_flight], return_when=FIRST_COMPLETED)
+                except KeyboardInterrupt:
+                    # First Ctrl-C: start nothing new, let the tenants in flight finish, report.
+                    # A second one propagates (the pool still waits for in-flight workers on exit).
+                    if interrupted:
+                        raise
+                    interrupted = True
+                    continue
+                for future in done:
+                    if future in checks:
+                        tenant, result = checks.pop(future), future.result()
+                        if result is None:
+                            ready.append(tenant)
+                            streak += 1
+                            prechecking = streak < 2 * self.concurrency
+                        else:
+                            finish(result)
+                            streak = 0
                         continue
-                    for future in done:
-                        tenant = in_flight.pop(future)
-                        try:
-                            finish(future.result())
-                        except BrokenProcessPool:
-                            broken = True
-                            finish(TenantResult(tenant.name, Status.FAILED, attempts=1,
-                                                error="worker process died while migrating this tenant"))
-                        except Exception as err:  # noqa: BLE001 - e.g. a result that failed to unpickle
-                            finish(TenantResult(tenant.name, Status.FAILED, attempts=1,
-                                                error=f"worker error: {type(err).__name__}: {err}"))
-        for tenant in queue:
-            finish(_skipped(tenant, "interrupted (Ctrl-C)" if interrupted else "the failure policy stopped the run"))
+                    tenant = in_flight.pop(future)
+                    try:
+                        finish(future.result())
+                    except BrokenProcessPool:
+                        # A worker died (killed, out of memory): the whole pool is broken. Its tenants in
+                        # flight are reported failed; the rest continue on a new pool.
+                        finish(TenantResult(tenant.name, Status.FAILED, attempts=1, error=_POOL_BROKE))
+                        if pool is not None:
+                            pool.shutdown(wait=False, cancel_futures=True)
+                            pool = None
+                    except Exception as err:  # noqa: BLE001 - e.g. a result that failed to unpickle
+                        finish(TenantResult(tenant.name, Status.FAILED, attempts=1,
+                                            error=f"worker error: {type(err).__name__}: {err}"))
+        finally:
+            threads.shutdown(wait=True, cancel_futures=True)
+            if pool is not None:
+                pool.shutdown(wait=True)
+            connector.dispose()
+        why = "interrupted (Ctrl-C)" if interrupted else "the failure policy stopped the run"
+        for tenant in [*ready, *unchecked]:
+            finish(_skipped(tenant, why))
         results.sort(key=lambda r: order[r.tenant])
         return results
 

@@ -358,3 +358,37 @@ def test_guards_answer_from_the_live_schema(sqlite_config, tmp_path):
     import json
 
     assert json.loads(answers.read_text()) == GUARD_ANSWERS
+
+
+def test_a_killed_worker_fails_its_tenants_and_the_run_goes_on(sqlite_config, tmp_path):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    ini = make_project(tmp_path / "proj", {
+        "w1": f"""
+            from alembic import context
+            if 'victim' in context.config.get_main_option('sqlalchemy.url'):
+                open({str(pids)!r} + '/' + str(os.getpid()), 'w').close()
+                time.sleep(30)
+            op.create_table('one', sa.Column('id', sa.Integer, primary_key=True))
+        """,
+    }, env_py=(ROOT / "alembic" / "env.py").read_text())
+    names = ["victim"] + [f"t{i}" for i in range(5)]
+    settings = settings_for(sqlite_config(names, alembic=ini))
+
+    def killer():
+        deadline = time.monotonic() + 30
+        while not list(pids.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(int(next(pids.iterdir()).name), signal.SIGKILL)
+
+    import threading
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    report = api.upgrade(settings, options=api.RunOptions(strategy=ProcessStrategy(1), max_failures=None))
+    thread.join()
+    by = {r.tenant: r for r in report.results}
+    assert by["victim"].status is Status.FAILED
+    assert by["victim"].error.startswith("a worker process died")
+    assert [by[n].status for n in names[1:]] == [Status.UPGRADED] * 5
+    assert version(tmp_path / "db" / "victim.db") is None

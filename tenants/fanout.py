@@ -128,7 +128,9 @@ class ProcessStrategy:
 
     def run(self, tenants, job, policy, on_result):
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["tenants.fanout"])
+        # The forkserver imports these once and forks every worker from itself. "__main__" included: a
+        # worker would otherwise re-run the main script (the console script imports the CLI: typer, rich).
+        context.set_forkserver_preload(["__main__", "tenants.fanout"])
         revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
         connector = Connector()
         order = {t.name: i for i, t in enumerate(tenants)}

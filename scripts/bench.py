@@ -11,6 +11,8 @@ checked afterwards: each tenant must record the head revision and have the same 
 after the first `tenants upgrade`.
 Only the ratios within one run mean anything; never compare absolute times across runs or machines.
 Targets (concurrency 4, 2 cores): tenants/psql <= 1.0, shell/tenants >= 20, in-process no-op/tenants no-op >= 5.
+The no-op ratio is printed twice: with the CLI (its interpreter start-up included, measured on its own as
+`tenants --help`) and with the library called in-process, as the in-process alembic loop is.
 
     /work/venv/bin/python scripts/bench.py --tenants 10       # quick check
     /work/venv/bin/python scripts/bench.py                    # 200 tenants, a few minutes
@@ -179,6 +181,21 @@ class Bench:
         self.timed(label, lambda: self.run(upgrade, label))
         self.verify(label, self.names)
 
+    def library_noop(self, label: str) -> None:
+        """The no-op pass without interpreter start-up: `api.upgrade` called in this process, as the in-process
+        alembic loop is. Compared with that loop's no-op, it measures the pass itself, apples to apples."""
+        from tenants import api
+        from tenants.config import load_settings
+
+        settings = load_settings(self.toml, "bench", environ={})
+        options = api.RunOptions(concurrency=self.args.concurrency)
+        self.timed(label, lambda: api.upgrade(settings, options=options))
+        self.verify(label, self.names)
+
+    def startup(self, label: str) -> None:
+        """What every CLI run pays before touching a tenant: interpreter start and imports."""
+        self.timed(label, lambda: self.run(self.tenants_cli("--help"), label))
+
     def shell_loop(self, label: str, dbs: list[str]) -> None:
         # Tenant names are passed as arguments ("$@"), not pasted into the script. set -e: stop at a failure.
         script = ('set -e; for t in "$@"; do "$ALEMBIC" -c "$INI" -x tenant="$t" -x config="$TOML" -x env=bench '
@@ -235,6 +252,8 @@ def report(bench: Bench, args: argparse.Namespace, shell_label: str | None, shel
         ("shell loop / tenants upgrade" + (" (extrapolated)" if shell_factor != 1 else ""),
          shell / up if shell else None, ">=", 20.0),
         ("in-process no-op / tenants no-op", t["in-process command.upgrade loop (no-op)"] / noop, ">=", 5.0),
+        ("in-process no-op / tenants no-op in-process (both without start-up)",
+         t["in-process command.upgrade loop (no-op)"] / t["tenants no-op in-process (api.upgrade)"], ">=", 5.0),
         ("in-process upgrade / tenants upgrade (no target)",
          t["in-process command.upgrade loop (empty -> head)"] / up, None, None),
     ]
@@ -280,6 +299,8 @@ def main() -> None:
 
         bench.tenants_upgrade("tenants upgrade (empty -> head)")  # tenants start empty: no reset needed
         bench.tenants_upgrade("tenants upgrade (no-op: all at head)")
+        bench.library_noop("tenants no-op in-process (api.upgrade)")
+        bench.startup("tenants start-up (tenants --help)")
 
         shell_label, shell_factor = None, 1.0
         if not args.skip_shell_loop:

@@ -105,7 +105,9 @@ def _init_worker(job: Job) -> None:
 def _work(tenant: Tenant) -> TenantResult:
     assert _worker is not None, "worker used before its initializer ran"
     job, revisions, connector = _worker
-    return run_tenant(tenant, job, revisions, connector)
+    # Tenants reach a worker because the parent found they need work, or stopped reading after a streak
+    # of such tenants: go straight to the lock (the revision is read again under it anyway).
+    return run_tenant(tenant, job, revisions, connector, read_first=False)
 
 
 @dataclass

@@ -70,9 +70,14 @@ class _Outcome(Exception):
         self.status, self.current, self.error = status, current, error
 
 
-def run_tenant(tenant: Tenant, job: Job, revisions: Revisions, connector: Connector,
-               sleep=time.sleep) -> TenantResult:
-    """Run ``job`` on ``tenant``; never raises (a bug in here is still reported as that tenant's failure)."""
+def run_tenant(tenant: Tenant, job: Job, revisions: Revisions, connector: Connector, *,
+               read_first: bool = True, sleep=time.sleep) -> TenantResult:
+    """Run ``job`` on ``tenant``; never raises (a bug in here is still reported as that tenant's failure).
+
+    ``read_first=False`` skips the unlocked read (step 2) and goes straight to the lock: for a tenant already
+    known, or all but known, to need work (the parent read it, see :mod:`tenants.fanout`), that read is a
+    wasted query. Without it an up-to-date tenant costs a lock connection too, so the default keeps it.
+    """
     started = time.monotonic()
     rng = random.Random()
     secrets = url_secrets(tenant.url)
@@ -82,7 +87,7 @@ def run_tenant(tenant: Tenant, job: Job, revisions: Revisions, connector: Connec
         attempts += 1
         progress = _Progress()
         try:
-            _attempt(tenant, job, revisions, connector, progress)
+            _attempt(tenant, job, revisions, connector, progress, read_first)
             status, error = _DONE[job.operation], None
         except _Outcome as outcome:
             status, error = outcome.status, outcome.error
@@ -103,22 +108,29 @@ class _Progress:
     after: tuple[str, ...] | None = None
 
 
-def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connector, progress: _Progress) -> None:
-    try:
-        with connector.engine(tenant.url, must_exist=job.must_exist) as engine, engine.connect() as conn:
+def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connector, progress: _Progress,
+             read_first: bool) -> None:
+    with connector.engine(tenant.url, must_exist=job.must_exist) as engine, engine.connect() as conn:
+        if read_first:
             current = _read(conn, job)
             progress.before = progress.after = current
             _check(current, job, revisions)
-            with tenant_lock(engine, job.lock_timeout):
+        try:
+            with tenant_lock(engine, job.lock_timeout):  # raises LockNotAcquired on entry, nowhere else
                 current = _read(conn, job)  # the truth, now that nobody else can move it
                 progress.before = progress.after = current
                 _check(current, job, revisions)
                 try:
                     revisions.migrate(conn, tenant.url, job.operation, job.target)
-                finally:
+                except BaseException:
                     progress.after = _read_after(engine, conn, job)
-    except LockNotAcquired:
-        raise _Outcome(Status.LOCKED, progress.after or (), "held by another run (its lock is taken)") from None
+                    raise
+                # Alembic checked every version update it made (one row each): the tenant is at target.
+                progress.after = (job.target,) if job.target else ()
+        except LockNotAcquired:
+            if not read_first:  # report where the tenant is, not "base"
+                progress.before = progress.after = _read(conn, job)
+            raise _Outcome(Status.LOCKED, progress.after or (), "held by another run (its lock is taken)") from None
 
 
 def _read(conn, job: Job) -> tuple[str, ...]:

@@ -84,11 +84,15 @@ def test_locked_tenant_is_reported_locked(pg_fleet):
 
     fleet = pg_fleet(2)
     settings = settings_of(fleet)
+    api.upgrade(settings, "0001_users")
     with psycopg.connect(_pg_dsn(fleet.names[0]), autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (PG_LOCK_KEY,))
         report = api.upgrade(settings, options=api.RunOptions(concurrency=2, max_failures=None))
-    assert [r.status for r in report.results] == [Status.LOCKED, Status.UPGRADED]
-    assert fleet.version(fleet.names[0]) is None
+    locked = report.results[0]
+    assert (locked.status, locked.from_revision, locked.to_revision, locked.applied) == (
+        Status.LOCKED, "0001_users", "0001_users", ())
+    assert report.results[1].status is Status.UPGRADED
+    assert fleet.version(fleet.names[0]) == "0001_users"
 
 
 def counting_project(root: Path) -> Path:
@@ -229,3 +233,28 @@ def test_guards_answer_from_the_live_schema(pg_fleet, tmp_path):
     fleet.config.write_text(probe_config + 'version_table = "probe_version"\n')
     assert api.upgrade(settings_of(fleet)).ok
     assert json.loads(answers.read_text()) == GUARD_ANSWERS
+
+
+def test_connector_shares_one_engine_per_server_and_each_thread_gets_its_tenant(pg_fleet):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import text
+
+    from tenants.db import Connector
+
+    fleet = pg_fleet(6)
+    connector = Connector()
+    engines = set()
+
+    def current_database(name: str) -> str:
+        with connector.engine(fleet.url(name)) as engine, engine.connect() as conn:
+            engines.add(id(engine))
+            return conn.execute(text("SELECT current_database()")).scalar()
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            seen = list(pool.map(current_database, fleet.names * 5))
+    finally:
+        connector.dispose()
+    assert seen == fleet.names * 5
+    assert len(engines) == 1

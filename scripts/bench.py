@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--shell-sample", type=int, metavar="K",
                    help="time the shell loop on only K tenants and extrapolate linearly (default: all N)")
     p.add_argument("--skip-shell-loop", action="store_true", help="do not run the shell loop at all")
+    p.add_argument("--repeat", type=int, default=3, metavar="R",
+                   help="repetitions of the fast methods (tenants, psql), interleaved; medians are compared (3)")
     args = p.parse_args()
     if args.tenants < 1 or args.concurrency < 1:
         p.error("--tenants and --concurrency must be at least 1")
@@ -136,7 +139,7 @@ class Bench:
         self.args, self.server, self.tmp, self.names = args, server, tmp, names
         self.head = ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).get_current_head()
         self.reference: str | None = None  # schema fingerprint after the first `tenants upgrade`
-        self.times: dict[str, float] = {}
+        self.samples: dict[str, list[float]] = {}  # label -> seconds of each repetition
         # The temporary directory is private (mkdtemp: mode 0700), so a password in this file stays local.
         url = server.sa_url("TENANT").replace("/TENANT", "/{tenant}")  # render first: '{' would be escaped
         self.toml = tmp / "tenants.toml"
@@ -146,12 +149,17 @@ class Bench:
             f"concurrency = {args.concurrency}\nalembic = {json.dumps(str(ALEMBIC_INI))}\n"
             f"maintenance_database = {json.dumps(server.url.database or 'postgres')}\n", encoding="utf-8")
 
+    @property
+    def times(self) -> dict[str, float]:
+        """The median of each method's repetitions: this machine is noisy, one sample can be off by 30%."""
+        return {label: statistics.median(values) for label, values in self.samples.items()}
+
     def timed(self, label: str, fn) -> None:
         print(f"  {label} ...", end="", flush=True)
         started = time.perf_counter()
         fn()
-        self.times[label] = time.perf_counter() - started
-        print(f" {self.times[label]:.2f}s", flush=True)
+        self.samples.setdefault(label, []).append(time.perf_counter() - started)
+        print(f" {self.samples[label][-1]:.2f}s", flush=True)
 
     def verify(self, label: str, dbs: list[str]) -> None:
         """Fail loudly unless every tenant records the head and has the same schema as every other method."""
@@ -220,7 +228,8 @@ class Bench:
 
     def psql_fanout(self, label: str) -> None:
         sql_file = self.tmp / "upgrade.sql"  # rendered once, outside the timed section
-        sql_file.write_text(self.run(self.tenants_cli("sql", "base:head"), "tenants sql"), encoding="utf-8")
+        if not sql_file.exists():
+            sql_file.write_text(self.run(self.tenants_cli("sql", "base:head"), "tenants sql"), encoding="utf-8")
         url = self.server.url
         psql = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", url.host or "127.0.0.1",
                 "-p", str(url.port or 5432), "-U", url.username or "postgres", "-d", "{}", "-f", str(sql_file)]
@@ -239,12 +248,13 @@ def versions(server: Server) -> str:
 
 def report(bench: Bench, args: argparse.Namespace, shell_label: str | None, shell_factor: float) -> None:
     t, n, c = bench.times, args.tenants, args.concurrency
-    print(f"\n{'method':<60}{'seconds':>10}{'ms/tenant':>12}")
+    print(f"\n{'method (median of the repetitions)':<60}{'seconds':>10}{'ms/tenant':>12}  samples")
     for label, seconds in t.items():
+        samples = " ".join(f"{x:.2f}" for x in bench.samples[label]) if len(bench.samples[label]) > 1 else ""
         if label == shell_label and shell_factor != 1:  # a sample: show the extrapolated figure
             seconds *= shell_factor
             label = f"{label}, extrapolated x{shell_factor:.1f}"
-        print(f"{label:<60}{seconds:>10.2f}{seconds / n * 1000:>12.1f}")
+        print(f"{label:<60}{seconds:>10.2f}{seconds / n * 1000:>12.1f}  {samples}")
     up, noop = t["tenants upgrade (empty -> head)"], t["tenants upgrade (no-op: all at head)"]
     shell = t[shell_label] * shell_factor if shell_label else None
     ratios = [
@@ -297,10 +307,16 @@ def main() -> None:
         bench = Bench(args, server, tmp, names)
         print(f"head: {bench.head}; timing (each method starts from the same state):")
 
-        bench.tenants_upgrade("tenants upgrade (empty -> head)")  # tenants start empty: no reset needed
-        bench.tenants_upgrade("tenants upgrade (no-op: all at head)")
-        bench.library_noop("tenants no-op in-process (api.upgrade)")
-        bench.startup("tenants start-up (tenants --help)")
+        # The fast methods are repeated, interleaved, and compared by their medians; the slow loops run once.
+        for repetition in range(args.repeat):
+            if repetition:
+                bench.server.reset(names)
+            bench.tenants_upgrade("tenants upgrade (empty -> head)")
+            bench.tenants_upgrade("tenants upgrade (no-op: all at head)")
+            bench.library_noop("tenants no-op in-process (api.upgrade)")
+            bench.startup("tenants start-up (tenants --help)")
+            bench.server.reset(names)
+            bench.psql_fanout(f"xargs -P{args.concurrency} psql -f offline.sql")
 
         shell_label, shell_factor = None, 1.0
         if not args.skip_shell_loop:
@@ -312,9 +328,6 @@ def main() -> None:
         bench.server.reset(names)
         bench.in_process_loop("in-process command.upgrade loop (empty -> head)")
         bench.in_process_loop("in-process command.upgrade loop (no-op)")
-
-        bench.server.reset(names)
-        bench.psql_fanout(f"xargs -P{args.concurrency} psql -f offline.sql")
 
         report(bench, args, shell_label, shell_factor)
     except KeyboardInterrupt:

@@ -64,23 +64,26 @@ def run_migrations_offline() -> None:
 
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
-    if connection is not None:
-        _configure(connection=connection, render_as_batch=connection.dialect.name == "sqlite")
+    if connection is not None:  # `tenants` holds the tenant's lock already
+        _configure(connection=connection)
         with context.begin_transaction():
             context.run_migrations()
         return
 
-    # Plain alembic: one tenant, our engine factory (SQLite gets transactional DDL there too).
-    from tenants.db import make_engine
+    # Plain alembic: one tenant, our engine factory (SQLite gets transactional DDL there too), and the same
+    # per-tenant lock `tenants` takes, so a hand-run upgrade never races a fleet run on that tenant.
+    from tenants.db import LockNotAcquired, make_engine, tenant_lock
 
     if config.config_file_name is not None:
         fileConfig(config.config_file_name)
     engine = make_engine(_tenant_url())
     try:
-        with engine.connect() as connection:
-            _configure(connection=connection, render_as_batch=connection.dialect.name == "sqlite")
+        with tenant_lock(engine, timeout=0), engine.connect() as connection:
+            _configure(connection=connection)
             with context.begin_transaction():
                 context.run_migrations()
+    except LockNotAcquired:
+        raise CommandError("this tenant is locked by another run (tenants upgrade?); try again later") from None
     finally:
         engine.dispose()
 

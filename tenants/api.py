@@ -15,7 +15,7 @@ from time import monotonic
 
 from tenants import __version__
 from tenants.config import Settings
-from tenants.db import Connector, NoVersionTable, describe_error, make_engine, read_version, url_secrets
+from tenants.db import Connector, has_lock, NoVersionTable, describe_error, make_engine, missing_file, read_version
 from tenants.discovery import Selection, Tenant, source_for
 from tenants.errors import RevisionError, TenantUnreachable, UsageError
 from tenants.fanout import FailurePolicy, Strategy, choose_strategy
@@ -58,13 +58,15 @@ def status(settings: Settings, selection: Selection = Selection()) -> StatusRepo
     connector = Connector()
 
     def one(tenant: Tenant) -> TenantStatus:
+        if not _must_exist(settings) and missing_file(tenant.url):
+            return TenantStatus(tenant.name, State.NEW, (), len(revisions.pending_upgrade((), head)))
         try:
             with connector.engine(tenant.url, must_exist=_must_exist(settings)) as engine, engine.connect() as conn:
                 current = read_version(conn, env.version_table)
         except NoVersionTable:
             return TenantStatus(tenant.name, State.NEW, (), len(revisions.pending_upgrade((), head)))
         except Exception as err:  # noqa: BLE001 - an unreachable tenant is a state, not a crash
-            return TenantStatus(tenant.name, State.UNREACHABLE, error=describe_error(err, url_secrets(tenant.url)))
+            return TenantStatus(tenant.name, State.UNREACHABLE, error=describe_error(err, tenant.all_secrets))
         if not revisions.is_known(current):
             return TenantStatus(tenant.name, State.UNKNOWN_REVISION, current)
         if not current:
@@ -133,23 +135,22 @@ def plan_downgrade(settings: Settings, tenant: str, revision: str) -> DowngradeP
     """Read the tenant's revision and list the revisions a downgrade to ``revision`` would undo."""
     revisions = load_revisions(settings)
     chosen = discover(settings, Selection(tenants=(tenant,)))[0]
-    target = _resolve_down(revisions, revision, chosen, settings)
-    current = _current(chosen, settings)
-    if not revisions.is_known(current):
-        raise RevisionError(
-            f"tenant {tenant!r} is at {','.join(current)}, which is not in the revision graph; "
-            "fix it by hand (or `tenants stamp`) before downgrading"
-        )
+    current = _known_current(revisions, chosen, settings)
+    target = _resolve_down(revisions, revision, chosen.name, current)
     undo = revisions.pending_downgrade(current, target)
     descriptions = tuple(f"{rev}: {revisions.script.get_revision(rev).doc}" for rev in undo)
     return DowngradePlan(chosen, current, target, tuple(undo), descriptions)
 
 
 def downgrade(settings: Settings, plan: DowngradePlan, options: RunOptions = RunOptions()) -> RunReport:
-    """Downgrade exactly the one tenant of ``plan`` (made by :func:`plan_downgrade`)."""
+    """Downgrade exactly the one tenant of ``plan`` (made by :func:`plan_downgrade`).
+
+    The tenant must still be where the plan saw it: if it moved since, it fails with nothing undone.
+    """
     revisions = load_revisions(settings)
     head = _head_or_none(revisions)
-    return _run(settings, revisions, "downgrade", plan.target, head, [plan.tenant], options, None)
+    return _run(settings, revisions, "downgrade", plan.target, head, [plan.tenant], options, None,
+                expect=plan.current)
 
 
 def stamp(settings: Settings, tenants: tuple[str, ...], revision: str, options: RunOptions = RunOptions(),
@@ -176,7 +177,8 @@ def sql(settings: Settings, revision_range: str, tenant: str | None = None) -> s
     if tenant is not None:
         chosen = discover(settings, Selection(tenants=(tenant,)))[0]
         url = chosen.url
-        start = revisions.resolve(start_arg) if start_arg else _single(_current(chosen, settings), tenant)
+        start = revisions.resolve(start_arg) if start_arg else _single(
+            _known_current(revisions, chosen, settings), tenant)
     else:
         url = env.tenant_url("tenant")
         start = revisions.resolve(start_arg) if start_arg else None
@@ -188,12 +190,14 @@ def sql(settings: Settings, revision_range: str, tenant: str | None = None) -> s
 
 # --- helpers -----------------------------------------------------------------------------------------------
 
-def _run(settings, revisions, operation: Operation, target, head, tenants, options: RunOptions, on_result):
+def _run(settings, revisions, operation: Operation, target, head, tenants, options: RunOptions, on_result,
+         expect: tuple[str, ...] | None = None):
     env = settings.environment
+    _require_lock(settings)
     concurrency = options.concurrency or env.concurrency
     job = Job(
         operation=operation,
-        target=target,
+        target=target if target is not None else "base",
         alembic_ini=str(env.alembic),
         version_table=env.version_table,
         retries=env.retries if options.retries is None else options.retries,
@@ -201,6 +205,7 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
         retry_backoff_max=env.retry_backoff_max,
         lock_timeout=env.lock_timeout,
         must_exist=_must_exist(settings),
+        expect=expect,
     )
     strategy = options.strategy or choose_strategy(concurrency, len(tenants), revisions)
     started_wall, started = datetime.now(timezone.utc), monotonic()
@@ -209,7 +214,7 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
         run_id=uuid.uuid4().hex,
         environment=env.name,
         operation=operation,
-        target=target,
+        target=target if target is not None else "base",
         head=head,
         concurrency=strategy.concurrency,
         started_at=started_wall.isoformat(timespec="seconds"),
@@ -218,6 +223,15 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
         results=tuple(results),
         tool_version=__version__,
     )
+
+
+def _require_lock(settings: Settings) -> None:
+    """Refuse to change tenants of a dialect we cannot lock: two runs could then apply a revision twice."""
+    if not has_lock(settings.environment.dialect):
+        raise UsageError(
+            f"environment {settings.env_name!r}: no per-tenant lock for dialect "
+            f"{settings.environment.dialect!r} yet, so it cannot be migrated safely; `tenants sql` works"
+        )
 
 
 def _must_exist(settings: Settings) -> bool:
@@ -230,7 +244,19 @@ def _head_or_none(revisions: Revisions) -> str | None:
     return revisions.heads[0] if len(revisions.heads) == 1 else None
 
 
+def _known_current(revisions: Revisions, tenant: Tenant, settings: Settings) -> tuple[str, ...]:
+    current = _current(tenant, settings)
+    if not revisions.is_known(current):
+        raise RevisionError(
+            f"tenant {tenant.name!r} is at {','.join(current)}, which is not in the revision graph; fix its "
+            f"version table by hand first (e.g. `alembic -x tenant={tenant.name} stamp --purge REVISION`)"
+        )
+    return current
+
+
 def _current(tenant: Tenant, settings: Settings) -> tuple[str, ...]:
+    if not _must_exist(settings) and missing_file(tenant.url):
+        return ()  # a demo tenant not created yet; reading it must not create it
     engine = make_engine(tenant.url, must_exist=_must_exist(settings))
     try:
         with engine.connect() as conn:
@@ -239,7 +265,7 @@ def _current(tenant: Tenant, settings: Settings) -> tuple[str, ...]:
         return ()
     except Exception as err:
         raise TenantUnreachable(
-            f"tenant {tenant.name!r}: cannot read its revision: {describe_error(err, url_secrets(tenant.url))}"
+            f"tenant {tenant.name!r}: cannot read its revision: {describe_error(err, tenant.all_secrets)}"
         ) from err
     finally:
         engine.dispose()
@@ -251,13 +277,13 @@ def _single(current: tuple[str, ...], tenant: str) -> str | None:
     return current[0] if current else None
 
 
-def _resolve_down(revisions: Revisions, revision: str, tenant: Tenant, settings: Settings) -> str | None:
+def _resolve_down(revisions: Revisions, revision: str, tenant: str, current: tuple[str, ...]) -> str | None:
     """Absolute ids, ``base``, or ``-N`` (N revisions below the tenant's current one)."""
     if revision.startswith("-") and revision[1:].isdigit():
-        current = _single(_current(tenant, settings), tenant.name)
-        chain = [s.revision for s in revisions.script.iterate_revisions(current, "base")] if current else []
+        top = _single(current, tenant)
+        chain = [s.revision for s in revisions.script.iterate_revisions(top, "base")] if top else []
         steps = int(revision[1:])
         if steps > len(chain):
-            raise RevisionError(f"tenant {tenant.name!r} has only {len(chain)} revisions to undo, not {steps}")
+            raise RevisionError(f"tenant {tenant!r} has only {len(chain)} revisions to undo, not {steps}")
         return chain[steps] if steps < len(chain) else None
     return revisions.resolve(revision)

@@ -59,9 +59,9 @@ def _console(stderr: bool = False) -> Console:
 def _main(
     ctx: typer.Context,
     config: Annotated[Optional[str], typer.Option(
-        "--config", "-c", envvar="TENANTS_CONFIG", help="Configuration file [default: ./tenants.toml].")] = None,
+        "--config", "-c", envvar="TENANTS_CONFIG", help="Configuration file (default: ./tenants.toml).")] = None,
     env: Annotated[Optional[str], typer.Option(
-        "--env", "-e", envvar="TENANTS_ENV", help="Environment in the configuration [default: dev].")] = None,
+        "--env", "-e", envvar="TENANTS_ENV", help="Environment in the configuration (default: dev).")] = None,
 ) -> None:
     ctx.obj = Context(config, env, _console(), _console(stderr=True))
 
@@ -155,8 +155,16 @@ ReportOpt = Annotated[Optional[Path], typer.Option(
 
 
 def _check_report_path(report: Optional[Path]) -> None:
-    if report is not None and not report.parent.resolve().is_dir():
+    """Fail before the run, not after it, when the report cannot be written."""
+    if report is None:
+        return
+    if not report.parent.resolve().is_dir():
         raise UsageError(f"--report {report}: folder {report.parent} does not exist")
+    try:
+        with report.open("a", encoding="utf-8"):
+            pass
+    except OSError as err:
+        raise UsageError(f"--report {report}: cannot write it: {err.strerror}") from None
 
 
 @app.command()
@@ -166,7 +174,7 @@ def upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
     tenant: TenantOpt = [], exclude: ExcludeOpt = [], tag: TagOpt = [],
     concurrency: Annotated[Optional[int], typer.Option(
-        "--concurrency", "-j", min=1, help="Tenants migrated at once [default: the environment's, else 4].",
+        "--concurrency", "-j", min=1, help="Tenants migrated at once (default: the environment's, else 4).",
         show_default=False)] = None,
     keep_going: Annotated[bool, typer.Option(
         "--keep-going", help="Run every tenant whatever fails (default: stop starting new ones at the first "
@@ -175,7 +183,7 @@ def upgrade(
         "--max-failures", min=1, help="Stop starting new tenants after this many failures.",
         show_default=False)] = None,
     retries: Annotated[Optional[int], typer.Option(
-        "--retries", min=0, help="Retries per tenant on transient errors [default: 3].", show_default=False)] = None,
+        "--retries", min=0, help="Retries per tenant on transient errors (default: 3).", show_default=False)] = None,
     report: ReportOpt = None,
 ) -> None:
     """Bring every selected tenant to REVISION (default head), in parallel."""
@@ -216,10 +224,10 @@ def downgrade(
     settings = obj.settings()
     plan = api.plan_downgrade(settings, tenant[0], revision)
     if not plan.undo:
-        typer.echo(f"tenant {plan.tenant.name} is already at {render.rev(plan.target)}: nothing to undo")
+        typer.echo(f"tenant {plan.tenant.name} is already at {plan.target or 'base'}: nothing to undo")
         raise typer.Exit(0)
     typer.echo(f"downgrade {plan.tenant.name} ({settings.env_name}) from {','.join(plan.current)} "
-               f"to {render.rev(plan.target)}, undoing {len(plan.undo)} revision(s):")
+               f"to {plan.target or 'base'}, undoing {len(plan.undo)} revision(s):")
     for line in plan.descriptions:
         typer.echo(f"  - {line}")
     if not yes:
@@ -273,13 +281,22 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = command.main(args=argv, prog_name="tenants", standalone_mode=False)
     except typer.TyperException as err:  # Typer's (vendored click) usage errors: bad option, missing argument
-        ctx = getattr(err, "ctx", None)
-        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-        if re.fullmatch(r"No such option: -\d+", err.format_message()):
-            hint = "; a relative revision goes after `--`, e.g. `tenants downgrade -t NAME -- -1`"
-        typer.echo(f"tenants: error: {err.format_message()}{hint}", err=True)
+        message = err.format_message()
+        if message:  # empty: `tenants` alone, which has printed the help already
+            ctx = getattr(err, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            if re.fullmatch(r"No such option: -\d+", message):
+                hint = "; a relative revision goes after `--`, e.g. `tenants downgrade -t NAME -- -1`"
+            typer.echo(f"tenants: error: {message}{hint}", err=True)
         sys.exit(err.exit_code)
     except typer.Abort:
         typer.echo("tenants: aborted", err=True)
         sys.exit(130)
+    except BrokenPipeError:  # `tenants list | head -1`
+        sys.stderr.close()
+        sys.exit(1)
+    except Exception as err:  # noqa: BLE001 - the last resort: one line, never a traceback (locals hold secrets)
+        typer.echo(f"tenants: internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                   " (please report it)", err=True)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

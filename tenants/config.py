@@ -25,6 +25,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -64,7 +65,8 @@ class Environment:
     """One validated ``[environments.NAME]`` table."""
 
     name: str
-    url: str  # SQLAlchemy URL template with ``{tenant}``; ``${VAR}`` already substituted
+    # SQLAlchemy URL template with ``{tenant}``; ``${VAR}`` already substituted, so it may hold a password.
+    url: str = field(repr=False)
     source: str = "static"
     tenants: tuple[TenantSpec, ...] = ()
     match: str = "*"
@@ -76,6 +78,7 @@ class Environment:
     retry_backoff_max: float = 30.0
     lock_timeout: float = 0.0  # seconds to wait for a tenant's lock before reporting it `locked`
     maintenance_database: str = "postgres"  # where `source = "server"` lists pg_database
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # every substituted ${VAR} value: never printed
     base_dir: Path = field(default_factory=Path.cwd)  # relative SQLite paths and `alembic` resolve here
 
     @property
@@ -120,12 +123,17 @@ _ENV_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def mask_url(url: str | URL) -> str:
-    """The URL with its password replaced by ``***``: the only form of a URL the tool ever prints."""
+def mask_url(url: str | URL, secrets: tuple[str, ...] = ()) -> str:
+    """The URL with its password (and any other known secret, e.g. in the query) replaced by ``***``: the
+    only form of a URL the tool ever prints."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+        masked = make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
         return "<unparseable URL>"
+    for secret in secrets:
+        if secret:
+            masked = masked.replace(quote(secret, safe=""), "***").replace(secret, "***")
+    return masked
 
 
 def load_settings(
@@ -211,15 +219,19 @@ def _environment(
 
     if "url" not in table:
         raise fail("missing required key 'url' (a SQLAlchemy URL template with {tenant})")
-    url = _substitute(table["url"], lambda var: fail(
+    url, secrets = _substitute(table["url"], lambda var: fail(
         f"url uses ${{{var}}} but the environment variable {var} is not set; export it and retry", "url"
     ), environ)
     if "{tenant}" not in url:
         raise fail("url must contain the {tenant} placeholder", "url")
     try:
         parsed = make_url(url.replace("{tenant}", "tenant"))
-    except ArgumentError as err:
-        raise fail(f"url is not a valid SQLAlchemy URL: {err}", "url") from err
+        parsed.port  # noqa: B018 - a non-numeric port raises here, not at connect time
+    except (ArgumentError, ValueError) as err:
+        message = str(err)
+        for secret in secrets:
+            message = message.replace(secret, "***")
+        raise fail(f"url is not a valid SQLAlchemy URL: {message}", "url") from None
 
     source = table.get("source", "static")
     if source not in SOURCES:
@@ -229,6 +241,9 @@ def _environment(
         raise fail("source 'static' needs a non-empty 'tenants' list", "tenants" if "tenants" in table else None)
     if source == "server" and "tenants" in table:
         raise fail("'tenants' is only for source 'static'; source 'server' uses 'match'", "tenants")
+    if source == "server" and "match" not in table:
+        # No default: "every database on the server" would include other applications' databases.
+        raise fail("source 'server' needs 'match', a glob over database names (e.g. \"tenant_*\")")
     if source == "server" and parsed.get_backend_name() not in ("postgresql", "sqlite"):
         raise fail(
             f"source 'server' supports postgresql and sqlite URLs, not {parsed.get_backend_name()!r}", "source"
@@ -260,6 +275,7 @@ def _environment(
         lock_timeout=float(table.get("lock_timeout", 0.0)),
         maintenance_database=table.get("maintenance_database", "postgres"),
         base_dir=base_dir,
+        secrets=secrets,
     )
 
 
@@ -288,15 +304,23 @@ def _tenant_specs(items: list[Any], fail) -> list[TenantSpec]:
     return specs
 
 
-def _substitute(value: str, missing, environ: dict[str, str]) -> str:
+def _substitute(value: str, missing, environ: dict[str, str]) -> tuple[str, tuple[str, ...]]:
+    """Replace each ``${VAR}``; returns the URL and the substituted values (all treated as secrets).
+
+    Values are percent-encoded, so a password with ``@ : / ? # %`` lands in the URL intact (SQLAlchemy
+    decodes it again); host names and port numbers are unchanged by the encoding.
+    """
+    used: list[str] = []
+
     def repl(m: re.Match[str]) -> str:
         var = m.group(1)
         if var not in environ:
             raise missing(var)
-        return environ[var]
+        used.append(environ[var])
+        return quote(environ[var], safe="")
 
     try:
-        return _VAR.sub(repl, value)
+        return _VAR.sub(repl, value), tuple(v for v in used if v)
     except ConfigError as err:
         raise MissingVariable(str(err)) from None
 

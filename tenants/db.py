@@ -113,6 +113,14 @@ class Connector:
         self._engines.clear()
 
 
+def missing_file(url: str) -> bool:
+    """True for a SQLite URL whose database file does not exist (opening it would create it)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return False
+    return not Path(parsed.database.removeprefix("file:")).exists()
+
+
 def read_version(conn: Connection, version_table: str) -> tuple[str, ...]:
     """The tenant's recorded heads, with one query; raises :class:`NoVersionTable` for a new database.
 
@@ -146,6 +154,14 @@ def _is_missing_table(err: DBAPIError) -> bool:
 PG_LOCK_KEY = int.from_bytes(b"tenants!", "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+_LOCKABLE = ("postgresql", "sqlite")
+
+
+def has_lock(dialect: str) -> bool:
+    """Whether :func:`tenant_lock` can lock a tenant of this dialect (SQL Server's sp_getapplock: to come)."""
+    return dialect in _LOCKABLE
+
+
 @contextlib.contextmanager
 def tenant_lock(engine: Engine, timeout: float) -> Iterator[None]:
     """Hold the tenant's exclusive migration lock for the duration of the block.
@@ -162,7 +178,7 @@ def tenant_lock(engine: Engine, timeout: float) -> Iterator[None]:
     elif backend == "sqlite":
         with _file_lock(engine, timeout):
             yield
-    else:  # dialects added later (SQL Server: sp_getapplock) plug in here
+    else:  # the API refuses to migrate other dialects (has_lock); plain alembic gets no lock there
         yield
 
 
@@ -223,7 +239,8 @@ _TRANSIENT_TEXT = re.compile(
     r"connection refused|could not connect|server closed the connection|connection reset|"
     r"terminating connection|connection timed out|timeout expired|no route to host|"
     r"the database system is (starting up|shutting down)|database is locked|ssl syscall error|"
-    r"consuming input failed|connection is closed",
+    r"consuming input failed|connection is closed|too many clients|remaining connection slots|"
+    r"too many connections|not yet accepting connections|in recovery mode",
     re.IGNORECASE,
 )
 
@@ -264,7 +281,7 @@ def describe_error(err: BaseException, secrets: tuple[str, ...] = ()) -> str:
 
 
 def scrub(message: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
+    for secret in sorted(secrets, key=len, reverse=True):  # longest first: one secret may contain another
         if secret:
             message = message.replace(secret, "***")
     return message

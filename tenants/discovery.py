@@ -8,6 +8,7 @@ yesterday is included today). Later sources (an Azure elastic pool) implement th
 from __future__ import annotations
 
 import fnmatch
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -17,8 +18,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from tenants.config import Environment, mask_url
-from tenants.db import describe_error, make_engine, url_secrets
-from tenants.errors import DiscoveryError, TenantNotFound
+from tenants.db import describe_error, is_transient, make_engine, url_secrets
+from tenants.errors import ConfigError, DiscoveryError, TenantNotFound
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,16 @@ class Tenant:
     name: str
     url: str = field(repr=False)
     tags: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # scrubbed from anything printed about it
 
     @property
     def masked_url(self) -> str:
-        return mask_url(self.url)
+        return mask_url(self.url, self.secrets)
+
+    @property
+    def all_secrets(self) -> tuple[str, ...]:
+        """Everything to scrub from text about this tenant: its URL's password and every ${VAR} value."""
+        return url_secrets(self.url) + self.secrets
 
 
 class TenantSource(Protocol):
@@ -44,7 +51,7 @@ class StaticSource:
 
     def discover(self) -> list[Tenant]:
         env = self.environment
-        return [Tenant(spec.name, env.tenant_url(spec.name), spec.tags) for spec in env.tenants]
+        return [Tenant(spec.name, env.tenant_url(spec.name), spec.tags, env.secrets) for spec in env.tenants]
 
 
 @dataclass(frozen=True)
@@ -60,22 +67,33 @@ class ServerSource:
         else:
             names = self._postgres_names()
         names = sorted(n for n in names if fnmatch.fnmatchcase(n, env.match))
-        return [Tenant(name, env.tenant_url(name)) for name in names]
+        return [Tenant(name, env.tenant_url(name), (), env.secrets) for name in names]
 
     def _postgres_names(self) -> list[str]:
         env = self.environment
         url = env.tenant_url(env.maintenance_database)
         engine = make_engine(url)
+        attempt = 0
         try:
-            with engine.connect() as conn:
-                rows = conn.execute(text(
-                    "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
-                )).scalars().all()
-        except SQLAlchemyError as err:
-            raise DiscoveryError(
-                f"environment {env.name!r}: cannot list the databases on {mask_url(url)}: "
-                f"{describe_error(err, url_secrets(url))}; check the url and that the server is up"
-            ) from err
+            while True:
+                try:
+                    with engine.connect() as conn:
+                        rows = conn.execute(text(
+                            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
+                        )).scalars().all()
+                    break
+                except SQLAlchemyError as err:
+                    # A blip while a deploy starts is retried like a tenant's transient error; after that the
+                    # run stops before touching any tenant.
+                    attempt += 1
+                    if is_transient(err) and attempt <= env.retries:
+                        time.sleep(min(env.retry_backoff_max, env.retry_backoff * 2 ** (attempt - 1)))
+                        continue
+                    raise DiscoveryError(
+                        f"environment {env.name!r}: cannot list the databases on {mask_url(url, env.secrets)}: "
+                        f"{describe_error(err, url_secrets(url) + env.secrets)}; check the url and that the server "
+                        "is up"
+                    ) from err
         finally:
             engine.dispose()
         # The maintenance database is where we list from, never a tenant.
@@ -85,23 +103,27 @@ class ServerSource:
         env = self.environment
         template = Path(make_url(env.tenant_url("{tenant}")).database or "")
         if "{tenant}" in str(template.parent):
-            raise DiscoveryError(
+            raise ConfigError(
                 f"environment {env.name!r}: with source 'server', {{tenant}} must be in the SQLite file name, "
                 "not in its folder"
             )
         folder = template.parent
         prefix, _, suffix = template.name.partition("{tenant}")
         if not folder.is_dir():
-            raise DiscoveryError(
+            raise ConfigError(
                 f"environment {env.name!r}: folder {folder} does not exist; create it or fix the url"
             )
         names = []
         for path in folder.iterdir():
             file = path.name
             if path.is_file() and file.startswith(prefix) and file.endswith(suffix) and \
-                    len(file) > len(prefix) + len(suffix):
+                    len(file) > len(prefix) + len(suffix) and not file.endswith(_SQLITE_SIDECARS):
                 names.append(file[len(prefix):len(file) - len(suffix)])
         return names
+
+
+# Files SQLite (and our lock) keep next to a database: never tenants, even with a template without a suffix.
+_SQLITE_SIDECARS = (".lock", "-journal", "-wal", "-shm")
 
 
 def source_for(environment: Environment) -> TenantSource:

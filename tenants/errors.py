@@ -12,7 +12,11 @@ from __future__ import annotations
 
 
 class TenantsError(Exception):
-    """Root of every error the tool reports as bad input or bad configuration (exit code 2)."""
+    """Root of every error the tool reports before (or instead of) touching tenants.
+
+    Bad input or bad configuration exits 2; a subclass that is a runtime failure (a server that cannot be
+    reached, nothing touched either) sets ``exit_code = 1``.
+    """
 
     exit_code = 2
 
@@ -46,7 +50,9 @@ class UsageError(TenantsError):
 
 
 class DiscoveryError(TenantsError):
-    """The tenant source could not be listed (server unreachable, folder missing)."""
+    """The tenant source could not be listed (server unreachable after retries): a runtime failure."""
+
+    exit_code = 1
 
 
 class TenantUnreachable(TenantsError):

@@ -28,7 +28,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Protocol
 
-from tenants.db import Connector
+from tenants.db import Connector, scrub
 from tenants.discovery import Tenant
 from tenants.report import Status, TenantResult
 from tenants.revisions import Revisions
@@ -58,6 +58,9 @@ _POOL_BROKE = ("a worker process died (killed? out of memory?) and took the work
                "stopped mid-run; its revision in progress rolled back; rerun to resume")
 
 
+_INTERRUPTED = "interrupted (Ctrl-C) while migrating: its revision in progress rolled back; rerun to resume"
+
+
 def _skipped(tenant: Tenant, why: str = "the failure policy stopped the run") -> TenantResult:
     return TenantResult(tenant.name, Status.SKIPPED, error=f"not started: {why}")
 
@@ -73,12 +76,21 @@ class SerialStrategy:
         revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
         connector = Connector()
         results, failures = [], 0
+        interrupted = False
         try:
             for tenant in tenants:
-                if policy.stop(failures):
+                if interrupted:
+                    result = _skipped(tenant, "interrupted (Ctrl-C)")
+                elif policy.stop(failures):
                     result = _skipped(tenant)
                 else:
-                    result = run_tenant(tenant, job, revisions, connector)
+                    try:
+                        result = run_tenant(tenant, job, revisions, connector)
+                    except KeyboardInterrupt:
+                        # In this process Ctrl-C lands in the migration itself: its connection closes and
+                        # the server rolls the revision in progress back. Report it, start nothing else.
+                        interrupted = True
+                        result = TenantResult(tenant.name, Status.FAILED, attempts=1, error=_INTERRUPTED)
                     failures += result.status is Status.FAILED
                 results.append(result)
                 on_result(result)
@@ -91,7 +103,7 @@ class SerialStrategy:
 # Per-process state of a worker, set once by its initializer. This is the only module-level mutable state in
 # the package, and it exists only inside worker processes: it is what "load the revision graph once per
 # worker" means.
-_worker: tuple[Job, Revisions, Connector] | None = None
+_worker: tuple[Job, Revisions, Connector] | str | None = None  # or why the worker could not start
 
 
 def _init_worker(job: Job) -> None:
@@ -99,11 +111,16 @@ def _init_worker(job: Job) -> None:
     # Ctrl-C in a terminal signals the whole process group. Workers ignore it so the tenant in progress
     # finishes its revision; the parent decides (stop starting new tenants, drain, report).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker = (job, Revisions(job.alembic_ini, job.version_table), Connector())
+    try:
+        _worker = (job, Revisions(job.alembic_ini, job.version_table), Connector())
+    except Exception as err:  # noqa: BLE001 - an initializer that raises breaks the pool with no reason given
+        _worker = f"worker could not load the Alembic project: {type(err).__name__}: {err}"
 
 
 def _work(tenant: Tenant) -> TenantResult:
     assert _worker is not None, "worker used before its initializer ran"
+    if isinstance(_worker, str):
+        return TenantResult(tenant.name, Status.FAILED, attempts=1, error=scrub(_worker, tenant.all_secrets))
     job, revisions, connector = _worker
     # Tenants reach a worker because the parent found they need work, or stopped reading after a streak
     # of such tenants: go straight to the lock (the revision is read again under it anyway).
@@ -139,7 +156,7 @@ class ProcessStrategy:
         unchecked: deque[Tenant] = deque(tenants)  # not read yet
         ready: deque[Tenant] = deque()  # need a worker
         checks: dict[Future, Tenant] = {}  # reads in flight (threads)
-        in_flight: dict[Future, Tenant] = {}  # tenants in flight (processes)
+        in_flight: dict[Future, tuple[Tenant, ProcessPoolExecutor]] = {}  # tenants in flight, and their pool
         results: list[TenantResult] = []
         failures = streak = 0
         prechecking, interrupted = True, False
@@ -161,7 +178,8 @@ class ProcessStrategy:
                 if not prechecking:
                     ready.extend(unchecked)
                     unchecked.clear()
-                while starting() and unchecked and len(checks) < self.concurrency:
+                # Reads and migrations together stay within `concurrency` tenants at a time.
+                while starting() and unchecked and len(checks) + len(in_flight) < self.concurrency:
                     tenant = unchecked.popleft()
                     checks[threads.submit(precheck, tenant, job, revisions, connector)] = tenant
                 # Submit no more than `workers` at a time: the executor's own queue would start tenants the
@@ -171,7 +189,7 @@ class ProcessStrategy:
                         pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                                    initargs=(job,))
                     tenant = ready.popleft()
-                    in_flight[pool.submit(_work, tenant)] = tenant
+                    in_flight[pool.submit(_work, tenant)] = (tenant, pool)
                 if not checks and not in_flight:
                     break
                 try:
@@ -194,19 +212,19 @@ class ProcessStrategy:
                             finish(result)
                             streak = 0
                         continue
-                    tenant = in_flight.pop(future)
+                    tenant, its_pool = in_flight.pop(future)
                     try:
                         finish(future.result())
                     except BrokenProcessPool:
                         # A worker died (killed, out of memory): the whole pool is broken. Its tenants in
                         # flight are reported failed; the rest continue on a new pool.
                         finish(TenantResult(tenant.name, Status.FAILED, attempts=1, error=_POOL_BROKE))
-                        if pool is not None:
+                        if its_pool is pool:  # not a newer pool made after an earlier casualty
                             pool.shutdown(wait=False, cancel_futures=True)
                             pool = None
                     except Exception as err:  # noqa: BLE001 - e.g. a result that failed to unpickle
-                        finish(TenantResult(tenant.name, Status.FAILED, attempts=1,
-                                            error=f"worker error: {type(err).__name__}: {err}"))
+                        error = scrub(f"worker error: {type(err).__name__}: {err}", tenant.all_secrets)
+                        finish(TenantResult(tenant.name, Status.FAILED, attempts=1, error=error))
         finally:
             threads.shutdown(wait=True, cancel_futures=True)
             if pool is not None:

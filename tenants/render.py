@@ -20,7 +20,8 @@ FOLD = 10  # tenant names listed per summary row before folding into "... and N 
 
 
 def rev(revision: str | None) -> str:
-    return revision or "base"
+    """A revision for people: ``base`` is none recorded; ``?`` is unknown (never read, or unreadable)."""
+    return "?" if revision is None else revision
 
 
 def result_line(result: TenantResult) -> str:

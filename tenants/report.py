@@ -34,8 +34,8 @@ class TenantResult:
 
     tenant: str
     status: Status
-    from_revision: str | None = None  # None: base (no revision recorded, or a new database)
-    to_revision: str | None = None
+    from_revision: str | None = None  # "base": no revision recorded (a new database); None: unknown
+    to_revision: str | None = None  # where the tenant is now (a failed one: where it stopped); None: unknown
     applied: tuple[str, ...] = ()  # revisions applied (upgrade) or undone (downgrade), in order
     attempts: int = 0
     duration: float = 0.0  # seconds
@@ -65,7 +65,7 @@ class RunReport:
     run_id: str
     environment: str
     operation: str  # upgrade | downgrade | stamp
-    target: str | None  # resolved revision id; None is base
+    target: str  # resolved revision id, or "base"
     head: str | None
     concurrency: int
     started_at: str  # ISO 8601, UTC
@@ -129,7 +129,7 @@ class TenantStatus:
         return {
             "tenant": self.tenant,
             "state": self.state.value,
-            "current": ",".join(self.current) or None,
+            "current": None if self.state is State.UNREACHABLE else (",".join(self.current) or "base"),
             "behind": self.behind,
             "error": self.error,
         }

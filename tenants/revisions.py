@@ -20,12 +20,17 @@ from typing import Literal
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError as AlembicRevisionError
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 
 from tenants.errors import ConfigError, MultipleHeads, RevisionError
 
 Operation = Literal["upgrade", "downgrade", "stamp"]
+
+
+class VersionTableMismatch(Exception):
+    """Alembic (through env.py) reads a different version table than the environment's ``version_table``."""
 
 
 class Revisions:
@@ -134,23 +139,37 @@ class Revisions:
 
     # --- running env.py ------------------------------------------------------------------------------------
 
-    def migrate(self, connection: Connection, url: str, operation: Operation, target: str | None) -> None:
-        """Run env.py once for this tenant to take it to ``target`` (None is base).
+    def migrate(self, connection: Connection, url: str, operation: Operation, target: str | None,
+                expect: tuple[str, ...] | None = None) -> list[str]:
+        """Run env.py once for this tenant to take it to ``target`` (None is base); return the revisions run.
 
         ``connection`` must not be inside a transaction: env.py configures ``transaction_per_migration`` and
-        Alembic then begins and commits one transaction per revision on it.
+        Alembic then begins and commits one transaction per revision on it. ``expect`` is the revision we
+        read under the lock: Alembic reads the version table itself (through env.py's configuration), and if
+        it sees something else the tenant is stopped before any step runs.
         """
         script = self.script
         destination = target or "base"
+        ran: list[str] = []
 
         def steps(rev, _context):
+            seen = tuple(sorted(rev))
+            if expect is not None and seen != tuple(sorted(expect)):
+                raise VersionTableMismatch(
+                    f"env.py's version table holds {','.join(seen) or 'base'} but {','.join(expect) or 'base'} "
+                    "was read: set the environment's version_table to the table this env.py uses"
+                )
             if operation == "upgrade":
-                return script._upgrade_revs(destination, rev)
-            if operation == "downgrade":
-                return script._downgrade_revs(destination, rev)
-            return script._stamp_revs(destination, rev)
+                planned = script._upgrade_revs(destination, rev)
+            elif operation == "downgrade":
+                planned = script._downgrade_revs(destination, rev)
+            else:
+                planned = script._stamp_revs(destination, rev)
+            ran.extend(step.revision.revision for step in planned if hasattr(step, "revision"))
+            return planned
 
         self._run_env(url, steps, destination, as_sql=False, connection=connection)
+        return ran
 
     def offline_sql(self, url: str, start: str | None, target: str | None, operation: Operation) -> str:
         """The SQL that takes a database from ``start`` to ``target`` (Alembic's ``--sql`` mode)."""
@@ -164,7 +183,10 @@ class Revisions:
             return script._upgrade_revs(destination, rev)
 
         buffer = io.StringIO()
-        self._run_env(url, steps, destination, as_sql=True, starting_rev=starting, output_buffer=buffer)
+        try:
+            self._run_env(url, steps, destination, as_sql=True, starting_rev=starting, output_buffer=buffer)
+        except (CommandError, AlembicRevisionError) as err:
+            raise RevisionError(f"cannot render {starting}:{destination} offline: {err}") from err
         return buffer.getvalue()
 
     def _run_env(self, url, fn, destination, *, as_sql, connection=None, starting_rev=None, output_buffer=None):

@@ -6,16 +6,22 @@ Per attempt:
    retry on a new connection);
 2. read the recorded revision with one query. A tenant already at the target stops here: the no-op path
    costs one connection and one query, never a run of env.py. A revision missing from the graph (an
-   out-of-band change) is reported ``unknown-revision`` and never touched;
+   out-of-band change) is reported ``unknown-revision`` and never touched. (Worker processes skip this
+   read: the parent has just done it, see :func:`precheck` and :mod:`tenants.fanout`);
 3. take the tenant's lock on its own connection (:func:`tenants.db.tenant_lock`) and read the revision again
    under it: another run may have moved the tenant meanwhile, and the version table is the truth;
 4. run env.py on the migration connection; env.py gives every revision its own transaction, so a failure
-   rolls back only the revision in progress and a retry resumes at the revision where it stopped;
-5. read where the tenant ended up (on a new connection if the old one broke) to report what was applied.
+   rolls back only the revision in progress and a retry resumes at the revision where it stopped. Alembic
+   reports the heads it read and the steps it will run; a disagreement with step 3 (env.py using another
+   version table) stops the tenant before anything runs;
+5. on failure, read where the tenant ended up (on a new connection if the old one broke).
 
-Transient errors (connection refused or dropped, server shutting down, deadlock, lock timeout) are retried
-with exponential backoff and full jitter; anything else, including an error in a migration's SQL, fails the
-tenant at once.
+Transient errors (connection refused or dropped, server shutting down, too many connections, deadlock,
+lock timeout) are retried with exponential backoff and jitter; anything else, including an error in a
+migration's SQL, fails the tenant at once.
+
+In results, a revision of ``"base"`` means none recorded (a new database); ``None`` means unknown (never
+read, or unreadable after a failure).
 """
 
 from __future__ import annotations
@@ -32,9 +38,9 @@ from tenants.db import (
     NoVersionTable,
     describe_error,
     is_transient,
+    missing_file,
     read_version,
     tenant_lock,
-    url_secrets,
 )
 from tenants.discovery import Tenant
 from tenants.report import Status, TenantResult
@@ -56,9 +62,13 @@ class Job:
     retry_backoff_max: float = 30.0
     lock_timeout: float = 0.0
     must_exist: bool = False  # SQLite: fail (don't create) when the tenant's file is missing
+    # The revision the operator saw when confirming (single-tenant downgrade): if the tenant moved since,
+    # undoing "down to X" would undo more than was shown, so the tenant fails instead.
+    expect: tuple[str, ...] | None = None
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
-        """Seconds to wait before retry number ``attempt`` (1-based): full jitter over an exponential cap."""
+        """Seconds before retry number ``attempt`` (1-based): exponential, capped, half fixed and half random
+        ("equal jitter") so that tenants retrying together spread out but none retries at once."""
         cap = min(self.retry_backoff_max, self.retry_backoff * (2 ** (attempt - 1)))
         return rng.uniform(cap / 2, cap)
 
@@ -80,56 +90,62 @@ def run_tenant(tenant: Tenant, job: Job, revisions: Revisions, connector: Connec
     """
     started = time.monotonic()
     rng = random.Random()
-    secrets = url_secrets(tenant.url)
     attempts = 0
-    first_seen: tuple[str, ...] | None = None
+    progress = _Progress()  # kept across attempts: "before" is the first read, "after" the latest one
     while True:
         attempts += 1
-        progress = _Progress()
         try:
             _attempt(tenant, job, revisions, connector, progress, read_first)
             status, error = _DONE[job.operation], None
         except _Outcome as outcome:
             status, error = outcome.status, outcome.error
-            progress.after = outcome.current
         except Exception as err:  # noqa: BLE001 - the unit of work reports, it does not raise
             if is_transient(err) and attempts <= job.retries:
-                first_seen = first_seen if first_seen is not None else progress.before
                 sleep(job.backoff(attempts, rng))
                 continue
-            status, error = Status.FAILED, describe_error(err, secrets)
-        before = first_seen if first_seen is not None else progress.before
-        return _result(tenant, job, revisions, status, before, progress.after, attempts,
-                       time.monotonic() - started, error)
+            status, error = Status.FAILED, describe_error(err, tenant.all_secrets)
+        return _result(tenant, job, revisions, status, progress, attempts, time.monotonic() - started, error)
 
 
 class _Progress:
-    before: tuple[str, ...] | None = None
-    after: tuple[str, ...] | None = None
+    """What is known of the tenant's revision: first read, latest read, and what Alembic applied."""
+
+    def __init__(self) -> None:
+        self.before: tuple[str, ...] | None = None
+        self.after: tuple[str, ...] | None = None
+        self.applied: tuple[str, ...] | None = None  # set when a migration completed
+
+    def saw(self, current: tuple[str, ...]) -> None:
+        if self.before is None:
+            self.before = current
+        self.after = current
 
 
 def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connector, progress: _Progress,
              read_first: bool) -> None:
     with connector.engine(tenant.url, must_exist=job.must_exist) as engine, engine.connect() as conn:
         if read_first:
-            current = _read(conn, job)
-            progress.before = progress.after = current
-            _check(current, job, revisions)
+            progress.saw(_read(conn, job))
+            _check(progress.after, job, revisions)
         try:
             with tenant_lock(engine, job.lock_timeout):  # raises LockNotAcquired on entry, nowhere else
                 current = _read(conn, job)  # the truth, now that nobody else can move it
-                progress.before = progress.after = current
+                progress.saw(current)
                 _check(current, job, revisions)
                 try:
-                    revisions.migrate(conn, tenant.url, job.operation, job.target)
+                    applied = revisions.migrate(conn, tenant.url, job.operation, job.target, expect=current)
                 except BaseException:
-                    progress.after = _read_after(engine, conn, job)
+                    after = _read_after(engine, conn, job)
+                    if after is not None:
+                        progress.saw(after)
+                    else:
+                        progress.after = None
                     raise
-                # Alembic checked every version update it made (one row each): the tenant is at target.
-                progress.after = (job.target,) if job.target else ()
+                progress.applied = tuple(applied)
+                progress.saw((job.target,) if job.target else ())
         except LockNotAcquired:
-            if not read_first:  # report where the tenant is, not "base"
-                progress.before = progress.after = _read(conn, job)
+            if not read_first:  # report where the tenant is, not "unknown"
+                progress.saw(_read(conn, job))
             raise _Outcome(Status.LOCKED, progress.after or (), "held by another run (its lock is taken)") from None
 
 
@@ -157,6 +173,12 @@ def _read_after(engine: Engine, conn, job: Job) -> tuple[str, ...] | None:
 
 def _check(current: tuple[str, ...], job: Job, revisions: Revisions) -> None:
     """Stop the attempt early when there is nothing (safe) to do."""
+    if job.expect is not None and current != job.expect:
+        raise _Outcome(
+            Status.FAILED, current,
+            f"the tenant moved from {_rev(job.expect)} to {_rev(current)} since the plan was shown; nothing "
+            "done: run the command again to see the new plan",
+        )
     if not revisions.is_known(current):
         raise _Outcome(
             Status.UNKNOWN_REVISION, current,
@@ -171,10 +193,19 @@ def _check(current: tuple[str, ...], job: Job, revisions: Revisions) -> None:
         raise _Outcome(Status.UP_TO_DATE, current)
 
 
-def _result(tenant, job, revisions, status, before, after, attempts, duration, error) -> TenantResult:
-    before = before or ()
+def _rev(heads: tuple[str, ...] | None) -> str | None:
+    if heads is None:
+        return None
+    return ",".join(heads) or "base"
+
+
+def _result(tenant, job, revisions, status, progress: _Progress, attempts, duration, error) -> TenantResult:
+    before, after = progress.before, progress.after
     applied: tuple[str, ...] = ()
-    if after is not None and after != before and job.operation != "stamp":
+    if progress.applied is not None and attempts == 1:
+        applied = progress.applied  # what Alembic ran, in one go
+    elif before is not None and after is not None and after != before and job.operation != "stamp":
+        # A failure, or retries: what lies between the first read and the last one.
         try:
             if job.operation == "upgrade":
                 plan = revisions.pending_upgrade(before, job.target)
@@ -188,8 +219,8 @@ def _result(tenant, job, revisions, status, before, after, attempts, duration, e
     return TenantResult(
         tenant=tenant.name,
         status=status,
-        from_revision=",".join(before) or None,
-        to_revision=(",".join(after) or None) if after is not None else None,
+        from_revision=_rev(before),
+        to_revision=_rev(after),
         applied=applied,
         attempts=attempts,
         duration=duration,
@@ -203,16 +234,20 @@ def precheck(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
     Returns the final result for a tenant with nothing to do (``up-to-date``) or that must not be touched
     (``unknown-revision``); None when the tenant needs the full unit of work, including when the read
     failed (the worker then connects again, retries transient errors and reports). Reads only, and uses no
-    Alembic context, so threads are safe here.
+    Alembic context, so threads are safe here. A SQLite tenant whose file does not exist yet is new: it is
+    not opened here (that would create it).
     """
     started = time.monotonic()
+    if not job.must_exist and missing_file(tenant.url):
+        return None
+    progress = _Progress()
     try:
         with connector.engine(tenant.url, must_exist=job.must_exist) as engine, engine.connect() as conn:
-            current = _read(conn, job)
-        _check(current, job, revisions)
+            progress.saw(_read(conn, job))
+        _check(progress.after, job, revisions)
     except _Outcome as outcome:
-        return _result(tenant, job, revisions, outcome.status, outcome.current, outcome.current, 1,
-                       time.monotonic() - started, outcome.error)
+        return _result(tenant, job, revisions, outcome.status, progress, 1, time.monotonic() - started,
+                       outcome.error)
     except Exception:  # noqa: BLE001 - the worker will report it properly
         return None
     return None

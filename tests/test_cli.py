@@ -68,7 +68,7 @@ def test_report_file_fields(cli, sqlite_config, tmp_path):
     assert data["summary"] == {"upgraded": 1}
     (tenant,) = data["tenants"]
     assert set(tenant) == {"tenant", "status", "from", "to", "applied", "attempts", "duration", "error"}
-    assert (tenant["tenant"], tenant["from"], tenant["to"], tenant["attempts"]) == ("globex", None, HEAD, 1)
+    assert (tenant["tenant"], tenant["from"], tenant["to"], tenant["attempts"]) == ("globex", "base", HEAD, 1)
 
 
 def test_failed_tenant_exit_1_and_names_it(cli, sqlite_config, tmp_path):
@@ -204,12 +204,12 @@ def test_python_dash_m_and_help():
         assert name in run.stdout
 
 
-def test_unreachable_server_source_is_one_line_exit_2(cli, tmp_path):
+def test_unreachable_server_source_is_one_line_exit_1_after_retries(cli, tmp_path):
     config = tmp_path / "t.toml"
     config.write_text('[environments.x]\nurl = "postgresql+psycopg://app:pw-123@127.0.0.1:1/{tenant}"\n'
-                      'source = "server"\nmatch = "t_*"\n')
+                      'source = "server"\nmatch = "t_*"\nretries = 1\nretry_backoff = 0.01\n')
     run = cli("--config", str(config), "--env", "x", "list")
-    assert run.code == 2 and run.out == "" and len(run.err.splitlines()) == 1
+    assert run.code == 1 and run.out == "" and len(run.err.splitlines()) == 1
     assert run.err.startswith("tenants: error: environment 'x': cannot list the databases on "
                               "postgresql+psycopg://app:***@127.0.0.1:1/postgres: OperationalError: ")
     assert run.err.rstrip().endswith("check the url and that the server is up")

@@ -46,7 +46,7 @@ def test_upgrade_brings_every_tenant_to_head_then_noop(sqlite_config, tmp_path):
     first = api.upgrade(settings, options=api.RunOptions(concurrency=2))
     assert first.ok and first.target == HEAD and first.head == HEAD
     assert [(r.tenant, r.status, r.from_revision, r.to_revision, r.applied) for r in first.results] == [
-        (name, Status.UPGRADED, None, HEAD, tuple(DEMO_REVISIONS)) for name in ("acme", "globex", "initech")
+        (name, Status.UPGRADED, "base", HEAD, tuple(DEMO_REVISIONS)) for name in ("acme", "globex", "initech")
     ]
     for name in ("acme", "globex", "initech"):
         db = tmp_path / "db" / f"{name}.db"
@@ -153,7 +153,7 @@ def test_failed_revision_rolls_back_and_tenant_stays_at_previous_revision(sqlite
     by = {r.tenant: r for r in report.results}
     bad = by["bad1"]
     assert (bad.status, bad.from_revision, bad.to_revision, bad.applied, bad.attempts) == (
-        Status.FAILED, None, "r1", ("r1",), 1)  # an SQL error is not retried
+        Status.FAILED, "base", "r1", ("r1",), 1)  # an SQL error is not retried
     assert bad.error.startswith("OperationalError: no such table: no_such_table [SQL: SELECT * FROM no_such_table]")
     db = tmp_path / "db" / "bad1.db"
     assert version(db) == "r1"

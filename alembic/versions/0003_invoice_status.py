@@ -34,5 +34,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if guards.has_column("invoices", "status", offline=True):
-        # SQL Server keeps a column's default in a named constraint that must go first.
-        op.drop_column("invoices", "status", mssql_drop_default=True)
+        # Batch mode: SQLite before 3.35 has no DROP COLUMN (batch rebuilds the table there; elsewhere it is a
+        # plain ALTER). SQL Server keeps a column's default in a named constraint that must go first.
+        with op.batch_alter_table("invoices") as batch:
+            batch.drop_column("status", mssql_drop_default=True)

@@ -214,3 +214,95 @@ def test_unreachable_server_source_is_one_line_exit_1_after_retries(cli, tmp_pat
                               "postgresql+psycopg://app:***@127.0.0.1:1/postgres: OperationalError: ")
     assert run.err.rstrip().endswith("check the url and that the server is up")
     assert "pw-123" not in run.err
+
+
+def one_line_exit_2(run) -> str:
+    assert run.code == 2, (run.out, run.err)
+    assert run.out == "" and len(run.err.splitlines()) == 1 and "Traceback" not in run.err
+    return run.err.strip()
+
+
+def test_malformed_config_and_unknown_key_at_the_cli(cli, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[environments.x]\nurl = "sqlite:///{tenant}.db\n')
+    assert one_line_exit_2(cli("--config", str(bad), "list")).startswith(
+        f"tenants: error: {bad}: malformed TOML: ")
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[environments.x]\nurl = "sqlite:///{tenant}.db"\ntenants = ["a"]\nretry = 2\n')
+    assert one_line_exit_2(cli("--config", str(typo), "-e", "x", "list")).startswith(
+        f"tenants: error: {typo}:4: environments.x: unknown key 'retry' (known keys: ")
+
+
+def test_several_heads_at_the_cli(cli, sqlite_config, tmp_path):
+    from conftest import make_project
+
+    ini = make_project(tmp_path / "proj", {"r1": "pass"})
+    (tmp_path / "proj" / "migrations" / "versions" / "b.py").write_text(
+        "revision = 'r2'\ndown_revision = None\nbranch_labels = None\ndepends_on = None\n"
+        "def upgrade(): pass\ndef downgrade(): pass\n")
+    message = one_line_exit_2(cli("--config", str(sqlite_config(alembic=ini)), "-e", "test", "upgrade"))
+    assert message.endswith("the revision graph has 2 heads (r1, r2); merge them with `alembic merge heads`")
+    assert not (tmp_path / "db").exists()
+
+
+def test_unwritable_report_is_refused_before_the_run(cli, sqlite_config, tmp_path):
+    # /proc/version cannot be written, not even by root (the tests may run as root: chmod would not do).
+    message = one_line_exit_2(cli("--config", str(sqlite_config()), "-e", "test", "upgrade",
+                                  "--report", "/proc/version"))
+    assert message.startswith("tenants: error: --report /proc/version: cannot write it: ")
+    assert not (tmp_path / "db").exists()
+
+
+def test_unknown_revision_tenant_refuses_relative_downgrade_and_sql(cli, sqlite_config, tmp_path):
+    import sqlite3
+
+    config = str(sqlite_config())
+    assert cli("--config", config, "-e", "test", "upgrade").code == 0
+    with sqlite3.connect(tmp_path / "db" / "acme.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'handmade'")
+    expected = ("tenants: error: tenant 'acme' is at handmade, which is not in the revision graph; fix its "
+                "version table by hand first (e.g. `alembic -x tenant=acme stamp --purge REVISION`)")
+    assert one_line_exit_2(cli("--config", config, "-e", "test", "downgrade", "-t", "acme", "--yes", "--",
+                               "-1")) == expected
+    assert one_line_exit_2(cli("--config", config, "-e", "test", "sql", "-t", "acme")) == expected
+
+
+def test_selection_and_policy_options(cli, sqlite_config, tmp_path):
+    from test_engine_sqlite import failing_project
+
+    config = sqlite_config(names=())
+    config.write_text(config.read_text().replace(
+        "tenants = []", 'tenants = [{name = "bad1", tags = ["canary"]}, "bad2", {name = "c", tags = ["canary"]}, "d"]'
+    ).replace(str(ROOT / "alembic.ini"), str(failing_project(tmp_path / "proj"))))
+    only_canary = cli("--config", str(config), "-e", "test", "upgrade", "--tag", "canary", "--keep-going", "-j", "1")
+    assert only_canary.code == 1
+    assert [ln.split()[:2] for ln in lines(only_canary.out)[:2]] == [["failed", "bad1"], ["upgraded", "c"]]
+    two = cli("--config", str(config), "-e", "test", "upgrade", "--max-failures", "2", "--retries", "0", "-j", "1")
+    assert [ln.split()[:2] for ln in lines(two.out)[:4]] == [
+        ["failed", "bad1"], ["failed", "bad2"], ["skipped", "c"], ["skipped", "d"]]
+
+
+def test_stamp_and_sql_for_a_tenant(cli, sqlite_config):
+    config = str(sqlite_config())
+    run = cli("--config", config, "-e", "test", "stamp", "-t", "initech", "0003")
+    assert run.code == 0
+    assert lines(run.out)[0] == "stamped          initech  base -> 0003_invoice_status  (T)"
+    sql = cli("--config", config, "-e", "test", "sql", "-t", "initech")
+    assert sql.code == 0
+    assert "-- Running upgrade 0003_invoice_status -> 0004_invoice_user_index" in sql.out
+    assert "CREATE TABLE" not in sql.out
+
+
+def test_sql_server_environment_renders_t_sql_and_refuses_to_migrate(cli, tmp_path):
+    config = tmp_path / "t.toml"
+    config.write_text('[environments.prod]\nurl = "mssql+pyodbc://@srv.database.windows.net/{tenant}'
+                      '?driver=ODBC+Driver+18+for+SQL+Server"\ntenants = ["acme"]\n'
+                      f'alembic = "{ROOT / "alembic.ini"}"\n')
+    sql = cli("--config", str(config), "-e", "prod", "sql", "head:0002")
+    assert sql.code == 0
+    assert "\nGO\n" in sql.out and "BEGIN TRANSACTION;" in sql.out
+    assert "from sys.default_constraints" in sql.out  # the default constraint goes before the column
+    assert "ALTER TABLE invoices DROP COLUMN status;" in sql.out
+    message = one_line_exit_2(cli("--config", str(config), "-e", "prod", "upgrade"))
+    assert message == ("tenants: error: environment 'prod': no per-tenant lock for dialect 'mssql' yet, so it "
+                       "cannot be migrated safely; `tenants sql` works")

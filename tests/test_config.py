@@ -113,3 +113,46 @@ def test_relative_paths_resolve_next_to_the_config_file(tmp_path, monkeypatch):
     assert env.tenant_url("a") == f"sqlite:///{tmp_path.resolve()}/sub/data/a.db"
     assert env.alembic == tmp_path.resolve() / "sub" / ".." / "proj" / "alembic.ini"
     assert env.tenants[0].tags == ("canary",)
+
+
+def test_substituted_password_with_url_special_characters_is_encoded_and_masked(tmp_path):
+    path = write_config(tmp_path / "t.toml", """\
+        [environments.a]
+        url = "postgresql+psycopg://deploy:${PW}@db.internal:5432/{tenant}?application_name=${APP}"
+        source = "server"
+        match = "t_*"
+    """)
+    secret = "p@ss:w/rd#?%"
+    env = load_settings(path, "a", environ={"PW": secret, "APP": "tenants"}).environment
+    from sqlalchemy.engine import make_url
+
+    url = make_url(env.tenant_url("t_1"))
+    assert (url.password, url.host, url.database) == (secret, "db.internal", "t_1")
+    assert mask_url(env.tenant_url("t_1"), env.secrets) == (
+        "postgresql+psycopg://deploy:***@db.internal:5432/t_1?application_name=***")
+
+
+def test_password_in_the_query_string_is_masked(tmp_path):
+    path = write_config(tmp_path / "t.toml", """\
+        [environments.a]
+        url = "postgresql+psycopg://deploy@db/{tenant}?password=${PW}"
+        tenants = ["x"]
+    """)
+    env = load_settings(path, "a", environ={"PW": "hunter2"}).environment
+    assert "hunter2" not in mask_url(env.tenant_url("x"), env.secrets)
+
+
+def test_bad_port_is_a_config_error_naming_the_line(tmp_path):
+    path = write_config(tmp_path / "t.toml", """\
+        [environments.a]
+        url = "postgresql+psycopg://app@db:${PORT}/{tenant}"
+        tenants = ["x"]
+    """)
+    with pytest.raises(ConfigError, match=r"t\.toml:2: environments\.a: url is not a valid SQLAlchemy URL"):
+        load_settings(path, "a", environ={"PORT": "x"})
+
+
+def test_server_source_requires_match(tmp_path):
+    path = write_config(tmp_path / "t.toml", '[environments.a]\nurl = "sqlite:///{tenant}.db"\nsource = "server"\n')
+    with pytest.raises(ConfigError, match="source 'server' needs 'match'"):
+        load_settings(path, "a", environ={})

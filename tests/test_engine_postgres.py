@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -95,39 +96,52 @@ def test_locked_tenant_is_reported_locked(pg_fleet):
     assert fleet.version(fleet.names[0]) == "0001_users"
 
 
-def counting_project(root: Path) -> Path:
-    """Each revision creates its table and logs its own application in `applied_log`, in its transaction."""
+def counting_project(root: Path, gate: Path) -> Path:
+    """Each revision creates its table and logs its own application in `applied_log`, in its transaction.
+
+    Revision c1 touches ``gate`` and then takes a while, so a second run can be started while the first is
+    provably in the middle of the fleet.
+    """
     revisions = {}
     for i in range(1, 5):
         revisions[f"c{i}"] = f"""
             if {i} == 1:
+                open({str(gate)!r}, 'w').close()
                 op.execute("CREATE TABLE applied_log (rev text NOT NULL, at timestamptz DEFAULT now())")
+                op.execute("SELECT pg_sleep(0.15)")
             op.execute("CREATE TABLE t{i} (id int)")
-            op.execute("SELECT pg_sleep(0.02)")
             op.execute("INSERT INTO applied_log (rev) VALUES ('c{i}')")
         """
     return make_project(root, revisions, env_py=(ROOT / "alembic" / "env.py").read_text())
 
 
 def test_two_concurrent_upgrades_apply_no_revision_twice(pg_fleet, tmp_path):
-    ini = counting_project(tmp_path / "proj")
-    fleet = pg_fleet(12, alembic=ini, extra="lock_timeout = 0")
-    cmd = [sys.executable, "-m", "tenants", "--config", str(fleet.config), "--env", "pg", "upgrade", "-j", "3",
+    gate = tmp_path / "first-run-is-migrating"
+    ini = counting_project(tmp_path / "proj", gate)
+    fleet = pg_fleet(16, alembic=ini, extra="lock_timeout = 0")
+    cmd = [sys.executable, "-m", "tenants", "--config", str(fleet.config), "--env", "pg", "upgrade", "-j", "2",
            "--keep-going"]
-    procs = [subprocess.Popen(cmd + ["--report", str(tmp_path / f"r{k}.json")], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for k in range(2)]
-    outs = [p.communicate(timeout=120) for p in procs]
+    first = subprocess.Popen(cmd + ["--report", str(tmp_path / "r0.json")], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not gate.exists():
+        assert time.monotonic() < deadline and first.poll() is None, "the first run never started migrating"
+        time.sleep(0.02)
+    second = subprocess.Popen(cmd + ["--report", str(tmp_path / "r1.json")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    outs = [p.communicate(timeout=120) for p in (first, second)]
+    reports = [json.loads((tmp_path / f"r{k}.json").read_text()) for k in range(2)]
+    assert reports[1]["started_at"] <= reports[0]["finished_at"], "the runs did not overlap"
     for name in fleet.names:
         rows = fleet.query(name, "SELECT rev, count(*) FROM applied_log GROUP BY rev ORDER BY rev")
         assert rows == [(f"c{i}", 1) for i in range(1, 5)], name
         assert fleet.version(name) == "c4"
-    reports = [json.loads((tmp_path / f"r{k}.json").read_text()) for k in range(2)]
     for name in fleet.names:
-        statuses = sorted(next(t["status"] for t in r["tenants"] if t["tenant"] == name) for r in reports)
-        # Exactly one run applied the revisions; the other found it done, or held by the first.
-        assert statuses.count("upgraded") + statuses.count("locked") >= 1
-        applied = [next(t["applied"] for t in r["tenants"] if t["tenant"] == name) for r in reports]
-        assert sorted(applied, key=len) in ([[], ["c1", "c2", "c3", "c4"]],), (name, statuses, outs)
+        entries = [next(t for t in r["tenants"] if t["tenant"] == name) for r in reports]
+        # Exactly one run applied the revisions; the other found them done, or the tenant held by the first.
+        assert sorted(len(e["applied"]) for e in entries) == [0, 4], (name, entries, outs)
+        assert sorted(e["status"] for e in entries)[-1] == "upgraded"
+        assert {e["status"] for e in entries} <= {"upgraded", "up-to-date", "locked"}
 
 
 def test_connection_refused_is_transient_and_retried(tmp_path, pg_available):
@@ -188,6 +202,46 @@ def test_retry_resumes_where_the_tenant_stopped(pg_fleet, tmp_path):
         Status.UPGRADED, 2, ("p1", "p2"), "p2")
     assert fleet.query(fleet.names[0], "SELECT to_regclass('p1') IS NOT NULL, to_regclass('p2') IS NOT NULL") == [
         (True, True)]
+
+
+def test_too_many_connections_is_transient(pg_fleet):
+    from sqlalchemy import create_engine
+
+    fleet = pg_fleet(1)
+    role = f"{fleet.prefix}limited"
+    admin(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 0')
+    try:
+        url = fleet.url(fleet.names[0]).replace("postgres@", f"{role}@", 1)
+        with pytest.raises(OperationalError) as err:
+            create_engine(url).connect()
+        assert "too many connections" in str(err.value)
+        assert is_transient(err.value)
+    finally:
+        admin(f'DROP ROLE "{role}"')
+
+
+def test_database_dropped_in_the_middle_of_a_run(pg_fleet, tmp_path):
+    """Revision d1 of the first tenant drops another tenant's database: that one fails, the rest reach head."""
+    victim_holder = tmp_path / "victim"
+    ini = make_project(tmp_path / "proj", {"d1": f"""
+        import psycopg
+        from alembic import context
+        victim = open({str(victim_holder)!r}).read()
+        if context.config.get_main_option('sqlalchemy.url').endswith('000'):
+            with psycopg.connect('{_pg_dsn()}', autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE "{{victim}}" WITH (FORCE)')
+        op.execute('CREATE TABLE d1 (id int)')
+    """}, env_py=(ROOT / "alembic" / "env.py").read_text())
+    fleet = pg_fleet(5, alembic=ini, source="static")
+    victim_holder.write_text(fleet.names[3])
+    run = subprocess.run([sys.executable, "-m", "tenants", "--config", str(fleet.config), "--env", "pg", "upgrade",
+                          "-j", "1", "--keep-going", "--retries", "1"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr
+    out = run.stdout.splitlines()
+    assert out[3].startswith(f"failed           {fleet.names[3]}  at ?  (")
+    assert f'database "{fleet.names[3]}" does not exist' in out[3]
+    assert [ln.split()[0] for ln in out[:5]] == ["upgraded"] * 3 + ["failed", "upgraded"]
+    assert {fleet.version(n) for n in fleet.names if n != fleet.names[3]} == {"d1"}
 
 
 def test_status_reports_unreachable_tenant(pg_fleet):

@@ -102,6 +102,7 @@ class PreparedRun:
 def prepare_upgrade(settings: Settings, revision: str = "head",
                     selection: Selection = Selection()) -> PreparedRun:
     """Validate an upgrade (graph, revision, discovery, selection) without touching any tenant."""
+    _require_lock(settings)
     revisions = load_revisions(settings)
     head = revisions.head() if revision == "head" else _head_or_none(revisions)
     target = revisions.resolve(revision)

@@ -21,6 +21,8 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from tenants import mssql
+
 
 class LockNotAcquired(Exception):
     """Another run holds this tenant's lock (internal: the unit of work turns it into status ``locked``)."""
@@ -154,11 +156,11 @@ def _is_missing_table(err: DBAPIError) -> bool:
 PG_LOCK_KEY = int.from_bytes(b"tenants!", "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-_LOCKABLE = ("postgresql", "sqlite")
+_LOCKABLE = ("postgresql", "sqlite", "mssql")
 
 
 def has_lock(dialect: str) -> bool:
-    """Whether :func:`tenant_lock` can lock a tenant of this dialect (SQL Server's sp_getapplock: to come)."""
+    """Whether :func:`tenant_lock` can lock a tenant of this dialect."""
     return dialect in _LOCKABLE
 
 
@@ -178,6 +180,9 @@ def tenant_lock(engine: Engine, timeout: float) -> Iterator[None]:
     elif backend == "sqlite":
         with _file_lock(engine, timeout):
             yield
+    elif backend == "mssql":
+        with _mssql_lock(engine, timeout):
+            yield
     else:  # the API refuses to migrate other dialects (has_lock); plain alembic gets no lock there
         yield
 
@@ -195,6 +200,20 @@ def _pg_lock(engine: Engine, timeout: float) -> Iterator[None]:
         finally:
             with contextlib.suppress(SQLAlchemyError):
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_LOCK_KEY})
+
+
+@contextlib.contextmanager
+def _mssql_lock(engine: Engine, timeout: float) -> Iterator[None]:
+    # sp_getapplock with a Session owner on its own autocommit connection; see tenants.mssql.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        rc = conn.execute(text(mssql.GET_APPLOCK), {"timeout_ms": int(timeout * 1000)}).scalar()
+        if rc is None or rc < 0:
+            raise LockNotAcquired()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(SQLAlchemyError):
+                conn.execute(text(mssql.RELEASE_APPLOCK))
 
 
 @contextlib.contextmanager
@@ -252,12 +271,21 @@ def is_transient(err: BaseException) -> bool:
     database that does not exist (3D000) is not transient either: it was dropped or never created.
     """
     orig = err.orig if isinstance(err, DBAPIError) else err
+    if mssql.is_pyodbc_error(orig):
+        return mssql.diagnose(orig).kind is not mssql.Kind.FAILURE
     sqlstate = getattr(orig, "sqlstate", None) or ""
     if sqlstate:
         return sqlstate.startswith("08") or sqlstate in _PG_TRANSIENT_STATES
     if isinstance(err, DBAPIError) and err.connection_invalidated:
         return True
     return bool(_TRANSIENT_TEXT.search(str(orig)))
+
+
+def is_throttling(err: BaseException) -> bool:
+    """True when the database says it is saturated (Azure SQL 10928, 10929, 10936, 40501, 49918): the fan-out
+    should run fewer tenants at once, not only retry this one."""
+    orig = err.orig if isinstance(err, DBAPIError) else err
+    return mssql.is_pyodbc_error(orig) and mssql.diagnose(orig).kind is mssql.Kind.THROTTLED
 
 
 def describe_error(err: BaseException, secrets: tuple[str, ...] = ()) -> str:

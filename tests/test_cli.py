@@ -293,7 +293,7 @@ def test_stamp_and_sql_for_a_tenant(cli, sqlite_config):
     assert "CREATE TABLE" not in sql.out
 
 
-def test_sql_server_environment_renders_t_sql_and_refuses_to_migrate(cli, tmp_path):
+def test_sql_server_environment_renders_t_sql(cli, tmp_path):
     config = tmp_path / "t.toml"
     config.write_text('[environments.prod]\nurl = "mssql+pyodbc://@srv.database.windows.net/{tenant}'
                       '?driver=ODBC+Driver+18+for+SQL+Server"\ntenants = ["acme"]\n'
@@ -301,8 +301,19 @@ def test_sql_server_environment_renders_t_sql_and_refuses_to_migrate(cli, tmp_pa
     sql = cli("--config", str(config), "-e", "prod", "sql", "head:0002")
     assert sql.code == 0
     assert "\nGO\n" in sql.out and "BEGIN TRANSACTION;" in sql.out
-    assert "from sys.default_constraints" in sql.out  # the default constraint goes before the column
-    assert "ALTER TABLE invoices DROP COLUMN status;" in sql.out
-    message = one_line_exit_2(cli("--config", str(config), "-e", "prod", "upgrade"))
-    assert message == ("tenants: error: environment 'prod': no per-tenant lock for dialect 'mssql' yet, so it "
-                       "cannot be migrated safely; `tenants sql` works")
+    assert "sys.default_constraints" in sql.out  # the default constraint goes before the column
+    assert "DROP COLUMN status" in sql.out
+
+
+def test_unreachable_sql_server_tenant_fails_after_transient_retries(cli, tmp_path, monkeypatch):
+    pytest.importorskip("pyodbc")
+    config = tmp_path / "t.toml"
+    config.write_text('[environments.prod]\nurl = "mssql+pyodbc://deploy:${SQL_PW}@127.0.0.1:1/{tenant}'
+                      '?driver=FreeTDS&TDS_Version=7.4"\ntenants = ["acme"]\nretries = 1\nretry_backoff = 0.01\n'
+                      f'alembic = "{ROOT / "alembic.ini"}"\n')
+    monkeypatch.setenv("SQL_PW", "odbc-Secret-9")
+    run = cli("--config", str(config), "-e", "prod", "upgrade")
+    assert run.code == 1
+    first = lines(run.out)[0]
+    assert first.startswith("failed           acme  at ?  (2 attempts, T)  OperationalError: ")
+    assert "odbc-Secret-9" not in run.out + run.err

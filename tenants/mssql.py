@@ -1,0 +1,78 @@
+"""SQL Server / Azure SQL specifics that need no driver to import: error classification and the app lock.
+
+pyodbc reports an error as ``(sqlstate, message)``; the native SQL Server error numbers are only in the
+message text, one ``(NNNN)`` before each ``(SQLxxx)`` call name, e.g.::
+
+    [42000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Resource ID : 1. The request limit for the
+    elastic pool is 210 and has been reached. (10928) (SQLExecDirectW)
+
+Several diagnostics can be chained in one message; every number found counts. This module never imports
+pyodbc (the demo fleet and PostgreSQL need no ODBC library): it recognises pyodbc's exceptions by module.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+# Azure SQL's transient errors (Microsoft's list; see REFERENCE.md): reconfiguration and failover, busy
+# service, resource and worker limits of the database or elastic pool, transport faults, deadlock.
+TRANSIENT_NUMBERS = frozenset({
+    40613, 40501, 40197, 49918, 49919, 49920, 4060, 4221, 10928, 10929, 10936, 10053, 10054, 10060, 233, 64,
+    1205,
+})
+# The subset that means "the pool is saturated": the fan-out backs off (fewer tenants at once), not just
+# this tenant.
+THROTTLING_NUMBERS = frozenset({10928, 10929, 10936, 40501, 49918})
+# Connection-level ODBC states: communication link failure, unable to connect, timeout expired.
+TRANSIENT_SQLSTATES = frozenset({"08S01", "08001", "HYT00"})
+
+_NUMBER = re.compile(r"\((\d+)\)\s*\(SQL\w+\)")
+
+
+class Kind(str, Enum):
+    THROTTLED = "throttled"  # transient, and the pool wants less load
+    TRANSIENT = "transient"  # retry on a fresh connection
+    FAILURE = "failure"  # a real failure: do not retry
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    sqlstate: str | None
+    numbers: tuple[int, ...]
+
+    @property
+    def kind(self) -> Kind:
+        if THROTTLING_NUMBERS.intersection(self.numbers):
+            return Kind.THROTTLED
+        if TRANSIENT_NUMBERS.intersection(self.numbers) or self.sqlstate in TRANSIENT_SQLSTATES:
+            return Kind.TRANSIENT
+        return Kind.FAILURE
+
+
+def is_pyodbc_error(err: BaseException) -> bool:
+    return type(err).__module__ == "pyodbc"
+
+
+def diagnose(err: BaseException) -> Diagnosis:
+    """SQLSTATE and native error numbers of a pyodbc error (or of any error whose text carries them)."""
+    args = getattr(err, "args", ())
+    sqlstate = args[0] if len(args) >= 2 and isinstance(args[0], str) else None
+    message = args[1] if len(args) >= 2 and isinstance(args[1], str) else str(err)
+    return Diagnosis(sqlstate, tuple(int(n) for n in _NUMBER.findall(message)))
+
+
+# --- the per-tenant lock ----------------------------------------------------------------------------------
+# An application lock owned by the session (so it dies with the connection if the process does), scoped to
+# the tenant database, taken on its own autocommit connection. The server waits up to @LockTimeout ms.
+# sp_getapplock returns 0 (granted), 1 (granted after waiting), -1 (timeout), -2 (cancelled), -3 (deadlock
+# victim), -999 (parameter or call error). NOCOUNT keeps the DECLARE/EXEC row counts out of the way of
+# the one result set pyodbc should see.
+LOCK_RESOURCE = "tenants-migrate"
+GET_APPLOCK = (
+    "SET NOCOUNT ON; DECLARE @rc int; "
+    f"EXEC @rc = sp_getapplock @Resource = N'{LOCK_RESOURCE}', @LockMode = 'Exclusive', "
+    "@LockOwner = 'Session', @LockTimeout = :timeout_ms; SELECT @rc AS rc;"
+)
+RELEASE_APPLOCK = f"EXEC sp_releaseapplock @Resource = N'{LOCK_RESOURCE}', @LockOwner = 'Session';"

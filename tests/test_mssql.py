@@ -1,0 +1,158 @@
+"""SQL Server / Azure SQL client paths, for real where they can run here: pyodbc over unixODBC + FreeTDS
+against loopback stand-ins (a closed port, a socket that hangs up), and T-SQL checked with sqlglot."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+import sqlglot
+from sqlalchemy import create_engine
+from sqlalchemy.exc import DBAPIError
+
+from tenants import mssql
+from tenants.db import describe_error, is_throttling, is_transient
+
+
+@pytest.fixture(scope="module")
+def pyodbc():
+    try:
+        import pyodbc as module
+    except ImportError as err:
+        if os.environ.get("TENANTS_REQUIRE_ODBC") == "1":
+            pytest.fail(f"pyodbc is required here but does not import: {err}")
+        pytest.skip(f"pyodbc does not import ({err}); install unixODBC (Debian: unixodbc, tdsodbc)")
+    if "FreeTDS" not in module.drivers():
+        if os.environ.get("TENANTS_REQUIRE_ODBC") == "1":
+            pytest.fail(f"FreeTDS's ODBC driver is required here; drivers: {module.drivers()}")
+        pytest.skip("FreeTDS's ODBC driver is not installed (Debian: tdsodbc)")
+    return module
+
+
+@pytest.fixture
+def hang_up_port():
+    """A loopback port that accepts connections and closes them at once."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    stop = threading.Event()
+
+    def serve():
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                conn.close()
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def connect_error(url: str) -> DBAPIError:
+    engine = create_engine(url, connect_args={"timeout": 5})
+    try:
+        with pytest.raises(DBAPIError) as err:
+            engine.connect()
+    finally:
+        engine.dispose()
+    return err.value
+
+
+def test_closed_port_is_transient_and_the_password_stays_out(pyodbc):
+    err = connect_error("mssql+pyodbc://deploy:Sup3r-s3cret@127.0.0.1:1/acme?driver=FreeTDS&TDS_Version=7.4")
+    assert isinstance(err.orig, pyodbc.Error)
+    assert mssql.diagnose(err.orig).sqlstate == "08S01"
+    assert is_transient(err) and not is_throttling(err)
+    text = describe_error(err, ("Sup3r-s3cret",))
+    assert text.startswith("OperationalError: ") and "Sup3r-s3cret" not in text + str(err.orig)
+
+
+def test_socket_that_hangs_up_is_transient(pyodbc, hang_up_port):
+    err = connect_error(f"mssql+pyodbc://deploy:pw@127.0.0.1:{hang_up_port}/acme?driver=FreeTDS&TDS_Version=7.4")
+    assert mssql.diagnose(err.orig).sqlstate in mssql.TRANSIENT_SQLSTATES
+    assert is_transient(err)
+
+
+# Real message shapes of ODBC Driver 18 (the driver production uses), raised as real pyodbc exceptions.
+def odbc_error(pyodbc, cls: str, sqlstate: str, text: str, number: int):
+    message = f"[{sqlstate}] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]{text} ({number}) (SQLExecDirectW)"
+    return getattr(pyodbc, cls)(sqlstate, message)
+
+
+CASES = [
+    (40613, "Database 'acme' on server 'srv' is not currently available. Please retry the connection later.",
+     mssql.Kind.TRANSIENT),
+    (40501, "The service is currently busy. Retry the request after 10 seconds.", mssql.Kind.THROTTLED),
+    (40197, "The service has encountered an error processing your request. Please try again.",
+     mssql.Kind.TRANSIENT),
+    (49918, "Cannot process request. Not enough resources to process request.", mssql.Kind.THROTTLED),
+    (49919, "Cannot process create or update request. Too many create or update operations in progress.",
+     mssql.Kind.TRANSIENT),
+    (49920, "Cannot process request. Too many operations in progress for subscription.", mssql.Kind.TRANSIENT),
+    (4060, "Cannot open database \"acme\" requested by the login. The login failed.", mssql.Kind.TRANSIENT),
+    (4221, "Login to read-secondary failed due to long wait on 'HADR_DATABASE_WAIT_FOR_TRANSITION_TO_VERSIONING'.",
+     mssql.Kind.TRANSIENT),
+    (10928, "Resource ID : 1. The request limit for the elastic pool is 210 and has been reached.",
+     mssql.Kind.THROTTLED),
+    (10929, "Resource ID : 1. The request limit for the database is 30 and has been reached. However, the server is "
+            "currently too busy to support requests greater than 30 for this database.", mssql.Kind.THROTTLED),
+    (10936, "Resource ID : 1. The request limit for the elastic pool is 210 and has been reached.",
+     mssql.Kind.THROTTLED),
+    (10053, "A transport-level error has occurred when receiving results from the server.", mssql.Kind.TRANSIENT),
+    (10054, "A transport-level error has occurred when sending the request to the server.", mssql.Kind.TRANSIENT),
+    (10060, "A network-related or instance-specific error has occurred.", mssql.Kind.TRANSIENT),
+    (233, "A connection was successfully established with the server, but then an error occurred during the login "
+          "process.", mssql.Kind.TRANSIENT),
+    (64, "A connection was successfully established with the server, but then an error occurred during the "
+         "pre-login handshake.", mssql.Kind.TRANSIENT),
+    (1205, "Transaction (Process ID 52) was deadlocked on lock resources with another process and has been chosen "
+           "as the deadlock victim. Rerun the transaction.", mssql.Kind.TRANSIENT),
+    (208, "Invalid object name 'invoices'.", mssql.Kind.FAILURE),
+    (2714, "There is already an object named 'users' in the database.", mssql.Kind.FAILURE),
+    (18456, "Login failed for user '<token-identified principal>'.", mssql.Kind.FAILURE),
+]
+
+
+@pytest.mark.parametrize("number, text, kind", CASES, ids=[str(c[0]) for c in CASES])
+def test_classification_by_native_error_number(pyodbc, number, text, kind):
+    err = odbc_error(pyodbc, "OperationalError" if kind is not mssql.Kind.FAILURE else "ProgrammingError",
+                     "42000", text, number)
+    diagnosis = mssql.diagnose(err)
+    assert diagnosis.numbers == (number,)
+    assert diagnosis.kind is kind
+    assert is_transient(err) is (kind is not mssql.Kind.FAILURE)
+    assert is_throttling(err) is (kind is mssql.Kind.THROTTLED)
+
+
+@pytest.mark.parametrize("sqlstate, transient", [("08S01", True), ("08001", True), ("HYT00", True),
+                                                 ("42S02", False), ("23000", False)])
+def test_classification_by_sqlstate(pyodbc, sqlstate, transient):
+    err = pyodbc.Error(sqlstate, f"[{sqlstate}] [Microsoft][ODBC Driver 18 for SQL Server]Some message (0) "
+                                 "(SQLDriverConnect)")
+    assert is_transient(err) is transient
+
+
+def test_chained_diagnostics_count_every_number(pyodbc):
+    err = pyodbc.OperationalError("42000", (
+        "[42000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Cannot open database \"acme\" requested by "
+        "the login. The login failed. (4060) (SQLDriverConnect); [42000] [Microsoft][ODBC Driver 18 for SQL Server]"
+        "[SQL Server]Login failed for user 'deploy'. (18456) (SQLDriverConnect)"))
+    assert mssql.diagnose(err).numbers == (4060, 18456)
+    assert is_transient(err)
+
+
+def test_app_lock_statements_are_valid_t_sql():
+    get = mssql.GET_APPLOCK.replace(":timeout_ms", "5000")
+    kinds = [type(s).__name__ for s in sqlglot.parse(get, read="tsql", error_level=sqlglot.ErrorLevel.RAISE)]
+    assert kinds == ["Set", "Declare", "Execute", "Select"]  # parsed for real, not kept as an opaque Command
+    release = sqlglot.parse(mssql.RELEASE_APPLOCK, read="tsql", error_level=sqlglot.ErrorLevel.RAISE)
+    assert [type(s).__name__ for s in release] == ["Execute"]
+    assert "@LockOwner = 'Session'" in get and "@LockMode = 'Exclusive'" in get

@@ -4,13 +4,12 @@ Revision ID: 0001_users
 Revises:
 Create Date: 2026-11-26 09:00:00
 
-The tenant's user accounts. Guarded: a tenant that already has the table (created by hand, or restored)
-is left as it is.
+The tenant's user accounts. Guarded: a tenant that already has the table or the index (created by hand,
+or restored) is left as it is.
 """
 from typing import Sequence, Union
 
 import sqlalchemy as sa
-from alembic import op
 
 from tenants import guards
 
@@ -21,20 +20,16 @@ depends_on: Union[str, Sequence[str], None] = None
 
 
 def upgrade() -> None:
-    if not guards.has_table("users"):
-        op.create_table(
-            "users",
-            sa.Column("id", sa.Integer, primary_key=True),
-            sa.Column("email", sa.String(320), nullable=False),
-            sa.Column("display_name", sa.String(200), nullable=True),
-            sa.Column("created_at", sa.DateTime, nullable=False, server_default=sa.func.current_timestamp()),
-        )
-    if not guards.has_index("users", "ux_users_email"):
-        op.create_index("ux_users_email", "users", ["email"], unique=True)
+    guards.create_table(
+        "users",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("email", sa.String(320), nullable=False),
+        sa.Column("display_name", sa.String(200), nullable=True),
+        sa.Column("created_at", sa.DateTime, nullable=False, server_default=sa.func.current_timestamp()),
+    )
+    guards.create_index("ux_users_email", "users", ["email"], unique=True)
 
 
 def downgrade() -> None:
-    if guards.has_index("users", "ux_users_email", offline=True):
-        op.drop_index("ux_users_email", table_name="users")
-    if guards.has_table("users", offline=True):
-        op.drop_table("users")
+    guards.drop_index("ux_users_email", "users")
+    guards.drop_table("users")

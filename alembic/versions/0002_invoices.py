@@ -9,7 +9,6 @@ A foreign key to users; deleting a user deletes their invoices.
 from typing import Sequence, Union
 
 import sqlalchemy as sa
-from alembic import op
 
 from tenants import guards
 
@@ -20,25 +19,23 @@ depends_on: Union[str, Sequence[str], None] = None
 
 
 def upgrade() -> None:
-    if not guards.has_table("invoices"):
-        op.create_table(
-            "invoices",
-            sa.Column("id", sa.Integer, primary_key=True),
-            sa.Column(
-                "user_id",
-                sa.Integer,
-                sa.ForeignKey("users.id", name="fk_invoices_user_id_users", ondelete="CASCADE"),
-                nullable=False,
-            ),
-            sa.Column("number", sa.String(40), nullable=False),
-            sa.Column("amount_cents", sa.BigInteger, nullable=False),
-            sa.Column("currency", sa.String(3), nullable=False, server_default="EUR"),
-            sa.Column("issued_at", sa.DateTime, nullable=False),
-            sa.Column("paid_at", sa.DateTime, nullable=True),
-            sa.UniqueConstraint("number", name="uq_invoices_number"),
-        )
+    guards.create_table(
+        "invoices",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column(
+            "user_id",
+            sa.Integer,
+            sa.ForeignKey("users.id", name="fk_invoices_user_id_users", ondelete="CASCADE"),
+            nullable=False,
+        ),
+        sa.Column("number", sa.String(40), nullable=False),
+        sa.Column("amount_cents", sa.BigInteger, nullable=False),
+        sa.Column("currency", sa.String(3), nullable=False, server_default="EUR"),
+        sa.Column("issued_at", sa.DateTime, nullable=False),
+        sa.Column("paid_at", sa.DateTime, nullable=True),
+        sa.UniqueConstraint("number", name="uq_invoices_number"),
+    )
 
 
 def downgrade() -> None:
-    if guards.has_table("invoices", offline=True):
-        op.drop_table("invoices")
+    guards.drop_table("invoices")

@@ -22,19 +22,13 @@ depends_on: Union[str, Sequence[str], None] = None
 
 
 def upgrade() -> None:
-    if not guards.has_column("invoices", "status"):
-        op.add_column(
-            "invoices",
-            sa.Column("status", sa.String(20), nullable=False, server_default="open"),
-        )
+    guards.add_column("invoices", sa.Column("status", sa.String(20), nullable=False, server_default="open"))
     op.execute(
         "UPDATE invoices SET status = 'paid' WHERE paid_at IS NOT NULL AND status <> 'paid'"
     )
 
 
 def downgrade() -> None:
-    if guards.has_column("invoices", "status", offline=True):
-        # Batch mode: SQLite before 3.35 has no DROP COLUMN (batch rebuilds the table there; elsewhere it is a
-        # plain ALTER). SQL Server keeps a column's default in a named constraint that must go first.
-        with op.batch_alter_table("invoices") as batch:
-            batch.drop_column("status", mssql_drop_default=True)
+    # SQL Server keeps a column's default in a named constraint that must go first. (On SQLite the helper
+    # rebuilds the table: batch mode.)
+    guards.drop_column("invoices", "status", mssql_drop_default=True)

@@ -8,8 +8,6 @@ Serves "a customer's invoices, newest first".
 """
 from typing import Sequence, Union
 
-from alembic import op
-
 from tenants import guards
 
 revision: str = "0004_invoice_user_index"
@@ -19,10 +17,8 @@ depends_on: Union[str, Sequence[str], None] = None
 
 
 def upgrade() -> None:
-    if not guards.has_index("invoices", "ix_invoices_user_id_issued_at"):
-        op.create_index("ix_invoices_user_id_issued_at", "invoices", ["user_id", "issued_at"])
+    guards.create_index("ix_invoices_user_id_issued_at", "invoices", ["user_id", "issued_at"])
 
 
 def downgrade() -> None:
-    if guards.has_index("invoices", "ix_invoices_user_id_issued_at", offline=True):
-        op.drop_index("ix_invoices_user_id_issued_at", table_name="invoices")
+    guards.drop_index("ix_invoices_user_id_issued_at", "invoices")

@@ -210,7 +210,7 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
     )
     strategy = options.strategy or choose_strategy(concurrency, len(tenants), revisions)
     started_wall, started = datetime.now(timezone.utc), monotonic()
-    results = strategy.run(list(tenants), job, FailurePolicy(options.max_failures), on_result or (lambda r: None))
+    fan_out = strategy.run(list(tenants), job, FailurePolicy(options.max_failures), on_result or (lambda r: None))
     return RunReport(
         run_id=uuid.uuid4().hex,
         environment=env.name,
@@ -221,8 +221,10 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
         started_at=started_wall.isoformat(timespec="seconds"),
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         duration=monotonic() - started,
-        results=tuple(results),
+        results=tuple(fan_out.results),
         tool_version=__version__,
+        throttled=fan_out.throttled,
+        concurrency_changes=fan_out.concurrency_changes,
     )
 
 

@@ -25,7 +25,8 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from tenants.db import Connector, scrub
@@ -35,6 +36,15 @@ from tenants.revisions import Revisions
 from tenants.unit import Job, precheck, run_tenant
 
 OnResult = Callable[[TenantResult], None]
+
+
+@dataclass(frozen=True)
+class FanOut:
+    """What a strategy returns: the results in tenant order, and how the run adapted to the database."""
+
+    results: list[TenantResult]
+    throttled: int = 0
+    concurrency_changes: tuple[tuple[float, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,14 +60,19 @@ class FailurePolicy:
 class Strategy(Protocol):
     concurrency: int
 
-    def run(self, tenants: list[Tenant], job: Job, policy: FailurePolicy, on_result: OnResult) -> list[TenantResult]:
+    def run(self, tenants: list[Tenant], job: Job, policy: FailurePolicy, on_result: OnResult) -> FanOut:
         ...
 
 
-_POOL_BROKE = ("a worker process died (killed? out of memory?) and took the worker pool down: this tenant was "
-               "stopped mid-run; its revision in progress rolled back; rerun to resume")
+_POOL_BROKE = ("the worker pool broke (a worker process died: killed? out of memory? or could not start): this "
+               "tenant did not finish; a revision in progress rolled back; rerun to resume")
 
 
+# Worker pools that break this many times in a row, with no tenant finished in between, cannot start at all
+# (e.g. the main module cannot be imported again in a worker: a script read from stdin).
+_MAX_BREAKS = 3
+_NO_WORKERS = ("worker processes could not start (their pool broke 3 times in a row); nothing was run for "
+               "this tenant. From a script, guard it with `if __name__ == \"__main__\":`; or use concurrency 1")
 _INTERRUPTED = "interrupted (Ctrl-C) while migrating: its revision in progress rolled back; rerun to resume"
 
 
@@ -96,7 +111,7 @@ class SerialStrategy:
                 on_result(result)
         finally:
             connector.dispose()
-        return results
+        return FanOut(results)
 
 
 # --- worker process side -----------------------------------------------------------------------------------
@@ -123,8 +138,9 @@ def _work(tenant: Tenant) -> TenantResult:
         return TenantResult(tenant.name, Status.FAILED, attempts=1, error=scrub(_worker, tenant.all_secrets))
     job, revisions, connector = _worker
     # Tenants reach a worker because the parent found they need work, or stopped reading after a streak
-    # of such tenants: go straight to the lock (the revision is read again under it anyway).
-    return run_tenant(tenant, job, revisions, connector, read_first=False)
+    # of such tenants: go straight to the lock (the revision is read again under it anyway). A throttled
+    # tenant comes back to the parent, which lowers the concurrency (AIMD, see ProcessStrategy).
+    return run_tenant(tenant, job, revisions, connector, read_first=False, hand_back_throttled=True)
 
 
 @dataclass
@@ -140,6 +156,12 @@ class ProcessStrategy:
     stops reading and hands the rest straight to the workers, which read the revision themselves. Each read
     in the parent costs a connection of its own (a few ms of server CPU each on PostgreSQL), which a tenant
     that goes to a worker anyway would pay twice.
+
+    Protecting a shared pool (AIMD, as TCP does): a tenant that hits a throttling error (Azure SQL's worker
+    or request limit of the elastic pool) comes back ``throttled``; the parent halves the number of tenants
+    it runs at once and queues the tenant again. Throttles from tenants started before that cut do not cut
+    again (they report the old load). After as many successes in a row as the current limit, the limit grows
+    back by one, up to ``concurrency``. At a limit of 1 a tenant throttled more than ``retries`` times fails.
     """
 
     concurrency: int = 4
@@ -156,12 +178,21 @@ class ProcessStrategy:
         unchecked: deque[Tenant] = deque(tenants)  # not read yet
         ready: deque[Tenant] = deque()  # need a worker
         checks: dict[Future, Tenant] = {}  # reads in flight (threads)
-        in_flight: dict[Future, tuple[Tenant, ProcessPoolExecutor]] = {}  # tenants in flight, and their pool
+        # tenants in flight, with their pool and the AIMD cut count at their start
+        in_flight: dict[Future, tuple[Tenant, ProcessPoolExecutor, int]] = {}
         results: list[TenantResult] = []
         failures = streak = 0
         prechecking, interrupted = True, False
         pool: ProcessPoolExecutor | None = None
         workers = min(self.concurrency, len(tenants))
+        # AIMD state: the current limit, the number of cuts so far (a tenant remembers the cut count at its
+        # start), successes since the last change, and per-tenant partial results of throttled attempts.
+        limit, cuts, successes, throttled = workers, 0, 0, 0
+        clock_start = time.monotonic()
+        changes: list[tuple[float, int]] = [(0.0, limit)]
+        partial: dict[str, TenantResult] = {}
+        throttles: dict[str, int] = {}
+        breaks = 0  # pools broken in a row without a single result in between
 
         def finish(result: TenantResult) -> None:
             nonlocal failures
@@ -170,7 +201,7 @@ class ProcessStrategy:
             on_result(result)
 
         def starting() -> bool:
-            return not interrupted and not policy.stop(failures)
+            return not interrupted and not policy.stop(failures) and breaks < _MAX_BREAKS
 
         threads = ThreadPoolExecutor(self.concurrency)
         try:
@@ -184,12 +215,19 @@ class ProcessStrategy:
                     checks[threads.submit(precheck, tenant, job, revisions, connector)] = tenant
                 # Submit no more than `workers` at a time: the executor's own queue would start tenants the
                 # failure policy may want to skip.
-                while starting() and ready and len(in_flight) < workers:
+                while starting() and ready and len(in_flight) < limit:
                     if pool is None:
                         pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                                    initargs=(job,))
                     tenant = ready.popleft()
-                    in_flight[pool.submit(_work, tenant)] = (tenant, pool)
+                    try:
+                        in_flight[pool.submit(_work, tenant)] = (tenant, pool, cuts)
+                    except BrokenProcessPool:  # broke before this tenant started: it goes back in line
+                        ready.appendleft(tenant)
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        pool, breaks = None, breaks + 1
+                        if breaks >= _MAX_BREAKS:
+                            break
                 if not checks and not in_flight:
                     break
                 try:
@@ -212,16 +250,35 @@ class ProcessStrategy:
                             finish(result)
                             streak = 0
                         continue
-                    tenant, its_pool = in_flight.pop(future)
+                    tenant, its_pool, its_cuts = in_flight.pop(future)
                     try:
-                        finish(future.result())
+                        result = _merge(partial.pop(tenant.name, None), future.result())
+                        breaks = 0
+                        if result.status is Status.THROTTLED:
+                            throttled += 1
+                            throttles[tenant.name] = throttles.get(tenant.name, 0) + 1
+                            if its_cuts == cuts and limit > 1:
+                                limit, cuts, successes = max(1, limit // 2), cuts + 1, 0
+                                changes.append((time.monotonic() - clock_start, limit))
+                            if limit == 1 and throttles[tenant.name] > job.retries:
+                                finish(replace(result, status=Status.FAILED))
+                            else:
+                                partial[tenant.name] = result
+                                ready.append(tenant)
+                            continue
+                        finish(result)
+                        if result.ok:
+                            successes += 1
+                            if successes >= limit and limit < workers:
+                                limit, successes = limit + 1, 0
+                                changes.append((time.monotonic() - clock_start, limit))
                     except BrokenProcessPool:
                         # A worker died (killed, out of memory): the whole pool is broken. Its tenants in
                         # flight are reported failed; the rest continue on a new pool.
                         finish(TenantResult(tenant.name, Status.FAILED, attempts=1, error=_POOL_BROKE))
                         if its_pool is pool:  # not a newer pool made after an earlier casualty
                             pool.shutdown(wait=False, cancel_futures=True)
-                            pool = None
+                            pool, breaks = None, breaks + 1
                     except Exception as err:  # noqa: BLE001 - e.g. a result that failed to unpickle
                         error = scrub(f"worker error: {type(err).__name__}: {err}", tenant.all_secrets)
                         finish(TenantResult(tenant.name, Status.FAILED, attempts=1, error=error))
@@ -232,9 +289,28 @@ class ProcessStrategy:
             connector.dispose()
         why = "interrupted (Ctrl-C)" if interrupted else "the failure policy stopped the run"
         for tenant in [*ready, *unchecked]:
-            finish(_skipped(tenant, why))
+            if breaks >= _MAX_BREAKS:
+                left = TenantResult(tenant.name, Status.FAILED, error=_NO_WORKERS)
+            else:
+                left = _skipped(tenant, why)
+            finish(_merge(partial.pop(tenant.name, None), left))
         results.sort(key=lambda r: order[r.tenant])
-        return results
+        return FanOut(results, throttled, tuple(changes) if throttled else ())
+
+
+def _merge(earlier: TenantResult | None, later: TenantResult) -> TenantResult:
+    """One result for a tenant that ran more than once (handed back throttled, then run again)."""
+    if earlier is None:
+        return later
+    return replace(
+        later,
+        from_revision=earlier.from_revision if earlier.from_revision is not None else later.from_revision,
+        to_revision=later.to_revision if later.to_revision is not None else earlier.to_revision,
+        applied=earlier.applied + later.applied,
+        attempts=earlier.attempts + later.attempts,
+        duration=earlier.duration + later.duration,
+        error=later.error if later.error is not None else earlier.error,
+    )
 
 
 def choose_strategy(concurrency: int, tenants: int, revisions: Revisions | None = None) -> Strategy:

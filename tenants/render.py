@@ -13,6 +13,7 @@ from tenants.report import RunReport, State, Status, StatusReport, TenantResult
 _STYLE = {
     Status.UPGRADED: "green", Status.DOWNGRADED: "green", Status.STAMPED: "green", Status.UP_TO_DATE: "green",
     Status.FAILED: "red", Status.LOCKED: "yellow", Status.SKIPPED: "yellow", Status.UNKNOWN_REVISION: "red",
+    Status.THROTTLED: "yellow",
     State.AT_HEAD: "green", State.BEHIND: "yellow", State.NEW: "yellow", State.UNKNOWN_REVISION: "red",
     State.UNREACHABLE: "red",
 }
@@ -54,8 +55,12 @@ def fold(names: list[str], limit: int = FOLD) -> str:
 def summary_line(report: RunReport) -> str:
     counts = ", ".join(f"{n} {status}" for status, n in report.counts.items()) or "nothing to do"
     total = len(report.results)
-    return (f"{report.operation} to {rev(report.target)}: {total} tenant{'s' if total != 1 else ''}, {counts} "
+    line = (f"{report.operation} to {rev(report.target)}: {total} tenant{'s' if total != 1 else ''}, {counts} "
             f"in {report.duration:.1f}s (concurrency {report.concurrency})")
+    if report.throttled:
+        lowest = min(n for _, n in report.concurrency_changes)
+        line += f"; throttled {report.throttled} time(s), concurrency lowered to {lowest}"
+    return line
 
 
 def summary_table(report: RunReport) -> Table:

@@ -19,6 +19,9 @@ class Status(str, Enum):
     LOCKED = "locked"
     SKIPPED = "skipped"
     UNKNOWN_REVISION = "unknown-revision"
+    # Never final: a worker hit a throttling error (the elastic pool is saturated) and hands the tenant back
+    # to the fan-out, which lowers its concurrency and runs the tenant again later.
+    THROTTLED = "throttled"
 
     def __str__(self) -> str:
         return self.value
@@ -73,6 +76,8 @@ class RunReport:
     duration: float
     results: tuple[TenantResult, ...] = ()
     tool_version: str = ""
+    throttled: int = 0  # throttling errors the fan-out backed off from
+    concurrency_changes: tuple[tuple[float, int], ...] = ()  # (seconds into the run, tenants at once)
 
     @property
     def ok(self) -> bool:
@@ -97,6 +102,8 @@ class RunReport:
             "target": self.target,
             "head": self.head,
             "concurrency": self.concurrency,
+            "throttled": self.throttled,
+            "concurrency_changes": [{"at": round(at, 3), "concurrency": n} for at, n in self.concurrency_changes],
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "duration": round(self.duration, 4),

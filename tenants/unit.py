@@ -37,6 +37,7 @@ from tenants.db import (
     LockNotAcquired,
     NoVersionTable,
     describe_error,
+    is_throttling,
     is_transient,
     missing_file,
     read_version,
@@ -81,12 +82,16 @@ class _Outcome(Exception):
 
 
 def run_tenant(tenant: Tenant, job: Job, revisions: Revisions, connector: Connector, *,
-               read_first: bool = True, sleep=time.sleep) -> TenantResult:
+               read_first: bool = True, hand_back_throttled: bool = False, sleep=time.sleep) -> TenantResult:
     """Run ``job`` on ``tenant``; never raises (a bug in here is still reported as that tenant's failure).
 
     ``read_first=False`` skips the unlocked read (step 2) and goes straight to the lock: for a tenant already
     known, or all but known, to need work (the parent read it, see :mod:`tenants.fanout`), that read is a
     wasted query. Without it an up-to-date tenant costs a lock connection too, so the default keeps it.
+
+    ``hand_back_throttled``: on a throttling error (the elastic pool is saturated), wait one backoff and return
+    ``throttled`` instead of retrying here: the fan-out then lowers its concurrency and runs the tenant again
+    later (see :class:`tenants.fanout.ProcessStrategy`). Retrying in place would keep the pressure on.
     """
     started = time.monotonic()
     rng = random.Random()
@@ -100,6 +105,10 @@ def run_tenant(tenant: Tenant, job: Job, revisions: Revisions, connector: Connec
         except _Outcome as outcome:
             status, error = outcome.status, outcome.error
         except Exception as err:  # noqa: BLE001 - the unit of work reports, it does not raise
+            if hand_back_throttled and is_throttling(err):
+                sleep(job.backoff(attempts, rng))
+                status, error = Status.THROTTLED, describe_error(err, tenant.all_secrets)
+                return _result(tenant, job, revisions, status, progress, attempts, time.monotonic() - started, error)
             if is_transient(err) and attempts <= job.retries:
                 sleep(job.backoff(attempts, rng))
                 continue

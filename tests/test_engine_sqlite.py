@@ -389,7 +389,7 @@ def test_a_killed_worker_fails_its_tenants_and_the_run_goes_on(sqlite_config, tm
     thread.join()
     by = {r.tenant: r for r in report.results}
     assert by["victim"].status is Status.FAILED
-    assert by["victim"].error.startswith("a worker process died")
+    assert by["victim"].error.startswith("the worker pool broke (a worker process died")
     # The victim's sibling in flight (if any) went down with the pool; every other tenant reached head.
     others = [by[n].status for n in names[1:]]
     assert others.count(Status.UPGRADED) >= 4 and set(others) <= {Status.UPGRADED, Status.FAILED}
@@ -480,3 +480,15 @@ def test_readme_first_command_on_the_embedded_dev_environment(tmp_path):
     assert status.returncode == 0 and "3/3 tenants at head" in status.stdout
     again = subprocess.run([*tenants, "upgrade"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "3 tenants, 3 up-to-date in" in again.stdout
+
+
+def test_workers_that_cannot_start_fail_the_tenants_cleanly(sqlite_config, tmp_path):
+    """A main module that a worker cannot import again (a script piped on stdin) breaks every pool."""
+    config = sqlite_config(["a", "b", "c", "d"])
+    script = ("from tenants import api\nfrom tenants.config import load_settings\n"
+              f"r = api.upgrade(load_settings({str(config)!r}, 'test', environ={{}}))\n"
+              "print(sorted(r.counts.items()), r.results[-1].error)\n")
+    run = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("[('failed', 4)] ")
+    assert "worker processes could not start" in run.stdout or "the worker pool broke" in run.stdout

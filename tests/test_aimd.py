@@ -1,0 +1,83 @@
+"""Protecting a shared pool: throttling errors lower the fan-out's concurrency (AIMD), and nothing fails."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tenants import api
+from tenants.config import load_settings
+from tenants.fanout import ProcessStrategy
+from tenants.report import Status
+
+from conftest import ROOT, make_project
+
+
+def fake_pool_project(root: Path, counter: Path, capacity: int) -> Path:
+    """One revision that behaves like an elastic pool with room for ``capacity`` tenants at once: above it,
+    it fails the way Azure SQL does, with a real pyodbc error carrying native error 10928."""
+    counter.write_text("0 0")  # in flight now, the most ever admitted at once
+    return make_project(root, {"p1": f"""
+        import fcntl, pyodbc
+
+        def change(delta):
+            with open({str(counter)!r}, "r+") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                now, most = map(int, f.read().split())
+                if delta > 0 and now >= {capacity}:
+                    return False
+                now += delta
+                f.seek(0); f.truncate(); f.write(f"{{now}} {{max(most, now)}}")
+                return True
+
+        if not change(+1):
+            raise pyodbc.OperationalError("42000", "[42000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]"
+                "Resource ID : 1. The request limit for the elastic pool is {capacity} and has been reached. "
+                "(10928) (SQLExecDirectW)")
+        try:
+            time.sleep(0.05)
+            op.create_table('t1', sa.Column('id', sa.Integer, primary_key=True))
+        finally:
+            change(-1)
+    """}, env_py=(ROOT / "alembic" / "env.py").read_text())
+
+
+def test_a_fleet_started_at_8_on_a_pool_that_takes_3_finishes_with_nothing_failed(tmp_path):
+    pytest.importorskip("pyodbc")
+    counter = tmp_path / "pool"
+    ini = fake_pool_project(tmp_path / "proj", counter, capacity=3)
+    names = [f"t{i:02d}" for i in range(50)]
+    config = tmp_path / "t.toml"
+    config.write_text('[environments.pool]\nurl = "sqlite:///db/{tenant}.db"\n'
+                      f'tenants = [{", ".join(repr(n).replace(chr(39), chr(34)) for n in names)}]\n'
+                      f'alembic = "{ini}"\nretry_backoff = 0.01\nretry_backoff_max = 0.05\n')
+    settings = load_settings(config, "pool", environ={})
+    report = api.upgrade(settings, options=api.RunOptions(strategy=ProcessStrategy(8)))
+    assert report.counts == {"upgraded": 50}, [r for r in report.results if not r.ok][:3]
+    assert report.throttled > 0
+    lowest = min(n for _, n in report.concurrency_changes)
+    assert report.concurrency_changes[0] == (0.0, 8) and lowest <= 3
+    in_flight, most = map(int, counter.read_text().split())
+    assert in_flight == 0 and most <= 3
+    # A throttled tenant's attempts add up and its "from" is the revision before its first attempt.
+    retried = [r for r in report.results if r.attempts > 1]
+    assert retried and all(r.from_revision == "base" and r.applied == ("p1",) for r in retried)
+    data = report.to_dict()
+    assert data["throttled"] == report.throttled and data["concurrency_changes"][0] == {"at": 0.0, "concurrency": 8}
+    json.dumps(data)
+
+
+def test_a_tenant_throttled_at_concurrency_1_fails_after_its_retries(tmp_path):
+    pytest.importorskip("pyodbc")
+    counter = tmp_path / "pool"
+    ini = fake_pool_project(tmp_path / "proj", counter, capacity=0)  # a pool that never has room
+    config = tmp_path / "t.toml"
+    config.write_text('[environments.pool]\nurl = "sqlite:///db/{tenant}.db"\ntenants = ["a", "b"]\n'
+                      f'alembic = "{ini}"\nretries = 2\nretry_backoff = 0.01\nretry_backoff_max = 0.02\n')
+    report = api.upgrade(load_settings(config, "pool", environ={}),
+                         options=api.RunOptions(strategy=ProcessStrategy(2), max_failures=None))
+    assert [r.status for r in report.results] == [Status.FAILED, Status.FAILED]
+    assert all("(10928)" in r.error for r in report.results)
+    assert report.concurrency_changes[-1][1] == 1

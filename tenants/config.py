@@ -34,7 +34,13 @@ from tenants.errors import ConfigError, MissingVariable, UnknownEnvironment
 
 DEFAULT_CONFIG = "tenants.toml"
 DEFAULT_ENV = "dev"
-SOURCES = ("static", "server")
+SOURCES = ("static", "server", "azure-pool", "azure-server")
+AUTHS = ("azure-ad", "sql", "odbc")
+# The SQL endpoint suffix of each Azure cloud (the server's host is SERVER.SUFFIX).
+SQL_SUFFIX = {"public": "database.windows.net", "usgov": "database.usgovcloudapi.net",
+              "china": "database.chinacloudapi.cn"}
+AZURE_URL = ("mssql+pyodbc://@{server}.{suffix}:1433/{{tenant}}"
+             "?driver=ODBC+Driver+18+for+SQL+Server&Encrypt=yes&TrustServerCertificate=no")
 
 # The embedded default: three demo tenants as SQLite files in a git-ignored folder next to the config file
 # (or the current directory when there is no config file). SQLite creates each file on first connect.
@@ -78,6 +84,20 @@ class Environment:
     retry_backoff_max: float = 30.0
     lock_timeout: float = 0.0  # seconds to wait for a tenant's lock before reporting it `locked`
     maintenance_database: str = "postgres"  # where `source = "server"` lists pg_database
+    # SQL Server / Azure SQL: how connections authenticate (azure-ad: an Entra token per connection; sql:
+    # user and password in the URL, from ${VAR}; odbc: `odbc_connect`, a raw ODBC connection string).
+    auth: str | None = None
+    odbc_connect: str | None = field(default=None, repr=False)
+    # Azure: where the pool is (sources azure-pool / azure-server) and which cloud.
+    subscription: str | None = None
+    resource_group: str | None = None
+    server: str | None = None
+    pool: str | None = None
+    cloud: str = "public"
+    management_endpoint: str | None = None
+    concurrency_explicit: bool = False  # `concurrency` was set: it wins over the pool-derived default
+    pressure_limit: float | None = None  # percent; wait while the pool is busier than this
+    pressure_interval: float = 5.0  # seconds between two reads of the pool's load
     secrets: tuple[str, ...] = field(default=(), repr=False)  # every substituted ${VAR} value: never printed
     base_dir: Path = field(default_factory=Path.cwd)  # relative SQLite paths and `alembic` resolve here
 
@@ -87,6 +107,10 @@ class Environment:
 
     def tenant_url(self, tenant: str) -> str:
         """The tenant's URL as a string, password included: for connecting, never for printing."""
+        if self.odbc_connect is not None:
+            return URL.create("mssql+pyodbc", query={
+                "odbc_connect": self.odbc_connect.replace("{tenant}", tenant),
+            }).render_as_string(hide_password=False)
         url = make_url(self.url.replace("{tenant}", tenant))
         if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
             path = Path(url.database)
@@ -120,6 +144,16 @@ _ENV_KEYS: dict[str, type | tuple[type, ...]] = {
     "retry_backoff_max": (int, float),
     "lock_timeout": (int, float),
     "maintenance_database": str,
+    "auth": str,
+    "odbc_connect": str,
+    "subscription": str,
+    "resource_group": str,
+    "server": str,
+    "pool": str,
+    "cloud": str,
+    "management_endpoint": str,
+    "pressure_limit": (int, float),
+    "pressure_interval": (int, float),
 }
 
 
@@ -217,11 +251,42 @@ def _environment(
             names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
             raise fail(f"{key} must be a {names}, not {type(value).__name__}", key)
 
-    if "url" not in table:
+    source = table.get("source", "static")
+    if source not in SOURCES:
+        raise fail(f"source must be one of {', '.join(SOURCES)}, not {source!r}", "source")
+    cloud = table.get("cloud", "public")
+    if cloud not in SQL_SUFFIX:
+        raise fail(f"cloud must be one of {', '.join(SQL_SUFFIX)}, not {cloud!r}", "cloud")
+    azure = source.startswith("azure-")
+    for key in ("subscription", "resource_group", "server") + (("pool",) if source == "azure-pool" else ()):
+        if azure and key not in table:
+            raise fail(f"source {source!r} needs {key!r} (the Azure {key.replace('_', ' ')})")
+    for key in ("subscription", "resource_group", "pool", "management_endpoint"):
+        if not azure and key in table:
+            raise fail(f"{key!r} is only for the azure-pool and azure-server sources", key)
+
+    secrets: tuple[str, ...] = ()
+    odbc_connect = None
+    if "odbc_connect" in table:
+        # Substituted raw (not percent-encoded): it is an ODBC string, not a URL.
+        odbc_connect, secrets = _substitute(table["odbc_connect"], lambda var: fail(
+            f"odbc_connect uses ${{{var}}} but the environment variable {var} is not set; export it and retry",
+            "odbc_connect"), environ, encode=False)
+        if "{tenant}" not in odbc_connect:
+            raise fail("odbc_connect must contain the {tenant} placeholder (Database={tenant})", "odbc_connect")
+        if "url" in table:
+            raise fail("give either 'url' or 'odbc_connect', not both", "odbc_connect")
+        raw_url = "mssql+pyodbc:///?odbc_connect={tenant}"
+    elif "url" in table:
+        raw_url = table["url"]
+    elif azure:
+        raw_url = AZURE_URL.format(server=table["server"], suffix=SQL_SUFFIX[cloud])
+    else:
         raise fail("missing required key 'url' (a SQLAlchemy URL template with {tenant})")
-    url, secrets = _substitute(table["url"], lambda var: fail(
+    url, url_secrets = _substitute(raw_url, lambda var: fail(
         f"url uses ${{{var}}} but the environment variable {var} is not set; export it and retry", "url"
     ), environ)
+    secrets += url_secrets
     if "{tenant}" not in url:
         raise fail("url must contain the {tenant} placeholder", "url")
     try:
@@ -232,15 +297,36 @@ def _environment(
         for secret in secrets:
             message = message.replace(secret, "***")
         raise fail(f"url is not a valid SQLAlchemy URL: {message}", "url") from None
+    backend = parsed.get_backend_name()
+    if azure and backend != "mssql":
+        raise fail(f"source {source!r} needs an mssql URL, not {backend!r}", "url")
 
-    source = table.get("source", "static")
-    if source not in SOURCES:
-        raise fail(f"source must be one of {', '.join(SOURCES)}, not {source!r}", "source")
+    auth = table.get("auth")
+    if auth is not None and auth not in AUTHS:
+        raise fail(f"auth must be one of {', '.join(AUTHS)}, not {auth!r}", "auth")
+    if auth is not None and backend != "mssql":
+        raise fail(f"auth is for SQL Server URLs; a {backend} URL carries its credentials itself", "auth")
+    if backend == "mssql":
+        auth = auth or ("odbc" if odbc_connect is not None else "azure-ad")
+        if (auth == "odbc") != (odbc_connect is not None):
+            raise fail("auth 'odbc' goes with 'odbc_connect' (and 'odbc_connect' with auth 'odbc')", "auth")
+        if auth == "azure-ad" and (parsed.username or parsed.password):
+            raise fail("auth 'azure-ad' connects with an Entra token: the url must carry no user or password "
+                       "(use auth = \"sql\" for SQL logins)", "url")
+        if auth == "sql" and not (parsed.username and parsed.password):
+            raise fail("auth 'sql' needs user and password in the url, from environment variables "
+                       "(mssql+pyodbc://${SQL_USER}:${SQL_PASSWORD}@...)", "url")
+
+    if "pressure_limit" in table and not 0 < table["pressure_limit"] <= 100:
+        raise fail("pressure_limit is a percentage: more than 0, at most 100", "pressure_limit")
+    if "pressure_interval" in table and table["pressure_interval"] <= 0:
+        raise fail("pressure_interval must be positive (seconds)", "pressure_interval")
+
     tenants = tuple(_tenant_specs(table.get("tenants", []), lambda m: fail(m, "tenants")))
+    if source != "static" and "tenants" in table:
+        raise fail(f"'tenants' is only for source 'static'; source {source!r} uses 'match'", "tenants")
     if source == "static" and not tenants:
         raise fail("source 'static' needs a non-empty 'tenants' list", "tenants" if "tenants" in table else None)
-    if source == "server" and "tenants" in table:
-        raise fail("'tenants' is only for source 'static'; source 'server' uses 'match'", "tenants")
     if source == "server" and "match" not in table:
         # No default: "every database on the server" would include other applications' databases.
         raise fail("source 'server' needs 'match', a glob over database names (e.g. \"tenant_*\")")
@@ -274,6 +360,17 @@ def _environment(
         retry_backoff_max=float(table.get("retry_backoff_max", 30.0)),
         lock_timeout=float(table.get("lock_timeout", 0.0)),
         maintenance_database=table.get("maintenance_database", "postgres"),
+        auth=auth,
+        odbc_connect=odbc_connect,
+        subscription=table.get("subscription"),
+        resource_group=table.get("resource_group"),
+        server=table.get("server"),
+        pool=table.get("pool"),
+        cloud=cloud,
+        management_endpoint=table.get("management_endpoint"),
+        concurrency_explicit="concurrency" in table,
+        pressure_limit=float(table["pressure_limit"]) if "pressure_limit" in table else None,
+        pressure_interval=float(table.get("pressure_interval", 5.0)),
         base_dir=base_dir,
         secrets=secrets,
     )
@@ -304,7 +401,7 @@ def _tenant_specs(items: list[Any], fail) -> list[TenantSpec]:
     return specs
 
 
-def _substitute(value: str, missing, environ: dict[str, str]) -> tuple[str, tuple[str, ...]]:
+def _substitute(value: str, missing, environ: dict[str, str], encode: bool = True) -> tuple[str, tuple[str, ...]]:
     """Replace each ``${VAR}``; returns the URL and the substituted values (all treated as secrets).
 
     Values are percent-encoded, so a password with ``@ : / ? # %`` lands in the URL intact (SQLAlchemy
@@ -317,7 +414,7 @@ def _substitute(value: str, missing, environ: dict[str, str]) -> tuple[str, tupl
         if var not in environ:
             raise missing(var)
         used.append(environ[var])
-        return quote(environ[var], safe="")
+        return quote(environ[var], safe="") if encode else environ[var]
 
     try:
         return _VAR.sub(repl, value), tuple(v for v in used if v)

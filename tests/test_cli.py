@@ -311,7 +311,7 @@ def test_unreachable_sql_server_tenant_fails_after_transient_retries(cli, tmp_pa
     pytest.importorskip("pyodbc")
     config = tmp_path / "t.toml"
     config.write_text('[environments.prod]\nurl = "mssql+pyodbc://deploy:${SQL_PW}@127.0.0.1:1/{tenant}'
-                      '?driver=FreeTDS&TDS_Version=7.4"\ntenants = ["acme"]\nretries = 1\nretry_backoff = 0.01\n'
+                      '?driver=FreeTDS&TDS_Version=7.4"\nauth = "sql"\ntenants = ["acme"]\nretries = 1\nretry_backoff = 0.01\n'
                       f'alembic = "{ROOT / "alembic.ini"}"\n')
     monkeypatch.setenv("SQL_PW", "odbc-Secret-9")
     run = cli("--config", str(config), "-e", "prod", "upgrade")

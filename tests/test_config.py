@@ -156,3 +156,68 @@ def test_server_source_requires_match(tmp_path):
     path = write_config(tmp_path / "t.toml", '[environments.a]\nurl = "sqlite:///{tenant}.db"\nsource = "server"\n')
     with pytest.raises(ConfigError, match="source 'server' needs 'match'"):
         load_settings(path, "a", environ={})
+
+
+def test_azure_pool_environment_derives_its_url_per_cloud(tmp_path):
+    path = write_config(tmp_path / "t.toml", """\
+        [environments.prod]
+        source = "azure-pool"
+        subscription = "00000000-0000-0000-0000-000000000000"
+        resource_group = "rg-tenants"
+        server = "sql-prod"
+        pool = "pool-1"
+        pressure_limit = 80
+
+        [environments.gov]
+        source = "azure-server"
+        subscription = "s"
+        resource_group = "rg"
+        server = "sql-gov"
+        match = "tenant_*"
+        cloud = "usgov"
+    """)
+    prod = load_settings(path, "prod", environ={}).environment
+    assert (prod.auth, prod.dialect, prod.pool, prod.pressure_limit, prod.concurrency_explicit) == (
+        "azure-ad", "mssql", "pool-1", 80.0, False)
+    from sqlalchemy.engine import make_url
+
+    url = make_url(prod.tenant_url("acme"))
+    assert (url.host, url.port, url.database, url.username) == ("sql-prod.database.windows.net", 1433, "acme", None)
+    assert dict(url.query) == {"driver": "ODBC Driver 18 for SQL Server", "Encrypt": "yes",
+                               "TrustServerCertificate": "no"}
+    gov = load_settings(path, "gov", environ={}).environment
+    assert "@sql-gov.database.usgovcloudapi.net:1433/t1?" in gov.tenant_url("t1")
+
+
+def test_odbc_auth_takes_a_raw_connection_string_from_the_environment(tmp_path):
+    path = write_config(tmp_path / "t.toml", """\
+        [environments.odbc]
+        odbc_connect = "${ODBC}"
+        tenants = ["acme"]
+    """)
+    raw = "Driver={ODBC Driver 18 for SQL Server};Server=tcp:h,1433;Database={tenant};UID=u;PWD=p@w;Encrypt=yes"
+    env = load_settings(path, "odbc", environ={"ODBC": raw}).environment
+    from sqlalchemy.engine import make_url
+
+    assert env.auth == "odbc"
+    assert make_url(env.tenant_url("acme")).query["odbc_connect"] == raw.replace("{tenant}", "acme")
+    assert "p@w" not in mask_url(env.tenant_url("acme"), env.secrets)
+
+
+@pytest.mark.parametrize("body, message", [
+    ('source = "azure-pool"\nsubscription = "s"\nresource_group = "rg"\nserver = "srv"',
+     "source 'azure-pool' needs 'pool'"),
+    ('source = "azure-server"\nsubscription = "s"\nserver = "srv"', "source 'azure-server' needs 'resource_group'"),
+    ('url = "sqlite:///{tenant}.db"\ntenants = ["a"]\npool = "p"', "'pool' is only for the azure-pool"),
+    ('url = "mssql+pyodbc://u:p@h/{tenant}"\ntenants = ["a"]', "auth 'azure-ad' connects with an Entra token"),
+    ('url = "mssql+pyodbc://@h/{tenant}"\nauth = "sql"\ntenants = ["a"]', "auth 'sql' needs user and password"),
+    ('url = "postgresql://h/{tenant}"\nauth = "sql"\ntenants = ["a"]', "auth is for SQL Server URLs"),
+    ('url = "mssql+pyodbc://@h/{tenant}"\nauth = "kerberos"\ntenants = ["a"]', "auth must be one of"),
+    ('url = "mssql+pyodbc://@h/{tenant}"\ntenants = ["a"]\ncloud = "mars"', "cloud must be one of public"),
+    ('url = "mssql+pyodbc://@h/{tenant}"\ntenants = ["a"]\npressure_limit = 120', "pressure_limit is a percentage"),
+    ('odbc_connect = "Driver=x;Database=db"\ntenants = ["a"]', "odbc_connect must contain the {tenant}"),
+])
+def test_invalid_azure_environments(tmp_path, body, message):
+    path = write_config(tmp_path / "t.toml", f"[environments.a]\n{body}\n")
+    with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}").replace("(", r"\(")):
+        load_settings(path, "a", environ={})

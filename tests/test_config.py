@@ -182,7 +182,7 @@ def test_azure_pool_environment_derives_its_url_per_cloud(tmp_path):
     from sqlalchemy.engine import make_url
 
     url = make_url(prod.tenant_url("acme"))
-    assert (url.host, url.port, url.database, url.username) == ("sql-prod.database.windows.net", 1433, "acme", None)
+    assert (url.host, url.port, url.database, url.username or None) == ("sql-prod.database.windows.net", 1433, "acme", None)
     assert dict(url.query) == {"driver": "ODBC Driver 18 for SQL Server", "Encrypt": "yes",
                                "TrustServerCertificate": "no"}
     gov = load_settings(path, "gov", environ={}).environment

@@ -5,8 +5,10 @@ Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
 
 Runs on every tenant database (SQLite, PostgreSQL, SQL Server), each revision in its own transaction.
-Keep it safe to re-run on a database that already has the change: guard each step with
-tenants.guards (has_table, has_column, has_index, ...) and write backfills that are idempotent.
+Keep it safe to re-run on a database that already has the change: write each DDL step with
+tenants.guards instead of op (guards.create_table, add_column, create_index, drop_column, drop_index,
+drop_table: same arguments; offline T-SQL gets an IF OBJECT_ID/COL_LENGTH/sys.indexes check), ask
+guards.has_* before other steps, and write backfills that are idempotent.
 """
 from typing import Sequence, Union
 

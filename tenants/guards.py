@@ -143,6 +143,7 @@ def _tsql_guarded(condition: str, run: Callable[[], None]) -> None:
     the batch (and the IF) in the middle. So the statements are captured (with the separator off), wrapped,
     and emitted again as one statement, after which Alembic writes the one ``GO``. A step may render several
     statements (``mssql_drop_default`` first drops the default constraint): all go inside the same IF.
+    ``impl.output_buffer`` and ``impl.batch_separator`` are Alembic internals, used here and nowhere else.
     """
     impl = op.get_context().impl
     saved = impl.output_buffer, getattr(impl, "batch_separator", None)

@@ -24,7 +24,11 @@ target_metadata = None  # revisions are written by hand: autogenerate has no sin
 
 
 def _tenant_url() -> str:
-    """The URL from ``-x tenant=NAME`` (via tenants.toml), else the ``sqlalchemy.url`` main option."""
+    return _tenant()[0]
+
+
+def _tenant() -> tuple[str, str | None, str]:
+    """URL, SQL Server auth and cloud of ``-x tenant=NAME`` (via tenants.toml), else ``sqlalchemy.url``."""
     x = context.get_x_argument(as_dictionary=True)
     if "tenant" in x:
         from tenants import api
@@ -38,13 +42,14 @@ def _tenant_url() -> str:
             config_file = str(beside) if beside.is_file() else None
         try:
             settings = load_settings(config_file, x.get("env"))
-            return api.discover(settings, Selection(tenants=(x["tenant"],)))[0].url
+            url = api.discover(settings, Selection(tenants=(x["tenant"],)))[0].url
+            return url, settings.environment.auth, settings.environment.cloud
         except TenantsError as err:
             raise CommandError(str(err)) from None
     url = config.get_main_option("sqlalchemy.url")
     if not url:
         raise CommandError("no database: pass -x tenant=NAME (see tenants.toml), or use `tenants upgrade`")
-    return url
+    return url, None, "public"
 
 
 def _configure(**kw) -> None:
@@ -72,20 +77,21 @@ def run_migrations_online() -> None:
 
     # Plain alembic: one tenant, our engine factory (SQLite gets transactional DDL there too), and the same
     # per-tenant lock `tenants` takes, so a hand-run upgrade never races a fleet run on that tenant.
-    from tenants.db import LockNotAcquired, make_engine, tenant_lock
+    from tenants.db import Connector, LockNotAcquired, tenant_lock
 
     if config.config_file_name is not None:
         fileConfig(config.config_file_name)
-    engine = make_engine(_tenant_url())
+    url, auth, cloud = _tenant()
+    connector = Connector(auth, cloud)  # with auth = "azure-ad", an Entra token per connection
     try:
-        with tenant_lock(engine, timeout=0), engine.connect() as connection:
+        with connector.engine(url) as engine, tenant_lock(engine, timeout=0), engine.connect() as connection:
             _configure(connection=connection)
             with context.begin_transaction():
                 context.run_migrations()
     except LockNotAcquired:
         raise CommandError("this tenant is locked by another run (tenants upgrade?); try again later") from None
     finally:
-        engine.dispose()
+        connector.dispose()
 
 
 if context.is_offline_mode():

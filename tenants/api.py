@@ -15,7 +15,7 @@ from time import monotonic
 
 from tenants import __version__
 from tenants.config import Settings
-from tenants.db import Connector, has_lock, NoVersionTable, describe_error, make_engine, missing_file, read_version
+from tenants.db import Connector, NoVersionTable, describe_error, has_lock, missing_file, read_version
 from tenants.discovery import Selection, Tenant, source_for
 from tenants.errors import RevisionError, TenantUnreachable, UsageError
 from tenants.fanout import FailurePolicy, Strategy, choose_strategy
@@ -55,7 +55,7 @@ def status(settings: Settings, selection: Selection = Selection()) -> StatusRepo
     head = revisions.head()
     tenants = discover(settings, selection)
 
-    connector = Connector()
+    connector = Connector(env.auth, env.cloud)
 
     def one(tenant: Tenant) -> TenantStatus:
         if not _must_exist(settings) and missing_file(tenant.url):
@@ -198,7 +198,7 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
     concurrency = options.concurrency or env.concurrency
     job = Job(
         operation=operation,
-        target=target if target is not None else "base",
+        target=target,
         alembic_ini=str(env.alembic),
         version_table=env.version_table,
         retries=env.retries if options.retries is None else options.retries,
@@ -207,6 +207,8 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
         lock_timeout=env.lock_timeout,
         must_exist=_must_exist(settings),
         expect=expect,
+        auth=env.auth,
+        cloud=env.cloud,
     )
     strategy = options.strategy or choose_strategy(concurrency, len(tenants), revisions)
     started_wall, started = datetime.now(timezone.utc), monotonic()
@@ -260,10 +262,11 @@ def _known_current(revisions: Revisions, tenant: Tenant, settings: Settings) -> 
 def _current(tenant: Tenant, settings: Settings) -> tuple[str, ...]:
     if not _must_exist(settings) and missing_file(tenant.url):
         return ()  # a demo tenant not created yet; reading it must not create it
-    engine = make_engine(tenant.url, must_exist=_must_exist(settings))
+    env = settings.environment
+    connector = Connector(env.auth, env.cloud)
     try:
-        with engine.connect() as conn:
-            return read_version(conn, settings.environment.version_table)
+        with connector.engine(tenant.url, must_exist=_must_exist(settings)) as engine, engine.connect() as conn:
+            return read_version(conn, env.version_table)
     except NoVersionTable:
         return ()
     except Exception as err:
@@ -271,7 +274,7 @@ def _current(tenant: Tenant, settings: Settings) -> tuple[str, ...]:
             f"tenant {tenant.name!r}: cannot read its revision: {describe_error(err, tenant.all_secrets)}"
         ) from err
     finally:
-        engine.dispose()
+        connector.dispose()
 
 
 def _single(current: tuple[str, ...], tenant: str) -> str | None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -22,6 +23,9 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from tenants import mssql
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tenants.entra import TokenCache
 
 
 class LockNotAcquired(Exception):
@@ -32,7 +36,7 @@ class NoVersionTable(Exception):
     """The tenant database has no version table yet: it is ``new``."""
 
 
-def make_engine(url: str, *, must_exist: bool = False) -> Engine:
+def make_engine(url: str, *, must_exist: bool = False, tokens: TokenCache | None = None) -> Engine:
     """An engine for one tenant database.
 
     SQLite: pysqlite's default transaction handling does not emit BEGIN before DDL, which would make every
@@ -40,8 +44,18 @@ def make_engine(url: str, *, must_exist: bool = False) -> Engine:
     SQLAlchemy's documented recipe: turn the driver's own handling off and emit BEGIN ourselves, so DDL is
     transactional and a revision that fails half-way rolls back completely. ``must_exist`` opens the file
     read-write without creating it, so a tenant whose file vanished fails instead of being recreated empty.
+
+    SQL Server: pyodbc's login timeout at 30 s (Microsoft's advice for Azure SQL; the driver has no
+    "Connection Timeout" keyword), and with ``tokens`` an Entra token for every new connection.
     """
     parsed = make_url(url)
+    if parsed.get_backend_name() == "mssql":
+        engine = create_engine(parsed, poolclass=NullPool, connect_args={"timeout": 30})
+        if tokens is not None:
+            from tenants.entra import install_token_hook
+
+            install_token_hook(engine, tokens)
+        return engine
     if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
         # Without it, a tenant behind a silent firewall holds a worker for the OS's TCP timeout (minutes).
         return create_engine(parsed, poolclass=NullPool, connect_args={"connect_timeout": 10})
@@ -75,21 +89,36 @@ class Connector:
     on, taken from a ``ContextVar`` (per thread, so the parent's precheck threads do not mix tenants).
     The shared engine's own ``url`` names no tenant; env.py gets the tenant's URL as ``sqlalchemy.url``.
 
-    SQLite gets an engine per tenant: its "server" is the file, and opening one costs nothing.
+    SQLite and SQL Server get an engine per tenant (a SQLite "server" is the file; pyodbc's connection
+    string would need rewriting per tenant). With ``auth = "azure-ad"`` the SQL Server engines share one
+    Entra :class:`~tenants.entra.TokenCache`, made on first use: one token request per token lifetime per
+    process, whatever the number of tenants and connections.
     One ``Connector`` per process (each worker makes its own); it is never shared across processes.
     """
 
     _SHARED = "__tenant__"  # the database name in a shared engine's URL: never connected to
 
-    def __init__(self) -> None:
+    def __init__(self, auth: str | None = None, cloud: str = "public") -> None:
         self._engines: dict[str, Engine] = {}
         self._database: ContextVar[str | None] = ContextVar("tenants_database", default=None)
+        self._auth, self._cloud = auth, cloud
+        self._tokens: TokenCache | None = None
+
+    def _token_cache(self) -> TokenCache | None:
+        if self._auth != "azure-ad":
+            return None
+        if self._tokens is None:
+            from tenants.entra import TokenCache, credential_for, database_scope
+
+            self._tokens = TokenCache(credential_for(self._cloud), database_scope(self._cloud))
+        return self._tokens
 
     @contextlib.contextmanager
     def engine(self, url: str, *, must_exist: bool = False) -> Iterator[Engine]:
         parsed = make_url(url)
         if parsed.get_backend_name() != "postgresql":
-            engine = make_engine(url, must_exist=must_exist)
+            tokens = self._token_cache() if parsed.get_backend_name() == "mssql" else None
+            engine = make_engine(url, must_exist=must_exist, tokens=tokens)
             try:
                 yield engine
             finally:

@@ -89,7 +89,7 @@ class SerialStrategy:
 
     def run(self, tenants, job, policy, on_result):
         revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
-        connector = Connector()
+        connector = job.connector()
         results, failures = [], 0
         interrupted = False
         try:
@@ -127,7 +127,7 @@ def _init_worker(job: Job) -> None:
     # finishes its revision; the parent decides (stop starting new tenants, drain, report).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        _worker = (job, Revisions(job.alembic_ini, job.version_table), Connector())
+        _worker = (job, Revisions(job.alembic_ini, job.version_table), job.connector())
     except Exception as err:  # noqa: BLE001 - an initializer that raises breaks the pool with no reason given
         _worker = f"worker could not load the Alembic project: {type(err).__name__}: {err}"
 
@@ -173,7 +173,7 @@ class ProcessStrategy:
         # worker would otherwise re-run the main script (the console script imports the CLI: typer, rich).
         context.set_forkserver_preload(["__main__", "tenants.fanout"])
         revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
-        connector = Connector()
+        connector = job.connector()
         order = {t.name: i for i, t in enumerate(tenants)}
         unchecked: deque[Tenant] = deque(tenants)  # not read yet
         ready: deque[Tenant] = deque()  # need a worker

@@ -66,6 +66,12 @@ class Job:
     # The revision the operator saw when confirming (single-tenant downgrade): if the tenant moved since,
     # undoing "down to X" would undo more than was shown, so the tenant fails instead.
     expect: tuple[str, ...] | None = None
+    auth: str | None = None  # SQL Server: azure-ad | sql | odbc (see tenants.config)
+    cloud: str = "public"
+
+    def connector(self) -> Connector:
+        """The connection factory of one process for this job (its own engines and token cache)."""
+        return Connector(self.auth, self.cloud)
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Seconds before retry number ``attempt`` (1-based): exponential, capped, half fixed and half random

@@ -492,3 +492,14 @@ def test_workers_that_cannot_start_fail_the_tenants_cleanly(sqlite_config, tmp_p
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("[('failed', 4)] ")
     assert "worker processes could not start" in run.stdout or "the worker pool broke" in run.stdout
+
+
+def test_downgrade_to_base_and_back(sqlite_config, tmp_path):
+    settings = settings_for(sqlite_config())
+    api.upgrade(settings)
+    plan = api.plan_downgrade(settings, "globex", "base")
+    assert plan.target is None and plan.undo == tuple(reversed(DEMO_REVISIONS))
+    result = api.downgrade(settings, plan).results[0]
+    assert (result.status, result.to_revision, result.applied) == (Status.DOWNGRADED, "base", plan.undo)
+    assert tables(tmp_path / "db" / "globex.db") == {"alembic_version"}
+    assert api.upgrade(settings, selection=Selection(tenants=("globex",))).results[0].applied == tuple(DEMO_REVISIONS)

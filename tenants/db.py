@@ -98,10 +98,11 @@ class Connector:
 
     _SHARED = "__tenant__"  # the database name in a shared engine's URL: never connected to
 
-    def __init__(self, auth: str | None = None, cloud: str = "public") -> None:
+    def __init__(self, auth: str | None = None, cloud: str = "public", credential=None) -> None:
         self._engines: dict[str, Engine] = {}
         self._database: ContextVar[str | None] = ContextVar("tenants_database", default=None)
         self._auth, self._cloud = auth, cloud
+        self._credential = credential  # an azure-core TokenCredential; default: DefaultAzureCredential
         self._tokens: TokenCache | None = None
 
     def _token_cache(self) -> TokenCache | None:
@@ -110,7 +111,8 @@ class Connector:
         if self._tokens is None:
             from tenants.entra import TokenCache, credential_for, database_scope
 
-            self._tokens = TokenCache(credential_for(self._cloud), database_scope(self._cloud))
+            credential = self._credential or credential_for(self._cloud)
+            self._tokens = TokenCache(credential, database_scope(self._cloud))
         return self._tokens
 
     @contextlib.contextmanager

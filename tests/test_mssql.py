@@ -156,3 +156,37 @@ def test_app_lock_statements_are_valid_t_sql():
     release = sqlglot.parse(mssql.RELEASE_APPLOCK, read="tsql", error_level=sqlglot.ErrorLevel.RAISE)
     assert [type(s).__name__ for s in release] == ["Execute"]
     assert "@LockOwner = 'Session'" in get and "@LockMode = 'Exclusive'" in get
+
+
+def test_connector_gives_sql_server_connections_an_entra_token_from_one_cache(pyodbc):
+    """auth = "azure-ad": every new connection of every tenant engine carries the token; one get_token."""
+    from azure.core.credentials import AccessToken
+    from sqlalchemy import event
+
+    from tenants.db import Connector
+    from tenants.entra import token_struct
+
+    class Credential:
+        calls: list[tuple[str, ...]] = []
+
+        def get_token(self, *scopes, **kwargs):
+            self.calls.append(scopes)
+            return AccessToken("eyJ-fake-token", 4102444800)  # 2100-01-01
+
+    seen = []
+
+    def spy(dialect, record, cargs, cparams):
+        seen.append(cparams.get("attrs_before", {}).get(1256))
+
+    connector = Connector("azure-ad", "usgov", credential=Credential())
+    try:
+        for tenant in ("acme", "globex"):
+            with connector.engine(f"mssql+pyodbc://@127.0.0.1:1/{tenant}?driver=FreeTDS") as engine:
+                event.listen(engine, "do_connect", spy)  # after the token hook: sees what it set
+                with pytest.raises(DBAPIError) as err:
+                    engine.connect()
+                assert "eyJ-fake-token" not in str(err.value)
+    finally:
+        connector.dispose()
+    assert seen == [token_struct("eyJ-fake-token")] * 2
+    assert Credential.calls == [("https://database.usgovcloudapi.net/.default",)]

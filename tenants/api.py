@@ -19,6 +19,7 @@ from tenants.db import Connector, NoVersionTable, describe_error, has_lock, miss
 from tenants.discovery import Selection, Tenant, source_for
 from tenants.errors import RevisionError, TenantUnreachable, UsageError
 from tenants.fanout import FailurePolicy, Strategy, choose_strategy
+from tenants.pressure import ElasticPoolPressure, PressureGate
 from tenants.report import RunReport, State, StatusReport, TenantResult, TenantStatus
 from tenants.revisions import Operation, Revisions
 from tenants.unit import Job
@@ -210,7 +211,7 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
         auth=env.auth,
         cloud=env.cloud,
     )
-    strategy = options.strategy or choose_strategy(concurrency, len(tenants), revisions)
+    strategy = options.strategy or choose_strategy(concurrency, len(tenants), revisions, _pressure_gate(env, tenants))
     started_wall, started = datetime.now(timezone.utc), monotonic()
     fan_out = strategy.run(list(tenants), job, FailurePolicy(options.max_failures), on_result or (lambda r: None))
     return RunReport(
@@ -227,7 +228,16 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
         tool_version=__version__,
         throttled=fan_out.throttled,
         concurrency_changes=fan_out.concurrency_changes,
+        pressure_wait=fan_out.pressure_wait,
     )
+
+
+def _pressure_gate(env, tenants) -> PressureGate | None:
+    """With ``pressure_limit`` (Azure SQL), a gate reading the pool's load through the first tenant."""
+    if env.pressure_limit is None or not tenants:
+        return None
+    source = ElasticPoolPressure(tenants[0].url, Connector(env.auth, env.cloud))
+    return PressureGate(source, env.pressure_limit, env.pressure_interval)
 
 
 def _require_lock(settings: Settings) -> None:

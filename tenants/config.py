@@ -317,6 +317,9 @@ def _environment(
             raise fail("auth 'sql' needs user and password in the url, from environment variables "
                        "(mssql+pyodbc://${SQL_USER}:${SQL_PASSWORD}@...)", "url")
 
+    if "pressure_limit" in table and backend != "mssql":
+        raise fail("pressure_limit reads an Azure SQL elastic pool's load: it needs an mssql environment",
+                   "pressure_limit")
     if "pressure_limit" in table and not 0 < table["pressure_limit"] <= 100:
         raise fail("pressure_limit is a percentage: more than 0, at most 100", "pressure_limit")
     if "pressure_interval" in table and table["pressure_interval"] <= 0:

@@ -31,6 +31,7 @@ from typing import Protocol
 
 from tenants.db import Connector, scrub
 from tenants.discovery import Tenant
+from tenants.pressure import PressureGate
 from tenants.report import Status, TenantResult
 from tenants.revisions import Revisions
 from tenants.unit import Job, precheck, run_tenant
@@ -45,6 +46,7 @@ class FanOut:
     results: list[TenantResult]
     throttled: int = 0
     concurrency_changes: tuple[tuple[float, int], ...] = ()
+    pressure_wait: float = 0.0  # seconds starts were held back by the pressure probe
 
 
 @dataclass(frozen=True)
@@ -86,14 +88,20 @@ class SerialStrategy:
 
     revisions: Revisions | None = None  # the parent's already-loaded graph, if it has one
     concurrency: int = 1
+    gate: PressureGate | None = None  # wait while the pool is too busy before each tenant
 
     def run(self, tenants, job, policy, on_result):
         revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
         connector = job.connector()
         results, failures = [], 0
-        interrupted = False
+        interrupted, waited = False, 0.0
         try:
             for tenant in tenants:
+                if not interrupted and self.gate is not None and not policy.stop(failures):
+                    try:
+                        waited += _wait_for(self.gate)
+                    except KeyboardInterrupt:
+                        interrupted = True
                 if interrupted:
                     result = _skipped(tenant, "interrupted (Ctrl-C)")
                 elif policy.stop(failures):
@@ -111,7 +119,7 @@ class SerialStrategy:
                 on_result(result)
         finally:
             connector.dispose()
-        return FanOut(results)
+        return FanOut(results, pressure_wait=waited)
 
 
 # --- worker process side -----------------------------------------------------------------------------------
@@ -166,6 +174,7 @@ class ProcessStrategy:
 
     concurrency: int = 4
     revisions: Revisions | None = None  # the parent's loaded graph, for the precheck
+    gate: PressureGate | None = None  # asked before each tenant starts: is the pool calm enough?
 
     def run(self, tenants, job, policy, on_result):
         context = multiprocessing.get_context("forkserver")
@@ -193,6 +202,7 @@ class ProcessStrategy:
         partial: dict[str, TenantResult] = {}
         throttles: dict[str, int] = {}
         breaks = 0  # pools broken in a row without a single result in between
+        pressure_wait = 0.0
 
         def finish(result: TenantResult) -> None:
             nonlocal failures
@@ -215,7 +225,11 @@ class ProcessStrategy:
                     checks[threads.submit(precheck, tenant, job, revisions, connector)] = tenant
                 # Submit no more than `workers` at a time: the executor's own queue would start tenants the
                 # failure policy may want to skip.
+                held = False  # the pressure probe says wait
                 while starting() and ready and len(in_flight) < limit:
+                    if self.gate is not None and not self.gate.is_open():
+                        held = True
+                        break
                     if pool is None:
                         pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                                    initargs=(job,))
@@ -228,10 +242,19 @@ class ProcessStrategy:
                         pool, breaks = None, breaks + 1
                         if breaks >= _MAX_BREAKS:
                             break
-                if not checks and not in_flight:
+                if not checks and not in_flight and not held:
                     break
                 try:
-                    done, _ = wait([*checks, *in_flight], return_when=FIRST_COMPLETED)
+                    paused = time.monotonic()
+                    if checks or in_flight:
+                        # Held back: wake up at the next probe reading even if nothing finishes.
+                        timeout = self.gate.interval if held and self.gate is not None else None
+                        done, _ = wait([*checks, *in_flight], timeout=timeout, return_when=FIRST_COMPLETED)
+                    else:
+                        time.sleep(self.gate.interval if self.gate is not None else 0)
+                        done = set()
+                    if held:
+                        pressure_wait += time.monotonic() - paused
                 except KeyboardInterrupt:
                     # First Ctrl-C: start nothing new, let the tenants in flight finish, report.
                     # A second one propagates (the pool still waits for in-flight workers on exit).
@@ -295,7 +318,7 @@ class ProcessStrategy:
                 left = _skipped(tenant, why)
             finish(_merge(partial.pop(tenant.name, None), left))
         results.sort(key=lambda r: order[r.tenant])
-        return FanOut(results, throttled, tuple(changes) if throttled else ())
+        return FanOut(results, throttled, tuple(changes) if throttled else (), pressure_wait)
 
 
 def _merge(earlier: TenantResult | None, later: TenantResult) -> TenantResult:
@@ -313,9 +336,18 @@ def _merge(earlier: TenantResult | None, later: TenantResult) -> TenantResult:
     )
 
 
-def choose_strategy(concurrency: int, tenants: int, revisions: Revisions | None = None) -> Strategy:
+def choose_strategy(concurrency: int, tenants: int, revisions: Revisions | None = None,
+                    gate: PressureGate | None = None) -> Strategy:
     """Serial for one tenant or ``concurrency`` 1 (no process start-up); processes otherwise."""
     if concurrency <= 1 or tenants <= 1:
-        return SerialStrategy(revisions)
-    return ProcessStrategy(concurrency, revisions)
+        return SerialStrategy(revisions, gate=gate)
+    return ProcessStrategy(concurrency, revisions, gate)
+
+
+def _wait_for(gate: PressureGate) -> float:
+    """Block until the gate opens; the seconds waited."""
+    started = time.monotonic()
+    while not gate.is_open():
+        time.sleep(gate.interval)
+    return time.monotonic() - started
 

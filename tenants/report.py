@@ -78,6 +78,7 @@ class RunReport:
     tool_version: str = ""
     throttled: int = 0  # throttling errors the fan-out backed off from
     concurrency_changes: tuple[tuple[float, int], ...] = ()  # (seconds into the run, tenants at once)
+    pressure_wait: float = 0.0  # seconds tenant starts were held back by the pressure probe
 
     @property
     def ok(self) -> bool:
@@ -104,6 +105,7 @@ class RunReport:
             "concurrency": self.concurrency,
             "throttled": self.throttled,
             "concurrency_changes": [{"at": round(at, 3), "concurrency": n} for at, n in self.concurrency_changes],
+            "pressure_wait": round(self.pressure_wait, 3),
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "duration": round(self.duration, 4),

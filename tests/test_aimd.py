@@ -81,3 +81,73 @@ def test_a_tenant_throttled_at_concurrency_1_fails_after_its_retries(tmp_path):
     assert [r.status for r in report.results] == [Status.FAILED, Status.FAILED]
     assert all("(10928)" in r.error for r in report.results)
     assert report.concurrency_changes[-1][1] == 1
+
+
+class Readings:
+    """A fake pressure source: plays back readings, counting reads."""
+
+    def __init__(self, *readings):
+        self.readings, self.reads = list(readings), 0
+
+    def read(self):
+        self.reads += 1
+        value = self.readings[min(self.reads, len(self.readings)) - 1]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+
+def test_pressure_gate_reads_at_most_every_interval_and_fails_open():
+    from tenants.pressure import PressureGate
+
+    now = [0.0]
+    source = Readings({"cpu": 95.0, "workers": 10.0}, {"cpu": 40.0, "workers": 85.0},
+                      {"cpu": 10.0, "workers": 10.0}, RuntimeError("permission denied"))
+    gate = PressureGate(source, limit=80, interval=5, clock=lambda: now[0])
+    assert not gate.is_open() and gate.busiest() == "cpu 95%"
+    now[0] = 4.9
+    assert not gate.is_open() and source.reads == 1  # within the interval: the same reading
+    now[0] = 5.0
+    assert not gate.is_open() and gate.busiest() == "workers 85%"
+    now[0] = 10.0
+    assert gate.is_open()
+    now[0] = 15.0
+    assert gate.is_open() and gate.error == "RuntimeError: permission denied"  # a failed read does not block
+    assert source.reads == 4
+
+
+def test_pool_stats_query_is_valid_t_sql():
+    import sqlglot
+
+    from tenants.pressure import POOL_STATS_SQL
+
+    (statement,) = sqlglot.parse(POOL_STATS_SQL, read="tsql", error_level=sqlglot.ErrorLevel.RAISE)
+    assert type(statement).__name__ == "Select"
+    assert statement.args["limit"] is not None  # TOP 1
+
+
+def test_the_pressure_probe_keeps_a_fleet_under_the_pool_limit(tmp_path):
+    """The probe reads the fake pool's worker use (tenants in flight / capacity): starts wait while it is high."""
+    pytest.importorskip("pyodbc")
+    from tenants.pressure import PressureGate
+
+    counter = tmp_path / "pool"
+    ini = fake_pool_project(tmp_path / "proj", counter, capacity=3)
+
+    class FakePool:
+        def read(self):
+            in_flight, _ = map(int, counter.read_text().split())
+            return {"workers": 100.0 * in_flight / 3}
+
+    names = [f"t{i:02d}" for i in range(20)]
+    config = tmp_path / "t.toml"
+    config.write_text('[environments.pool]\nurl = "sqlite:///db/{tenant}.db"\n'
+                      f'tenants = [{", ".join(chr(34) + n + chr(34) for n in names)}]\n'
+                      f'alembic = "{ini}"\nretry_backoff = 0.01\nretry_backoff_max = 0.05\n')
+    gate = PressureGate(FakePool(), limit=60, interval=0.02)
+    report = api.upgrade(load_settings(config, "pool", environ={}),
+                         options=api.RunOptions(strategy=ProcessStrategy(8, gate=gate)))
+    assert report.counts == {"upgraded": 20}
+    assert report.pressure_wait > 0
+    _, most = map(int, counter.read_text().split())
+    assert most <= 3

@@ -9,14 +9,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from time import monotonic
 
 from tenants import __version__
 from tenants.config import Settings
 from tenants.db import Connector, NoVersionTable, describe_error, has_lock, missing_file, read_version
-from tenants.discovery import Selection, Tenant, source_for
+from tenants.discovery import Selection, Tenant, TenantSource, discover_with_skipped, source_for
 from tenants.errors import RevisionError, TenantUnreachable, UsageError
 from tenants.fanout import FailurePolicy, Strategy, choose_strategy
 from tenants.pressure import ElasticPoolPressure, PressureGate
@@ -35,14 +35,27 @@ class RunOptions:
     strategy: Strategy | None = None  # None: serial for one tenant, worker processes otherwise
 
 
-def discover(settings: Settings, selection: Selection = Selection()) -> list[Tenant]:
+def discover(settings: Settings, selection: Selection = Selection(), source: TenantSource | None = None
+             ) -> list[Tenant]:
     """The environment's tenants, discovered now, narrowed by ``selection``."""
+    return discover_all(settings, selection, source)[0]
+
+
+def discover_all(settings: Settings, selection: Selection = Selection(), source: TenantSource | None = None
+                 ) -> tuple[list[Tenant], list[tuple[str, str]]]:
+    """The tenants, narrowed by ``selection``, and the databases the source will not touch (name, why).
+
+    ``source`` replaces the environment's own (:func:`tenants.discovery.source_for`), e.g. an
+    :class:`~tenants.azure.AzureSource` with a credential of the caller's.
+    """
     env = settings.environment
-    return selection.apply(source_for(env).discover(), env.name)
+    tenants, skipped = discover_with_skipped(source or source_for(env))
+    return selection.apply(tenants, env.name), skipped
 
 
-def list_tenants(settings: Settings, selection: Selection = Selection()) -> list[Tenant]:
-    return discover(settings, selection)
+def list_tenants(settings: Settings, selection: Selection = Selection(), source: TenantSource | None = None
+                 ) -> list[Tenant]:
+    return discover(settings, selection, source)
 
 
 def load_revisions(settings: Settings) -> Revisions:
@@ -93,22 +106,41 @@ class PreparedRun:
     target: str | None
     head: str | None
     tenants: tuple[Tenant, ...]
+    skipped: tuple[tuple[str, str], ...] = ()  # databases seen but not tenants (name, why)
+    concurrency: int | None = None  # derived from the elastic pool, when the environment sets none
 
     def run(self, options: RunOptions = RunOptions(),
             on_result: Callable[[TenantResult], None] | None = None) -> RunReport:
-        return _run(self.settings, self.revisions, self.operation, self.target, self.head, self.tenants,
-                    options, on_result)
+        if options.concurrency is None and self.concurrency is not None:
+            options = replace(options, concurrency=self.concurrency)
+        report = _run(self.settings, self.revisions, self.operation, self.target, self.head, self.tenants,
+                      options, on_result)
+        return replace(report, skipped_databases=self.skipped)
 
 
-def prepare_upgrade(settings: Settings, revision: str = "head",
-                    selection: Selection = Selection()) -> PreparedRun:
-    """Validate an upgrade (graph, revision, discovery, selection) without touching any tenant."""
+def prepare_upgrade(settings: Settings, revision: str = "head", selection: Selection = Selection(),
+                    source: TenantSource | None = None) -> PreparedRun:
+    """Validate an upgrade (graph, revision, discovery, selection) without touching any tenant.
+
+    An ``azure-pool`` environment without ``concurrency`` gets one derived from the pool's size
+    (:func:`tenants.azure.derived_concurrency`); ``--concurrency`` still wins at run time.
+    """
     _require_lock(settings)
     revisions = load_revisions(settings)
     head = revisions.head() if revision == "head" else _head_or_none(revisions)
     target = revisions.resolve(revision)
-    tenants = tuple(discover(settings, selection))
-    return PreparedRun(settings, revisions, "upgrade", target, head, tenants)
+    tenants, skipped = discover_all(settings, selection, source)
+    concurrency = None
+    if settings.environment.source == "azure-pool" and not settings.environment.concurrency_explicit:
+        from tenants.azure import derived_concurrency
+
+        concurrency = derived_concurrency(settings.environment, **_azure_client_args(source))
+    return PreparedRun(settings, revisions, "upgrade", target, head, tuple(tenants), tuple(skipped), concurrency)
+
+
+def _azure_client_args(source) -> dict:
+    """Reuse an injected AzureSource's credential and transport for the pool lookup."""
+    return {key: getattr(source, key) for key in ("credential", "transport") if getattr(source, key, None)}
 
 
 def upgrade(

@@ -99,11 +99,13 @@ def list_(ctx: typer.Context, tenant: TenantOpt = [], exclude: ExcludeOpt = [], 
           json: JsonOpt = False) -> None:
     """List the discovered tenants: name, URL (password masked), tags."""
     obj: Context = ctx.obj
-    tenants = api.list_tenants(obj.settings(), _selection(tenant, exclude, tag))
+    tenants, skipped = api.discover_all(obj.settings(), _selection(tenant, exclude, tag))
     if json:
         typer.echo(render.tenants_json(tenants))
     else:
         obj.out.print(render.tenants_table(tenants))
+    for name, why in skipped:  # databases discovery saw and leaves alone (Azure: master, not Online)
+        typer.echo(f"not a tenant: {name} ({why})", err=True)
 
 
 @app.command()
@@ -145,6 +147,8 @@ def _finish(obj: Context, report: RunReport, report_path: Optional[Path]) -> Non
     typer.echo(render.summary_line(report))
     for line in render.failures(report):
         typer.echo(line)
+    for name, why in report.skipped_databases:
+        typer.echo(f"not a tenant: {name} ({why})", err=True)
     if report_path is not None:
         typer.echo(f"report written to {report_path}", err=True)
     raise typer.Exit(0 if report.ok else 1)

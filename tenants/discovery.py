@@ -129,7 +129,21 @@ _SQLITE_SIDECARS = (".lock", "-journal", "-wal", "-shm")
 def source_for(environment: Environment) -> TenantSource:
     if environment.source == "server":
         return ServerSource(environment)
+    if environment.source.startswith("azure-"):
+        from tenants.azure import AzureSource  # azure-mgmt-sql is imported only for Azure environments
+
+        return AzureSource(environment)
     return StaticSource(environment)
+
+
+def discover_with_skipped(source: TenantSource) -> tuple[list[Tenant], list[tuple[str, str]]]:
+    """The tenants, and the databases the source saw but will not touch, with why (Azure: master, not
+    Online). Sources without such databases report none."""
+    with_skipped = getattr(source, "discover_with_skipped", None)
+    if with_skipped is None:
+        return source.discover(), []
+    tenants, skipped = with_skipped()
+    return tenants, [(name, reason) for name, reason in skipped]
 
 
 @dataclass(frozen=True)

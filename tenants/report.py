@@ -79,6 +79,7 @@ class RunReport:
     throttled: int = 0  # throttling errors the fan-out backed off from
     concurrency_changes: tuple[tuple[float, int], ...] = ()  # (seconds into the run, tenants at once)
     pressure_wait: float = 0.0  # seconds tenant starts were held back by the pressure probe
+    skipped_databases: tuple[tuple[str, str], ...] = ()  # seen by discovery, not tenants: (name, why)
 
     @property
     def ok(self) -> bool:
@@ -106,6 +107,7 @@ class RunReport:
             "throttled": self.throttled,
             "concurrency_changes": [{"at": round(at, 3), "concurrency": n} for at, n in self.concurrency_changes],
             "pressure_wait": round(self.pressure_wait, 3),
+            "skipped_databases": [{"database": name, "reason": why} for name, why in self.skipped_databases],
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "duration": round(self.duration, 4),

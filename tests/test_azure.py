@@ -8,6 +8,7 @@ policy, error mapping); only the HTTP exchange is served from here, with bodies 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import parse_qs, urlparse
 
@@ -518,3 +519,21 @@ def test_derived_concurrency_missing_pool_is_a_config_error(tmp_path):
     message = str(err.value)
     assert message.startswith("environment 'prod': cannot read elastic pool 'pool1' on server 'srv' (subscription")
     assert "404 ResourceNotFound" in message and "Reader role" in message
+
+
+def test_prepare_upgrade_uses_the_pool_discovery_and_its_derived_concurrency(tmp_path):
+    """The engine's view of an azure-pool environment: tenants, databases left alone, concurrency from the pool."""
+    from tenants import api
+    from tenants.config import Settings
+
+    env = azure_env(tmp_path, extra=f'alembic = "{Path(__file__).resolve().parent.parent / "alembic.ini"}"\n')
+    pages = [[database("master", pool=None), database("tenant_a")], [database("tenant_b", status="Offline")]]
+    sku = {"name": "GP_Gen5", "tier": "GeneralPurpose", "family": "Gen5", "capacity": 8}
+    arm = FakeArm({POOL_DBS: pages, POOL: elastic_pool(sku)})
+    source = AzureSource(env, credential=FakeCredential(), transport=arm)
+    prepared = api.prepare_upgrade(Settings(env), source=source)
+    assert [t.name for t in prepared.tenants] == ["tenant_a"]
+    assert prepared.skipped == (("master", "system database"), ("tenant_b", "status Offline"))
+    assert prepared.concurrency == pool_concurrency(SimpleNamespace(
+        sku=SimpleNamespace(**sku), per_database_settings=SimpleNamespace(min_capacity=0, max_capacity=8)))
+    assert prepared.concurrency == 4

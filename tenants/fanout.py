@@ -20,7 +20,9 @@ would then lie about where the tenant is). Tenants never started are reported ``
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
+import sys
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -180,7 +182,10 @@ class ProcessStrategy:
         context = multiprocessing.get_context("forkserver")
         # The forkserver imports these once and forks every worker from itself. "__main__" included: a
         # worker would otherwise re-run the main script (the console script imports the CLI: typer, rich).
-        context.set_forkserver_preload(["__main__", "tenants.fanout"])
+        # (Only a main module that is a file: one read from stdin cannot be imported again, anywhere.)
+        main_file = getattr(sys.modules["__main__"], "__file__", None)
+        real_main = bool(main_file) and os.path.isfile(main_file)
+        context.set_forkserver_preload(["__main__", "tenants.fanout"] if real_main else ["tenants.fanout"])
         revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
         connector = job.connector()
         order = {t.name: i for i, t in enumerate(tenants)}
@@ -236,7 +241,7 @@ class ProcessStrategy:
                     tenant = ready.popleft()
                     try:
                         in_flight[pool.submit(_work, tenant)] = (tenant, pool, cuts)
-                    except BrokenProcessPool:  # broke before this tenant started: it goes back in line
+                    except (BrokenProcessPool, OSError, EOFError):  # broke before this tenant started: back in line
                         ready.appendleft(tenant)
                         pool.shutdown(wait=False, cancel_futures=True)
                         pool, breaks = None, breaks + 1

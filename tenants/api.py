@@ -198,13 +198,24 @@ def stamp(settings: Settings, tenants: tuple[str, ...], revision: str, options: 
     return _run(settings, revisions, "stamp", target, _head_or_none(revisions), chosen, options, on_result)
 
 
-def sql(settings: Settings, revision_range: str, tenant: str | None = None) -> str:
-    """The offline SQL for ``[FROM:]TO`` in the environment's dialect, for review.
+DIALECT_URLS = {  # `tenants sql --dialect NAME`: a URL that only picks the dialect (nothing connects)
+    "mssql": "mssql+pyodbc://@server/tenant?driver=ODBC+Driver+18+for+SQL+Server",
+    "postgresql": "postgresql+psycopg://server/tenant",
+    "sqlite": "sqlite:///tenant.db",
+}
+
+
+def sql(settings: Settings, revision_range: str, tenant: str | None = None, dialect: str | None = None) -> str:
+    """The offline SQL for ``[FROM:]TO`` in the environment's dialect (or ``dialect``), for review.
 
     With ``--tenant`` and no FROM, FROM is that tenant's current revision: the SQL it would run now.
     Without either, FROM is base. A TO below FROM renders the downgrade.
     """
     env = settings.environment
+    if dialect is not None and dialect not in DIALECT_URLS:
+        raise UsageError(f"--dialect {dialect}: unknown; use one of {', '.join(DIALECT_URLS)}")
+    if dialect is not None and tenant is not None:
+        raise UsageError("--dialect renders for a dialect, --tenant for a tenant's own database: use one")
     revisions = load_revisions(settings)
     start_arg, _, to_arg = revision_range.rpartition(":")
     target = revisions.resolve(to_arg or "head")
@@ -214,7 +225,7 @@ def sql(settings: Settings, revision_range: str, tenant: str | None = None) -> s
         start = revisions.resolve(start_arg) if start_arg else _single(
             _known_current(revisions, chosen, settings), tenant)
     else:
-        url = env.tenant_url("tenant")
+        url = DIALECT_URLS[dialect] if dialect else env.tenant_url("tenant")
         start = revisions.resolve(start_arg) if start_arg else None
     if start is not None and target is not None and start == target:
         return ""

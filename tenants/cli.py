@@ -8,6 +8,7 @@ local). Exit codes: 0 all good, 1 some tenant failed, was skipped, locked or is 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import sys
@@ -273,14 +274,19 @@ def sql(
     tenant: Annotated[Optional[str], typer.Option(
         "--tenant", "-t", help="Start from this tenant's current revision (and use its URL).",
         show_default=False)] = None,
+    dialect: Annotated[Optional[str], typer.Option(
+        "--dialect", help="Render for this dialect instead of the environment's: mssql (T-SQL with GO), "
+        "postgresql, sqlite.", show_default=False)] = None,
 ) -> None:
     """Print the offline SQL of the environment's dialect, for review."""
     obj: Context = ctx.obj
-    typer.echo(api.sql(obj.settings(), revision_range, tenant), nl=False)
+    typer.echo(api.sql(obj.settings(), revision_range, tenant, dialect), nl=False)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point. Usage errors are one line, like every other bad input."""
+    # azure-identity logs multi-line warnings (every credential it tried) on failure; our one line says it.
+    logging.getLogger("azure").setLevel(logging.ERROR)
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="tenants", standalone_mode=False)

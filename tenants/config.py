@@ -359,8 +359,9 @@ def _environment(
         alembic=alembic_path,
         version_table=table.get("version_table", "alembic_version"),
         retries=table.get("retries", 3),
-        retry_backoff=float(table.get("retry_backoff", 1.0)),
-        retry_backoff_max=float(table.get("retry_backoff_max", 30.0)),
+        # Azure SQL: Microsoft's guidance, about 5 s before the first retry, backing off to 60 s.
+        retry_backoff=float(table.get("retry_backoff", 5.0 if backend == "mssql" else 1.0)),
+        retry_backoff_max=float(table.get("retry_backoff_max", 60.0 if backend == "mssql" else 30.0)),
         lock_timeout=float(table.get("lock_timeout", 0.0)),
         maintenance_database=table.get("maintenance_database", "postgres"),
         auth=auth,

@@ -319,3 +319,13 @@ def test_unreachable_sql_server_tenant_fails_after_transient_retries(cli, tmp_pa
     first = lines(run.out)[0]
     assert first.startswith("failed           acme  at ?  (2 attempts, T)  OperationalError: ")
     assert "odbc-Secret-9" not in run.out + run.err
+
+
+def test_sql_dialect_flag_renders_t_sql_from_the_demo_environment(cli, sqlite_config, tmp_path):
+    config = str(sqlite_config())
+    run = cli("--config", config, "-e", "test", "sql", "--dialect", "mssql")
+    assert run.code == 0
+    assert "IF OBJECT_ID(N'users', N'U') IS NULL" in run.out and "\nGO\n" in run.out
+    assert one_line_exit_2(cli("--config", config, "-e", "test", "sql", "--dialect", "oracle")) == (
+        "tenants: error: --dialect oracle: unknown; use one of mssql, postgresql, sqlite")
+    assert not (tmp_path / "db").exists()

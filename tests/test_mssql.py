@@ -190,3 +190,30 @@ def test_connector_gives_sql_server_connections_an_entra_token_from_one_cache(py
         connector.dispose()
     assert seen == [token_struct("eyJ-fake-token")] * 2
     assert Credential.calls == [("https://database.usgovcloudapi.net/.default",)]
+
+
+def test_demo_and_postgresql_paths_need_no_odbc_or_azure_library(tmp_path):
+    """With pyodbc and the azure packages unimportable, the demo fleet upgrades and nothing tries them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for name in ("alembic.ini", "alembic"):
+        (tmp_path / name).symlink_to(root / name)
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'pyodbc' or name == 'azure' or name.startswith('azure.'):\n"
+        "            raise ImportError(f'{name} is blocked in this test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from tenants.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTS_")}
+    for args in (["upgrade"], ["status"], ["sql", "--dialect", "postgresql"]):
+        run = subprocess.run([sys.executable, "-c", blocker, *args], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0, (args, run.stderr)
+        assert "blocked" not in run.stderr

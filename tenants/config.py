@@ -25,7 +25,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -108,10 +108,18 @@ class Environment:
     def tenant_url(self, tenant: str) -> str:
         """The tenant's URL as a string, password included: for connecting, never for printing."""
         if self.odbc_connect is not None:
+            from tenants.mssql import odbc_value
+
             return URL.create("mssql+pyodbc", query={
-                "odbc_connect": self.odbc_connect.replace("{tenant}", tenant),
+                "odbc_connect": self.odbc_connect.replace("{tenant}", odbc_value(tenant)),
             }).render_as_string(hide_password=False)
-        url = make_url(self.url.replace("{tenant}", tenant))
+        probe = make_url(self.url.replace("{tenant}", "__tenant__"))
+        if probe.database == "__tenant__":
+            # The usual case, {tenant} as the database: set it as data, so a name with URL characters
+            # (Azure allows '#', ';', spaces) cannot change the host, query or anything else.
+            url = make_url(self.url.replace("{tenant}", "__tenant__")).set(database=tenant)
+        else:
+            url = make_url(self.url.replace("{tenant}", tenant))
         if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
             path = Path(url.database)
             if not path.is_absolute():
@@ -160,13 +168,20 @@ _ENV_KEYS: dict[str, type | tuple[type, ...]] = {
 def mask_url(url: str | URL, secrets: tuple[str, ...] = ()) -> str:
     """The URL with its password (and any other known secret, e.g. in the query) replaced by ``***``: the
     only form of a URL the tool ever prints."""
+    from tenants.mssql import mask_odbc
+
     try:
-        masked = make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        if "odbc_connect" in parsed.query:  # the password is inside the ODBC string, not the URL's own field
+            parsed = parsed.update_query_dict({"odbc_connect": mask_odbc(parsed.query["odbc_connect"])})
+        masked = parsed.render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         return "<unparseable URL>"
-    for secret in secrets:
+    for secret in sorted(secrets, key=len, reverse=True):
         if secret:
-            masked = masked.replace(quote(secret, safe=""), "***").replace(secret, "***")
+            for form in (quote(secret, safe=""), quote_plus(secret), quote(quote(secret, safe=""), safe=""),
+                         secret):
+                masked = masked.replace(form, "***")
     return masked
 
 

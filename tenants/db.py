@@ -347,10 +347,12 @@ def scrub(message: str, secrets: tuple[str, ...]) -> str:
 
 
 def url_secrets(url: str) -> tuple[str, ...]:
-    """The parts of a URL that must never be printed (its password, raw and URL-encoded)."""
-    from urllib.parse import quote_plus
+    """The parts of a URL that must never be printed: its password (raw and URL-encoded), and the password
+    inside an ``odbc_connect`` string."""
+    from urllib.parse import quote, quote_plus
 
-    password = make_url(url).password
-    if not password:
-        return ()
-    return tuple({password, quote_plus(password)})
+    parsed = make_url(url)
+    passwords = [parsed.password] if parsed.password else []
+    if "odbc_connect" in parsed.query:
+        passwords += mssql.odbc_secrets(parsed.query["odbc_connect"])
+    return tuple({form for p in passwords for form in (p, quote_plus(p), quote(p, safe=""))})

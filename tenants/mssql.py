@@ -76,3 +76,32 @@ GET_APPLOCK = (
     "@LockOwner = 'Session', @LockTimeout = :timeout_ms; SELECT @rc AS rc;"
 )
 RELEASE_APPLOCK = f"EXEC sp_releaseapplock @Resource = N'{LOCK_RESOURCE}', @LockOwner = 'Session';"
+
+
+# --- ODBC connection strings --------------------------------------------------------------------------------
+# KEY=value; pairs, where a value in braces may hold ';' and '=' ('}}' is an escaped '}').
+_ODBC_SECRET = re.compile(r"(?i)(^|;)(\s*(?:pwd|password)\s*=\s*)(\{(?:[^}]|\}\})*\}|[^;]*)")
+
+
+def odbc_secrets(conn_str: str) -> tuple[str, ...]:
+    """The password values of an ODBC connection string (with and without their braces)."""
+    found: list[str] = []
+    for match in _ODBC_SECRET.finditer(conn_str):
+        value = match.group(3).strip()
+        if value:
+            found.append(value)
+            if value.startswith("{") and value.endswith("}"):
+                found.append(value[1:-1].replace("}}", "}"))
+    return tuple(found)
+
+
+def mask_odbc(conn_str: str) -> str:
+    """The connection string with every password value replaced by ``***``."""
+    return _ODBC_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}***", conn_str)
+
+
+def odbc_value(value: str) -> str:
+    """``value`` as an ODBC attribute value: braced (with ``}`` doubled) when it holds ``; { } =``."""
+    if any(c in value for c in ";{}="):
+        return "{" + value.replace("}", "}}") + "}"
+    return value

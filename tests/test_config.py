@@ -221,3 +221,42 @@ def test_invalid_azure_environments(tmp_path, body, message):
     path = write_config(tmp_path / "t.toml", f"[environments.a]\n{body}\n")
     with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}").replace("(", r"\(")):
         load_settings(path, "a", environ={})
+
+
+def test_odbc_password_is_masked_in_list_output_whatever_its_characters(tmp_path):
+    from tenants.discovery import source_for
+
+    path = write_config(tmp_path / "t.toml", """\
+        [environments.odbc]
+        odbc_connect = "${TENANTS_ODBC}"
+        tenants = ["acme"]
+    """)
+    raw = "Driver=FreeTDS;Server=h;Database={tenant};UID=u;PWD={a b+c;d}}e}"
+    env = load_settings(path, "odbc", environ={"TENANTS_ODBC": raw}).environment
+    from sqlalchemy.engine import make_url
+
+    from tenants.discovery import Tenant
+
+    # A discovered name (Azure allows ';') is brace-quoted into the ODBC string, not injected.
+    odd = Tenant("odd;name", env.tenant_url("odd;name"), (), env.secrets)
+    assert make_url(odd.url).query["odbc_connect"].split(";")[2:4] == ["Database={odd", "name}"]
+    tenants = source_for(env).discover() + [odd]
+    for tenant in tenants:
+        masked = tenant.masked_url
+        assert "PWD%3D%2A%2A%2A" in masked or "PWD=***" in masked, masked
+        for form in ("a b+c", "a+b%2Bc", "a%20b", "d}}e", "d}e"):
+            assert form not in masked, (form, masked)
+        assert "a b+c;d}e" in tenant.all_secrets
+
+
+def test_tenant_names_with_url_characters_stay_in_the_database_field(tmp_path):
+    path = write_config(tmp_path / "t.toml", """\
+        [environments.a]
+        url = "postgresql+psycopg://app@db:5432/{tenant}?sslmode=require"
+        tenants = ["plain"]
+    """)
+    env = load_settings(path, "a", environ={}).environment
+    from sqlalchemy.engine import make_url
+
+    url = make_url(env.tenant_url("we#ird?db"))
+    assert (url.host, url.database, dict(url.query)) == ("db", "we#ird?db", {"sslmode": "require"})

@@ -105,3 +105,25 @@ def odbc_value(value: str) -> str:
     if any(c in value for c in ";{}="):
         return "{" + value.replace("}", "}}") + "}"
     return value
+
+
+# --- offline T-SQL that is safe to run twice ----------------------------------------------------------------
+
+def idempotent_script(sql: str, version_table: str = "alembic_version") -> str:
+    """Make Alembic's own bookkeeping in an offline T-SQL script safe to run twice, and fail-stop.
+
+    The schema steps are guarded by :mod:`tenants.guards`; Alembic's version table is not: run twice, its
+    ``CREATE TABLE`` fails and its ``INSERT`` adds a second row. Here the CREATE is wrapped in an
+    ``OBJECT_ID`` check and the INSERT in ``IF NOT EXISTS`` (the UPDATEs and DELETEs already match nothing
+    the second time). ``SET XACT_ABORT ON`` first: a failing statement then rolls its transaction back and
+    ends it, instead of letting the following batches record a revision that did not apply (run the script
+    with ``sqlcmd -b`` so it also stops there).
+    """
+    table = re.escape(version_table)
+    create = re.compile(rf"^CREATE TABLE {table} \((?:.|\n)*?\n\);", re.MULTILINE)
+    insert = re.compile(rf"^INSERT INTO {table} \(version_num\) OUTPUT inserted\.version_num VALUES (\('[^']*'\));",
+                        re.MULTILINE)
+    sql = create.sub(lambda m: f"IF OBJECT_ID(N'{version_table}', N'U') IS NULL\nBEGIN\n{m.group(0)}\nEND;", sql)
+    sql = insert.sub(lambda m: (f"IF NOT EXISTS (SELECT 1 FROM {version_table})\nBEGIN\n"
+                                f"INSERT INTO {version_table} (version_num) VALUES {m.group(1)};\nEND;"), sql)
+    return "SET XACT_ABORT ON;\n\nGO\n\n" + sql

@@ -22,7 +22,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
 from alembic.script.revision import RevisionError as AlembicRevisionError
 from alembic.util import CommandError
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 
 from tenants.errors import ConfigError, MultipleHeads, RevisionError
 
@@ -49,6 +49,7 @@ class Revisions:
         # Our env.py reads it; an env.py of another project configures its own (and the environment's
         # `version_table` must then match it).
         self.config.set_main_option("version_table", version_table)
+        self.version_table = version_table
         try:
             self.script = ScriptDirectory.from_config(self.config)
             self._heads = tuple(self.script.get_heads())  # loads (executes) every revision file, once
@@ -187,6 +188,10 @@ class Revisions:
             self._run_env(url, steps, destination, as_sql=True, starting_rev=starting, output_buffer=buffer)
         except (CommandError, AlembicRevisionError) as err:
             raise RevisionError(f"cannot render {starting}:{destination} offline: {err}") from err
+        if make_url(url).get_backend_name() == "mssql":
+            from tenants.mssql import idempotent_script
+
+            return idempotent_script(buffer.getvalue(), self.version_table)
         return buffer.getvalue()
 
     def _run_env(self, url, fn, destination, *, as_sql, connection=None, starting_rev=None, output_buffer=None):

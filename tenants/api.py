@@ -272,6 +272,7 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
         throttled=fan_out.throttled,
         concurrency_changes=fan_out.concurrency_changes,
         pressure_wait=fan_out.pressure_wait,
+        pressure_errors=fan_out.pressure_errors,
     )
 
 

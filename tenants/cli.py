@@ -150,6 +150,10 @@ def _finish(obj: Context, report: RunReport, report_path: Optional[Path]) -> Non
         typer.echo(line)
     for name, why in report.skipped_databases:
         typer.echo(f"not a tenant: {name} ({why})", err=True)
+    if report.pressure_errors:
+        typer.echo(f"tenants: warning: the pressure probe could not read the pool's load "
+                   f"({len(report.pressure_errors)} time(s)), so it did not hold starts back: "
+                   f"{report.pressure_errors[-1]}", err=True)
     if report_path is not None:
         typer.echo(f"report written to {report_path}", err=True)
     raise typer.Exit(0 if report.ok else 1)

@@ -49,6 +49,7 @@ class FanOut:
     throttled: int = 0
     concurrency_changes: tuple[tuple[float, int], ...] = ()
     pressure_wait: float = 0.0  # seconds starts were held back by the pressure probe
+    pressure_errors: tuple[str, ...] = ()  # reads of the pool's load that failed
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,8 @@ class SerialStrategy:
                 on_result(result)
         finally:
             connector.dispose()
-        return FanOut(results, pressure_wait=waited)
+        return FanOut(results, pressure_wait=waited,
+                      pressure_errors=tuple(self.gate.errors) if self.gate is not None else ())
 
 
 # --- worker process side -----------------------------------------------------------------------------------
@@ -232,7 +234,7 @@ class ProcessStrategy:
                 # failure policy may want to skip.
                 held = False  # the pressure probe says wait
                 while starting() and ready and len(in_flight) < limit:
-                    if self.gate is not None and not self.gate.is_open():
+                    if self.gate is not None and not self.gate.admit():
                         held = True
                         break
                     if pool is None:
@@ -323,7 +325,8 @@ class ProcessStrategy:
                 left = _skipped(tenant, why)
             finish(_merge(partial.pop(tenant.name, None), left))
         results.sort(key=lambda r: order[r.tenant])
-        return FanOut(results, throttled, tuple(changes) if throttled else (), pressure_wait)
+        return FanOut(results, throttled, tuple(changes) if throttled else (), pressure_wait,
+                      tuple(self.gate.errors) if self.gate is not None else ())
 
 
 def _merge(earlier: TenantResult | None, later: TenantResult) -> TenantResult:
@@ -350,9 +353,9 @@ def choose_strategy(concurrency: int, tenants: int, revisions: Revisions | None 
 
 
 def _wait_for(gate: PressureGate) -> float:
-    """Block until the gate opens; the seconds waited."""
+    """Block until the gate admits a start; the seconds waited."""
     started = time.monotonic()
-    while not gate.is_open():
+    while not gate.admit():
         time.sleep(gate.interval)
     return time.monotonic() - started
 

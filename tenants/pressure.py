@@ -37,26 +37,53 @@ class PressureSource(Protocol):
 
 @dataclass
 class PressureGate:
-    """Open while every metric of the last reading is at or below ``limit`` percent."""
+    """Lets a tenant start while every metric of the last reading is at or below ``limit`` percent.
+
+    One reading admits many starts only while the pool is far from the limit (at most half of it); closer,
+    it admits one start per reading, so a stale reading (the DMV itself is 15 s behind) cannot let a burst
+    of tenants in at 79 %. A read that fails because the pool is throttling keeps the gate shut; any other
+    failed read (no VIEW DATABASE STATE, say) opens it, since the probe is a courtesy on top of AIMD, and is
+    recorded in ``errors`` for the report.
+    """
 
     source: PressureSource
     limit: float
     interval: float = 5.0
     clock: Callable[[], float] = time.monotonic
     reading: dict[str, float] = field(default_factory=dict)
-    error: str | None = None  # the last failed read, if any (the gate then stays open: see is_open)
+    errors: list[str] = field(default_factory=list)
     _read_at: float | None = None
+    _admitted: int = 0  # starts admitted on the current reading
+    _shut: bool = False  # the last read was refused by a saturated pool
+
+    def _refresh(self) -> None:
+        now = self.clock()
+        if self._read_at is not None and now - self._read_at < self.interval:
+            return
+        self._read_at, self._admitted, self._shut = now, 0, False
+        try:
+            self.reading = dict(self.source.read())
+        except Exception as err:  # noqa: BLE001 - a probe that cannot read must not stop the rollout
+            from tenants.db import describe_error, is_throttling
+
+            self.reading, self._shut = {}, is_throttling(err)
+            if len(self.errors) < 20:
+                self.errors.append(describe_error(err))
 
     def is_open(self) -> bool:
-        now = self.clock()
-        if self._read_at is None or now - self._read_at >= self.interval:
-            self._read_at = now
-            try:
-                self.reading, self.error = dict(self.source.read()), None
-            except Exception as err:  # noqa: BLE001 - a probe that cannot read must not stop the rollout
-                # Failing open: the probe is a courtesy to the pool; AIMD still backs off if it is saturated.
-                self.reading, self.error = {}, f"{type(err).__name__}: {err}"
-        return all(value <= self.limit for value in self.reading.values())
+        """Would a tenant be let in now? (Reads the source when the last reading is older than interval.)"""
+        self._refresh()
+        if self._shut or not all(value <= self.limit for value in self.reading.values()):
+            return False
+        calm = all(value <= self.limit / 2 for value in self.reading.values())
+        return calm or self._admitted == 0
+
+    def admit(self) -> bool:
+        """Take a start if the gate is open."""
+        if self.is_open():
+            self._admitted += 1
+            return True
+        return False
 
     def busiest(self) -> str:
         if not self.reading:

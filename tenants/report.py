@@ -79,6 +79,7 @@ class RunReport:
     throttled: int = 0  # throttling errors the fan-out backed off from
     concurrency_changes: tuple[tuple[float, int], ...] = ()  # (seconds into the run, tenants at once)
     pressure_wait: float = 0.0  # seconds tenant starts were held back by the pressure probe
+    pressure_errors: tuple[str, ...] = ()  # failed reads of the pool's load (the probe then let starts in)
     skipped_databases: tuple[tuple[str, str], ...] = ()  # seen by discovery, not tenants: (name, why)
 
     @property
@@ -107,6 +108,7 @@ class RunReport:
             "throttled": self.throttled,
             "concurrency_changes": [{"at": round(at, 3), "concurrency": n} for at, n in self.concurrency_changes],
             "pressure_wait": round(self.pressure_wait, 3),
+            "pressure_errors": list(self.pressure_errors),
             "skipped_databases": [{"database": name, "reason": why} for name, why in self.skipped_databases],
             "started_at": self.started_at,
             "finished_at": self.finished_at,

@@ -63,7 +63,8 @@ def test_report_file_fields(cli, sqlite_config, tmp_path):
     assert run.code == 0 and run.err.strip() == f"report written to {report}"
     data = json.loads(report.read_text())
     assert set(data) == {"schema_version", "tool_version", "run_id", "environment", "operation", "target", "head",
-                         "concurrency", "throttled", "concurrency_changes", "pressure_wait", "skipped_databases",
+                         "concurrency", "throttled", "concurrency_changes", "pressure_wait", "pressure_errors",
+                         "skipped_databases",
                          "started_at", "finished_at", "duration", "ok", "summary", "tenants"}
     assert (data["throttled"], data["concurrency_changes"], data["pressure_wait"]) == (0, [], 0.0)
     assert (data["environment"], data["operation"], data["target"], data["ok"]) == ("test", "upgrade", HEAD, True)

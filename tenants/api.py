@@ -17,7 +17,7 @@ from tenants import __version__
 from tenants.config import Settings
 from tenants.db import Connector, NoVersionTable, describe_error, has_lock, missing_file, read_version
 from tenants.discovery import Selection, Tenant, TenantSource, discover_with_skipped, source_for
-from tenants.errors import RevisionError, TenantUnreachable, UsageError
+from tenants.errors import RevisionError, TenantNotFound, TenantUnreachable, UsageError
 from tenants.fanout import FailurePolicy, Strategy, choose_strategy
 from tenants.pressure import ElasticPoolPressure, PressureGate
 from tenants.report import RunReport, State, StatusReport, TenantResult, TenantStatus
@@ -50,6 +50,10 @@ def discover_all(settings: Settings, selection: Selection = Selection(), source:
     """
     env = settings.environment
     tenants, skipped = discover_with_skipped(source or source_for(env))
+    reasons = dict(skipped)
+    for name in selection.tenants:
+        if name in reasons:  # seen, but not a tenant to touch: say why rather than "unknown"
+            raise TenantNotFound(f"tenant {name!r} (--tenant) is not migrated: {reasons[name]}")
     return selection.apply(tenants, env.name), skipped
 
 
@@ -119,19 +123,20 @@ class PreparedRun:
 
 
 def prepare_upgrade(settings: Settings, revision: str = "head", selection: Selection = Selection(),
-                    source: TenantSource | None = None) -> PreparedRun:
+                    source: TenantSource | None = None, concurrency: int | None = None) -> PreparedRun:
     """Validate an upgrade (graph, revision, discovery, selection) without touching any tenant.
 
     An ``azure-pool`` environment without ``concurrency`` gets one derived from the pool's size
-    (:func:`tenants.azure.derived_concurrency`); ``--concurrency`` still wins at run time.
+    (:func:`tenants.azure.derived_concurrency`), unless ``concurrency`` (the CLI's ``--concurrency``) is
+    given: then the pool is not even asked.
     """
     _require_lock(settings)
     revisions = load_revisions(settings)
     head = revisions.head() if revision == "head" else _head_or_none(revisions)
     target = revisions.resolve(revision)
     tenants, skipped = discover_all(settings, selection, source)
-    concurrency = None
-    if settings.environment.source == "azure-pool" and not settings.environment.concurrency_explicit:
+    if (concurrency is None and settings.environment.source == "azure-pool"
+            and not settings.environment.concurrency_explicit):
         from tenants.azure import derived_concurrency
 
         concurrency = derived_concurrency(settings.environment, **_azure_client_args(source))

@@ -249,7 +249,7 @@ def _translated_errors(env: Environment, action: str) -> Iterator[None]:
     ``from None``: the SDK's exception holds the failed request (its Authorization header included) and the
     server's unscrubbed text, so it is not chained onto an error that may be printed with its traceback.
     """
-    from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
+    from azure.core.exceptions import AzureError, ClientAuthenticationError, DeserializationError, HttpResponseError
 
     endpoint, scope = management_endpoint(env)
     where = (f"(subscription {env.subscription}, resource group {env.resource_group!r}, server {env.server!r}"
@@ -277,6 +277,11 @@ def _translated_errors(env: Environment, action: str) -> Iterator[None]:
             ) from None
         raise DiscoveryError(
             f"environment {env.name!r}: the Azure management API failed to {action} {where}: {detail}"
+        ) from None
+    except DeserializationError as err:  # a ValueError, not an AzureError: e.g. a proxy's HTML page
+        raise DiscoveryError(
+            f"environment {env.name!r}: the Azure management API's answer to {action} {where} was not what it "
+            f"should be: {_scrub(_describe(err), env, err)}; check the endpoint (a proxy in the way?)"
         ) from None
     except AzureError as err:  # ServiceRequestError (no connection), ServiceResponseError (timeout), ...
         raise DiscoveryError(

@@ -204,7 +204,7 @@ def upgrade(
     options = api.RunOptions(concurrency=concurrency, retries=retries,
                              max_failures=None if keep_going else (max_failures or 1))
     # Validate everything (revision, discovery, selection) before the first tenant is touched.
-    prepared = api.prepare_upgrade(settings, revision, _selection(tenant, exclude, tag))
+    prepared = api.prepare_upgrade(settings, revision, _selection(tenant, exclude, tag), concurrency=concurrency)
     if not prepared.tenants:
         typer.echo("tenants: no tenant selected; nothing to do", err=True)
     _run_and_render(obj, lambda on_result: prepared.run(options, on_result), len(prepared.tenants), report)

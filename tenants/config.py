@@ -276,9 +276,11 @@ def _environment(
     for key in ("subscription", "resource_group", "server") + (("pool",) if source == "azure-pool" else ()):
         if azure and key not in table:
             raise fail(f"source {source!r} needs {key!r} (the Azure {key.replace('_', ' ')})")
-    for key in ("subscription", "resource_group", "pool", "management_endpoint"):
+    for key in ("subscription", "resource_group", "server", "pool", "management_endpoint"):
         if not azure and key in table:
             raise fail(f"{key!r} is only for the azure-pool and azure-server sources", key)
+        if key in table and not table[key].strip():
+            raise fail(f"{key!r} is empty", key)
 
     secrets: tuple[str, ...] = ()
     odbc_connect = None
@@ -328,9 +330,20 @@ def _environment(
         if auth == "azure-ad" and (parsed.username or parsed.password):
             raise fail("auth 'azure-ad' connects with an Entra token: the url must carry no user or password "
                        "(use auth = \"sql\" for SQL logins)", "url")
+        if auth == "azure-ad":
+            from tenants.entra import check_no_credentials
+
+            try:  # UID/PWD/Authentication/Trusted_Connection in the query: the driver would refuse the token
+                check_no_credentials(parsed)
+            except ConfigError as err:
+                raise fail(f"auth 'azure-ad': {err}", "url") from None
+        raw_password = make_url(raw_url.replace("{tenant}", "tenant")).password if "url" in table else None
         if auth == "sql" and not (parsed.username and parsed.password):
             raise fail("auth 'sql' needs user and password in the url, from environment variables "
                        "(mssql+pyodbc://${SQL_USER}:${SQL_PASSWORD}@...)", "url")
+        if auth == "sql" and not (raw_password and _VAR.fullmatch(raw_password)):
+            raise fail("auth 'sql': the password must come from an environment variable (${SQL_PASSWORD}), "
+                       "not be written in the file", "url")
 
     if "pressure_limit" in table and backend != "mssql":
         raise fail("pressure_limit reads an Azure SQL elastic pool's load: it needs an mssql environment",

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -30,6 +31,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class LockNotAcquired(Exception):
     """Another run holds this tenant's lock (internal: the unit of work turns it into status ``locked``)."""
+
+
+class TransientLockError(Exception):
+    """Taking the lock failed in a way worth a retry (SQL Server: deadlock victim while waiting)."""
 
 
 class NoVersionTable(Exception):
@@ -104,10 +109,15 @@ class Connector:
         self._auth, self._cloud = auth, cloud
         self._credential = credential  # an azure-core TokenCredential; default: DefaultAzureCredential
         self._tokens: TokenCache | None = None
+        self._lock = threading.Lock()
 
     def _token_cache(self) -> TokenCache | None:
         if self._auth != "azure-ad":
             return None
+        with self._lock:  # the parent's precheck threads share this connector: one cache, one credential
+            return self._make_token_cache()
+
+    def _make_token_cache(self) -> TokenCache:
         if self._tokens is None:
             from tenants.entra import TokenCache, credential_for, database_scope
 
@@ -238,8 +248,12 @@ def _mssql_lock(engine: Engine, timeout: float) -> Iterator[None]:
     # sp_getapplock with a Session owner on its own autocommit connection; see tenants.mssql.
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         rc = conn.execute(text(mssql.GET_APPLOCK), {"timeout_ms": int(timeout * 1000)}).scalar()
-        if rc is None or rc < 0:
+        if rc == -1:  # timed out: another run holds it
             raise LockNotAcquired()
+        if rc == -3:  # chosen as deadlock victim while waiting: worth a retry
+            raise TransientLockError("sp_getapplock: chosen as deadlock victim (-3)")
+        if rc is None or rc < 0:  # -2 cancelled, -999 parameter or call error
+            raise RuntimeError(f"sp_getapplock failed with {rc}")
         try:
             yield
         finally:
@@ -302,6 +316,8 @@ def is_transient(err: BaseException) -> bool:
     database that does not exist (3D000) is not transient either: it was dropped or never created.
     """
     orig = err.orig if isinstance(err, DBAPIError) else err
+    if isinstance(orig, TransientLockError):
+        return True
     if mssql.is_pyodbc_error(orig):
         return mssql.diagnose(orig).kind is not mssql.Kind.FAILURE
     sqlstate = getattr(orig, "sqlstate", None) or ""

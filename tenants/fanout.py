@@ -19,6 +19,7 @@ would then lie about where the tenant is). Tenants never started are reported ``
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -138,6 +139,7 @@ def _init_worker(job: Job) -> None:
     # Ctrl-C in a terminal signals the whole process group. Workers ignore it so the tenant in progress
     # finishes its revision; the parent decides (stop starting new tenants, drain, report).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("azure").setLevel(logging.ERROR)  # as in the CLI: our one-line errors say it
     try:
         _worker = (job, Revisions(job.alembic_ini, job.version_table), job.connector())
     except Exception as err:  # noqa: BLE001 - an initializer that raises breaks the pool with no reason given
@@ -171,9 +173,10 @@ class ProcessStrategy:
 
     Protecting a shared pool (AIMD, as TCP does): a tenant that hits a throttling error (Azure SQL's worker
     or request limit of the elastic pool) comes back ``throttled``; the parent halves the number of tenants
-    it runs at once and queues the tenant again. Throttles from tenants started before that cut do not cut
-    again (they report the old load). After as many successes in a row as the current limit, the limit grows
-    back by one, up to ``concurrency``. At a limit of 1 a tenant throttled more than ``retries`` times fails.
+    it runs at once (the parent's own revision reads included) and queues the tenant again. Throttles from
+    tenants started before that cut do not cut again (they report the old load). After as many successes in
+    a row as the current limit, the limit grows back by one, up to ``concurrency``. A tenant throttled more
+    than ``retries`` times while running alone (limit 1) fails.
     """
 
     concurrency: int = 4
@@ -195,7 +198,7 @@ class ProcessStrategy:
         ready: deque[Tenant] = deque()  # need a worker
         checks: dict[Future, Tenant] = {}  # reads in flight (threads)
         # tenants in flight, with their pool and the AIMD cut count at their start
-        in_flight: dict[Future, tuple[Tenant, ProcessPoolExecutor, int]] = {}
+        in_flight: dict[Future, tuple[Tenant, ProcessPoolExecutor, int, int]] = {}
         results: list[TenantResult] = []
         failures = streak = 0
         prechecking, interrupted = True, False
@@ -227,7 +230,7 @@ class ProcessStrategy:
                     ready.extend(unchecked)
                     unchecked.clear()
                 # Reads and migrations together stay within `concurrency` tenants at a time.
-                while starting() and unchecked and len(checks) + len(in_flight) < self.concurrency:
+                while starting() and unchecked and len(checks) + len(in_flight) < limit:
                     tenant = unchecked.popleft()
                     checks[threads.submit(precheck, tenant, job, revisions, connector)] = tenant
                 # Submit no more than `workers` at a time: the executor's own queue would start tenants the
@@ -242,7 +245,7 @@ class ProcessStrategy:
                                                    initargs=(job,))
                     tenant = ready.popleft()
                     try:
-                        in_flight[pool.submit(_work, tenant)] = (tenant, pool, cuts)
+                        in_flight[pool.submit(_work, tenant)] = (tenant, pool, cuts, limit)
                     except (BrokenProcessPool, OSError, EOFError):  # broke before this tenant started: back in line
                         ready.appendleft(tenant)
                         pool.shutdown(wait=False, cancel_futures=True)
@@ -280,17 +283,19 @@ class ProcessStrategy:
                             finish(result)
                             streak = 0
                         continue
-                    tenant, its_pool, its_cuts = in_flight.pop(future)
+                    tenant, its_pool, its_cuts, its_limit = in_flight.pop(future)
+                    earlier = partial.pop(tenant.name, None)
                     try:
-                        result = _merge(partial.pop(tenant.name, None), future.result())
+                        result = _merge(earlier, future.result())
                         breaks = 0
                         if result.status is Status.THROTTLED:
                             throttled += 1
-                            throttles[tenant.name] = throttles.get(tenant.name, 0) + 1
+                            if its_limit == 1:  # throttled while running alone: that one counts as a retry
+                                throttles[tenant.name] = throttles.get(tenant.name, 0) + 1
                             if its_cuts == cuts and limit > 1:
                                 limit, cuts, successes = max(1, limit // 2), cuts + 1, 0
                                 changes.append((time.monotonic() - clock_start, limit))
-                            if limit == 1 and throttles[tenant.name] > job.retries:
+                            if throttles.get(tenant.name, 0) > job.retries:
                                 finish(replace(result, status=Status.FAILED))
                             else:
                                 partial[tenant.name] = result
@@ -305,13 +310,13 @@ class ProcessStrategy:
                     except BrokenProcessPool:
                         # A worker died (killed, out of memory): the whole pool is broken. Its tenants in
                         # flight are reported failed; the rest continue on a new pool.
-                        finish(TenantResult(tenant.name, Status.FAILED, attempts=1, error=_POOL_BROKE))
+                        finish(_merge(earlier, TenantResult(tenant.name, Status.FAILED, attempts=1, error=_POOL_BROKE)))
                         if its_pool is pool:  # not a newer pool made after an earlier casualty
                             pool.shutdown(wait=False, cancel_futures=True)
                             pool, breaks = None, breaks + 1
                     except Exception as err:  # noqa: BLE001 - e.g. a result that failed to unpickle
                         error = scrub(f"worker error: {type(err).__name__}: {err}", tenant.all_secrets)
-                        finish(TenantResult(tenant.name, Status.FAILED, attempts=1, error=error))
+                        finish(_merge(earlier, TenantResult(tenant.name, Status.FAILED, attempts=1, error=error)))
         finally:
             threads.shutdown(wait=True, cancel_futures=True)
             if pool is not None:

@@ -25,6 +25,9 @@ TRANSIENT_NUMBERS = frozenset({
 # The subset that means "the pool is saturated": the fan-out backs off (fewer tenants at once), not just
 # this tenant.
 THROTTLING_NUMBERS = frozenset({10928, 10929, 10936, 40501, 49918})
+# A failed login: whatever else is in the chain (4060 "cannot open database" comes with it when the user is
+# missing from the database), retrying will not create the user.
+LOGIN_FAILED = 18456
 # Connection-level ODBC states: communication link failure, unable to connect, timeout expired.
 TRANSIENT_SQLSTATES = frozenset({"08S01", "08001", "HYT00"})
 
@@ -44,6 +47,8 @@ class Diagnosis:
 
     @property
     def kind(self) -> Kind:
+        if LOGIN_FAILED in self.numbers:
+            return Kind.FAILURE
         if THROTTLING_NUMBERS.intersection(self.numbers):
             return Kind.THROTTLED
         if TRANSIENT_NUMBERS.intersection(self.numbers) or self.sqlstate in TRANSIENT_SQLSTATES:

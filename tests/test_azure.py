@@ -537,3 +537,19 @@ def test_prepare_upgrade_uses_the_pool_discovery_and_its_derived_concurrency(tmp
     assert prepared.concurrency == pool_concurrency(SimpleNamespace(
         sku=SimpleNamespace(**sku), per_database_settings=SimpleNamespace(min_capacity=0, max_capacity=8)))
     assert prepared.concurrency == 4
+
+
+def test_a_skipped_database_named_with_tenant_says_why_and_explicit_concurrency_skips_the_pool(tmp_path):
+    from tenants import api
+    from tenants.config import Settings
+    from tenants.discovery import Selection
+    from tenants.errors import TenantNotFound
+
+    env = azure_env(tmp_path, extra=f'alembic = "{Path(__file__).resolve().parent.parent / "alembic.ini"}"\n')
+    arm = FakeArm({POOL_DBS: [[database("tenant_a"), database("tenant_p", status="Paused")]]})
+    source = AzureSource(env, credential=FakeCredential(), transport=arm)
+    with pytest.raises(TenantNotFound, match=r"tenant 'tenant_p' \(--tenant\) is not migrated: status Paused"):
+        api.prepare_upgrade(Settings(env), selection=Selection(tenants=("tenant_p",)), source=source)
+    prepared = api.prepare_upgrade(Settings(env), source=source, concurrency=3)
+    assert prepared.concurrency == 3
+    assert all(r.path != POOL for r in arm.requests)  # the pool was never asked

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import re
+
 import pytest
 
 from tenants.config import load_settings, mask_url
@@ -260,3 +262,30 @@ def test_tenant_names_with_url_characters_stay_in_the_database_field(tmp_path):
 
     url = make_url(env.tenant_url("we#ird?db"))
     assert (url.host, url.database, dict(url.query)) == ("db", "we#ird?db", {"sslmode": "require"})
+
+
+@pytest.mark.parametrize("body, message", [
+    ('url = "mssql+pyodbc://@h/{tenant}?Trusted_Connection=yes"\ntenants = ["a"]', "auth 'azure-ad': "),
+    ('url = "mssql+pyodbc://@h/{tenant}?Authentication=ActiveDirectoryPassword"\ntenants = ["a"]',
+     "auth 'azure-ad': "),
+    ('url = "mssql+pyodbc://deploy:written-in-the-file@h/{tenant}"\nauth = "sql"\ntenants = ["a"]',
+     "the password must come from an environment variable"),
+    ('source = "azure-pool"\nsubscription = ""\nresource_group = "rg"\nserver = "s"\npool = "p"',
+     "'subscription' is empty"),
+    ('url = "sqlite:///{tenant}.db"\ntenants = ["a"]\nserver = "s"', "'server' is only for the azure-pool"),
+])
+def test_sign_in_holes_are_closed_at_load(tmp_path, body, message):
+    path = write_config(tmp_path / "t.toml", f"[environments.a]\n{body}\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(path, "a", environ={})
+
+
+def test_sql_auth_password_from_the_environment_is_accepted(tmp_path):
+    path = write_config(tmp_path / "t.toml", """\
+        [environments.a]
+        url = "mssql+pyodbc://${SQL_USER}:${SQL_PASSWORD}@h/{tenant}?driver=FreeTDS"
+        auth = "sql"
+        tenants = ["a"]
+    """)
+    env = load_settings(path, "a", environ={"SQL_USER": "deploy", "SQL_PASSWORD": "p w"}).environment
+    assert env.auth == "sql" and "p w" in env.secrets

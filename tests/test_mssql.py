@@ -76,9 +76,12 @@ def test_closed_port_is_transient_and_the_password_stays_out(pyodbc):
 
 
 def test_socket_that_hangs_up_is_transient(pyodbc, hang_up_port):
-    err = connect_error(f"mssql+pyodbc://deploy:pw@127.0.0.1:{hang_up_port}/acme?driver=FreeTDS&TDS_Version=7.4")
+    err = connect_error(f"mssql+pyodbc://deploy:Hang-up-s3cret@127.0.0.1:{hang_up_port}/acme?driver=FreeTDS"
+                        "&TDS_Version=7.4")
     assert mssql.diagnose(err.orig).sqlstate in mssql.TRANSIENT_SQLSTATES
     assert is_transient(err)
+    text = describe_error(err, ("Hang-up-s3cret",))
+    assert "Hang-up-s3cret" not in text + str(err.orig) + repr(err.orig)
 
 
 # Real message shapes of ODBC Driver 18 (the driver production uses), raised as real pyodbc exceptions.
@@ -146,7 +149,13 @@ def test_chained_diagnostics_count_every_number(pyodbc):
         "the login. The login failed. (4060) (SQLDriverConnect); [42000] [Microsoft][ODBC Driver 18 for SQL Server]"
         "[SQL Server]Login failed for user 'deploy'. (18456) (SQLDriverConnect)"))
     assert mssql.diagnose(err).numbers == (4060, 18456)
-    assert is_transient(err)
+    # A failed login (the deploy user missing from this database) is not retried, whatever comes with it.
+    assert not is_transient(err)
+    failover = pyodbc.OperationalError("42000", (
+        "[42000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]Cannot open database \"acme\" requested by "
+        "the login. The login failed. (4060) (SQLDriverConnect); [08S01] [Microsoft][ODBC Driver 18 for SQL Server]"
+        "TCP Provider: An existing connection was forcibly closed by the remote host. (10054) (SQLDriverConnect)"))
+    assert mssql.diagnose(failover).numbers == (4060, 10054) and is_transient(failover)
 
 
 def test_app_lock_statements_are_valid_t_sql():

@@ -237,7 +237,12 @@ class ProcessStrategy:
                 # failure policy may want to skip.
                 held = False  # the pressure probe says wait
                 while starting() and ready and len(in_flight) < limit:
-                    if self.gate is not None and not self.gate.admit():
+                    try:
+                        admitted = self.gate is None or self.gate.admit()  # may read the pool: a login
+                    except KeyboardInterrupt:
+                        interrupted = True
+                        break
+                    if not admitted:
                         held = True
                         break
                     if pool is None:

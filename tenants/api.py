@@ -22,6 +22,7 @@ from tenants.fanout import FailurePolicy, Strategy, choose_strategy
 from tenants.pressure import ElasticPoolPressure, PressureGate
 from tenants.report import RunReport, State, StatusReport, TenantResult, TenantStatus
 from tenants.revisions import Operation, Revisions
+from tenants.runlog import header_of
 from tenants.unit import Job
 
 
@@ -33,6 +34,7 @@ class RunOptions:
     retries: int | None = None
     max_failures: int | None = 1  # None: keep going through every tenant
     strategy: Strategy | None = None  # None: serial for one tenant, worker processes otherwise
+    run_id: str | None = None  # None: a new one
 
 
 def discover(settings: Settings, selection: Selection = Selection(), source: TenantSource | None = None
@@ -114,12 +116,16 @@ class PreparedRun:
     concurrency: int | None = None  # derived from the elastic pool, when the environment sets none
 
     def run(self, options: RunOptions = RunOptions(),
-            on_result: Callable[[TenantResult], None] | None = None) -> RunReport:
+            on_result: Callable[[TenantResult], None] | None = None,
+            on_start: Callable[[dict], None] | None = None) -> RunReport:
+        """Run it. ``on_start`` gets the report's header (run id, environment, target, ...) before the first
+        tenant starts, ``on_result`` each tenant's result as it finishes: together, a report written as
+        the run goes (:class:`tenants.runlog.ReportWriter`)."""
         if options.concurrency is None and self.concurrency is not None:
             options = replace(options, concurrency=self.concurrency)
         report = _run(self.settings, self.revisions, self.operation, self.target, self.head, self.tenants,
-                      options, on_result)
-        return replace(report, skipped_databases=self.skipped)
+                      options, on_result, on_start=on_start, skipped=self.skipped)
+        return report
 
 
 def prepare_upgrade(settings: Settings, revision: str = "head", selection: Selection = Selection(),
@@ -241,7 +247,7 @@ def sql(settings: Settings, revision_range: str, tenant: str | None = None, dial
 # --- helpers -----------------------------------------------------------------------------------------------
 
 def _run(settings, revisions, operation: Operation, target, head, tenants, options: RunOptions, on_result,
-         expect: tuple[str, ...] | None = None):
+         expect: tuple[str, ...] | None = None, on_start=None, skipped=()):
     env = settings.environment
     _require_lock(settings)
     concurrency = options.concurrency or env.concurrency
@@ -261,24 +267,32 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
     )
     strategy = options.strategy or choose_strategy(concurrency, len(tenants), revisions, _pressure_gate(env, tenants))
     started_wall, started = datetime.now(timezone.utc), monotonic()
+
+    def report(results=(), fan_out=None) -> RunReport:
+        return RunReport(
+            run_id=run_id,
+            environment=env.name,
+            operation=operation,
+            target=target if target is not None else "base",
+            head=head,
+            concurrency=strategy.concurrency,
+            started_at=started_wall.isoformat(timespec="seconds"),
+            finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds") if fan_out else "",
+            duration=monotonic() - started if fan_out else 0.0,
+            results=tuple(results),
+            tool_version=__version__,
+            throttled=fan_out.throttled if fan_out else 0,
+            concurrency_changes=fan_out.concurrency_changes if fan_out else (),
+            pressure_wait=fan_out.pressure_wait if fan_out else 0.0,
+            pressure_errors=fan_out.pressure_errors if fan_out else (),
+            skipped_databases=tuple(skipped),
+        )
+
+    run_id = options.run_id or uuid.uuid4().hex
+    if on_start is not None:
+        on_start(header_of(report().to_dict()))
     fan_out = strategy.run(list(tenants), job, FailurePolicy(options.max_failures), on_result or (lambda r: None))
-    return RunReport(
-        run_id=uuid.uuid4().hex,
-        environment=env.name,
-        operation=operation,
-        target=target if target is not None else "base",
-        head=head,
-        concurrency=strategy.concurrency,
-        started_at=started_wall.isoformat(timespec="seconds"),
-        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        duration=monotonic() - started,
-        results=tuple(fan_out.results),
-        tool_version=__version__,
-        throttled=fan_out.throttled,
-        concurrency_changes=fan_out.concurrency_changes,
-        pressure_wait=fan_out.pressure_wait,
-        pressure_errors=fan_out.pressure_errors,
-    )
+    return report(fan_out.results, fan_out)
 
 
 def _pressure_gate(env, tenants) -> PressureGate | None:

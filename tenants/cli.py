@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -22,9 +22,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tenants import api, render
 from tenants.config import Settings, load_settings
-from tenants.discovery import Selection
+from tenants.discovery import Selection, parse_shard
 from tenants.errors import TenantsError, UsageError
 from tenants.report import RunReport, TenantResult
+from tenants.runlog import ReportWriter, merge_reports, read_report, resume_names, write_json
 
 app = typer.Typer(
     name="tenants",
@@ -125,24 +126,45 @@ def status(ctx: typer.Context, tenant: TenantOpt = [], exclude: ExcludeOpt = [],
 
 
 def _run_and_render(obj: Context, run, total: int, report_path: Optional[Path]) -> None:
-    """Stream results as they finish (a live bar on a terminal, a line each otherwise), then summarise."""
+    """Stream results as they finish (a live bar on a terminal, a line each otherwise), then summarise.
+
+    With ``--report`` the report is written as the run goes (tenants.runlog): a killed run leaves one to
+    resume from.
+    """
+    writer: list[ReportWriter] = []
+
+    def on_start(header: dict) -> None:
+        if report_path is not None:
+            writer.append(ReportWriter(report_path, header))
+
+    def record(result: TenantResult) -> None:
+        if writer:
+            writer[0].add(result)
+
     if sys.stdout.isatty():
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=obj.err, transient=True) as progress:
             task = progress.add_task("tenants", total=total)
 
             def on_result(result: TenantResult) -> None:
+                record(result)
                 progress.console.print(render.result_line(result), markup=False, highlight=False)
                 progress.advance(task)
 
-            report = run(on_result)
+            report = run(on_result, on_start)
     else:
-        report = run(lambda result: typer.echo(render.result_line(result)))
-    _finish(obj, report, report_path)
+        def on_line(result: TenantResult) -> None:
+            record(result)
+            typer.echo(render.result_line(result))
+
+        report = run(on_line, on_start)
+    if writer:
+        writer[0].close(report)
+    _finish(obj, report, report_path, written=bool(writer))
 
 
-def _finish(obj: Context, report: RunReport, report_path: Optional[Path]) -> None:
-    if report_path is not None:
+def _finish(obj: Context, report: RunReport, report_path: Optional[Path], written: bool = False) -> None:
+    if report_path is not None and not written:
         report_path.write_text(render.to_json(report.to_dict()) + "\n", encoding="utf-8")
     obj.out.print(render.summary_table(report))
     typer.echo(render.summary_line(report))
@@ -194,6 +216,14 @@ def upgrade(
     retries: Annotated[Optional[int], typer.Option(
         "--retries", min=0, help="Retries per tenant on transient errors (default: 3).", show_default=False)] = None,
     report: ReportOpt = None,
+    shard: Annotated[Optional[str], typer.Option(
+        "--shard", metavar="K/N", help="Only shard K of N (a stable hash of the tenant name): N runners, K=1..N, "
+        "cover the fleet exactly once.", show_default=False)] = None,
+    from_report: Annotated[Optional[Path], typer.Option(
+        "--from-report", help="Resume: only the tenants this report lists with a status in --only, and those "
+        "it does not list.", exists=False, dir_okay=False, show_default=False)] = None,
+    only: Annotated[str, typer.Option(
+        "--only", help="With --from-report: the statuses to run again.")] = "failed,skipped,locked",
 ) -> None:
     """Bring every selected tenant to REVISION (default head), in parallel."""
     obj: Context = ctx.obj
@@ -203,11 +233,21 @@ def upgrade(
     settings = obj.settings()
     options = api.RunOptions(concurrency=concurrency, retries=retries,
                              max_failures=None if keep_going else (max_failures or 1))
+    selection = _selection(tenant, exclude, tag)
+    if shard is not None:
+        selection = replace(selection, shard=parse_shard(shard))
+    resume = read_report(from_report) if from_report is not None else None
     # Validate everything (revision, discovery, selection) before the first tenant is touched.
-    prepared = api.prepare_upgrade(settings, revision, _selection(tenant, exclude, tag), concurrency=concurrency)
+    prepared = api.prepare_upgrade(settings, revision, selection, concurrency=concurrency)
+    if resume is not None:
+        names = set(resume_names(resume, {s.strip() for s in only.split(",") if s.strip()},
+                                 [t.name for t in prepared.tenants]))
+        prepared = replace(prepared, tenants=tuple(t for t in prepared.tenants if t.name in names))
+        typer.echo(f"resuming from {from_report}: {len(prepared.tenants)} tenant(s) to run again", err=True)
     if not prepared.tenants:
         typer.echo("tenants: no tenant selected; nothing to do", err=True)
-    _run_and_render(obj, lambda on_result: prepared.run(options, on_result), len(prepared.tenants), report)
+    _run_and_render(obj, lambda on_result, on_start: prepared.run(options, on_result, on_start),
+                    len(prepared.tenants), report)
 
 
 @app.command()
@@ -285,6 +325,27 @@ def sql(
     """Print the offline SQL of the environment's dialect, for review."""
     obj: Context = ctx.obj
     typer.echo(api.sql(obj.settings(), revision_range, tenant, dialect), nl=False)
+
+
+report_app = typer.Typer(help="Work with JSON run reports.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("merge")
+@_command
+def report_merge(
+    reports: Annotated[list[Path], typer.Argument(help="Shard reports of one run.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the merged report.",
+                                         dir_okay=False, show_default=False)],
+) -> None:
+    """Merge shard reports (tenants upgrade --shard K/N --report ...) into one; exit 1 unless all ended well."""
+    merged = merge_reports([read_report(path) for path in reports])
+    _check_report_path(output)
+    write_json(output, merged)
+    counts = ", ".join(f"{n} {status}" for status, n in merged["summary"].items()) or "no tenants"
+    typer.echo(f"merged {len(reports)} report(s), {len(merged['tenants'])} tenants: {counts}"
+               + ("" if merged["complete"] else " (some reports were cut short)"))
+    raise typer.Exit(0 if merged["ok"] else 1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ yesterday is included today). Later sources (an Azure elastic pool) implement th
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tenants.config import Environment, mask_url
 from tenants.db import describe_error, is_transient, make_engine, url_secrets
-from tenants.errors import ConfigError, DiscoveryError, TenantNotFound
+from tenants.errors import ConfigError, DiscoveryError, TenantNotFound, UsageError
 
 
 @dataclass(frozen=True)
@@ -148,11 +149,17 @@ def discover_with_skipped(source: TenantSource) -> tuple[list[Tenant], list[tupl
 
 @dataclass(frozen=True)
 class Selection:
-    """``--tenant`` (exact names), ``--exclude`` (globs) and ``--tag`` (any of), applied in that order."""
+    """``--tenant`` (exact names), ``--exclude`` (globs), ``--tag`` (any of), then ``--shard K/N``.
+
+    A shard is chosen by a hash of the tenant's name, not by position: independent of discovery order
+    and of which tenants exist, so N runners with K = 1..N split a fleet with no overlap and no gap, and a
+    tenant stays in its shard when others are added or dropped.
+    """
 
     tenants: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    shard: tuple[int, int] | None = None  # (K, N), 1 <= K <= N
 
     def apply(self, tenants: list[Tenant], environment: str = "") -> list[Tenant]:
         by_name = {t.name: t for t in tenants}
@@ -167,4 +174,20 @@ class Selection:
             chosen = [t for t in chosen if not any(fnmatch.fnmatchcase(t.name, g) for g in self.exclude)]
         if self.tags:
             chosen = [t for t in chosen if set(t.tags) & set(self.tags)]
+        if self.shard is not None:
+            k, n = self.shard
+            chosen = [t for t in chosen if shard_of(t.name, n) == k]
         return chosen
+
+
+def shard_of(name: str, shards: int) -> int:
+    """The shard (1..shards) a tenant belongs to: a stable hash of its name (not Python's salted hash())."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % shards + 1
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``K/N`` -> (K, N); one line naming the flag otherwise."""
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise UsageError(f"--shard {text}: expected K/N with 1 <= K <= N, e.g. --shard 2/4")
+    return int(k), int(n)

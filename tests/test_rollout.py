@@ -1,0 +1,137 @@
+"""Rollout safety: shards, a report written as the run goes, resume from it, merged shard reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tenants.discovery import Selection, Tenant, shard_of
+from tenants.errors import UsageError
+from tenants.runlog import merge_reports, read_report, resume_names
+
+from conftest import HEAD, ROOT, make_project
+
+
+def fleet_config(tmp_path: Path, names: list[str], alembic: Path = ROOT / "alembic.ini") -> Path:
+    config = tmp_path / "t.toml"
+    listed = ", ".join(f'"{n}"' for n in names)
+    config.write_text(f'[environments.f]\nurl = "sqlite:///db/{{tenant}}.db"\ntenants = [{listed}]\n'
+                      f'alembic = "{alembic}"\nretry_backoff = 0.01\n')
+    return config
+
+
+def test_shards_cover_every_tenant_exactly_once_whatever_the_order():
+    names = [f"tenant_{i:04d}" for i in range(1000)]
+    tenants = [Tenant(n, f"sqlite:///{n}.db") for n in names]
+    shards = [[t.name for t in Selection(shard=(k, 4)).apply(tenants)] for k in range(1, 5)]
+    assert sorted(sum(shards, [])) == names
+    assert all(150 < len(s) < 350 for s in shards)  # roughly even
+    # Independent of discovery order and of which other tenants exist.
+    reversed_shards = [[t.name for t in Selection(shard=(k, 4)).apply(tenants[::-1][:500])] for k in range(1, 5)]
+    assert all(set(r) <= set(s) for r, s in zip(reversed_shards, shards))
+    assert shard_of("acme", 4) == shard_of("acme", 4)
+
+
+def test_shard_runs_merge_into_what_a_single_run_reports(cli, tmp_path):
+    names = [f"t{i:02d}" for i in range(12)]
+    single_dir, shard_dir = tmp_path / "single", tmp_path / "shards"
+    single_dir.mkdir(), shard_dir.mkdir()
+    single = cli("--config", str(fleet_config(single_dir, names)), "-e", "f", "upgrade", "-j", "2",
+                 "--report", str(single_dir / "r.json"))
+    assert single.code == 0
+    config = str(fleet_config(shard_dir, names))
+    for k in range(1, 5):
+        run = cli("--config", config, "-e", "f", "upgrade", "-j", "2", "--shard", f"{k}/4",
+                  "--report", str(shard_dir / f"r{k}.json"))
+        assert run.code == 0, run.err
+    merged = cli("report", "merge", *(str(shard_dir / f"r{k}.json") for k in range(1, 5)),
+                 "-o", str(shard_dir / "all.json"))
+    assert merged.code == 0 and merged.out.strip() == "merged 4 report(s), 12 tenants: 12 upgraded"
+    one = json.loads((single_dir / "r.json").read_text())
+    all_ = json.loads((shard_dir / "all.json").read_text())
+    key = lambda t: (t["tenant"], t["status"], t["from"], t["to"], t["applied"])  # noqa: E731
+    assert [key(t) for t in all_["tenants"]] == sorted(key(t) for t in one["tenants"])
+    assert all_["summary"] == one["summary"] and all_["ok"] is True
+
+
+def test_bad_shard_and_overlapping_reports_are_refused(cli, tmp_path):
+    config = str(fleet_config(tmp_path, ["a", "b"]))
+    run = cli("--config", config, "-e", "f", "upgrade", "--shard", "5/4")
+    assert (run.code, run.err.strip()) == (2, "tenants: error: --shard 5/4: expected K/N with 1 <= K <= N, "
+                                               "e.g. --shard 2/4")
+    assert cli("--config", config, "-e", "f", "upgrade", "--report", str(tmp_path / "r.json")).code == 0
+    overlap = cli("report", "merge", str(tmp_path / "r.json"), str(tmp_path / "r.json"), "-o",
+                  str(tmp_path / "m.json"))
+    assert overlap.code == 2 and "shards must not overlap" in overlap.err
+
+
+def test_a_killed_run_leaves_a_report_to_resume_from(tmp_path):
+    """SIGKILL mid-run: the report has every finished tenant; resuming runs just the rest, to head."""
+    gate, hang = tmp_path / "slow-started", tmp_path / "hang"
+    hang.touch()
+    ini = make_project(tmp_path / "proj", {"s1": f"""
+        from alembic import context
+        if context.config.get_main_option('sqlalchemy.url').endswith('t09.db') and os.path.exists({str(hang)!r}):
+            open({str(gate)!r}, 'w').close()
+            time.sleep(60)
+        op.create_table('one', sa.Column('id', sa.Integer, primary_key=True))
+    """}, env_py=(ROOT / "alembic" / "env.py").read_text())
+    names = [f"t{i:02d}" for i in range(16)]
+    config = fleet_config(tmp_path, names, alembic=ini)
+    report = tmp_path / "run.json"
+    cmd = [sys.executable, "-m", "tenants", "--config", str(config), "-e", "f", "upgrade", "-j", "2"]
+    proc = subprocess.Popen([*cmd, "--report", str(report)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not gate.exists():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = read_report(report)
+    assert not partial.complete
+    done = partial.statuses()
+    assert 0 < len(done) < 16 and "t09" not in done and set(done.values()) == {"upgraded"}
+    hang.unlink()
+    resumed = subprocess.run([*cmd, "--from-report", str(report), "--report", str(tmp_path / "resume.json")],
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    again = json.loads((tmp_path / "resume.json").read_text())
+    assert sorted(t["tenant"] for t in again["tenants"]) == sorted(set(names) - set(done))
+    assert {t["status"] for t in again["tenants"]} == {"upgraded"}
+    assert f"resuming from {report}: {16 - len(done)} tenant(s) to run again" in resumed.stderr
+    import sqlite3
+
+    for name in names:  # every tenant at head, the killed one included (its transaction rolled back)
+        with sqlite3.connect(tmp_path / "db" / f"{name}.db") as conn:
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("s1",)]
+
+
+def test_resume_names_and_only_validation(tmp_path):
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"schema_version": 1, "environment": "e", "operation": "upgrade", "target": HEAD,
+                                  "tenants": [{"tenant": "a", "status": "upgraded"},
+                                              {"tenant": "b", "status": "failed"},
+                                              {"tenant": "c", "status": "locked"},
+                                              {"tenant": "d", "status": "skipped"}]}))
+    read = read_report(report)
+    assert resume_names(read, {"failed", "skipped", "locked"}, ["a", "b", "c", "d", "e"]) == ["b", "c", "d", "e"]
+    assert resume_names(read, {"failed"}, ["a", "b", "e"]) == ["b", "e"]
+    with pytest.raises(UsageError, match="--only upgradd: not a status"):
+        resume_names(read, {"upgradd"}, ["a"])
+    (tmp_path / "junk.json").write_text("hello")
+    with pytest.raises(UsageError, match="not a tenants report"):
+        read_report(tmp_path / "junk.json")
+    with pytest.raises(UsageError, match="environment 'x' differs"):
+        other = tmp_path / "o.json"
+        other.write_text(json.dumps({"schema_version": 1, "environment": "x", "operation": "upgrade",
+                                     "target": HEAD, "tenants": []}))
+        merge_reports([read, read_report(other)])

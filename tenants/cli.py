@@ -21,10 +21,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tenants import api, render
+from tenants import plan as plan_module
 from tenants.config import Settings, load_settings
 from tenants.discovery import Selection, parse_shard
 from tenants.errors import TenantsError, UsageError
 from tenants.report import RunReport, TenantResult
+from tenants.summaries import junit_xml, markdown_summary
 from tenants.runlog import ReportWriter, merge_reports, read_report, resume_names, write_json
 
 app = typer.Typer(
@@ -45,6 +47,8 @@ class Context:
     env: Optional[str]
     out: Console
     err: Console
+    junit: Optional[Path] = None  # set by a command that takes --junit / --summary-markdown
+    summary_markdown: Optional[Path] = None
 
     def settings(self) -> Settings:
         return load_settings(self.config, self.env)
@@ -166,6 +170,19 @@ def _run_and_render(obj: Context, run, total: int, report_path: Optional[Path]) 
 def _finish(obj: Context, report: RunReport, report_path: Optional[Path], written: bool = False) -> None:
     if report_path is not None and not written:
         report_path.write_text(render.to_json(report.to_dict()) + "\n", encoding="utf-8")
+    if obj.junit is not None:
+        obj.junit.write_text(junit_xml(report), encoding="utf-8")
+    markdown = markdown_summary(report, report_file=str(report_path or "report.json"))
+    if obj.summary_markdown is not None:
+        obj.summary_markdown.write_text(markdown, encoding="utf-8")
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:  # GitHub Actions: appended, as each step's summary file is shared by its commands
+        try:
+            with open(step_summary, "a", encoding="utf-8") as summary:
+                summary.write(markdown + "\n")
+        except OSError as err:
+            typer.echo(f"tenants: warning: cannot write $GITHUB_STEP_SUMMARY ({step_summary}): {err.strerror}",
+                       err=True)
     obj.out.print(render.summary_table(report))
     typer.echo(render.summary_line(report))
     for line in render.failures(report):
@@ -182,7 +199,13 @@ def _finish(obj: Context, report: RunReport, report_path: Optional[Path], writte
 
 
 ReportOpt = Annotated[Optional[Path], typer.Option(
-    "--report", help="Write the run as JSON to this file (fields: see README).", dir_okay=False)]
+    "--report", help="Write the run as JSON to this file, as it goes (fields: see README).", dir_okay=False)]
+JunitOpt = Annotated[Optional[Path], typer.Option(
+    "--junit", help="Write JUnit XML, one test case per tenant (CI test reporters name the failing ones).",
+    dir_okay=False, show_default=False)]
+SummaryOpt = Annotated[Optional[Path], typer.Option(
+    "--summary-markdown", help="Write a Markdown summary (under 1 MiB), e.g. for a CI job summary; "
+    "$GITHUB_STEP_SUMMARY gets one too when set.", dir_okay=False, show_default=False)]
 
 
 def _check_report_path(report: Optional[Path]) -> None:
@@ -224,12 +247,16 @@ def upgrade(
         "it does not list.", exists=False, dir_okay=False, show_default=False)] = None,
     only: Annotated[str, typer.Option(
         "--only", help="With --from-report: the statuses to run again.")] = "failed,skipped,locked",
+    junit: JunitOpt = None,
+    summary_markdown: SummaryOpt = None,
 ) -> None:
     """Bring every selected tenant to REVISION (default head), in parallel."""
     obj: Context = ctx.obj
     if keep_going and max_failures is not None:
         raise UsageError("--keep-going and --max-failures contradict each other: use one")
-    _check_report_path(report)
+    for path in (report, junit, summary_markdown):
+        _check_report_path(path)
+    obj.junit, obj.summary_markdown = junit, summary_markdown
     settings = obj.settings()
     options = api.RunOptions(concurrency=concurrency, retries=retries,
                              max_failures=None if keep_going else (max_failures or 1))
@@ -248,6 +275,38 @@ def upgrade(
         typer.echo("tenants: no tenant selected; nothing to do", err=True)
     _run_and_render(obj, lambda on_result, on_start: prepared.run(options, on_result, on_start),
                     len(prepared.tenants), report)
+
+
+FormatOpt = Annotated[str, typer.Option("--format", "-f", help="text, markdown or json.")]
+
+
+@app.command()
+@_command
+def plan(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    tenant: TenantOpt = [], exclude: ExcludeOpt = [], tag: TagOpt = [],
+    shard: Annotated[Optional[str], typer.Option("--shard", metavar="K/N", help="Only shard K of N.",
+                                                 show_default=False)] = None,
+    sql: Annotated[bool, typer.Option("--sql", help="Attach the offline SQL of each cohort.")] = False,
+    output_format: FormatOpt = "text",
+) -> None:
+    """What an upgrade would do: tenants grouped by current revision, the revisions each group gets.
+    Exit 1 if a tenant is unreachable or at an unknown revision."""
+    obj: Context = ctx.obj
+    if output_format not in ("text", "markdown", "json"):
+        raise UsageError(f"--format {output_format}: use text, markdown or json")
+    selection = _selection(tenant, exclude, tag)
+    if shard is not None:
+        selection = replace(selection, shard=parse_shard(shard))
+    result = plan_module.plan(obj.settings(), revision, selection, with_sql=sql)
+    if output_format == "json":
+        typer.echo(render.to_json(plan_module.plan_json(result)))
+    elif output_format == "markdown":
+        typer.echo(plan_module.plan_markdown(result), nl=False)
+    else:
+        typer.echo(plan_module.plan_text(result), nl=False)
+    raise typer.Exit(0 if result.ok else 1)
 
 
 @app.command()

@@ -330,3 +330,31 @@ def test_sql_dialect_flag_renders_t_sql_from_the_demo_environment(cli, sqlite_co
     assert one_line_exit_2(cli("--config", config, "-e", "test", "sql", "--dialect", "oracle")) == (
         "tenants: error: --dialect oracle: unknown; use one of mssql, postgresql, sqlite")
     assert not (tmp_path / "db").exists()
+
+
+def test_plan_then_upgrade_with_junit_and_summaries(cli, sqlite_config, tmp_path, monkeypatch):
+    import xml.etree.ElementTree as ET
+
+    config = str(sqlite_config())
+    assert cli("--config", config, "-e", "test", "upgrade", "0002", "-t", "acme").code == 0
+    plan = cli("--config", config, "-e", "test", "plan", "--format", "json")
+    assert plan.code == 0
+    data = json.loads(plan.out)
+    assert [(c["current"], c["tenants"], c["revisions"]) for c in data["cohorts"]] == [
+        ("base", ["globex", "initech"], ["0001_users", "0002_invoices", "0003_invoice_status", HEAD]),
+        ("0002_invoices", ["acme"], ["0003_invoice_status", HEAD]),
+    ]
+    markdown = cli("--config", config, "-e", "test", "plan", "--sql", "--format", "markdown")
+    assert markdown.code == 0 and "```sql" in markdown.out
+    step = tmp_path / "step.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
+    run = cli("--config", config, "-e", "test", "upgrade", "--junit", str(tmp_path / "j.xml"),
+              "--summary-markdown", str(tmp_path / "s.md"))
+    assert run.code == 0
+    cases = ET.parse(tmp_path / "j.xml").getroot().iter("testcase")
+    assert sorted(c.get("name") for c in cases) == ["acme", "globex", "initech"]
+    summary = (tmp_path / "s.md").read_text()
+    assert summary.startswith("## ✅ tenants upgrade on test: all 3 tenants ended well")
+    assert step.read_text() == summary + "\n"
+    bad = cli("--config", config, "-e", "test", "plan", "--format", "yaml")
+    assert bad.code == 2 and bad.err.strip() == "tenants: error: --format yaml: use text, markdown or json"

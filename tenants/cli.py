@@ -26,7 +26,7 @@ from tenants.config import Settings, load_settings
 from tenants.discovery import Selection, parse_shard
 from tenants.errors import TenantsError, UsageError
 from tenants.report import RunReport, TenantResult
-from tenants.summaries import junit_xml, markdown_summary
+from tenants.summaries import junit_xml, markdown_summary, status_junit
 from tenants.runlog import ReportWriter, merge_reports, read_report, resume_names, write_json
 
 app = typer.Typer(
@@ -126,6 +126,30 @@ def status(ctx: typer.Context, tenant: TenantOpt = [], exclude: ExcludeOpt = [],
     else:
         obj.out.print(render.status_table(report))
         typer.echo(render.status_line(report))
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+@_command
+def verify(
+    ctx: typer.Context,
+    tenant: TenantOpt = [], exclude: ExcludeOpt = [], tag: TagOpt = [],
+    run_report: Annotated[Optional[Path], typer.Option(
+        "--report", help="The run's report: tenants it does not list are named as created since the run began.",
+        dir_okay=False, show_default=False)] = None,
+    junit: JunitOpt = None,
+) -> None:
+    """After a deploy: discover the fleet afresh and check every tenant is at head. Exit 1 naming each that
+    is not, and why."""
+    obj: Context = ctx.obj
+    ran = set(read_report(run_report).statuses()) if run_report is not None else None
+    _check_report_path(junit)
+    report = api.status(obj.settings(), _selection(tenant, exclude, tag))
+    for line in render.verify_lines(report, ran):
+        typer.echo(line)
+    typer.echo(render.status_line(report))
+    if junit is not None:
+        junit.write_text(status_junit(report), encoding="utf-8")
     raise typer.Exit(0 if report.ok else 1)
 
 

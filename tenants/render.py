@@ -112,6 +112,25 @@ def status_table(report: StatusReport) -> Table:
     return table
 
 
+def verify_lines(report: StatusReport, ran: set[str] | None = None) -> list[str]:
+    """One line per tenant that is not at head, saying why; a tenant the run's report does not know (created
+    since the run began) says so too."""
+    lines = []
+    for t in report.tenants:
+        if t.state is State.AT_HEAD:
+            continue
+        why = {
+            State.BEHIND: f"at {','.join(t.current)}, {t.behind} revision(s) behind",
+            State.NEW: f"no revision recorded, {t.behind} revision(s) behind",
+            State.UNKNOWN_REVISION: f"at {','.join(t.current)}, which is not in the revision graph",
+            State.UNREACHABLE: t.error or "unreachable",
+        }[t.state]
+        if ran is not None and t.tenant not in ran:
+            why += " (not in the run's report: created since the run began?)"
+        lines.append(f"{t.state.value:<16} {t.tenant}  {why}")
+    return lines
+
+
 def status_line(report: StatusReport) -> str:
     at_head = sum(t.state is State.AT_HEAD for t in report.tenants)
     return f"{at_head}/{len(report.tenants)} tenants at head {report.head}"

@@ -326,3 +326,22 @@ def markdown_summary(report: RunReport, limit: int = MARKDOWN_LIMIT, *, report_f
     bad = sorted(report.failed, key=lambda r: _SEVERITY.get(r.status, len(_SEVERITY)))
     table = _failures(bad, limit - _size(head) - _size(tail))
     return _fit((head + table + tail).rstrip("\n") + "\n", limit)
+
+
+def status_junit(report) -> str:
+    """JUnit XML for ``tenants verify``: one test case per tenant, failing unless it is at head."""
+    from tenants.report import State
+
+    suite = ET.Element("testsuite", name=f"tenants verify {report.environment}", tests=str(len(report.tenants)),
+                       failures=str(sum(t.state is not State.AT_HEAD for t in report.tenants)), errors="0",
+                       skipped="0")
+    for t in report.tenants:
+        case = ET.SubElement(suite, "testcase", classname=f"tenants.{report.environment}", name=t.tenant)
+        if t.state is not State.AT_HEAD:
+            message = _xml_text(_one_line(t.error or f"{t.state.value}: at {','.join(t.current) or 'base'}, "
+                                                      f"head is {report.head}"))
+            failure = ET.SubElement(case, "failure", type=t.state.value, message=message)
+            failure.text = message
+    root = ET.Element("testsuites", name="tenants")
+    root.append(suite)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

@@ -358,3 +358,31 @@ def test_plan_then_upgrade_with_junit_and_summaries(cli, sqlite_config, tmp_path
     assert step.read_text() == summary + "\n"
     bad = cli("--config", config, "-e", "test", "plan", "--format", "yaml")
     assert bad.code == 2 and bad.err.strip() == "tenants: error: --format yaml: use text, markdown or json"
+
+
+def test_verify_names_every_tenant_not_at_head_including_new_ones(cli, sqlite_config, tmp_path):
+    import sqlite3
+    import xml.etree.ElementTree as ET
+
+    config = sqlite_config(["acme", "globex"])
+    report = tmp_path / "run.json"
+    assert cli("--config", str(config), "-e", "test", "upgrade", "--report", str(report)).code == 0
+    assert cli("--config", str(config), "-e", "test", "verify", "--report", str(report)).out.strip() == (
+        f"2/2 tenants at head {HEAD}")
+    # A tenant created during the deploy, and one changed by hand.
+    config.write_text(config.read_text().replace('tenants = ["acme", "globex"]', 'tenants = ["acme", "globex", "newco"]'))
+    with sqlite3.connect(tmp_path / "db" / "globex.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'handmade'")
+    run = cli("--config", str(config), "-e", "test", "verify", "--report", str(report), "--junit",
+              str(tmp_path / "v.xml"))
+    assert run.code == 1
+    assert lines(run.out) == [
+        "unknown-revision globex  at handmade, which is not in the revision graph",
+        "new              newco  no revision recorded, 4 revision(s) behind (not in the run's report: created "
+        "since the run began?)",
+        f"1/3 tenants at head {HEAD}",
+    ]
+    failures = [c.get("name") for c in ET.parse(tmp_path / "v.xml").getroot().iter("testcase")
+                if c.find("failure") is not None]
+    assert failures == ["globex", "newco"]
+    assert not (tmp_path / "db" / "newco.db").exists(), "verify reads only"

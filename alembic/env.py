@@ -53,10 +53,14 @@ def _tenant() -> tuple[str, str | None, str]:
 
 
 def _configure(**kw) -> None:
+    # `tenants` records each applied revision in the tenant's history table from this callback, which Alembic
+    # calls inside the revision's own transaction (see tenants.history).
+    on_version_apply = config.attributes.get("on_version_apply")
     context.configure(
         target_metadata=target_metadata,
         transaction_per_migration=True,
         version_table=config.get_main_option("version_table", "alembic_version"),
+        on_version_apply=(on_version_apply,) if on_version_apply else (),
         **kw,
     )
 

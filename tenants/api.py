@@ -13,11 +13,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from time import monotonic
 
-from tenants import __version__
+from tenants import __version__, history
 from tenants.config import Settings
 from tenants.db import Connector, NoVersionTable, describe_error, has_lock, missing_file, read_version
 from tenants.discovery import Selection, Tenant, TenantSource, discover_with_skipped, source_for
-from tenants.errors import RevisionError, TenantNotFound, TenantUnreachable, UsageError
+from tenants.errors import RevisionError, TenantNotFound, TenantsError, TenantUnreachable, UsageError
 from tenants.fanout import FailurePolicy, Strategy, choose_strategy
 from tenants.pressure import ElasticPoolPressure, PressureGate
 from tenants.report import RunReport, State, StatusReport, TenantResult, TenantStatus
@@ -35,6 +35,10 @@ class RunOptions:
     max_failures: int | None = 1  # None: keep going through every tenant
     strategy: Strategy | None = None  # None: serial for one tenant, worker processes otherwise
     run_id: str | None = None  # None: a new one
+    # Seconds a tenant may run in its worker process before the process is killed and the tenant reported
+    # timed-out (its revision in progress rolled back by the server); None: no limit. Always runs tenants in
+    # worker processes, even one at a time; an explicit `strategy` takes its own (ProcessStrategy(...)).
+    tenant_timeout: float | None = None
 
 
 def discover(settings: Settings, selection: Selection = Selection(), source: TenantSource | None = None
@@ -216,6 +220,25 @@ DIALECT_URLS = {  # `tenants sql --dialect NAME`: a URL that only picks the dial
 }
 
 
+def tenant_history(settings: Settings, tenant: str, limit: int = 200) -> list[dict]:
+    """The tenant's audit trail (tenants.history), oldest first; [] before the tool ever changed it."""
+    chosen = discover(settings, Selection(tenants=(tenant,)))[0]
+    env = settings.environment
+    if not _must_exist(settings) and missing_file(chosen.url):
+        return []
+    connector = Connector(env.auth, env.cloud)
+    try:
+        with connector.engine(chosen.url, must_exist=_must_exist(settings)) as engine, engine.connect() as conn:
+            return history.read_history(conn, env.history_table, limit)
+    except TenantsError:
+        raise
+    except Exception as err:
+        raise TenantUnreachable(
+            f"tenant {tenant!r}: cannot read its history: {describe_error(err, chosen.all_secrets)}") from err
+    finally:
+        connector.dispose()
+
+
 def sql(settings: Settings, revision_range: str, tenant: str | None = None, dialect: str | None = None) -> str:
     """The offline SQL for ``[FROM:]TO`` in the environment's dialect (or ``dialect``), for review.
 
@@ -250,7 +273,9 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
          expect: tuple[str, ...] | None = None, on_start=None, skipped=()):
     env = settings.environment
     _require_lock(settings)
+    _check_timeout(options)
     concurrency = options.concurrency or env.concurrency
+    run_id = options.run_id or uuid.uuid4().hex
     job = Job(
         operation=operation,
         target=target,
@@ -264,8 +289,14 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
         expect=expect,
         auth=env.auth,
         cloud=env.cloud,
+        run_id=run_id,
+        actor=history.actor(),
+        git_commit=history.git_commit(env.alembic.parent),
+        tool_version=__version__,
+        history_table=env.history_table,
     )
-    strategy = options.strategy or choose_strategy(concurrency, len(tenants), revisions, _pressure_gate(env, tenants))
+    strategy = options.strategy or choose_strategy(concurrency, len(tenants), revisions, _pressure_gate(env, tenants),
+                                                   options.tenant_timeout)
     started_wall, started = datetime.now(timezone.utc), monotonic()
 
     def report(results=(), fan_out=None) -> RunReport:
@@ -288,11 +319,21 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
             skipped_databases=tuple(skipped),
         )
 
-    run_id = options.run_id or uuid.uuid4().hex
     if on_start is not None:
         on_start(header_of(report().to_dict()))
     fan_out = strategy.run(list(tenants), job, FailurePolicy(options.max_failures), on_result or (lambda r: None))
     return report(fan_out.results, fan_out)
+
+
+def _check_timeout(options: RunOptions) -> None:
+    timeout = options.tenant_timeout
+    if timeout is None:
+        return
+    if not timeout > 0:  # NaN too
+        raise UsageError(f"--tenant-timeout {timeout}: give a number of seconds above 0")
+    if options.strategy is not None:
+        raise UsageError("a tenant timeout with an explicit strategy: give the strategy its own "
+                         "(ProcessStrategy(tenant_timeout=...)); SerialStrategy cannot time a tenant out")
 
 
 def _pressure_gate(env, tenants) -> PressureGate | None:

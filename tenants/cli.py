@@ -131,6 +131,31 @@ def status(ctx: typer.Context, tenant: TenantOpt = [], exclude: ExcludeOpt = [],
 
 @app.command()
 @_command
+def history(
+    ctx: typer.Context,
+    tenant: Annotated[str, typer.Option("--tenant", "-t", help="The tenant.", show_default=False)],
+    limit: Annotated[int, typer.Option("--limit", min=1, help="The newest N rows.")] = 50,
+    json: JsonOpt = False,
+) -> None:
+    """The tenant's audit trail: every revision the tool applied, undid or stamped there, when and by whom."""
+    obj: Context = ctx.obj
+    rows = api.tenant_history(obj.settings(), tenant, limit)
+    if json:
+        typer.echo(render.to_json({"tenant": tenant, "history": [
+            {**row, "started_at": str(row["started_at"]), "finished_at": str(row["finished_at"])} for row in rows]}))
+        return
+    if not rows:
+        typer.echo(f"{tenant}: no history yet")
+        return
+    for row in rows:
+        line = (f"{str(row['finished_at'])[:19]}  {row['operation']:<9} {row['outcome']:<8} "
+                f"{row['from_revision']} -> {row['to_revision']}  by {row['actor'] or '?'}"
+                f"  run {row['run_id'][:12]}  commit {(row['git_commit'] or '?')[:12]}")
+        typer.echo(line + (f"  {row['error']}" if row["error"] else ""))
+
+
+@app.command()
+@_command
 def verify(
     ctx: typer.Context,
     tenant: TenantOpt = [], exclude: ExcludeOpt = [], tag: TagOpt = [],

@@ -79,6 +79,7 @@ class Environment:
     concurrency: int = 4
     alembic: Path = Path("alembic.ini")
     version_table: str = "alembic_version"
+    history_table: str = "tenants_history"  # the audit trail next to the version table (tenants.history)
     retries: int = 3
     retry_backoff: float = 1.0  # seconds before the first retry; doubles up to retry_backoff_max
     retry_backoff_max: float = 30.0
@@ -147,6 +148,7 @@ _ENV_KEYS: dict[str, type | tuple[type, ...]] = {
     "concurrency": int,
     "alembic": str,
     "version_table": str,
+    "history_table": str,
     "retries": int,
     "retry_backoff": (int, float),
     "retry_backoff_max": (int, float),
@@ -386,6 +388,7 @@ def _environment(
         concurrency=table.get("concurrency", 4),
         alembic=alembic_path,
         version_table=table.get("version_table", "alembic_version"),
+        history_table=table.get("history_table", "tenants_history"),
         retries=table.get("retries", 3),
         # Azure SQL: Microsoft's guidance, about 5 s before the first retry, backing off to 60 s.
         retry_backoff=float(table.get("retry_backoff", 5.0 if backend == "mssql" else 1.0)),

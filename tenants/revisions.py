@@ -141,7 +141,7 @@ class Revisions:
     # --- running env.py ------------------------------------------------------------------------------------
 
     def migrate(self, connection: Connection, url: str, operation: Operation, target: str | None,
-                expect: tuple[str, ...] | None = None) -> list[str]:
+                expect: tuple[str, ...] | None = None, on_version_apply=None) -> list[str]:
         """Run env.py once for this tenant to take it to ``target`` (None is base); return the revisions run.
 
         ``connection`` must not be inside a transaction: env.py configures ``transaction_per_migration`` and
@@ -169,7 +169,8 @@ class Revisions:
             ran.extend(step.revision.revision for step in planned if hasattr(step, "revision"))
             return planned
 
-        self._run_env(url, steps, destination, as_sql=False, connection=connection)
+        self._run_env(url, steps, destination, as_sql=False, connection=connection,
+                      on_version_apply=on_version_apply)
         return ran
 
     def offline_sql(self, url: str, start: str | None, target: str | None, operation: Operation) -> str:
@@ -194,13 +195,16 @@ class Revisions:
             return idempotent_script(buffer.getvalue(), self.version_table)
         return buffer.getvalue()
 
-    def _run_env(self, url, fn, destination, *, as_sql, connection=None, starting_rev=None, output_buffer=None):
+    def _run_env(self, url, fn, destination, *, as_sql, connection=None, starting_rev=None, output_buffer=None,
+                 on_version_apply=None):
         config = self.config
         config.output_buffer = output_buffer
         # ConfigParser interpolation: a literal % (URL-encoded passwords) must be doubled.
         config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
         if connection is not None:
             config.attributes["connection"] = connection
+        if on_version_apply is not None:
+            config.attributes["on_version_apply"] = on_version_apply
         try:
             with EnvironmentContext(
                 config, self.script, fn=fn, as_sql=as_sql, starting_rev=starting_rev,
@@ -209,6 +213,7 @@ class Revisions:
                 self.script.run_env()
         finally:
             config.attributes.pop("connection", None)
+            config.attributes.pop("on_version_apply", None)
             config.output_buffer = None
             # Never leave a tenant's password in a long-lived object.
             config.set_main_option("sqlalchemy.url", "")

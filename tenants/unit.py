@@ -44,6 +44,7 @@ from tenants.db import (
     tenant_lock,
 )
 from tenants.discovery import Tenant
+from tenants.history import Recorder
 from tenants.report import Status, TenantResult
 from tenants.revisions import Operation, Revisions
 
@@ -68,6 +69,18 @@ class Job:
     expect: tuple[str, ...] | None = None
     auth: str | None = None  # SQL Server: azure-ad | sql | odbc (see tenants.config)
     cloud: str = "public"
+    # The audit trail (tenants.history): written when run_id is set.
+    run_id: str | None = None
+    actor: str | None = None
+    git_commit: str | None = None
+    tool_version: str = ""
+    history_table: str = "tenants_history"
+
+    def recorder(self) -> Recorder | None:
+        if self.run_id is None:
+            return None
+        return Recorder(self.history_table, self.run_id, self.operation, self.actor, self.git_commit,
+                        self.tool_version)
 
     def connector(self) -> Connector:
         """The connection factory of one process for this job (its own engines and token cache)."""
@@ -147,14 +160,19 @@ def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
                 current = _read(conn, job)  # the truth, now that nobody else can move it
                 progress.saw(current)
                 _check(current, job, revisions)
+                recorder = job.recorder()
                 try:
-                    applied = revisions.migrate(conn, tenant.url, job.operation, job.target, expect=current)
-                except BaseException:
+                    applied = revisions.migrate(conn, tenant.url, job.operation, job.target, expect=current,
+                                                on_version_apply=recorder.on_version_apply if recorder else None)
+                except BaseException as err:
                     after = _read_after(engine, conn, job)
                     if after is not None:
                         progress.saw(after)
                     else:
                         progress.after = None
+                    if recorder is not None and after is not None and isinstance(err, Exception):
+                        recorder.failed(engine, _rev(after), job.target or "base",
+                                        describe_error(err, tenant.all_secrets))
                     raise
                 progress.applied = tuple(applied)
                 progress.saw((job.target,) if job.target else ())

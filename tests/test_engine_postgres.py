@@ -202,6 +202,12 @@ def test_retry_resumes_where_the_tenant_stopped(pg_fleet, tmp_path):
         Status.UPGRADED, 2, ("p1", "p2"), "p2")
     assert fleet.query(fleet.names[0], "SELECT to_regclass('p1') IS NOT NULL, to_regclass('p2') IS NOT NULL") == [
         (True, True)]
+    # One history row per applied revision: p2's first attempt died with its connection, its row with it;
+    # the failed attempt itself is recorded (in a transaction of its own) before the retry.
+    assert fleet.query(fleet.names[0], "SELECT from_revision, to_revision, outcome, run_id FROM tenants_history "
+                                       "ORDER BY id") == [("base", "p1", "applied", report.run_id),
+                                                          ("p1", "p2", "failed", report.run_id),
+                                                          ("p1", "p2", "applied", report.run_id)]
 
 
 def test_too_many_connections_is_transient(pg_fleet):

@@ -110,9 +110,12 @@ def test_a_killed_run_leaves_a_report_to_resume_from(tmp_path):
     assert f"resuming from {report}: {16 - len(done)} tenant(s) to run again" in resumed.stderr
     import sqlite3
 
-    for name in names:  # every tenant at head, the killed one included (its transaction rolled back)
+    for name in names:  # every tenant at head, the killed one included (its transaction rolled back) ...
         with sqlite3.connect(tmp_path / "db" / f"{name}.db") as conn:
             assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("s1",)]
+            # ... and exactly one history row for the one revision applied: the killed attempt left none.
+            assert conn.execute("SELECT from_revision, to_revision, outcome FROM tenants_history").fetchall() == [
+                ("base", "s1", "applied")]
 
 
 def test_resume_names_and_only_validation(tmp_path):

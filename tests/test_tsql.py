@@ -289,7 +289,7 @@ def test_demo_revisions_over_a_hand_made_schema_and_back_on_sqlite(sqlite_config
     assert report.results[0].status is Status.DOWNGRADED, report.results[0].error
     with sqlite3.connect(db) as conn:
         assert {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} == {
-            "alembic_version", "users"}
+            "alembic_version", "tenants_history", "users"}
 
 
 @pytest.mark.postgres
@@ -319,7 +319,7 @@ def test_demo_revisions_over_a_hand_made_schema_and_back_on_postgresql(pg_fleet)
     report = api.downgrade(settings, api.plan_downgrade(settings, name, "0001_users"))
     assert report.results[0].status is Status.DOWNGRADED, report.results[0].error
     assert fleet.query(name, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1") == [
-        ("alembic_version",), ("users",)]
+        ("alembic_version",), ("tenants_history",), ("users",)]
 
 
 def _pg_run(fleet, name: str, statement: str) -> None:

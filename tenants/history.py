@@ -1,0 +1,130 @@
+"""The audit trail in every tenant database: who moved this tenant from which revision to which, and when.
+
+Each revision the tool applies (upgrade, downgrade or stamp) adds a row to a small table next to
+``alembic_version`` (``tenants_history``), **in the same transaction as the revision itself**: Alembic calls
+``on_version_apply`` inside the per-revision transaction, right after updating ``alembic_version``. So a
+revision and its row commit or roll back together, and a run killed mid-revision leaves neither. A revision
+that fails is recorded afterwards, in a transaction of its own (its own transaction rolled back), with
+outcome ``failed`` and the error.
+
+Rows carry: run id, operation, from and to revision, start and finish time (UTC), outcome, error, actor
+(``$GITHUB_ACTOR``, else the local user), the git commit of the revisions (``$GITHUB_SHA``, else ``git
+rev-parse HEAD`` in the Alembic project) and the tool's version.
+
+Only env.py files that pass ``config.attributes["on_version_apply"]`` on to ``context.configure`` (ours does)
+get the trail; a third-party env.py runs without it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import subprocess
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+DEFAULT_TABLE = "tenants_history"
+
+
+def history_table(name: str = DEFAULT_TABLE) -> sa.Table:
+    return sa.Table(
+        name, sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("run_id", sa.String(64), nullable=False),
+        sa.Column("operation", sa.String(16), nullable=False),
+        sa.Column("from_revision", sa.String(200), nullable=False),
+        sa.Column("to_revision", sa.String(200), nullable=False),
+        sa.Column("started_at", sa.DateTime, nullable=False),
+        sa.Column("finished_at", sa.DateTime, nullable=False),
+        sa.Column("outcome", sa.String(16), nullable=False),
+        sa.Column("error", sa.String(1000), nullable=True),
+        sa.Column("actor", sa.String(200), nullable=True),
+        sa.Column("git_commit", sa.String(64), nullable=True),
+        sa.Column("tool_version", sa.String(32), nullable=True),
+    )
+
+
+def actor() -> str:
+    return os.environ.get("GITHUB_ACTOR") or _user()
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in a container is not worth failing for
+        return "unknown"
+
+
+def git_commit(project_dir: Path) -> str | None:
+    """The commit the revisions come from: $GITHUB_SHA in Actions, else the project's git HEAD, else None."""
+    if os.environ.get("GITHUB_SHA"):
+        return os.environ["GITHUB_SHA"]
+    try:
+        done = subprocess.run(["git", "-C", str(project_dir), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)  # naive UTC: portable across the three dialects
+
+
+@dataclass
+class Recorder:
+    """Writes the rows of one tenant's run (one instance per tenant and attempt)."""
+
+    table_name: str
+    run_id: str
+    operation: str
+    actor: str | None
+    git_commit: str | None
+    tool_version: str
+    started: datetime = field(default_factory=_now)
+    _ready: bool = False
+
+    def on_version_apply(self, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
+        """Alembic's callback, inside the revision's transaction: the row commits with the revision."""
+        connection = ctx.connection
+        table = history_table(self.table_name)
+        if not self._ready:
+            table.create(connection, checkfirst=True)
+            self._ready = True
+        finished = _now()
+        connection.execute(table.insert().values(
+            run_id=self.run_id, operation=self.operation,
+            from_revision=",".join(sorted(step.source_revision_ids)) or "base",
+            to_revision=",".join(sorted(step.destination_revision_ids)) or "base",
+            started_at=self.started, finished_at=finished, outcome="applied", error=None,
+            actor=self.actor, git_commit=self.git_commit, tool_version=self.tool_version,
+        ))
+        self.started = finished  # the next revision starts where this one ended
+
+    def failed(self, engine: sa.Engine, from_revision: str, to_revision: str, error: str) -> None:
+        """Record a failed revision in a transaction of its own (best effort: never masks the failure)."""
+        table = history_table(self.table_name)
+        try:
+            with engine.begin() as connection:
+                table.create(connection, checkfirst=True)
+                connection.execute(table.insert().values(
+                    run_id=self.run_id, operation=self.operation, from_revision=from_revision,
+                    to_revision=to_revision, started_at=self.started, finished_at=_now(), outcome="failed",
+                    error=error[:1000], actor=self.actor, git_commit=self.git_commit,
+                    tool_version=self.tool_version,
+                ))
+        except Exception:  # noqa: BLE001 - the tenant's own error is what the report must show
+            pass
+
+
+def read_history(connection: sa.Connection, table_name: str = DEFAULT_TABLE, limit: int = 200) -> list[dict]:
+    """The newest ``limit`` rows, oldest first; [] when the tenant has no history table yet."""
+    if not sa.inspect(connection).has_table(table_name):
+        return []
+    table = history_table(table_name)
+    rows = connection.execute(sa.select(table).order_by(table.c.id.desc()).limit(limit)).mappings().all()
+    return [dict(row) for row in reversed(rows)]

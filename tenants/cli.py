@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -26,6 +26,7 @@ from tenants.config import Settings, load_settings
 from tenants.discovery import Selection, parse_shard
 from tenants.errors import TenantsError, UsageError
 from tenants.report import RunReport, TenantResult
+from tenants.notify import notify, parse_target
 from tenants.summaries import junit_xml, markdown_summary, status_junit
 from tenants.runlog import ReportWriter, merge_reports, read_report, resume_names, write_json
 
@@ -47,8 +48,9 @@ class Context:
     env: Optional[str]
     out: Console
     err: Console
-    junit: Optional[Path] = None  # set by a command that takes --junit / --summary-markdown
+    junit: Optional[Path] = None  # set by a command that takes --junit / --summary-markdown / --notify
     summary_markdown: Optional[Path] = None
+    notify: list = field(default_factory=list)
 
     def settings(self) -> Settings:
         return load_settings(self.config, self.env)
@@ -224,6 +226,8 @@ def _finish(obj: Context, report: RunReport, report_path: Optional[Path], writte
     markdown = markdown_summary(report, report_file=str(report_path or "report.json"))
     if obj.summary_markdown is not None:
         obj.summary_markdown.write_text(markdown, encoding="utf-8")
+    for warning in notify(report, obj.notify) if obj.notify else ():
+        typer.echo(f"tenants: warning: {warning}", err=True)
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:  # GitHub Actions: appended, as each step's summary file is shared by its commands
         try:
@@ -298,6 +302,10 @@ def upgrade(
         "--only", help="With --from-report: the statuses to run again.")] = "failed,skipped,locked",
     junit: JunitOpt = None,
     summary_markdown: SummaryOpt = None,
+    notify_urls: Annotated[list[str], typer.Option(
+        "--notify", envvar="TENANTS_NOTIFY_URL", help="Post a summary to this incoming webhook when done "
+        "(repeatable; slack:URL or teams:URL). A failing webhook is a warning, never a failed run.",
+        show_default=False)] = [],
 ) -> None:
     """Bring every selected tenant to REVISION (default head), in parallel."""
     obj: Context = ctx.obj
@@ -306,6 +314,7 @@ def upgrade(
     for path in (report, junit, summary_markdown):
         _check_report_path(path)
     obj.junit, obj.summary_markdown = junit, summary_markdown
+    obj.notify = [parse_target(url) for url in notify_urls]  # bad input stops here, before any tenant
     settings = obj.settings()
     options = api.RunOptions(concurrency=concurrency, retries=retries,
                              max_failures=None if keep_going else (max_failures or 1))

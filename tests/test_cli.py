@@ -386,3 +386,38 @@ def test_verify_names_every_tenant_not_at_head_including_new_ones(cli, sqlite_co
                 if c.find("failure") is not None]
     assert failures == ["globex", "newco"]
     assert not (tmp_path / "db" / "newco.db").exists(), "verify reads only"
+
+
+def test_notify_posts_to_the_webhook_and_a_dead_one_is_only_a_warning(cli, sqlite_config, tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        config = str(sqlite_config())
+        port = server.server_address[1]
+        run = cli("--config", config, "-e", "test", "upgrade", "--notify", f"slack:http://127.0.0.1:{port}/T0/SECRET",
+                  "--notify", "teams:http://127.0.0.1:1/dead/SECRET2")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert run.code == 0
+    assert len(received) == 1 and received[0][0] == "/T0/SECRET" and "blocks" in received[0][1]
+    warnings = [ln for ln in run.err.splitlines() if ln.startswith("tenants: warning: ")]
+    assert len(warnings) == 1 and "SECRET" not in run.err + run.out
+    bad = cli("--config", config, "-e", "test", "upgrade", "--notify", "https://example.com/hook")
+    assert bad.code == 2 and len(bad.err.splitlines()) == 1 and "prefix it with slack: or teams:" in bad.err

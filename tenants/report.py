@@ -16,6 +16,10 @@ class Status(str, Enum):
     STAMPED = "stamped"
     UP_TO_DATE = "up-to-date"
     FAILED = "failed"
+    # Still running when the run's tenant timeout (--tenant-timeout) ran out: its worker process was killed and
+    # the server rolled the revision in progress back, so the tenant is at its last completed revision. Not
+    # good (exit 1), and a failure for the failure policy (--max-failures): see tenants.fanout.
+    TIMED_OUT = "timed-out"
     LOCKED = "locked"
     SKIPPED = "skipped"
     UNKNOWN_REVISION = "unknown-revision"

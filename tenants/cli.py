@@ -291,6 +291,9 @@ def upgrade(
         show_default=False)] = None,
     retries: Annotated[Optional[int], typer.Option(
         "--retries", min=0, help="Retries per tenant on transient errors (default: 3).", show_default=False)] = None,
+    tenant_timeout: Annotated[Optional[float], typer.Option(
+        "--tenant-timeout", help="Seconds a tenant may take; past it its worker is killed (the server rolls "
+        "its transaction back) and the tenant reported timed-out.", show_default=False)] = None,
     report: ReportOpt = None,
     shard: Annotated[Optional[str], typer.Option(
         "--shard", metavar="K/N", help="Only shard K of N (a stable hash of the tenant name): N runners, K=1..N, "
@@ -316,7 +319,7 @@ def upgrade(
     obj.junit, obj.summary_markdown = junit, summary_markdown
     obj.notify = [parse_target(url) for url in notify_urls]  # bad input stops here, before any tenant
     settings = obj.settings()
-    options = api.RunOptions(concurrency=concurrency, retries=retries,
+    options = api.RunOptions(concurrency=concurrency, retries=retries, tenant_timeout=tenant_timeout,
                              max_failures=None if keep_going else (max_failures or 1))
     selection = _selection(tenant, exclude, tag)
     if shard is not None:

@@ -421,3 +421,23 @@ def test_notify_posts_to_the_webhook_and_a_dead_one_is_only_a_warning(cli, sqlit
     assert len(warnings) == 1 and "SECRET" not in run.err + run.out
     bad = cli("--config", config, "-e", "test", "upgrade", "--notify", "https://example.com/hook")
     assert bad.code == 2 and len(bad.err.splitlines()) == 1 and "prefix it with slack: or teams:" in bad.err
+
+
+def test_tenant_timeout_flag(cli, sqlite_config, tmp_path):
+    from conftest import make_project
+
+    ini = make_project(tmp_path / "proj", {"z1": """
+        from alembic import context
+        if 'slow' in context.config.get_main_option('sqlalchemy.url'):
+            time.sleep(30)
+        op.create_table('one', sa.Column('id', sa.Integer, primary_key=True))
+    """}, env_py=(ROOT / "alembic" / "env.py").read_text())
+    config = str(sqlite_config(["slow", "quick"], alembic=ini))
+    started = __import__("time").monotonic()
+    run = cli("--config", config, "-e", "test", "upgrade", "--tenant-timeout", "2", "--keep-going")
+    assert __import__("time").monotonic() - started < 20
+    assert run.code == 1
+    statuses = {ln.split()[1]: ln.split()[0] for ln in lines(run.out)[:2]}
+    assert statuses == {"slow": "timed-out", "quick": "upgraded"}
+    bad = cli("--config", config, "-e", "test", "upgrade", "--tenant-timeout", "0")
+    assert bad.code == 2 and "--tenant-timeout 0" in bad.err

@@ -302,7 +302,7 @@ def upgrade(
         "--from-report", help="Resume: only the tenants this report lists with a status in --only, and those "
         "it does not list.", exists=False, dir_okay=False, show_default=False)] = None,
     only: Annotated[str, typer.Option(
-        "--only", help="With --from-report: the statuses to run again.")] = "failed,skipped,locked",
+        "--only", help="With --from-report: the statuses to run again.")] = "failed,timed-out,skipped,locked",
     junit: JunitOpt = None,
     summary_markdown: SummaryOpt = None,
     notify_urls: Annotated[list[str], typer.Option(

@@ -13,7 +13,7 @@ from tenants.report import RunReport, State, Status, StatusReport, TenantResult
 _STYLE = {
     Status.UPGRADED: "green", Status.DOWNGRADED: "green", Status.STAMPED: "green", Status.UP_TO_DATE: "green",
     Status.FAILED: "red", Status.LOCKED: "yellow", Status.SKIPPED: "yellow", Status.UNKNOWN_REVISION: "red",
-    Status.THROTTLED: "yellow",
+    Status.THROTTLED: "yellow", Status.TIMED_OUT: "red",
     State.AT_HEAD: "green", State.BEHIND: "yellow", State.NEW: "yellow", State.UNKNOWN_REVISION: "red",
     State.UNREACHABLE: "red",
 }

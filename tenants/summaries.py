@@ -41,11 +41,11 @@ __all__ = ["junit_xml", "markdown_summary", "MARKDOWN_LIMIT"]
 MARKDOWN_LIMIT = 1_000_000
 CELL = 200  # characters of an error (or a name) in a Markdown table cell before it is cut with "…"
 SHOWN = 25  # rows of the "did not end well" table shown before the rest is folded into <details>
-RESUME_ONLY = "failed,skipped,locked"  # what a resume runs again; unknown-revision needs a person first
+RESUME_ONLY = "failed,timed-out,skipped,locked"  # what a resume runs again; unknown-revision needs a person first
 
 # Worst first, so the first rows of a long table are the tenants that need a person, not the skipped ones.
-_SEVERITY = {Status.FAILED: 0, Status.UNKNOWN_REVISION: 1, Status.LOCKED: 2, Status.THROTTLED: 3,
-             Status.SKIPPED: 4}
+_SEVERITY = {Status.FAILED: 0, Status.TIMED_OUT: 1, Status.UNKNOWN_REVISION: 2, Status.LOCKED: 3,
+             Status.THROTTLED: 4, Status.SKIPPED: 5}
 
 # Characters XML 1.0 cannot carry at all, not even escaped (NUL, most C0 controls, lone surrogates):
 # ElementTree writes them as they are and the file would not parse. A driver's error text can hold them.

@@ -123,9 +123,10 @@ def test_junit_xml_maps_each_status():
         "t-skipped": ("skipped", None, "why skipped"),
         "t-unknown-revision": ("failure", "unknown-revision", "why unknown-revision"),
         "t-throttled": ("failure", "throttled", "why throttled"),  # never final; if a report has it, not passed
+        "t-timed-out": ("failure", "timed-out", "why timed-out"),
     }
     assert {k: suite.get(k) for k in ("tests", "failures", "errors", "skipped")} == {
-        "tests": "9", "failures": "4", "errors": "0", "skipped": "1"}
+        "tests": "10", "failures": "5", "errors": "0", "skipped": "1"}
     assert suite.get("name") == "tenants upgrade dev"
 
 
@@ -188,7 +189,7 @@ Target `0004_invoice_user_index` (the head) · concurrency 4 · 0.6 s · run `3f
 near "\\|" |
 | globex | skipped |  | not started: the failure policy stopped the run |
 
-**To resume:** `tenants --env dev upgrade --from-report report.json --only failed,skipped,locked`
+**To resume:** `tenants --env dev upgrade --from-report report.json --only failed,timed-out,skipped,locked`
 """
 
 
@@ -222,7 +223,7 @@ def test_markdown_summary_5000_tenants_2000_failed_stays_under_1_mib():
     assert "| upgraded | 3000 |" in text and "| failed | 2000 |" in text and "| **total** | **5000** |" in text
     first = text.index("tenant-00001 | failed")
     assert first < text.index("tenant-00003 | failed") < text.index(f"... and {2000 - SHOWN} more")
-    assert text.rstrip().endswith("--only failed,skipped,locked`")
+    assert text.rstrip().endswith("--only failed,timed-out,skipped,locked`")
     for line in text.splitlines():
         if line.startswith("| tenant-"):
             assert len(cells(line)) == 4  # "|" and newlines in the errors did not break the table
@@ -234,7 +235,7 @@ def test_markdown_summary_5000_tenants_2000_failed_stays_under_1_mib():
     assert "| failed | 2000 |" in tight and "tenant-00001 | failed" in tight
     assert "more not shown here (size limit): see the report file" in tight
     assert tight.count("<details>") == tight.count("</details>") == 1
-    assert tight.rstrip().endswith("--only failed,skipped,locked`")
+    assert tight.rstrip().endswith("--only failed,timed-out,skipped,locked`")
 
 
 @pytest.mark.parametrize("limit", [0, 1, 7, 60, 200, 500, 900, 1500, 3000, 6000, 10_000])
@@ -282,7 +283,7 @@ def test_markdown_summary_resume_line():
                             report_file="out/run 1.json")
     # An upgrade to an older target resumes to that target; the environment and path are shell-quoted.
     assert ("**To resume:** `tenants --env 'prod eu' upgrade 0002_invoices --from-report 'out/run 1.json' "
-            "--only failed,skipped,locked`") in text
+            "--only failed,timed-out,skipped,locked`") in text
     # Per-tenant operations, and tenants that need a person first, get no resume command.
     assert "To resume" not in markdown_summary(make_report(failed, operation="downgrade", target="base"))
     unknown = [TenantResult("acme", Status.UNKNOWN_REVISION, error="not in the graph")]

@@ -20,7 +20,7 @@ from tenants.discovery import Selection, Tenant, TenantSource, discover_with_ski
 from tenants.errors import RevisionError, TenantNotFound, TenantsError, TenantUnreachable, UsageError
 from tenants.fanout import FailurePolicy, Strategy, choose_strategy
 from tenants.pressure import ElasticPoolPressure, PressureGate
-from tenants.report import RunReport, State, StatusReport, TenantResult, TenantStatus
+from tenants.report import RunReport, State, Status, StatusReport, TenantResult, TenantStatus
 from tenants.revisions import Operation, Revisions
 from tenants.runlog import header_of
 from tenants.unit import Job
@@ -35,6 +35,7 @@ class RunOptions:
     max_failures: int | None = 1  # None: keep going through every tenant
     strategy: Strategy | None = None  # None: serial for one tenant, worker processes otherwise
     run_id: str | None = None  # None: a new one
+    wave: int | None = None  # run only this wave (1-based) of the environment's waves
     # Seconds a tenant may run in its worker process before the process is killed and the tenant reported
     # timed-out (its revision in progress rolled back by the server); None: no limit. Always runs tenants in
     # worker processes, even one at a time; an explicit `strategy` takes its own (ProcessStrategy(...)).
@@ -127,9 +128,57 @@ class PreparedRun:
         the run goes (:class:`tenants.runlog.ReportWriter`)."""
         if options.concurrency is None and self.concurrency is not None:
             options = replace(options, concurrency=self.concurrency)
-        report = _run(self.settings, self.revisions, self.operation, self.target, self.head, self.tenants,
-                      options, on_result, on_start=on_start, skipped=self.skipped)
-        return report
+        waves = self.waves()
+        if options.wave is not None:
+            if not 1 <= options.wave <= len(waves):
+                raise UsageError(f"--wave {options.wave}: this selection has {len(waves)} wave(s)")
+            waves = [waves[options.wave - 1]]
+        run_id = options.run_id or uuid.uuid4().hex
+        results: list[TenantResult] = []
+        outcomes: list[dict] = []
+        reports: list[RunReport] = []
+        stopped_by: str | None = None
+        for index, (wave, tenants) in enumerate(waves, 1):
+            if stopped_by is not None:
+                for tenant in tenants:
+                    result = TenantResult(tenant.name, Status.SKIPPED, error=f"not started: {stopped_by}")
+                    results.append(result)
+                    (on_result or (lambda r: None))(result)
+                outcomes.append({"wave": wave.name, "tenants": len(tenants), "ran": False, "ok": False,
+                                 "failures": 0, "budget": wave.max_failures, "summary": {"skipped": len(tenants)}})
+                continue
+            # Within a declared wave: stop starting tenants once its budget is spent (or keep going if asked
+            # to). Without waves the run's own failure policy applies unchanged.
+            declared = bool(self.settings.environment.waves)
+            policy = options.max_failures if not declared or options.max_failures is None \
+                else wave.max_failures + 1
+            report = _run(self.settings, self.revisions, self.operation, self.target, self.head, tuple(tenants),
+                          replace(options, run_id=run_id, max_failures=policy), on_result,
+                          on_start=on_start if not reports else None, skipped=self.skipped)
+            reports.append(report)
+            results.extend(report.results)
+            failures = sum(r.status in (Status.FAILED, Status.TIMED_OUT) for r in report.results)
+            over = declared and failures > wave.max_failures
+            outcomes.append({"wave": wave.name, "tenants": len(tenants), "ran": True, "ok": report.ok,
+                             "failures": failures, "budget": wave.max_failures, "summary": report.counts})
+            if over:
+                stopped_by = f"wave {index} ({wave.name}) failed {failures} tenant(s), over its budget of " \
+                             f"{wave.max_failures}"
+        if not reports:  # nothing selected
+            return _run(self.settings, self.revisions, self.operation, self.target, self.head, (),
+                        replace(options, run_id=run_id), on_result, on_start=on_start, skipped=self.skipped)
+        order = {t.name: i for i, t in enumerate(self.tenants)}
+        first, last = reports[0], reports[-1]
+        return replace(last, results=tuple(sorted(results, key=lambda r: order.get(r.tenant, 0))),
+                       started_at=first.started_at, duration=sum(r.duration for r in reports),
+                       throttled=sum(r.throttled for r in reports), pressure_wait=sum(r.pressure_wait for r in reports),
+                       waves=tuple(outcomes) if len(waves) > 1 or self.settings.environment.waves else ())
+
+    def waves(self) -> list:
+        """The selection split into the environment's waves (one wave when none are declared)."""
+        from tenants.waves import assign
+
+        return assign(list(self.tenants), self.settings.environment.waves)
 
 
 def prepare_upgrade(settings: Settings, revision: str = "head", selection: Selection = Selection(),

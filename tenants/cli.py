@@ -291,6 +291,8 @@ def upgrade(
         show_default=False)] = None,
     retries: Annotated[Optional[int], typer.Option(
         "--retries", min=0, help="Retries per tenant on transient errors (default: 3).", show_default=False)] = None,
+    wave: Annotated[Optional[int], typer.Option(
+        "--wave", min=1, help="Run only wave N of the environment's waves.", show_default=False)] = None,
     tenant_timeout: Annotated[Optional[float], typer.Option(
         "--tenant-timeout", help="Seconds a tenant may take; past it its worker is killed (the server rolls "
         "its transaction back) and the tenant reported timed-out.", show_default=False)] = None,
@@ -319,7 +321,7 @@ def upgrade(
     obj.junit, obj.summary_markdown = junit, summary_markdown
     obj.notify = [parse_target(url) for url in notify_urls]  # bad input stops here, before any tenant
     settings = obj.settings()
-    options = api.RunOptions(concurrency=concurrency, retries=retries, tenant_timeout=tenant_timeout,
+    options = api.RunOptions(concurrency=concurrency, retries=retries, tenant_timeout=tenant_timeout, wave=wave,
                              max_failures=None if keep_going else (max_failures or 1))
     selection = _selection(tenant, exclude, tag)
     if shard is not None:
@@ -334,6 +336,11 @@ def upgrade(
         typer.echo(f"resuming from {from_report}: {len(prepared.tenants)} tenant(s) to run again", err=True)
     if not prepared.tenants:
         typer.echo("tenants: no tenant selected; nothing to do", err=True)
+    waves = prepared.waves()
+    if wave is not None and not 1 <= wave <= len(waves):
+        raise UsageError(f"--wave {wave}: this selection has {len(waves)} wave(s)")
+    if len(waves) > 1:
+        typer.echo("waves: " + "; ".join(f"{i}. {w.name} ({len(t)})" for i, (w, t) in enumerate(waves, 1)), err=True)
     _run_and_render(obj, lambda on_result, on_start: prepared.run(options, on_result, on_start),
                     len(prepared.tenants), report)
 

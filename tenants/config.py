@@ -31,6 +31,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from tenants.errors import ConfigError, MissingVariable, UnknownEnvironment
+from tenants.waves import parse_waves
 
 DEFAULT_CONFIG = "tenants.toml"
 DEFAULT_ENV = "dev"
@@ -80,6 +81,7 @@ class Environment:
     alembic: Path = Path("alembic.ini")
     version_table: str = "alembic_version"
     history_table: str = "tenants_history"  # the audit trail next to the version table (tenants.history)
+    waves: tuple = ()  # tenants.waves.Wave, in order; () is one wave of everything
     retries: int = 3
     retry_backoff: float = 1.0  # seconds before the first retry; doubles up to retry_backoff_max
     retry_backoff_max: float = 30.0
@@ -149,6 +151,7 @@ _ENV_KEYS: dict[str, type | tuple[type, ...]] = {
     "alembic": str,
     "version_table": str,
     "history_table": str,
+    "waves": list,
     "retries": int,
     "retry_backoff": (int, float),
     "retry_backoff_max": (int, float),
@@ -389,6 +392,7 @@ def _environment(
         alembic=alembic_path,
         version_table=table.get("version_table", "alembic_version"),
         history_table=table.get("history_table", "tenants_history"),
+        waves=parse_waves(table.get("waves", []), lambda message: fail(message, "waves")),
         retries=table.get("retries", 3),
         # Azure SQL: Microsoft's guidance, about 5 s before the first retry, backing off to 60 s.
         retry_backoff=float(table.get("retry_backoff", 5.0 if backend == "mssql" else 1.0)),

@@ -85,6 +85,7 @@ class RunReport:
     pressure_wait: float = 0.0  # seconds tenant starts were held back by the pressure probe
     pressure_errors: tuple[str, ...] = ()  # failed reads of the pool's load (the probe then let starts in)
     skipped_databases: tuple[tuple[str, str], ...] = ()  # seen by discovery, not tenants: (name, why)
+    waves: tuple[dict, ...] = ()  # per wave: name, tenants, summary, failures, budget, ran, ok
 
     @property
     def ok(self) -> bool:
@@ -114,6 +115,7 @@ class RunReport:
             "pressure_wait": round(self.pressure_wait, 3),
             "pressure_errors": list(self.pressure_errors),
             "skipped_databases": [{"database": name, "reason": why} for name, why in self.skipped_databases],
+            "waves": list(self.waves),
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "duration": round(self.duration, 4),

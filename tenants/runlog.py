@@ -22,7 +22,7 @@ from tenants.report import GOOD, RunReport, Status, TenantResult
 
 SCHEMA_VERSION = 1
 _TAIL_KEYS = ("summary", "ok", "finished_at", "duration", "throttled", "concurrency_changes", "pressure_wait",
-              "pressure_errors", "skipped_databases")
+              "pressure_errors", "skipped_databases", "waves")
 
 
 class ReportWriter:

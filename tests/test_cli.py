@@ -64,7 +64,7 @@ def test_report_file_fields(cli, sqlite_config, tmp_path):
     data = json.loads(report.read_text())
     assert set(data) == {"schema_version", "tool_version", "run_id", "environment", "operation", "target", "head",
                          "concurrency", "throttled", "concurrency_changes", "pressure_wait", "pressure_errors",
-                         "skipped_databases",
+                         "skipped_databases", "waves",
                          "started_at", "finished_at", "duration", "ok", "summary", "tenants"}
     assert (data["throttled"], data["concurrency_changes"], data["pressure_wait"]) == (0, [], 0.0)
     assert (data["environment"], data["operation"], data["target"], data["ok"]) == ("test", "upgrade", HEAD, True)

@@ -1,0 +1,83 @@
+"""Waves: canary first, then a slice, then the rest; a wave over its failure budget stops the rollout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tenants import api
+from tenants.config import load_settings
+from tenants.discovery import Tenant
+from tenants.errors import ConfigError
+from tenants.report import Status
+from tenants.waves import Wave, assign
+
+from conftest import ROOT, make_project
+
+
+def test_assign_takes_tag_then_percent_then_rest_stably():
+    tenants = [Tenant(f"t{i:02d}", "sqlite:///x", ("canary",) if i in (3, 7) else ()) for i in range(20)]
+    waves = (Wave("canary", tag="canary"), Wave("10%", percent=10), Wave("rest", rest=True))
+    plan = assign(tenants, waves)
+    assert [(w.name, [t.name for t in ts]) for w, ts in plan][0] == ("canary", ["t03", "t07"])
+    assert len(plan[1][1]) == 2 and not set(t.name for t in plan[1][1]) & {"t03", "t07"}
+    assert sorted(t.name for _, ts in plan for t in ts) == sorted(t.name for t in tenants)
+    assert assign(list(reversed(tenants)), waves)[1][1][0].name in {t.name for t in plan[1][1]}  # stable pick
+    assert [w.name for w, _ in assign(tenants, (Wave("canary", tag="canary"),))] == ["canary", "rest"]
+    assert [w.name for w, _ in assign(tenants, ())] == ["all"]
+
+
+def waves_config(tmp_path: Path, names, tags, waves: str, alembic: Path) -> Path:
+    entries = ", ".join(f'{{name = "{n}", tags = {json.dumps(tags.get(n, []))}}}' for n in names)
+    config = tmp_path / "t.toml"
+    config.write_text(f'[environments.w]\nurl = "sqlite:///db/{{tenant}}.db"\ntenants = [{entries}]\n'
+                      f'alembic = "{alembic}"\nwaves = {waves}\n')
+    return config
+
+
+def test_a_failing_canary_wave_stops_the_rollout(tmp_path):
+    ini = make_project(tmp_path / "proj", {"w1": """
+        from alembic import context
+        if 'canary_bad' in context.config.get_main_option('sqlalchemy.url'):
+            op.execute('SELECT * FROM no_such_table')
+        op.create_table('one', sa.Column('id', sa.Integer, primary_key=True))
+    """}, env_py=(ROOT / "alembic" / "env.py").read_text())
+    names = ["canary_ok", "canary_bad"] + [f"t{i}" for i in range(6)]
+    config = waves_config(tmp_path, names, {"canary_ok": ["canary"], "canary_bad": ["canary"]},
+                          '[{tag = "canary"}, {rest = true}]', ini)
+    report = api.upgrade(load_settings(config, "w", environ={}), options=api.RunOptions(concurrency=2))
+    by = {r.tenant: r for r in report.results}
+    assert by["canary_bad"].status is Status.FAILED and by["canary_ok"].status is Status.UPGRADED
+    assert all(by[f"t{i}"].status is Status.SKIPPED for i in range(6))
+    assert by["t0"].error == "not started: wave 1 (tag canary) failed 1 tenant(s), over its budget of 0"
+    assert [(w["wave"], w["ran"], w["failures"]) for w in report.waves] == [("tag canary", True, 1),
+                                                                              ("rest", False, 0)]
+    assert report.to_dict()["waves"][1]["summary"] == {"skipped": 6}
+
+
+def test_waves_within_budget_go_on_and_one_wave_can_run_alone(tmp_path):
+    names = ["c1"] + [f"t{i}" for i in range(9)]
+    config = waves_config(tmp_path, names, {"c1": ["canary"]},
+                          '[{tag = "canary"}, {percent = 20, max_failures = 1}, {rest = true}]',
+                          ROOT / "alembic.ini")
+    settings = load_settings(config, "w", environ={})
+    only = api.upgrade(settings, options=api.RunOptions(concurrency=2, wave=1))
+    assert [r.tenant for r in only.results] == ["c1"] and only.ok
+    report = api.upgrade(settings, options=api.RunOptions(concurrency=2))
+    assert report.ok and [w["tenants"] for w in report.waves] == [1, 2, 7]
+    assert report.counts == {"upgraded": 9, "up-to-date": 1}
+
+
+@pytest.mark.parametrize("waves, message", [
+    ('[{tag = "canary", percent = 5}]', "needs exactly one of tag, percent, count, rest"),
+    ('[{percent = 0}]', "percent must be more than 0"),
+    ('[{rest = true, max_failures = -1}]', "max_failures must not be negative"),
+    ('["canary"]', "must be a table"),
+    ('[{tags = "canary"}]', "unknown key 'tags'"),
+])
+def test_bad_waves_are_config_errors(tmp_path, waves, message):
+    config = waves_config(tmp_path, ["a"], {}, waves, ROOT / "alembic.ini")
+    with pytest.raises(ConfigError, match=message):
+        load_settings(config, "w", environ={})

@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from time import monotonic
 
-from tenants import __version__, history
+from tenants import __version__, history, pins
 from tenants.config import Settings
+from tenants.pins import read_pin
 from tenants.db import Connector, NoVersionTable, describe_error, has_lock, missing_file, read_version
 from tenants.discovery import Selection, Tenant, TenantSource, discover_with_skipped, source_for
 from tenants.errors import RevisionError, TenantNotFound, TenantsError, TenantUnreachable, UsageError
@@ -87,17 +88,20 @@ def status(settings: Settings, selection: Selection = Selection()) -> StatusRepo
             return TenantStatus(tenant.name, State.NEW, (), len(revisions.pending_upgrade((), head)))
         try:
             with connector.engine(tenant.url, must_exist=_must_exist(settings)) as engine, engine.connect() as conn:
-                current = read_version(conn, env.version_table)
-        except NoVersionTable:
-            return TenantStatus(tenant.name, State.NEW, (), len(revisions.pending_upgrade((), head)))
+                try:
+                    current = read_version(conn, env.version_table)
+                except NoVersionTable:
+                    current = ()
+                pin = read_pin(conn)
         except Exception as err:  # noqa: BLE001 - an unreachable tenant is a state, not a crash
             return TenantStatus(tenant.name, State.UNREACHABLE, error=describe_error(err, tenant.all_secrets))
-        if not revisions.is_known(current):
-            return TenantStatus(tenant.name, State.UNKNOWN_REVISION, current)
+        note = pin.describe() if pin is not None else None
         if not current:
-            return TenantStatus(tenant.name, State.NEW, (), len(revisions.pending_upgrade((), head)))
+            return TenantStatus(tenant.name, State.NEW, (), len(revisions.pending_upgrade((), head)), pin=note)
+        if not revisions.is_known(current):
+            return TenantStatus(tenant.name, State.UNKNOWN_REVISION, current, pin=note)
         behind = len(revisions.pending_upgrade(current, head))
-        return TenantStatus(tenant.name, State.AT_HEAD if behind == 0 else State.BEHIND, current, behind)
+        return TenantStatus(tenant.name, State.AT_HEAD if behind == 0 else State.BEHIND, current, behind, pin=note)
 
     try:
         with ThreadPoolExecutor(max(1, min(env.concurrency, len(tenants) or 1))) as pool:
@@ -267,6 +271,33 @@ DIALECT_URLS = {  # `tenants sql --dialect NAME`: a URL that only picks the dial
     "postgresql": "postgresql+psycopg://server/tenant",
     "sqlite": "sqlite:///tenant.db",
 }
+
+
+def pin(settings: Settings, tenant: str, reason: str, actor: str | None = None) -> None:
+    """Keep ``tenant`` out of fleet upgrades until :func:`unpin` (the pin lives in its database)."""
+    if not reason.strip():
+        raise UsageError("pin needs --reason \"...\": the next person must know why the tenant is held back")
+    _with_tenant_engine(settings, tenant, lambda engine: pins.set_pin(engine, reason.strip(), actor or history.actor()))
+
+
+def unpin(settings: Settings, tenant: str) -> bool:
+    """Release ``tenant``; False if it was not pinned."""
+    return _with_tenant_engine(settings, tenant, pins.clear_pin)
+
+
+def _with_tenant_engine(settings: Settings, tenant: str, action):
+    chosen = discover(settings, Selection(tenants=(tenant,)))[0]
+    env = settings.environment
+    connector = Connector(env.auth, env.cloud)
+    try:
+        with connector.engine(chosen.url, must_exist=_must_exist(settings)) as engine:
+            return action(engine)
+    except TenantsError:
+        raise
+    except Exception as err:
+        raise TenantUnreachable(f"tenant {tenant!r}: {describe_error(err, chosen.all_secrets)}") from err
+    finally:
+        connector.dispose()
 
 
 def tenant_history(settings: Settings, tenant: str, limit: int = 200) -> list[dict]:

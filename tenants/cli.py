@@ -131,6 +131,32 @@ def status(ctx: typer.Context, tenant: TenantOpt = [], exclude: ExcludeOpt = [],
     raise typer.Exit(0 if report.ok else 1)
 
 
+@app.command("pin")
+@_command
+def pin_(
+    ctx: typer.Context,
+    tenant: Annotated[str, typer.Option("--tenant", "-t", help="The tenant.", show_default=False)],
+    reason: Annotated[str, typer.Option("--reason", help="Why (shown in plan, upgrade, status).",
+                                        show_default=False)],
+) -> None:
+    """Keep a tenant out of fleet upgrades until `tenants unpin` (the pin lives in its database)."""
+    obj: Context = ctx.obj
+    api.pin(obj.settings(), tenant, reason)
+    typer.echo(f"pinned {tenant}: {reason.strip()}")
+
+
+@app.command()
+@_command
+def unpin(
+    ctx: typer.Context,
+    tenant: Annotated[str, typer.Option("--tenant", "-t", help="The tenant.", show_default=False)],
+) -> None:
+    """Release a pinned tenant: fleet upgrades take it again."""
+    obj: Context = ctx.obj
+    released = api.unpin(obj.settings(), tenant)
+    typer.echo(f"unpinned {tenant}" if released else f"{tenant} was not pinned")
+
+
 @app.command()
 @_command
 def history(
@@ -165,9 +191,10 @@ def verify(
         "--report", help="The run's report: tenants it does not list are named as created since the run began.",
         dir_okay=False, show_default=False)] = None,
     junit: JunitOpt = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Pinned tenants not at head fail too.")] = False,
 ) -> None:
     """After a deploy: discover the fleet afresh and check every tenant is at head. Exit 1 naming each that
-    is not, and why."""
+    is not, and why (pinned tenants are listed, and fail only with --strict)."""
     obj: Context = ctx.obj
     ran = set(read_report(run_report).statuses()) if run_report is not None else None
     _check_report_path(junit)
@@ -177,7 +204,7 @@ def verify(
     typer.echo(render.status_line(report))
     if junit is not None:
         junit.write_text(status_junit(report), encoding="utf-8")
-    raise typer.Exit(0 if report.ok else 1)
+    raise typer.Exit(0 if (report.ok if strict else report.ok_but_pinned) else 1)
 
 
 def _run_and_render(obj: Context, run, total: int, report_path: Optional[Path]) -> None:
@@ -386,6 +413,9 @@ def downgrade(
     tenant: Annotated[list[str], typer.Option(
         "--tenant", "-t", help="The one tenant to downgrade (required).", show_default=False)] = [],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    pin_reason: Annotated[Optional[str], typer.Option(
+        "--pin", metavar="REASON", help="Then pin the tenant with this reason, so fleet upgrades leave it "
+        "alone (asked on a terminal otherwise).", show_default=False)] = None,
     report: ReportOpt = None,
 ) -> None:
     """Downgrade exactly one tenant to REVISION, after showing what will be undone."""
@@ -415,6 +445,14 @@ def downgrade(
     report_obj = api.downgrade(settings, plan)
     for result in report_obj.results:
         typer.echo(render.result_line(result))
+    if report_obj.ok:
+        if pin_reason is None and not yes and sys.stdin.isatty() and typer.confirm(
+                f"Pin {plan.tenant.name} so fleet upgrades leave it at {plan.target or 'base'}?", default=True):
+            pin_reason = typer.prompt("Reason")
+        if pin_reason:
+            api.pin(settings, plan.tenant.name, pin_reason)
+            typer.echo(f"pinned {plan.tenant.name}: {pin_reason.strip()} (release with `tenants unpin -t "
+                       f"{plan.tenant.name}`)")
     _finish(obj, report_obj, report)
 
 

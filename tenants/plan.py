@@ -19,7 +19,7 @@ start and target revisions. It is rendered for the environment's URL with the pl
 (``tenants sql`` does the same), so a revision that emits different SQL per tenant (it reads the URL or
 ``-x`` arguments) shows the placeholder tenant's version.
 
-``pinned`` and ``locked`` are always empty for now. There are no pins yet (a later change adds them). A lock
+``pinned`` lists the tenants that need work but carry a pin (tenants.pins). ``locked`` is always empty. A lock
 is only held while another run migrates the tenant, so "locked" is a snapshot that is stale by the time the
 planned run starts, and probing for it is not free: ``pg_try_advisory_lock`` or ``flock`` would take the
 lock for a moment and could make a concurrent run report the tenant ``locked``; a read-only probe
@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from tenants import api
 from tenants.config import Settings
 from tenants.db import Connector, NoVersionTable, describe_error, missing_file, read_version
+from tenants.pins import Pin, read_pin
 from tenants.discovery import Selection, Tenant, TenantSource
 from tenants.render import fold
 from tenants.revisions import Revisions
@@ -66,7 +67,7 @@ class Plan:
     up_to_date: tuple[str, ...] = ()  # at the target or past it: the upgrade leaves them alone
     unknown_revision: tuple[tuple[str, str], ...] = ()  # (tenant, revision): not in the graph, refused
     unreachable: tuple[tuple[str, str], ...] = ()  # (tenant, error), password-free
-    pinned: tuple[str, ...] = ()  # always empty until pins exist (see the module docstring)
+    pinned: tuple[str, ...] = ()  # need work, but pinned: a fleet upgrade leaves them alone
     locked: tuple[str, ...] = ()  # always empty: locks are only known at run time (see the module docstring)
     messages: tuple[tuple[str, str], ...] = ()  # (revision, first line of its docstring), each applied one
     with_sql: bool = False
@@ -103,10 +104,12 @@ def plan(settings: Settings, revision: str = "head", selection: Selection = Sele
     groups: dict[tuple[str, ...], list[str]] = {}  # current revisions -> tenants, in selection order
     pending: dict[tuple[str, ...], tuple[str, ...]] = {}
     new, up_to_date, unknown, unreachable = [], [], [], []
-    for tenant, current in zip(tenants, _read_all(settings, tenants)):
-        if isinstance(current, _Unreachable):
-            unreachable.append((tenant.name, current.error))
+    pinned = []
+    for tenant, read in zip(tenants, _read_all(settings, tenants)):
+        if isinstance(read, _Unreachable):
+            unreachable.append((tenant.name, read.error))
             continue
+        current, pin = read
         if not revisions.is_known(current):
             unknown.append((tenant.name, ",".join(current)))
             continue
@@ -114,6 +117,9 @@ def plan(settings: Settings, revision: str = "head", selection: Selection = Sele
             pending[current] = tuple(revisions.pending_upgrade(current, target))
         if not pending[current]:
             up_to_date.append(tenant.name)
+            continue
+        if pin is not None:  # would need work, but a fleet upgrade leaves it alone
+            pinned.append(tenant.name)
             continue
         if not current:
             new.append(tenant.name)
@@ -138,6 +144,7 @@ def plan(settings: Settings, revision: str = "head", selection: Selection = Sele
         up_to_date=tuple(up_to_date),
         unknown_revision=tuple(unknown),
         unreachable=tuple(unreachable),
+        pinned=tuple(pinned),
         messages=tuple((rev, _message(revisions, rev)) for rev in applied),
         with_sql=with_sql,
         skipped_databases=tuple(skipped),
@@ -149,20 +156,22 @@ class _Unreachable:
     error: str
 
 
-def _read_all(settings: Settings, tenants: list[Tenant]) -> list[tuple[str, ...] | _Unreachable]:
-    """Each tenant's recorded revisions (() for none), as :func:`tenants.api.status` reads them."""
+def _read_all(settings: Settings, tenants: list[Tenant]) -> list[tuple[tuple[str, ...], Pin | None] | _Unreachable]:
+    """Each tenant's recorded revisions (() for none) and pin, as :func:`tenants.api.status` reads them."""
     env = settings.environment
     must_exist = api._must_exist(settings)  # one rule for "a missing SQLite file is new", shared with status
     connector = Connector(env.auth, env.cloud)
 
-    def one(tenant: Tenant) -> tuple[str, ...] | _Unreachable:
+    def one(tenant: Tenant) -> tuple[tuple[str, ...], Pin | None] | _Unreachable:
         if not must_exist and missing_file(tenant.url):
-            return ()  # a static tenant not created yet; opening it would create the file
+            return (), None  # a static tenant not created yet; opening it would create the file
         try:
             with connector.engine(tenant.url, must_exist=must_exist) as engine, engine.connect() as conn:
-                return read_version(conn, env.version_table)
-        except NoVersionTable:
-            return ()
+                try:
+                    current = read_version(conn, env.version_table)
+                except NoVersionTable:
+                    current = ()
+                return current, read_pin(conn)
         except Exception as err:  # noqa: BLE001 - an unreachable tenant is a line in the plan, not a crash
             return _Unreachable(describe_error(err, tenant.all_secrets))
 

@@ -13,7 +13,7 @@ from tenants.report import RunReport, State, Status, StatusReport, TenantResult
 _STYLE = {
     Status.UPGRADED: "green", Status.DOWNGRADED: "green", Status.STAMPED: "green", Status.UP_TO_DATE: "green",
     Status.FAILED: "red", Status.LOCKED: "yellow", Status.SKIPPED: "yellow", Status.UNKNOWN_REVISION: "red",
-    Status.THROTTLED: "yellow", Status.TIMED_OUT: "red",
+    Status.THROTTLED: "yellow", Status.TIMED_OUT: "red", Status.PINNED: "yellow",
     State.AT_HEAD: "green", State.BEHIND: "yellow", State.NEW: "yellow", State.UNKNOWN_REVISION: "red",
     State.UNREACHABLE: "red",
 }
@@ -106,18 +106,21 @@ def status_table(report: StatusReport) -> Table:
             t.tenant,
             ",".join(t.current) or ("-" if t.state is State.UNREACHABLE else "base"),
             "" if t.behind is None else str(t.behind),
-            f"[{_STYLE[t.state]}]{t.state.value}[/]",
-            t.error or "",
+            f"[{_STYLE[t.state]}]{t.state.value}[/]" + (" [yellow](pinned)[/]" if t.pin else ""),
+            t.error or t.pin or "",
         )
     return table
 
 
 def verify_lines(report: StatusReport, ran: set[str] | None = None) -> list[str]:
     """One line per tenant that is not at head, saying why; a tenant the run's report does not know (created
-    since the run began) says so too."""
+    since the run began) says so too, and a pinned one says it is pinned."""
     lines = []
     for t in report.tenants:
         if t.state is State.AT_HEAD:
+            continue
+        if t.pin is not None:
+            lines.append(f"{'pinned':<16} {t.tenant}  at {','.join(t.current) or 'base'}; {t.pin}")
             continue
         why = {
             State.BEHIND: f"at {','.join(t.current)}, {t.behind} revision(s) behind",

@@ -26,13 +26,14 @@ class Status(str, Enum):
     # Never final: a worker hit a throttling error (the elastic pool is saturated) and hands the tenant back
     # to the fan-out, which lowers its concurrency and runs the tenant again later.
     THROTTLED = "throttled"
+    PINNED = "pinned"  # needs work, but a pin keeps it out of fleet upgrades (tenants.pins)
 
     def __str__(self) -> str:
         return self.value
 
 
 # A run is good when every tenant ended in one of these.
-GOOD = frozenset({Status.UPGRADED, Status.DOWNGRADED, Status.STAMPED, Status.UP_TO_DATE})
+GOOD = frozenset({Status.UPGRADED, Status.DOWNGRADED, Status.STAMPED, Status.UP_TO_DATE, Status.PINNED})
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class TenantStatus:
     current: tuple[str, ...] = ()
     behind: int | None = None  # revisions to apply to reach head; None when unknown
     error: str | None = None
+    pin: str | None = None  # the pin's description, when the tenant is pinned
 
     def to_dict(self) -> dict:
         return {
@@ -151,6 +153,7 @@ class TenantStatus:
             "current": None if self.state is State.UNREACHABLE else (",".join(self.current) or "base"),
             "behind": self.behind,
             "error": self.error,
+            "pin": self.pin,
         }
 
 
@@ -163,6 +166,11 @@ class StatusReport:
     @property
     def ok(self) -> bool:
         return all(t.state is State.AT_HEAD for t in self.tenants)
+
+    @property
+    def ok_but_pinned(self) -> bool:
+        """Every tenant at head, or pinned (deliberately held back)."""
+        return all(t.state is State.AT_HEAD or t.pin is not None for t in self.tenants)
 
     def to_dict(self) -> dict:
         counts = Counter(t.state.value for t in self.tenants)

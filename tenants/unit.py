@@ -45,6 +45,7 @@ from tenants.db import (
 )
 from tenants.discovery import Tenant
 from tenants.history import Recorder
+from tenants.pins import read_pin
 from tenants.report import Status, TenantResult
 from tenants.revisions import Operation, Revisions
 
@@ -160,6 +161,10 @@ def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
                 current = _read(conn, job)  # the truth, now that nobody else can move it
                 progress.saw(current)
                 _check(current, job, revisions)
+                if job.operation == "upgrade":  # only tenants with work get here: the no-op path stays one query
+                    pin = read_pin(conn)
+                    if pin is not None:
+                        raise _Outcome(Status.PINNED, current, pin.describe())
                 recorder = job.recorder()
                 try:
                     applied = revisions.migrate(conn, tenant.url, job.operation, job.target, expect=current,

@@ -53,7 +53,7 @@ def test_status_exits_1_when_a_tenant_is_behind_and_json_is_data(cli, sqlite_con
     assert data["head"] == HEAD and data["ok"] is False
     assert data["summary"] == {"behind": 1, "new": 2}
     assert data["tenants"][0] == {"tenant": "acme", "state": "behind", "current": "0002_invoices", "behind": 2,
-                                  "error": None}
+                                  "error": None, "pin": None}
 
 
 def test_report_file_fields(cli, sqlite_config, tmp_path):
@@ -441,3 +441,31 @@ def test_tenant_timeout_flag(cli, sqlite_config, tmp_path):
     assert statuses == {"slow": "timed-out", "quick": "upgraded"}
     bad = cli("--config", config, "-e", "test", "upgrade", "--tenant-timeout", "0")
     assert bad.code == 2 and "--tenant-timeout 0" in bad.err
+
+
+def test_pin_keeps_a_tenant_out_of_fleet_upgrades_until_unpinned(cli, sqlite_config, monkeypatch):
+    monkeypatch.setenv("GITHUB_ACTOR", "oncall")
+    config = str(sqlite_config())
+    assert cli("--config", config, "-e", "test", "upgrade").code == 0
+    down = cli("--config", config, "-e", "test", "downgrade", "0002", "-t", "globex", "--yes",
+               "--pin", "INC-42: customer export running")
+    assert down.code == 0
+    assert "pinned globex: INC-42: customer export running (release with `tenants unpin -t globex`)" in down.out
+    up = cli("--config", config, "-e", "test", "upgrade")
+    assert up.code == 0  # held back on purpose: not a failure
+    line = next(ln for ln in lines(up.out) if " globex " in ln)
+    assert line.startswith("pinned           globex  at 0002_invoices  (T)  pinned by oncall on ")
+    assert line.endswith("UTC: INC-42: customer export running")
+    status = cli("--config", config, "-e", "test", "status", "--json")
+    assert status.code == 1 and json.loads(status.out)["tenants"][1]["pin"].endswith("INC-42: customer export running")
+    plan = json.loads(cli("--config", config, "-e", "test", "plan", "--format", "json").out)
+    assert plan["pinned"] == ["globex"] and plan["cohorts"] == []
+    verify = cli("--config", config, "-e", "test", "verify")
+    assert verify.code == 0 and lines(verify.out)[0].startswith("pinned           globex  at 0002_invoices; ")
+    assert cli("--config", config, "-e", "test", "verify", "--strict").code == 1
+    assert cli("--config", config, "-e", "test", "unpin", "-t", "globex").out.strip() == "unpinned globex"
+    again = cli("--config", config, "-e", "test", "upgrade")
+    assert any(ln.startswith("upgraded         globex  0002_invoices -> ") for ln in lines(again.out))
+    assert cli("--config", config, "-e", "test", "unpin", "-t", "globex").out.strip() == "globex was not pinned"
+    empty = cli("--config", config, "-e", "test", "pin", "-t", "acme", "--reason", " ")
+    assert empty.code == 2 and "pin needs --reason" in empty.err

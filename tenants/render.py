@@ -76,8 +76,20 @@ def summary_table(report: RunReport) -> Table:
 
 
 def failures(report: RunReport) -> list[str]:
-    """The tenants that did not end well, with why: printed after the table so nobody has to hunt."""
-    return [f"{r.status.value}: {r.tenant}: {r.error or ''}".rstrip(": ") for r in report.failed]
+    """The tenants that did not end well, with why: printed after the table so nobody has to hunt.
+
+    Each failure gets its own line; tenants skipped for the same reason share one (folded) line, so a rollout
+    stopped after its canary does not print thousands of identical lines."""
+    lines, skipped = [], {}
+    for r in report.failed:
+        if r.status is Status.SKIPPED:
+            skipped.setdefault(r.error or "", []).append(r.tenant)
+        else:
+            lines.append(f"{r.status.value}: {r.tenant}: {r.error or ''}".rstrip(": "))
+    for why, names in skipped.items():
+        lines.append(f"skipped: {fold(names)}: {why}".rstrip(": ") if len(names) > 1 else
+                     f"skipped: {names[0]}: {why}".rstrip(": "))
+    return lines
 
 
 def tenants_table(tenants: list[Tenant]) -> Table:

@@ -48,17 +48,21 @@ ALEMBIC_INI = REPO / "alembic.ini"
 BIN = Path(sys.executable).parent  # the venv's `alembic` executable lives next to its python
 DB_WORKERS = 8  # threads for setup chores (create, reset, verify, drop); never part of a timed section
 
-# One fingerprint of a tenant's end state: recorded revision + columns, indexes and constraints of `public`.
+# One fingerprint of a tenant's end state: recorded revision + columns, indexes and constraints of `public`,
+# leaving out the tool's own bookkeeping (its audit trail and pin tables), which the offline SQL has not.
 FINGERPRINT_SQL = """
 SELECT (SELECT string_agg(version_num, ',') FROM alembic_version),
        md5(concat_ws('|',
          (SELECT string_agg(concat_ws(' ', table_name, column_name, data_type, is_nullable, column_default), ','
                             ORDER BY table_name, column_name)
-            FROM information_schema.columns WHERE table_schema = 'public'),
-         (SELECT string_agg(indexdef, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = 'public'),
+            FROM information_schema.columns WHERE table_schema = 'public'
+             AND table_name NOT IN ('tenants_history', 'tenants_pin')),
+         (SELECT string_agg(indexdef, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = 'public'
+             AND tablename NOT IN ('tenants_history', 'tenants_pin')),
          (SELECT string_agg(conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid), ','
                             ORDER BY conname)
-            FROM pg_constraint WHERE connamespace = 'public'::regnamespace)))
+            FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+             AND conrelid::regclass::text NOT IN ('tenants_history', 'tenants_pin'))))
 """
 
 

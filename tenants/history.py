@@ -17,6 +17,7 @@ get the trail; a third-party env.py runs without it.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 import subprocess
@@ -30,6 +31,7 @@ import sqlalchemy as sa
 DEFAULT_TABLE = "tenants_history"
 
 
+@functools.lru_cache(maxsize=8)  # one Table per name: its statements compile once per process
 def history_table(name: str = DEFAULT_TABLE) -> sa.Table:
     return sa.Table(
         name, sa.MetaData(),

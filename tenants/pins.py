@@ -9,6 +9,7 @@ on it: they name one tenant on purpose.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -18,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 TABLE = "tenants_pin"
 
 
+@functools.lru_cache(maxsize=8)  # one Table per name: its statements compile once per process
 def pin_table(name: str = TABLE) -> sa.Table:
     return sa.Table(
         name, sa.MetaData(),

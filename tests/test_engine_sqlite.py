@@ -34,6 +34,8 @@ def tables(db: Path) -> set[str]:
 
 
 def version(db: Path) -> str | None:
+    if not db.exists():  # connecting would create it
+        return None
     with sqlite3.connect(db) as conn:
         try:
             rows = conn.execute("SELECT version_num FROM alembic_version").fetchall()

@@ -21,24 +21,7 @@ from conftest import ROOT, make_project
 TIMEOUT = 2.0
 
 
-def settings_for(path: Path, env: str = "test"):
-    return load_settings(path, env, environ={})
-
-
-def tables(db: Path) -> set[str]:
-    with sqlite3.connect(db) as conn:
-        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-
-
-def version(db: Path) -> str | None:
-    if not db.exists():
-        return None
-    with sqlite3.connect(db) as conn:
-        try:
-            rows = conn.execute("SELECT version_num FROM alembic_version").fetchall()
-        except sqlite3.OperationalError:
-            return None
-    return rows[0][0] if rows else None
+from test_engine_sqlite import settings_for, tables, version  # noqa: E402 - the same helpers
 
 
 def slow_project(root: Path, marks: Path) -> Path:

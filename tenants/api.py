@@ -285,38 +285,43 @@ def unpin(settings: Settings, tenant: str) -> bool:
     return _with_tenant_engine(settings, tenant, pins.clear_pin)
 
 
-def _with_tenant_engine(settings: Settings, tenant: str, action):
-    chosen = discover(settings, Selection(tenants=(tenant,)))[0]
+_NOT_CREATED = object()
+
+
+def _on_tenant(settings: Settings, tenant: Tenant, action, what: str, if_not_created=_NOT_CREATED):
+    """Run ``action(engine)`` on one tenant's database with a connector of its own; a failure to reach it is
+    one TenantUnreachable line. ``if_not_created`` is returned, without connecting, for a demo tenant whose
+    SQLite file does not exist yet (opening it would create it)."""
+    if if_not_created is not _NOT_CREATED and not _must_exist(settings) and missing_file(tenant.url):
+        return if_not_created
     env = settings.environment
     connector = Connector(env.auth, env.cloud)
     try:
-        with connector.engine(chosen.url, must_exist=_must_exist(settings)) as engine:
+        with connector.engine(tenant.url, must_exist=_must_exist(settings)) as engine:
             return action(engine)
     except TenantsError:
         raise
     except Exception as err:
-        raise TenantUnreachable(f"tenant {tenant!r}: {describe_error(err, chosen.all_secrets)}") from err
+        raise TenantUnreachable(f"tenant {tenant.name!r}: {what}: {describe_error(err, tenant.all_secrets)}") \
+            from err
     finally:
         connector.dispose()
+
+
+def _with_tenant_engine(settings: Settings, tenant: str, action):
+    chosen = discover(settings, Selection(tenants=(tenant,)))[0]
+    return _on_tenant(settings, chosen, action, "cannot change its pin")
 
 
 def tenant_history(settings: Settings, tenant: str, limit: int = 200) -> list[dict]:
     """The tenant's audit trail (tenants.history), oldest first; [] before the tool ever changed it."""
     chosen = discover(settings, Selection(tenants=(tenant,)))[0]
-    env = settings.environment
-    if not _must_exist(settings) and missing_file(chosen.url):
-        return []
-    connector = Connector(env.auth, env.cloud)
-    try:
-        with connector.engine(chosen.url, must_exist=_must_exist(settings)) as engine, engine.connect() as conn:
-            return history.read_history(conn, env.history_table, limit)
-    except TenantsError:
-        raise
-    except Exception as err:
-        raise TenantUnreachable(
-            f"tenant {tenant!r}: cannot read its history: {describe_error(err, chosen.all_secrets)}") from err
-    finally:
-        connector.dispose()
+
+    def read(engine):
+        with engine.connect() as conn:
+            return history.read_history(conn, settings.environment.history_table, limit)
+
+    return _on_tenant(settings, chosen, read, "cannot read its history", if_not_created=[])
 
 
 def sql(settings: Settings, revision_range: str, tenant: str | None = None, dialect: str | None = None) -> str:
@@ -454,21 +459,14 @@ def _known_current(revisions: Revisions, tenant: Tenant, settings: Settings) -> 
 
 
 def _current(tenant: Tenant, settings: Settings) -> tuple[str, ...]:
-    if not _must_exist(settings) and missing_file(tenant.url):
-        return ()  # a demo tenant not created yet; reading it must not create it
-    env = settings.environment
-    connector = Connector(env.auth, env.cloud)
-    try:
-        with connector.engine(tenant.url, must_exist=_must_exist(settings)) as engine, engine.connect() as conn:
-            return read_version(conn, env.version_table)
-    except NoVersionTable:
-        return ()
-    except Exception as err:
-        raise TenantUnreachable(
-            f"tenant {tenant.name!r}: cannot read its revision: {describe_error(err, tenant.all_secrets)}"
-        ) from err
-    finally:
-        connector.dispose()
+    def read(engine):
+        with engine.connect() as conn:
+            try:
+                return read_version(conn, settings.environment.version_table)
+            except NoVersionTable:
+                return ()
+
+    return _on_tenant(settings, tenant, read, "cannot read its revision", if_not_created=())
 
 
 def _single(current: tuple[str, ...], tenant: str) -> str | None:

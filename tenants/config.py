@@ -37,6 +37,7 @@ DEFAULT_CONFIG = "tenants.toml"
 DEFAULT_ENV = "dev"
 SOURCES = ("static", "server", "azure-pool", "azure-server")
 AUTHS = ("azure-ad", "sql", "odbc")
+AZURE_KEYS = ("subscription", "resource_group", "server", "pool", "management_endpoint")
 # The SQL endpoint suffix of each Azure cloud (the server's host is SERVER.SUFFIX).
 SQL_SUFFIX = {"public": "database.windows.net", "usgov": "database.usgovcloudapi.net",
               "china": "database.chinacloudapi.cn"}
@@ -278,10 +279,19 @@ def _environment(
     if cloud not in SQL_SUFFIX:
         raise fail(f"cloud must be one of {', '.join(SQL_SUFFIX)}, not {cloud!r}", "cloud")
     azure = source.startswith("azure-")
+    # The pool's coordinates may come from the process environment too (GitHub Actions variables), so one
+    # committed file serves every deployment. They are names, not secrets: substituted as they are and shown
+    # in messages.
+    table = dict(table)
+    for key in AZURE_KEYS:
+        if key in table:
+            table[key], _ = _substitute(table[key], lambda var, key=key: fail(
+                f"{key} uses ${{{var}}} but the environment variable {var} is not set; export it and retry", key),
+                environ, encode=False)
     for key in ("subscription", "resource_group", "server") + (("pool",) if source == "azure-pool" else ()):
         if azure and key not in table:
             raise fail(f"source {source!r} needs {key!r} (the Azure {key.replace('_', ' ')})")
-    for key in ("subscription", "resource_group", "server", "pool", "management_endpoint"):
+    for key in AZURE_KEYS:
         if not azure and key in table:
             raise fail(f"{key!r} is only for the azure-pool and azure-server sources", key)
         if key in table and not table[key].strip():

@@ -42,6 +42,7 @@ from tenants.pins import Pin, read_pin
 from tenants.discovery import Selection, Tenant, TenantSource
 from tenants.render import fold
 from tenants.revisions import Revisions
+from tenants.waves import assign
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,9 @@ class Plan:
     messages: tuple[tuple[str, str], ...] = ()  # (revision, first line of its docstring), each applied one
     with_sql: bool = False
     skipped_databases: tuple[tuple[str, str], ...] = ()  # seen by discovery, not tenants: (name, why)
+    # The environment's waves as `upgrade --wave N` numbers them (N = position + 1; empty waves dropped), each
+    # with the tenants of the wave that the upgrade changes. Empty when the environment declares no waves.
+    waves: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def tenants(self) -> int:
@@ -135,6 +139,10 @@ def plan(settings: Settings, revision: str = "head", selection: Selection = Sele
         cohorts.append(Cohort(",".join(current) or "base", tuple(groups[current]), pending[current], sql))
 
     applied = dict.fromkeys(rev for c in cohorts for rev in c.revisions)
+    changed = {name for names in groups.values() for name in names}
+    # Numbered over the whole selection, as the run numbers them, so "wave 1" here is `--wave 1` there.
+    waves = tuple((wave.name, tuple(t.name for t in members if t.name in changed))
+                  for wave, members in assign(tenants, env.waves)) if env.waves else ()
     return Plan(
         environment=env.name,
         target=target if target is not None else "base",
@@ -148,6 +156,7 @@ def plan(settings: Settings, revision: str = "head", selection: Selection = Sele
         messages=tuple((rev, _message(revisions, rev)) for rev in applied),
         with_sql=with_sql,
         skipped_databases=tuple(skipped),
+        waves=waves,
     )
 
 
@@ -224,6 +233,8 @@ def plan_text(plan: Plan) -> str:
     """Plain text for a terminal or a CI log; with SQL, each cohort's script follows it."""
     messages = dict(plan.messages)
     lines = [_headline(plan)]
+    for i, (name, names) in enumerate(plan.waves, 1):
+        lines.append(f"  wave {i} ({name}): {len(names)} to upgrade{': ' + fold(list(names)) if names else ''}")
     for i, cohort in enumerate(plan.cohorts, 1):
         lines += ["", f"cohort {i}: from {cohort.current}, {_n(len(cohort.tenants), 'tenant')}, "
                       f"{_n(len(cohort.revisions), 'revision')} to apply",
@@ -282,6 +293,11 @@ def plan_markdown(plan: Plan) -> str:
         ("new", plan.new), ("unknown revision", plan.unknown_revision), ("unreachable", plan.unreachable),
         ("pinned", plan.pinned), ("locked", plan.locked)) if names]
     out += [f"{_n(plan.tenants, 'tenant')}: {', '.join(counts)}.", ""]
+    if plan.waves:  # the order of the rollout: what a reviewer approves goes to these tenants first
+        out += ["| wave | tenants to upgrade |", "|---:|---|"]
+        out += [_row(f"{i} {_code(name)}", f"{len(names)}" + (f": {_names(names)}" if names else ""))
+                for i, (name, names) in enumerate(plan.waves, 1)]
+        out.append("")
     if plan.cohorts:
         out += ["| cohort | from | tenants | revisions to apply |", "|---:|---|---|---|"]
         for i, cohort in enumerate(plan.cohorts, 1):
@@ -348,4 +364,5 @@ def plan_json(plan: Plan) -> dict:
         "pinned": list(plan.pinned),
         "locked": list(plan.locked),
         "skipped_databases": [{"database": n, "reason": why} for n, why in plan.skipped_databases],
+        "waves": [{"wave": i, "name": name, "tenants": list(names)} for i, (name, names) in enumerate(plan.waves, 1)],
     }

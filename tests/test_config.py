@@ -191,6 +191,29 @@ def test_azure_pool_environment_derives_its_url_per_cloud(tmp_path):
     assert "@sql-gov.database.usgovcloudapi.net:1433/t1?" in gov.tenant_url("t1")
 
 
+def test_azure_coordinates_come_from_the_environment_as_they_are(tmp_path):
+    # One committed tenants.toml for every deployment: GitHub Actions variables fill in the pool's names.
+    path = write_config(tmp_path / "t.toml", """\
+        [environments.production]
+        source = "azure-pool"
+        subscription = "${AZURE_SUBSCRIPTION_ID}"
+        resource_group = "${RG}"
+        server = "${SQL_SERVER}"
+        pool = "pool-${POOL_SUFFIX}"
+    """)
+    environ = {"AZURE_SUBSCRIPTION_ID": "11111111-2222-3333-4444-555555555555", "RG": "rg-saas-prod",
+               "SQL_SERVER": "sql-saas-prod", "POOL_SUFFIX": "a+b"}
+    env = load_settings(path, "production", environ=environ).environment
+    assert (env.subscription, env.resource_group, env.server, env.pool) == (
+        "11111111-2222-3333-4444-555555555555", "rg-saas-prod", "sql-saas-prod", "pool-a+b")  # not percent-encoded
+    assert "@sql-saas-prod.database.windows.net:1433/acme?" in env.tenant_url("acme")
+    assert env.secrets == ()  # names, not secrets: they stay readable in messages
+    del environ["RG"]
+    with pytest.raises(MissingVariable, match=r"t.toml:4: environments.production: resource_group uses \$\{RG\} "
+                                              r"but the environment variable RG is not set"):
+        load_settings(path, "production", environ=environ)
+
+
 def test_odbc_auth_takes_a_raw_connection_string_from_the_environment(tmp_path):
     path = write_config(tmp_path / "t.toml", """\
         [environments.odbc]

@@ -189,6 +189,7 @@ def test_plan_json_round_trips(sqlite_config, tmp_path):
         "pinned": [],
         "locked": [],
         "skipped_databases": [],
+        "waves": [],
     }
 
 
@@ -304,3 +305,27 @@ def test_plan_postgres_mixed_fleet_and_an_unreachable_tenant(pg_fleet):
     assert "BEGIN;" in result.cohorts[0].sql and "id SERIAL NOT NULL" in result.cohorts[0].sql
     assert fleet.version(new) is None  # planning changed nothing
     assert f"unreachable (1, cannot be read: the upgrade will fail them):\n  {gone}: " in plan_text(result)
+
+
+def test_plan_numbers_waves_as_upgrade_wave_does(sqlite_config):
+    # The deploy's canary job runs `upgrade --wave 1`: the plan a reviewer approves must say which tenants
+    # that is, counting the waves exactly as the run does (over the whole selection, empty waves dropped).
+    path = sqlite_config(("acme", "globex", "initech", "hooli"), extra='waves = [{ name = "vip", tag = "vip" }, '
+                         '{ name = "canary", count = 2 }, { name = "fleet", rest = true }]')
+    settings = settings_for(path)
+    assert api.upgrade(settings, HEAD, Selection(tenants=("globex",))).ok
+    result = plan(settings)
+    canary = api.prepare_upgrade(settings).waves()[0][1]
+    assert len(canary) == 2  # the vip wave is empty (no tenant has the tag) and is not counted
+    assert result.waves == (("canary", tuple(t.name for t in canary if t.name != "globex")),
+                            ("fleet", tuple(n for n in ("acme", "globex", "initech", "hooli")
+                                            if n not in {t.name for t in canary} and n != "globex")))
+    assert plan_json(result)["waves"][0] == {"wave": 1, "name": "canary", "tenants": list(result.waves[0][1])}
+    markdown = plan_markdown(result)
+    assert "| wave | tenants to upgrade |" in markdown
+    assert f"| 1 `canary` | {len(result.waves[0][1])}: " in markdown
+    assert plan_text(result).splitlines()[1].startswith("  wave 1 (canary): ")
+    run = api.upgrade(settings, HEAD, Selection(), api.RunOptions(wave=1))
+    assert sorted(r.tenant for r in run.results if r.applied) == sorted(result.waves[0][1])
+    # No waves declared: the plan has none (the whole selection is one wave, which needs no table).
+    assert plan(settings_for(sqlite_config(("acme",)))).waves == ()

@@ -26,9 +26,9 @@ from tenants.config import Settings, load_settings
 from tenants.discovery import Selection, parse_shard
 from tenants.errors import TenantsError, UsageError
 from tenants.report import RunReport, TenantResult
-from tenants.notify import notify, parse_target
+from tenants.notify import ci_run_url, notify, parse_target
 from tenants.summaries import junit_xml, markdown_summary, status_junit
-from tenants.runlog import ReportWriter, merge_reports, read_report, resume_names, write_json
+from tenants.runlog import ReportWriter, merge_reports, read_report, resume_names, run_report_of, write_json
 
 app = typer.Typer(
     name="tenants",
@@ -245,16 +245,19 @@ def _run_and_render(obj: Context, run, total: int, report_path: Optional[Path]) 
     _finish(obj, report, report_path, written=bool(writer))
 
 
-def _finish(obj: Context, report: RunReport, report_path: Optional[Path], written: bool = False) -> None:
-    if report_path is not None and not written:
-        report_path.write_text(render.to_json(report.to_dict()) + "\n", encoding="utf-8")
+def _publish(obj: Context, report: RunReport, report_file: str) -> None:
+    """The run for people and CI: JUnit, the Markdown summary (to a file and $GITHUB_STEP_SUMMARY), webhooks."""
     if obj.junit is not None:
         obj.junit.write_text(junit_xml(report), encoding="utf-8")
-    markdown = markdown_summary(report, report_file=str(report_path or "report.json"))
+    markdown = markdown_summary(report, report_file=report_file)
     if obj.summary_markdown is not None:
         obj.summary_markdown.write_text(markdown, encoding="utf-8")
-    for warning in notify(report, obj.notify) if obj.notify else ():
+    for warning in notify(report, obj.notify, link=ci_run_url(os.environ)) if obj.notify else ():
         typer.echo(f"tenants: warning: {warning}", err=True)
+    _step_summary(markdown)
+
+
+def _step_summary(markdown: str) -> None:
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:  # GitHub Actions: appended, as each step's summary file is shared by its commands
         try:
@@ -263,6 +266,12 @@ def _finish(obj: Context, report: RunReport, report_path: Optional[Path], writte
         except OSError as err:
             typer.echo(f"tenants: warning: cannot write $GITHUB_STEP_SUMMARY ({step_summary}): {err.strerror}",
                        err=True)
+
+
+def _finish(obj: Context, report: RunReport, report_path: Optional[Path], written: bool = False) -> None:
+    if report_path is not None and not written:
+        report_path.write_text(render.to_json(report.to_dict()) + "\n", encoding="utf-8")
+    _publish(obj, report, str(report_path or "report.json"))
     obj.out.print(render.summary_table(report))
     typer.echo(render.summary_line(report))
     for line in render.failures(report):
@@ -283,6 +292,10 @@ ReportOpt = Annotated[Optional[Path], typer.Option(
 JunitOpt = Annotated[Optional[Path], typer.Option(
     "--junit", help="Write JUnit XML, one test case per tenant (CI test reporters name the failing ones).",
     dir_okay=False, show_default=False)]
+NotifyOpt = Annotated[list[str], typer.Option(
+    "--notify", envvar="TENANTS_NOTIFY_URL", help="Post a summary to this incoming webhook when done "
+    "(repeatable; slack:URL or teams:URL). A failing webhook is a warning, never a failed run.",
+    show_default=False)]
 SummaryOpt = Annotated[Optional[Path], typer.Option(
     "--summary-markdown", help="Write a Markdown summary (under 1 MiB), e.g. for a CI job summary; "
     "$GITHUB_STEP_SUMMARY gets one too when set.", dir_okay=False, show_default=False)]
@@ -334,10 +347,7 @@ def upgrade(
         "--only", help="With --from-report: the statuses to run again.")] = "failed,timed-out,skipped,locked",
     junit: JunitOpt = None,
     summary_markdown: SummaryOpt = None,
-    notify_urls: Annotated[list[str], typer.Option(
-        "--notify", envvar="TENANTS_NOTIFY_URL", help="Post a summary to this incoming webhook when done "
-        "(repeatable; slack:URL or teams:URL). A failing webhook is a warning, never a failed run.",
-        show_default=False)] = [],
+    notify_urls: NotifyOpt = [],
 ) -> None:
     """Bring every selected tenant to REVISION (default head), in parallel."""
     obj: Context = ctx.obj
@@ -499,18 +509,54 @@ app.add_typer(report_app, name="report")
 @report_app.command("merge")
 @_command
 def report_merge(
+    ctx: typer.Context,
     reports: Annotated[list[Path], typer.Argument(help="Shard reports of one run.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the merged report.",
                                          dir_okay=False, show_default=False)],
+    junit: JunitOpt = None,
+    summary_markdown: SummaryOpt = None,
 ) -> None:
-    """Merge shard reports (tenants upgrade --shard K/N --report ...) into one; exit 1 unless all ended well."""
+    """Merge shard reports (tenants upgrade --shard K/N --report ...) into one; exit 1 unless all ended well.
+
+    The merged run's summary goes to $GITHUB_STEP_SUMMARY (when set) and --summary-markdown, its JUnit to
+    --junit: the same as one unsharded run's."""
+    obj: Context = ctx.obj
+    for path in (output, junit, summary_markdown):
+        _check_report_path(path)
+    obj.junit, obj.summary_markdown = junit, summary_markdown
     merged = merge_reports([read_report(path) for path in reports])
-    _check_report_path(output)
     write_json(output, merged)
+    _publish(obj, run_report_of(merged), str(output))
     counts = ", ".join(f"{n} {status}" for status, n in merged["summary"].items()) or "no tenants"
     typer.echo(f"merged {len(reports)} report(s), {len(merged['tenants'])} tenants: {counts}"
                + ("" if merged["complete"] else " (some reports were cut short)"))
     raise typer.Exit(0 if merged["ok"] else 1)
+
+
+@report_app.command("notify")
+@_command
+def report_notify(
+    ctx: typer.Context,
+    reports: Annotated[Optional[list[Path]], typer.Argument(
+        help="Reports of one run (shards are merged); none: post --message alone.", show_default=False)] = None,
+    message: Annotated[Optional[str], typer.Option(
+        "--message", "-m", help="Post this line when there is no report (e.g. a deploy that failed before any "
+        "tenant ran).", show_default=False)] = None,
+    notify_urls: NotifyOpt = [],
+) -> None:
+    """Post a run's summary (or a message) to the webhooks, e.g. from a CI job that runs only on failure.
+
+    In GitHub Actions the message links to the run's page. A failing webhook is a warning (exit 0)."""
+    targets = [parse_target(url) for url in notify_urls]
+    if not targets:
+        raise UsageError("report notify: no webhook; give --notify URL or set TENANTS_NOTIFY_URL")
+    if not reports and not message:
+        raise UsageError("report notify: give the run's report(s), or --message when there is none")
+    subject = run_report_of(merge_reports([read_report(path) for path in reports])) if reports else message
+    warnings = notify(subject, targets, link=ci_run_url(os.environ))
+    for warning in warnings:
+        typer.echo(f"tenants: warning: {warning}", err=True)
+    typer.echo(f"posted to {len(targets) - len(warnings)} of {len(targets)} webhook(s)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,7 +40,7 @@ import http.client
 import json
 import re
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -52,9 +52,11 @@ from tenants.db import scrub
 from tenants.errors import UsageError
 from tenants.report import RunReport, Status, TenantResult
 
-__all__ = ["Target", "parse_target", "mask_url", "slack_payload", "teams_payload", "notify", "KINDS", "SHOWN"]
+__all__ = ["Target", "parse_target", "mask_url", "slack_payload", "teams_payload", "slack_message", "teams_message",
+           "notify", "ci_run_url", "KINDS", "SHOWN", "LINK_LABEL"]
 
 KINDS = ("slack", "teams")
+LINK_LABEL = "Open the run: summary, every tenant, how to resume"
 SHOWN = 10  # tenants that did not end well listed by name before "… and N more"
 NAME = 80  # characters of a tenant name shown
 ERROR = 150  # characters of a tenant's error shown (one line)
@@ -305,7 +307,7 @@ def _slack_failures(bad: list[TenantResult]) -> str:
     return "\n".join(lines)
 
 
-def slack_payload(report: RunReport) -> dict[str, Any]:
+def slack_payload(report: RunReport, link: str | None = None) -> dict[str, Any]:
     """The run as a Slack incoming-webhook message: ``{"text": ..., "blocks": [...]}``.
 
     ``text`` is the headline and run id (what a notification shows); the blocks are a header (✅ every
@@ -325,8 +327,24 @@ def slack_payload(report: RunReport) -> dict[str, Any]:
     bad = _bad(report)
     if bad:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _slack_failures(bad)}})
+    if link:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _slack_link(link)}})
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _mrkdwn(_footer(report))}]})
     return {"text": _mrkdwn(f"{headline} (run {_fact(report.run_id)})"), "blocks": blocks}
+
+
+def _slack_link(link: str) -> str:
+    # <url|label>: the URL is ours (the CI run's page), but escaped all the same so it cannot close the link.
+    return f"<{_mrkdwn(link)}|{LINK_LABEL}>"
+
+
+def slack_message(text: str, link: str | None = None) -> dict[str, Any]:
+    """A plain message (no run report to summarise, e.g. a deploy that failed before any tenant ran)."""
+    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": _mrkdwn(
+        _fit(_one_line(text), SLACK_SECTION - 200))}}]
+    if link:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _slack_link(link)}})
+    return {"text": _mrkdwn(_cut(_one_line(text), SLACK_HEADER)), "blocks": blocks}
 
 
 # Teams ---------------------------------------------------------------------------------------------------
@@ -341,7 +359,7 @@ def _rich(*inlines: dict[str, Any], **props: Any) -> dict[str, Any]:
     return {"type": "RichTextBlock", "inlines": list(inlines), **props}
 
 
-def teams_payload(report: RunReport) -> dict[str, Any]:
+def teams_payload(report: RunReport, link: str | None = None) -> dict[str, Any]:
     """The run as a Teams message carrying one Adaptive Card (version 1.4).
 
     The same content as :func:`slack_payload`: a headline in green or red, the facts one per line, the first
@@ -367,19 +385,41 @@ def teams_payload(report: RunReport) -> dict[str, Any]:
         if len(bad) > SHOWN:
             body.append(_rich(_run(_more(len(bad) - SHOWN), italic=True, isSubtle=True), spacing="Small"))
     body.append(_rich(_run(_footer(report), size="Small", isSubtle=True), separator=True))
-    card = {
+    return _teams_card(body, headline, link)
+
+
+def teams_message(text: str, link: str | None = None) -> dict[str, Any]:
+    """A plain message as a Teams card (see :func:`slack_message`)."""
+    line = _cut(_one_line(text), 2000)
+    return _teams_card([_rich(_run(line, weight="Bolder", color="Attention"))], line, link)
+
+
+def _teams_card(body: list[dict[str, Any]], fallback: str, link: str | None) -> dict[str, Any]:
+    card: dict[str, Any] = {
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
         "type": "AdaptiveCard",
         "version": "1.4",
-        "fallbackText": headline,
+        "fallbackText": fallback,
         "body": body,
     }
+    if link:  # a button to the CI run: its job summary names every tenant and the resume command
+        card["actions"] = [{"type": "Action.OpenUrl", "title": LINK_LABEL, "url": link}]
     return {"type": "message", "attachments": [
         {"contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None, "content": card},
     ]}
 
 
 _PAYLOADS = {"slack": slack_payload, "teams": teams_payload}
+_MESSAGES = {"slack": slack_message, "teams": teams_message}
+
+
+def ci_run_url(environ: Mapping[str, str]) -> str | None:
+    """The page of the CI run this process is part of (GitHub Actions), else None."""
+    parts = [environ.get(key) for key in ("GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_RUN_ID")]
+    if not all(parts):
+        return None
+    server, repository, run_id = parts
+    return f"{server.rstrip('/')}/{repository}/actions/runs/{run_id}"
 
 
 # ----------------------------------------------------------------------------------------------------- posting
@@ -445,13 +485,14 @@ def _phrase(code: int) -> str:
         return ""
 
 
-def notify(report: RunReport, targets: Iterable[Target], *, timeout: float = 10.0,
-           opener: Any = None) -> list[str]:
+def notify(report: RunReport | str, targets: Iterable[Target], *, timeout: float = 10.0,
+           opener: Any = None, link: str | None = None) -> list[str]:
     """Post the run's summary to each webhook, in order; return one warning line per webhook that failed.
 
     Each target gets :func:`slack_payload` or :func:`teams_payload` as JSON, POSTed with urllib (``opener``:
     an object with urllib's ``open(request, timeout=...)``, for tests; default: urllib's, proxies from the
-    environment, redirects not followed). ``timeout`` is in seconds, per connection attempt and read.
+    environment, redirects not followed). ``report`` may be a plain message instead (:func:`slack_message`,
+    :func:`teams_message`), for a failure that left no report; ``link`` (the CI run's page) is added to both. ``timeout`` is in seconds, per connection attempt and read.
 
     Never raises for what a webhook or the network does (refused, timed out, HTTP 4xx/5xx, a 3xx): each
     becomes a warning such as ``notification to slack webhook https://hooks.slack.com/… failed: HTTP 404
@@ -467,7 +508,8 @@ def notify(report: RunReport, targets: Iterable[Target], *, timeout: float = 10.
     for target in targets:
         try:
             if target.kind not in bodies:
-                payload = _PAYLOADS[target.kind](report)
+                payload = (_MESSAGES[target.kind](report, link) if isinstance(report, str)
+                           else _PAYLOADS[target.kind](report, link))
                 bodies[target.kind] = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
             problem = _post(target, bodies[target.kind], timeout, opener)
         except Exception as err:  # noqa: BLE001

@@ -14,6 +14,7 @@ import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -135,6 +136,8 @@ def merge_reports(reports: list[ReadReport]) -> dict[str, Any]:
     tenants.sort(key=lambda t: t["tenant"])
     counts = Counter(t["status"] for t in tenants)
     good = {s.value for s in GOOD}
+    started = min(r.fields.get("started_at", "") for r in reports)
+    finished = max(r.fields.get("finished_at", "") or "" for r in reports)
     return {
         "schema_version": SCHEMA_VERSION,
         **{k: v for k, v in first.items() if k not in ("schema_version", "run_id", *_TAIL_KEYS)},
@@ -144,12 +147,40 @@ def merge_reports(reports: list[ReadReport]) -> dict[str, Any]:
         "summary": {s.value: counts[s.value] for s in Status if counts[s.value]},
         "ok": all(r.complete for r in reports) and all(t["status"] in good for t in tenants),
         "complete": all(r.complete for r in reports),
-        "started_at": min(r.fields.get("started_at", "") for r in reports),
-        "finished_at": max(r.fields.get("finished_at", "") or "" for r in reports),
+        "started_at": started,
+        "finished_at": finished,
+        "duration": _seconds_between(started, finished),
         "throttled": sum(r.fields.get("throttled", 0) or 0 for r in reports),
         "skipped_databases": [{"database": name, "reason": why} for name, why in sorted(
             {(d["database"], d["reason"]) for r in reports for d in r.fields.get("skipped_databases", [])})],
     }
+
+
+def _seconds_between(started: str, finished: str) -> float | None:
+    """Wall time of the merged run: from the first shard's start to the last one's end (None if unknown)."""
+    try:
+        return round((datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds(), 4)
+    except ValueError:
+        return None
+
+
+def run_report_of(data: dict[str, Any]) -> RunReport:
+    """A report as read back (one run's, or merged shards') as a :class:`RunReport`, for the renderers:
+    the job summary, JUnit and notifications of a merged run are the same as a single run's."""
+    def result(t: dict[str, Any]) -> TenantResult:
+        return TenantResult(tenant=t["tenant"], status=Status(t["status"]), from_revision=t.get("from"),
+                            to_revision=t.get("to"), applied=tuple(t.get("applied") or ()),
+                            attempts=t.get("attempts", 0), duration=t.get("duration", 0.0), error=t.get("error"))
+
+    return RunReport(
+        run_id=data.get("run_id", "?"), environment=data.get("environment", "?"),
+        operation=data.get("operation", "?"), target=data.get("target", "?"), head=data.get("head"),
+        concurrency=data.get("concurrency", 0), started_at=data.get("started_at", ""),
+        finished_at=data.get("finished_at") or "", duration=data.get("duration") or 0.0,
+        results=tuple(result(t) for t in data.get("tenants", [])), tool_version=data.get("tool_version", ""),
+        throttled=data.get("throttled", 0) or 0,
+        skipped_databases=tuple((d["database"], d["reason"]) for d in data.get("skipped_databases", [])),
+    )
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -473,3 +473,11 @@ def test_payload_target_other_than_head_and_downgrade():
     lines = teams_lines(teams_card(teams_payload(report)))
     assert lines[0] == "✅ tenants downgrade on prod-eu: the tenant ended well"
     assert f"Target: 0002_invoices (head {HEAD})" in lines
+
+
+def test_ci_run_url_only_inside_github_actions():
+    from tenants.notify import ci_run_url
+
+    assert ci_run_url({}) is None
+    assert ci_run_url({"GITHUB_SERVER_URL": "https://ghe.example.com/", "GITHUB_REPOSITORY": "o/r",
+                       "GITHUB_RUN_ID": "7"}) == "https://ghe.example.com/o/r/actions/runs/7"

@@ -138,3 +138,64 @@ def test_resume_names_and_only_validation(tmp_path):
         other.write_text(json.dumps({"schema_version": 1, "environment": "x", "operation": "upgrade",
                                      "target": HEAD, "tenants": []}))
         merge_reports([read, read_report(other)])
+
+
+def test_merged_shards_publish_one_summary_junit_and_notification(cli, tmp_path, monkeypatch):
+    # The deploy's verify and notify jobs: N shard reports become one job summary, one JUnit file and one
+    # chat message that names the failed tenant, links to the run and says how to resume.
+    from test_notify import _Webhook, slack_texts, teams_card, teams_lines  # the loopback webhook server
+    import threading
+
+    names = [f"t{i:02d}" for i in range(6)]
+    config = str(fleet_config(tmp_path, names))
+    (tmp_path / "db").mkdir()
+    (tmp_path / "db" / "t03.db").write_bytes(b"this is not a SQLite database" * 100)
+    for k in (1, 2):
+        cli("--config", config, "-e", "f", "upgrade", "--keep-going", "--shard", f"{k}/2",
+            "--report", str(tmp_path / f"r{k}.json"))
+    step_summary = tmp_path / "step-summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step_summary))
+    merged = cli("report", "merge", str(tmp_path / "r1.json"), str(tmp_path / "r2.json"), "-o",
+                 str(tmp_path / "all.json"), "--junit", str(tmp_path / "junit.xml"),
+                 "--summary-markdown", str(tmp_path / "summary.md"))
+    assert merged.code == 1
+    assert merged.out.splitlines()[-1] == "merged 2 report(s), 6 tenants: 5 upgraded, 1 failed"
+    summary = (tmp_path / "summary.md").read_text()
+    assert step_summary.read_text() == summary + "\n"
+    assert "| t03 | failed |" in summary
+    assert f"--from-report {tmp_path / 'all.json'} --only failed,timed-out,skipped,locked" in summary
+    junit = (tmp_path / "junit.xml").read_text()
+    assert junit.count("<testcase ") == 6 and junit.count("<failure ") == 1
+
+    server = _Webhook()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        for key, value in (("GITHUB_SERVER_URL", "https://github.com"), ("GITHUB_REPOSITORY", "acme/saas"),
+                           ("GITHUB_RUN_ID", "4242")):
+            monkeypatch.setenv(key, value)
+        run_url = "https://github.com/acme/saas/actions/runs/4242"
+        posted = cli("report", "notify", str(tmp_path / "r1.json"), str(tmp_path / "r2.json"),
+                     "--notify", "slack:" + server.url())
+        assert (posted.code, posted.out, posted.err) == (0, "posted to 1 of 1 webhook(s)\n", "")
+        text = slack_texts(server.payloads()[-1])
+        assert "1 of 6 tenants did not end well" in text and "t03" in text and f"<{run_url}|" in text
+        # A deploy that failed before any tenant ran has no report: a message, with the same link.
+        monkeypatch.setenv("TENANTS_NOTIFY_URL", "teams:" + server.url())
+        posted = cli("report", "notify", "--message", "deploy of production failed in job plan")
+        assert posted.code == 0
+        card = teams_card(server.payloads()[-1])
+        assert teams_lines(card) == ["deploy of production failed in job plan"]
+        assert card["actions"] == [{"type": "Action.OpenUrl", "title": "Open the run: summary, every tenant, "
+                                    "how to resume", "url": run_url}]
+    finally:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    monkeypatch.delenv("TENANTS_NOTIFY_URL")
+    nowhere = cli("report", "notify", "--message", "x")
+    assert (nowhere.code, nowhere.err) == (2, "tenants: error: report notify: no webhook; give --notify URL or set "
+                                              "TENANTS_NOTIFY_URL\n")
+    nothing = cli("report", "notify", "--notify", "slack:https://hooks.slack.com/services/T/B/x")
+    assert nothing.code == 2 and "give the run's report(s), or --message" in nothing.err

@@ -135,7 +135,7 @@ class Server:
                 return self.execute(FINGERPRINT_SQL, db=db)[0]
             except psycopg.Error as err:
                 return (f"unreadable: {type(err).__name__}: {str(err).strip().splitlines()[0]}", None)
-        return dict(zip(dbs, self.each(dbs, one)))
+        return dict(zip(dbs, self.each(dbs, one), strict=True))
 
 
 class Bench:
@@ -336,7 +336,7 @@ def main() -> None:
         report(bench, args, shell_label, shell_factor)
     except KeyboardInterrupt:
         print("\nbench: interrupted", file=sys.stderr)
-        raise SystemExit(130)
+        raise SystemExit(130) from None
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):  # a second Ctrl-C must not leave the databases behind
             signal.signal(sig, signal.SIG_IGN)

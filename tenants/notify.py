@@ -492,7 +492,8 @@ def notify(report: RunReport | str, targets: Iterable[Target], *, timeout: float
     Each target gets :func:`slack_payload` or :func:`teams_payload` as JSON, POSTed with urllib (``opener``:
     an object with urllib's ``open(request, timeout=...)``, for tests; default: urllib's, proxies from the
     environment, redirects not followed). ``report`` may be a plain message instead (:func:`slack_message`,
-    :func:`teams_message`), for a failure that left no report; ``link`` (the CI run's page) is added to both. ``timeout`` is in seconds, per connection attempt and read.
+    :func:`teams_message`), for a failure that left no report; ``link`` (the CI run's page) is added to both.
+    ``timeout`` is in seconds, per connection attempt and read.
 
     Never raises for what a webhook or the network does (refused, timed out, HTTP 4xx/5xx, a 3xx): each
     becomes a warning such as ``notification to slack webhook https://hooks.slack.com/… failed: HTTP 404

@@ -109,7 +109,7 @@ def plan(settings: Settings, revision: str = "head", selection: Selection = Sele
     pending: dict[tuple[str, ...], tuple[str, ...]] = {}
     new, up_to_date, unknown, unreachable = [], [], [], []
     pinned = []
-    for tenant, read in zip(tenants, _read_all(settings, tenants)):
+    for tenant, read in zip(tenants, _read_all(settings, tenants), strict=True):
         if isinstance(read, _Unreachable):
             unreachable.append((tenant.name, read.error))
             continue

@@ -104,4 +104,4 @@ class ElasticPoolPressure:
             row = conn.execute(text(POOL_STATS_SQL)).first()
         if row is None:  # a pool with no stats yet (new): nothing says it is busy
             return {}
-        return {name: float(value or 0.0) for name, value in zip(METRICS, row)}
+        return {name: float(value or 0.0) for name, value in zip(METRICS, row, strict=True)}

@@ -312,7 +312,8 @@ def test_unreachable_sql_server_tenant_fails_after_transient_retries(cli, tmp_pa
     pytest.importorskip("pyodbc")
     config = tmp_path / "t.toml"
     config.write_text('[environments.prod]\nurl = "mssql+pyodbc://deploy:${SQL_PW}@127.0.0.1:1/{tenant}'
-                      '?driver=FreeTDS&TDS_Version=7.4"\nauth = "sql"\ntenants = ["acme"]\nretries = 1\nretry_backoff = 0.01\n'
+                      '?driver=FreeTDS&TDS_Version=7.4"\nauth = "sql"\ntenants = ["acme"]\nretries = 1\n'
+                      'retry_backoff = 0.01\n'
                       f'alembic = "{ROOT / "alembic.ini"}"\n')
     monkeypatch.setenv("SQL_PW", "odbc-Secret-9")
     run = cli("--config", str(config), "-e", "prod", "upgrade")
@@ -370,7 +371,8 @@ def test_verify_names_every_tenant_not_at_head_including_new_ones(cli, sqlite_co
     assert cli("--config", str(config), "-e", "test", "verify", "--report", str(report)).out.strip() == (
         f"2/2 tenants at head {HEAD}")
     # A tenant created during the deploy, and one changed by hand.
-    config.write_text(config.read_text().replace('tenants = ["acme", "globex"]', 'tenants = ["acme", "globex", "newco"]'))
+    config.write_text(config.read_text().replace('tenants = ["acme", "globex"]',
+                                                 'tenants = ["acme", "globex", "newco"]'))
     with sqlite3.connect(tmp_path / "db" / "globex.db") as conn:
         conn.execute("UPDATE alembic_version SET version_num = 'handmade'")
     run = cli("--config", str(config), "-e", "test", "verify", "--report", str(report), "--junit",

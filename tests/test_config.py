@@ -104,7 +104,7 @@ def test_unknown_top_level_key(tmp_path):
 
 def test_relative_paths_resolve_next_to_the_config_file(tmp_path, monkeypatch):
     (tmp_path / "sub").mkdir()
-    path = write_config(tmp_path / "sub" / "t.toml", """\
+    write_config(tmp_path / "sub" / "t.toml", """\
         [environments.a]
         url = "sqlite:///data/{tenant}.db"
         tenants = [{name = "a", tags = ["canary"]}]
@@ -184,7 +184,8 @@ def test_azure_pool_environment_derives_its_url_per_cloud(tmp_path):
     from sqlalchemy.engine import make_url
 
     url = make_url(prod.tenant_url("acme"))
-    assert (url.host, url.port, url.database, url.username or None) == ("sql-prod.database.windows.net", 1433, "acme", None)
+    assert (url.host, url.port, url.database, url.username or None) == (
+        "sql-prod.database.windows.net", 1433, "acme", None)
     assert dict(url.query) == {"driver": "ODBC Driver 18 for SQL Server", "Encrypt": "yes",
                                "TrustServerCertificate": "no"}
     gov = load_settings(path, "gov", environ={}).environment

@@ -246,7 +246,8 @@ def test_stamp_adopts_an_existing_database(sqlite_config, tmp_path):
     report = api.stamp(settings, ("initech",), "0002_invoices")
     assert report.results[0].status is Status.STAMPED and report.results[0].to_revision == "0002_invoices"
     assert version(tmp_path / "db" / "initech.db") == "0002_invoices"
-    assert tables(tmp_path / "db" / "initech.db") == {"alembic_version", "tenants_history"}  # nothing ran but the record
+    # nothing ran but the record
+    assert tables(tmp_path / "db" / "initech.db") == {"alembic_version", "tenants_history"}
 
 
 def test_offline_sql(sqlite_config):

@@ -4,7 +4,6 @@ progress rolls back; every other tenant, including those in flight at the kill, 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 

@@ -1,0 +1,230 @@
+"""The GitHub Actions workflows, checked here so a mistake breaks the build, not a production deploy.
+
+- every workflow validates against GitHub's workflow schema (check-jsonschema's vendored copy);
+- zizmor, the Actions security linter, finds nothing at its default level;
+- every ``tenants …`` command line in a ``run:`` script parses with the real CLI: the subcommand exists, every
+  option exists and takes the value given (a renamed option fails here);
+- the deploy graph has no path to a tenant-changing command that skips the approval.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer.main
+import yaml
+
+from tenants.cli import app
+
+from conftest import ROOT
+
+WORKFLOWS = ROOT / ".github" / "workflows"
+FILES = sorted(WORKFLOWS.glob("*.yml"))
+# Commands that change a tenant database: they may only run after the environment's approval.
+WRITES = {"upgrade", "downgrade", "stamp", "pin", "unpin"}
+APPROVAL = "${{ inputs.environment }}"  # the GitHub environment with the required reviewers
+
+# What the shell variables of the run scripts hold at run time (samples of the right shape), so the parse
+# checks types too: a shard must look like K/N, a concurrency like a number.
+SAMPLES = {
+    "TARGET": ["head"], "SHARD": ["3/8"], "SHARD_INDEX": ["3"], "CONCURRENCY": ["2"], "TENANT_TIMEOUT": ["3600"],
+    "TENANT": ["acme"], "REVISION": ["-1"], "REASON": ["customer asked to roll back invoices"],
+    "TENANTS_ENV": ["production"], "resume": ["--from-report", "resume/merged.json"],
+    "reports": ["reports/shard-1.json", "reports/shard-2.json"], "from": ["0004_invoice_user_index"],
+}
+CONTROL = {";", "&&", "||", "|", ">", ">>", "<", "&", ")", "(", "2>", "2>&1"}
+
+
+def load(path: Path) -> dict:
+    # PyYAML reads the key `on` as True (YAML 1.1); the workflows never need it here.
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def run_scripts(workflow: dict):
+    for job_id, job in workflow["jobs"].items():
+        for step in job.get("steps", []):
+            if "run" in step:
+                yield job_id, step["run"]
+
+
+def tenants_commands(script: str) -> list[list[str]]:
+    """Each ``tenants …`` invocation in a bash script, as argv after ``tenants``, variables still unexpanded."""
+    joined = re.sub(r"\\\n\s*", " ", script)  # line continuations
+    commands = []
+    for line in joined.splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        lexer.wordchars += "$@{}[]"
+        # (shlex drops a trailing "# comment"; a "#" inside a word, as in ${#a[@]}, stays in the word)
+        tokens = list(lexer)
+        for i, token in enumerate(tokens):
+            if token == "tenants" and (i == 0 or tokens[i - 1] in CONTROL | {"then", "else", "do", "$", "$("}):
+                argv = []
+                for arg in tokens[i + 1:]:
+                    if arg in CONTROL:
+                        break
+                    argv.append(arg)
+                commands.append(argv)
+    return commands
+
+
+def expand(argv: list[str]) -> list[str]:
+    out = []
+    for arg in argv:
+        whole = re.fullmatch(r"\$\{?(\w+)(\[@\])?\}?", arg)
+        if whole:
+            assert whole.group(1) in SAMPLES, f"no sample value for ${whole.group(1)}: add one to SAMPLES"
+            out += SAMPLES[whole.group(1)]
+            continue
+
+        def one(m: re.Match[str]) -> str:
+            assert m.group(1) in SAMPLES, f"no sample value for ${m.group(1)}: add one to SAMPLES"
+            return SAMPLES[m.group(1)][0]
+
+        out.append(re.sub(r"\$\{?(\w+)\}?", one, arg))
+    return out
+
+
+def parse(argv: list[str]) -> tuple[str, ...]:
+    """Parse argv as the real `tenants` would (types, required arguments, unknown options), without running
+    anything; return the subcommand path, e.g. ("report", "merge")."""
+    command, name, parent, path = typer.main.get_command(app), "tenants", None, []
+    args = list(argv)
+    while True:
+        ctx = command.make_context(name, args, parent=parent)
+        if not hasattr(command, "resolve_command"):
+            return tuple(path)
+        name, command, args = command.resolve_command(ctx, [*ctx._protected_args, *ctx.args])
+        parent = ctx
+        path.append(name)
+
+
+ALL_COMMANDS = [(path.name, job, argv) for path in FILES for job, script in run_scripts(load(path))
+                for argv in tenants_commands(script)]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_workflow_matches_githubs_schema(path):
+    result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
+                             str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_zizmor_finds_nothing():
+    zizmor = shutil.which("zizmor") or str(Path(sys.executable).parent / "zizmor")
+    # --offline: no GitHub API calls (the audits that need them are not in its default set without a token).
+    result = subprocess.run([zizmor, "--offline", "--no-progress", str(ROOT / ".github")], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No findings to report" in result.stdout
+
+
+def test_every_tenants_command_in_the_workflows_parses():
+    assert len(ALL_COMMANDS) >= 12  # the extraction found the commands (see the test below for which)
+    failures = []
+    for file, job, argv in ALL_COMMANDS:
+        try:
+            parse(expand(argv))
+        except Exception as err:  # noqa: BLE001 - collect every bad line, then fail once naming each
+            message = err.format_message() if hasattr(err, "format_message") else str(err)
+            failures.append(f"{file} job {job}: tenants {shlex.join(argv)}: {message}")
+    assert not failures, "\n".join(failures)
+
+
+def test_the_workflows_use_every_deploy_command():
+    used = {(file, parse(expand(argv))) for file, _, argv in ALL_COMMANDS}
+    assert {("deploy-environment.yml", c) for c in (("plan",), ("upgrade",), ("report", "merge"), ("verify",),
+                                                    ("report", "notify"))} <= used
+    assert {("downgrade.yml", c) for c in (("sql",), ("downgrade",), ("status",), ("history",))} <= used
+    assert ("ci.yml", ("sql",)) in used and ("ci.yml", ("upgrade",)) in used
+
+
+def test_a_renamed_option_is_caught():
+    # The check above must be able to fail: an option that does not exist, a value of the wrong shape.
+    with pytest.raises(Exception, match="No such option: --shards"):
+        parse(expand(["upgrade", "$TARGET", "--shards", "$SHARD"]))
+    with pytest.raises(Exception, match="Missing parameter: output"):
+        parse(["report", "merge", "a.json"])
+    with pytest.raises(Exception, match="No such command 'merged'"):
+        parse(["report", "merged", "a.json"])
+    assert tenants_commands('x=$(tenants status --tenant "$TENANT" --json | jq -r .x)\n'
+                            'tenants plan "$TARGET" > p.md && tenants \\\n  verify --report m.json') == [
+        ["status", "--tenant", "$TENANT", "--json"], ["plan", "$TARGET"], ["verify", "--report", "m.json"]]
+
+
+# -------------------------------------------------------------------------------------- the approval path
+
+
+def approval_violations(workflow: dict) -> list[str]:
+    """Jobs that run a tenant-changing command, or sign in as the deploy identity, without the approval: the
+    job neither carries the approval environment nor needs (directly, with a required success) a job that
+    does."""
+    jobs = workflow["jobs"]
+
+    def approved(job_id: str) -> bool:
+        job = jobs[job_id]
+        if job.get("environment") == APPROVAL:
+            return True
+        needs = job.get("needs", [])
+        needs = [needs] if isinstance(needs, str) else needs
+        condition = str(job.get("if", ""))
+        return any(approved(n) and f"needs.{n}.result == 'success'" in condition for n in needs)
+
+    violations = []
+    for job_id, job in jobs.items():
+        writes = {parse(expand(argv))[0] for _, script in run_scripts({"jobs": {job_id: job}})
+                  for argv in tenants_commands(script)} & WRITES
+        deploy_identity = "vars.AZURE_CLIENT_ID" in yaml.safe_dump(job)
+        if (writes or deploy_identity) and not approved(job_id):
+            violations.append(f"{job_id}: {sorted(writes) or 'deploy identity'} without the approval")
+    return violations
+
+
+@pytest.mark.parametrize("name", ["deploy-environment.yml", "downgrade.yml"])
+def test_nothing_changes_a_tenant_before_the_approval(name):
+    assert approval_violations(load(WORKFLOWS / name)) == []
+
+
+def test_the_approval_check_catches_a_path_around_it():
+    workflow = load(WORKFLOWS / "deploy-environment.yml")
+    assert workflow["jobs"]["canary"]["environment"] == APPROVAL
+    assert workflow["jobs"]["apply"]["environment"] == APPROVAL + "-fleet"
+    bypass = copy.deepcopy(workflow)
+    bypass["jobs"]["apply"]["if"] = "${{ !cancelled() && !inputs.dry-run }}"  # forgot the canary's success
+    assert approval_violations(bypass) == ["apply: ['upgrade'] without the approval"]
+    early = copy.deepcopy(workflow)
+    early["jobs"]["plan"]["env"]["AZURE_CLIENT_ID"] = "${{ vars.AZURE_CLIENT_ID }}"  # deploy identity in plan
+    assert approval_violations(early) == ["plan: deploy identity without the approval"]
+
+
+def test_deploy_order_concurrency_and_permissions():
+    deploy = load(WORKFLOWS / "deploy.yml")
+    assert deploy["permissions"] == {}
+    for env in ("staging", "production"):
+        job = deploy["jobs"][env]
+        assert job["concurrency"] == {"group": f"tenants-deploy-{env}", "cancel-in-progress": False}
+        assert job["permissions"]["id-token"] == "write" and job["permissions"]["contents"] == "read"
+        assert job["with"]["environment"] == env
+    assert deploy["jobs"]["production"]["needs"] == "staging"
+    assert "needs.staging.result == 'success'" in deploy["jobs"]["production"]["if"]
+    jobs = load(WORKFLOWS / "deploy-environment.yml")["jobs"]
+    assert jobs["canary"]["needs"] == "plan"
+    assert jobs["apply"]["needs"] == ["plan", "canary"] and jobs["verify"]["needs"] == ["plan", "canary", "apply"]
+    assert jobs["notify"]["if"] == "failure()"
+    assert jobs["apply"]["strategy"]["fail-fast"] is False
+    assert "max-parallel" in jobs["apply"]["strategy"]
+    # A dry run plans and stops: every job after the plan is off when inputs.dry-run is true.
+    for job_id in ("canary", "apply", "verify"):
+        assert "!inputs.dry-run" in jobs[job_id]["if"]
+    downgrade = load(WORKFLOWS / "downgrade.yml")["jobs"]["downgrade"]
+    assert downgrade["concurrency"] == {"group": "tenants-deploy-${{ inputs.environment }}",
+                                        "cancel-in-progress": False}

@@ -332,7 +332,10 @@ def test_ctrl_c_lets_tenants_in_flight_finish_and_skips_the_rest(sqlite_config, 
     report = tmp_path / "r.json"
     proc = subprocess.Popen([sys.executable, "-m", "tenants", "--config", str(config), "--env", "test", "upgrade",
                              "-j", "2", "--report", str(report)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # A suite started in the background (`pytest &`) runs with SIGINT ignored, and Python
+                            # keeps a signal that was ignored at startup ignored: give the child a terminal's.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 30
     while len(list(tmp_path.glob("gate*"))) < 2:
         assert time.monotonic() < deadline and proc.poll() is None, "the first tenants never started"

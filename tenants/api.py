@@ -337,15 +337,21 @@ def sql(settings: Settings, revision_range: str, tenant: str | None = None, dial
         raise UsageError("--dialect renders for a dialect, --tenant for a tenant's own database: use one")
     revisions = load_revisions(settings)
     start_arg, _, to_arg = revision_range.rpartition(":")
-    target = revisions.resolve(to_arg or "head")
     if tenant is not None:
         chosen = discover(settings, Selection(tenants=(tenant,)))[0]
         url = chosen.url
-        start = revisions.resolve(start_arg) if start_arg else _single(
-            _known_current(revisions, chosen, settings), tenant)
+        if start_arg:
+            start, target = revisions.resolve(start_arg), revisions.resolve(to_arg or "head")
+        else:
+            current = _known_current(revisions, chosen, settings)
+            start = _single(current, tenant)
+            # `-N` counts down from the tenant's revision, as `downgrade -t T -- -N` does: the SQL shown for a
+            # tenant is the SQL its downgrade runs.
+            target = _resolve_down(revisions, to_arg or "head", chosen.name, current)
     else:
         url = DIALECT_URLS[dialect] if dialect else env.tenant_url("tenant")
         start = revisions.resolve(start_arg) if start_arg else None
+        target = revisions.resolve(to_arg or "head")
     if start is not None and target is not None and start == target:
         return ""
     downward = start is not None and (target is None or target in revisions.ancestors(start))

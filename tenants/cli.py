@@ -452,17 +452,23 @@ def downgrade(
         if not typer.confirm("Proceed?", default=False):
             typer.echo("cancelled; nothing changed", err=True)
             raise typer.Exit(1)
+    name = plan.tenant.name
+    pinned = f"(release with `tenants unpin -t {name}`)"
+    if pin_reason is not None:
+        # Pin first: a fleet upgrade reads the pin under the tenant's lock, so from here on none can take the
+        # tenant back up between the downgrade and the pin (the deploy and downgrade workflows may overlap).
+        api.pin(settings, name, pin_reason)
+        typer.echo(f"pinned {name}: {pin_reason.strip()} {pinned}")
     report_obj = api.downgrade(settings, plan)
     for result in report_obj.results:
         typer.echo(render.result_line(result))
-    if report_obj.ok:
-        if pin_reason is None and not yes and sys.stdin.isatty() and typer.confirm(
-                f"Pin {plan.tenant.name} so fleet upgrades leave it at {plan.target or 'base'}?", default=True):
-            pin_reason = typer.prompt("Reason")
-        if pin_reason:
-            api.pin(settings, plan.tenant.name, pin_reason)
-            typer.echo(f"pinned {plan.tenant.name}: {pin_reason.strip()} (release with `tenants unpin -t "
-                       f"{plan.tenant.name}`)")
+    if report_obj.ok and pin_reason is None and not yes and sys.stdin.isatty() and typer.confirm(
+            f"Pin {name} so fleet upgrades leave it at {plan.target or 'base'}?", default=True):
+        pin_reason = typer.prompt("Reason")
+        api.pin(settings, name, pin_reason)
+        typer.echo(f"pinned {name}: {pin_reason.strip()} {pinned}")
+    elif not report_obj.ok and pin_reason is not None:
+        typer.echo(f"{name} stays pinned although its downgrade did not end well {pinned}", err=True)
     _finish(obj, report_obj, report)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import re
 import subprocess
 import sys
@@ -471,3 +472,45 @@ def test_pin_keeps_a_tenant_out_of_fleet_upgrades_until_unpinned(cli, sqlite_con
     assert cli("--config", config, "-e", "test", "unpin", "-t", "globex").out.strip() == "globex was not pinned"
     empty = cli("--config", config, "-e", "test", "pin", "-t", "acme", "--reason", " ")
     assert empty.code == 2 and "pin needs --reason" in empty.err
+
+
+def test_downgrade_workflow_sequence_sql_then_pin_first_downgrade(cli, sqlite_config, monkeypatch):
+    # downgrade.yml: `sql --tenant T -- -1` shows the approvers the SQL that `downgrade --tenant T -- -1` then
+    # runs, counted from the tenant's own revision (not from head); the pin is set before the downgrade, so no
+    # fleet upgrade can bring the tenant back up in between; a downgrade that fails leaves the pin, and says so.
+    monkeypatch.setenv("GITHUB_ACTOR", "oncall")
+    config = str(sqlite_config())
+    assert cli("--config", config, "-e", "test", "upgrade", "0003_invoice_status", "-t", "acme").code == 0
+    shown = cli("--config", config, "-e", "test", "sql", "--tenant", "acme", "--", "-1")
+    assert shown.code == 0
+    assert [ln for ln in lines(shown.out) if ln.startswith("-- Running")] == [
+        "-- Running downgrade 0003_invoice_status -> 0002_invoices"]
+    too_far = cli("--config", config, "-e", "test", "sql", "--tenant", "acme", "--", "-4")
+    assert (too_far.code, too_far.err) == (2, "tenants: error: tenant 'acme' has only 3 revisions to undo, not 4\n")
+    down = cli("--config", config, "-e", "test", "downgrade", "--tenant", "acme", "--yes", "--pin", "INC-7",
+               "--", "-1")
+    assert down.code == 0
+    assert lines(down.out)[2:4] == [
+        "pinned acme: INC-7 (release with `tenants unpin -t acme`)",
+        "downgraded       acme  0003_invoice_status -> 0002_invoices  (1 revision, T)"]
+    history = json.loads(cli("--config", config, "-e", "test", "history", "-t", "acme", "--json").out)["history"]
+    [row] = [row for row in history if row["operation"] == "downgrade"]
+    assert (row["from_revision"], row["to_revision"], row["actor"]) == ("0003_invoice_status", "0002_invoices",
+                                                                       "oncall")
+    # A downgrade that cannot run (another run holds the tenant) keeps the pin it set, and says so.
+    assert cli("--config", config, "-e", "test", "upgrade", "-t", "globex").code == 0
+    import fcntl
+    import os
+
+    fd = os.open(Path(config).parent / "db" / "globex.db.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        held = cli("--config", config, "-e", "test", "downgrade", "--tenant", "globex", "--yes", "--pin", "INC-8",
+                   "--", "base")
+    finally:
+        os.close(fd)
+    assert held.code == 1 and any(ln.startswith("locked           globex  at ") for ln in lines(held.out))
+    assert "globex stays pinned although its downgrade did not end well (release with `tenants unpin -t globex`)" \
+        in held.err
+    status = json.loads(cli("--config", config, "-e", "test", "status", "-t", "globex", "--json").out)
+    assert status["tenants"][0]["pin"].endswith("INC-8") and status["tenants"][0]["state"] == "at-head"

@@ -546,8 +546,8 @@ def report_notify(
     reports: Annotated[Optional[list[Path]], typer.Argument(
         help="Reports of one run (shards are merged); none: post --message alone.", show_default=False)] = None,
     message: Annotated[Optional[str], typer.Option(
-        "--message", "-m", help="Post this line when there is no report (e.g. a deploy that failed before any "
-        "tenant ran).", show_default=False)] = None,
+        "--message", "-m", help="A line posted with the summary (e.g. which CI job failed); alone when there is "
+        "no report (a deploy that failed before any tenant ran).", show_default=False)] = None,
     notify_urls: NotifyOpt = [],
 ) -> None:
     """Post a run's summary (or a message) to the webhooks, e.g. from a CI job that runs only on failure.
@@ -559,7 +559,7 @@ def report_notify(
     if not reports and not message:
         raise UsageError("report notify: give the run's report(s), or --message when there is none")
     subject = run_report_of(merge_reports([read_report(path) for path in reports])) if reports else message
-    warnings = notify(subject, targets, link=ci_run_url(os.environ))
+    warnings = notify(subject, targets, link=ci_run_url(os.environ), note=message if reports else None)
     for warning in warnings:
         typer.echo(f"tenants: warning: {warning}", err=True)
     typer.echo(f"posted to {len(targets) - len(warnings)} of {len(targets)} webhook(s)")

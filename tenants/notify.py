@@ -307,7 +307,7 @@ def _slack_failures(bad: list[TenantResult]) -> str:
     return "\n".join(lines)
 
 
-def slack_payload(report: RunReport, link: str | None = None) -> dict[str, Any]:
+def slack_payload(report: RunReport, link: str | None = None, note: str | None = None) -> dict[str, Any]:
     """The run as a Slack incoming-webhook message: ``{"text": ..., "blocks": [...]}``.
 
     ``text`` is the headline and run id (what a notification shows); the blocks are a header (✅ every
@@ -327,6 +327,8 @@ def slack_payload(report: RunReport, link: str | None = None) -> dict[str, Any]:
     bad = _bad(report)
     if bad:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _slack_failures(bad)}})
+    if note:  # what the caller knows beyond the report, e.g. which CI job failed
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _mrkdwn(_cut(_one_line(note), 1000))}})
     if link:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _slack_link(link)}})
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _mrkdwn(_footer(report))}]})
@@ -359,7 +361,7 @@ def _rich(*inlines: dict[str, Any], **props: Any) -> dict[str, Any]:
     return {"type": "RichTextBlock", "inlines": list(inlines), **props}
 
 
-def teams_payload(report: RunReport, link: str | None = None) -> dict[str, Any]:
+def teams_payload(report: RunReport, link: str | None = None, note: str | None = None) -> dict[str, Any]:
     """The run as a Teams message carrying one Adaptive Card (version 1.4).
 
     The same content as :func:`slack_payload`: a headline in green or red, the facts one per line, the first
@@ -384,6 +386,8 @@ def teams_payload(report: RunReport, link: str | None = None) -> dict[str, Any]:
             body.append(_rich(*inlines, spacing="Small"))
         if len(bad) > SHOWN:
             body.append(_rich(_run(_more(len(bad) - SHOWN), italic=True, isSubtle=True), spacing="Small"))
+    if note:
+        body.append(_rich(_run(_cut(_one_line(note), 1000), weight="Bolder"), separator=True))
     body.append(_rich(_run(_footer(report), size="Small", isSubtle=True), separator=True))
     return _teams_card(body, headline, link)
 
@@ -486,13 +490,14 @@ def _phrase(code: int) -> str:
 
 
 def notify(report: RunReport | str, targets: Iterable[Target], *, timeout: float = 10.0,
-           opener: Any = None, link: str | None = None) -> list[str]:
+           opener: Any = None, link: str | None = None, note: str | None = None) -> list[str]:
     """Post the run's summary to each webhook, in order; return one warning line per webhook that failed.
 
     Each target gets :func:`slack_payload` or :func:`teams_payload` as JSON, POSTed with urllib (``opener``:
     an object with urllib's ``open(request, timeout=...)``, for tests; default: urllib's, proxies from the
     environment, redirects not followed). ``report`` may be a plain message instead (:func:`slack_message`,
-    :func:`teams_message`), for a failure that left no report; ``link`` (the CI run's page) is added to both.
+    :func:`teams_message`), for a failure that left no report; ``link`` (the CI run's page) is added to both,
+    and ``note`` (one line) to a report's summary.
     ``timeout`` is in seconds, per connection attempt and read.
 
     Never raises for what a webhook or the network does (refused, timed out, HTTP 4xx/5xx, a 3xx): each
@@ -510,7 +515,7 @@ def notify(report: RunReport | str, targets: Iterable[Target], *, timeout: float
         try:
             if target.kind not in bodies:
                 payload = (_MESSAGES[target.kind](report, link) if isinstance(report, str)
-                           else _PAYLOADS[target.kind](report, link))
+                           else _PAYLOADS[target.kind](report, link, note))
                 bodies[target.kind] = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
             problem = _post(target, bodies[target.kind], timeout, opener)
         except Exception as err:  # noqa: BLE001

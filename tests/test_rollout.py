@@ -176,10 +176,11 @@ def test_merged_shards_publish_one_summary_junit_and_notification(cli, tmp_path,
             monkeypatch.setenv(key, value)
         run_url = "https://github.com/acme/saas/actions/runs/4242"
         posted = cli("report", "notify", str(tmp_path / "r1.json"), str(tmp_path / "r2.json"),
-                     "--notify", "slack:" + server.url())
+                     "--notify", "slack:" + server.url(), "--message", "failed jobs: apply, verify")
         assert (posted.code, posted.out, posted.err) == (0, "posted to 1 of 1 webhook(s)\n", "")
         text = slack_texts(server.payloads()[-1])
         assert "1 of 6 tenants did not end well" in text and "t03" in text and f"<{run_url}|" in text
+        assert "failed jobs: apply, verify" in text
         # A deploy that failed before any tenant ran has no report: a message, with the same link.
         monkeypatch.setenv("TENANTS_NOTIFY_URL", "teams:" + server.url())
         posted = cli("report", "notify", "--message", "deploy of production failed in job plan")

@@ -26,7 +26,7 @@ from tenants.cli import app
 from conftest import ROOT
 
 WORKFLOWS = ROOT / ".github" / "workflows"
-FILES = sorted(WORKFLOWS.glob("*.yml"))
+FILES = sorted([*WORKFLOWS.glob("*.yml"), *WORKFLOWS.glob("*.yaml")])
 # Commands that change a tenant database: they may only run after the environment's approval.
 WRITES = {"upgrade", "downgrade", "stamp", "pin", "unpin"}
 APPROVAL = "${{ inputs.environment }}"  # the GitHub environment with the required reviewers
@@ -36,9 +36,16 @@ APPROVAL = "${{ inputs.environment }}"  # the GitHub environment with the requir
 SAMPLES = {
     "TARGET": ["head"], "SHARD": ["3/8"], "SHARD_INDEX": ["3"], "CONCURRENCY": ["2"], "TENANT_TIMEOUT": ["3600"],
     "TENANT": ["acme"], "REVISION": ["-1"], "REASON": ["customer asked to roll back invoices"],
-    "TENANTS_ENV": ["production"], "resume": ["--from-report", "resume/merged.json"],
-    "reports": ["reports/shard-1.json", "reports/shard-2.json"], "from": ["0004_invoice_user_index"],
+    "TENANTS_ENV": ["production"], "from": ["0004_invoice_user_index"], "message": ["deploy failed"],
 }
+# Bash arrays ("${resume[@]}"): every command is parsed with each of their forms, empty included.
+ARRAYS = {
+    "resume": [[], ["--from-report", "resume.json"]],
+    "reports": [["reports/shard-1.json"], ["reports/shard-1.json", "reports/shard-2.json"]],
+    "given": [[], ["--report", "merged.json"]],
+}
+# A word in command position: after these, or after VAR=value assignments.
+STARTERS = {";", "&&", "||", "|", "(", "$(", "$", "{", "!", "then", "else", "do", "time", "exec", "command"}
 CONTROL = {";", "&&", "||", "|", ">", ">>", "<", "&", ")", "(", "2>", "2>&1"}
 
 
@@ -67,20 +74,49 @@ def tenants_commands(script: str) -> list[list[str]]:
         # (shlex drops a trailing "# comment"; a "#" inside a word, as in ${#a[@]}, stays in the word)
         tokens = list(lexer)
         for i, token in enumerate(tokens):
-            if token == "tenants" and (i == 0 or tokens[i - 1] in CONTROL | {"then", "else", "do", "$", "$("}):
-                argv = []
-                for arg in tokens[i + 1:]:
-                    if arg in CONTROL:
-                        break
-                    argv.append(arg)
-                commands.append(argv)
+            if not _command_position(tokens, i):
+                continue
+            if token.rsplit("/", 1)[-1] == "tenants":  # tenants, .venv/bin/tenants
+                start = i + 1
+            elif re.fullmatch(r"(.*/)?python3?(\.\d+)?", token) and tokens[i + 1:i + 3] == ["-m", "tenants"]:
+                start = i + 3
+            else:
+                continue
+            argv = []
+            for arg in tokens[start:]:
+                if arg in CONTROL:
+                    break
+                argv.append(arg)
+            commands.append(argv)
     return commands
 
 
-def expand(argv: list[str]) -> list[str]:
+def _command_position(tokens: list[str], i: int) -> bool:
+    j = i - 1
+    while j >= 0 and re.fullmatch(r"[A-Za-z_]\w*=\S*", tokens[j]):  # FOO=bar tenants ...
+        j -= 1
+    return j < 0 or tokens[j] in STARTERS
+
+
+def expansions(argv: list[str]) -> list[list[str]]:
+    """argv with its variables replaced by samples: one list per combination of the arrays' forms."""
+    arrays = sorted({m.group(1) for arg in argv for m in [re.fullmatch(r"\$\{(\w+)\[@\]\}", arg)] if m})
+    for name in arrays:
+        assert name in ARRAYS, f"no sample forms for the array ${{{name}[@]}}: add them to ARRAYS"
+    combos: list[dict[str, list[str]]] = [{}]
+    for name in arrays:
+        combos = [{**c, name: form} for c in combos for form in ARRAYS[name]]
+    return [expand(argv, combo) for combo in combos]
+
+
+def expand(argv: list[str], arrays: dict[str, list[str]] | None = None) -> list[str]:
     out = []
     for arg in argv:
-        whole = re.fullmatch(r"\$\{?(\w+)(\[@\])?\}?", arg)
+        array = re.fullmatch(r"\$\{(\w+)\[@\]\}", arg)
+        if array:
+            out += (arrays or {}).get(array.group(1), ARRAYS.get(array.group(1), [[]])[-1])
+            continue
+        whole = re.fullmatch(r"\$\{?(\w+)\}?", arg)
         if whole:
             assert whole.group(1) in SAMPLES, f"no sample value for ${whole.group(1)}: add one to SAMPLES"
             out += SAMPLES[whole.group(1)]
@@ -114,6 +150,7 @@ ALL_COMMANDS = [(path.name, job, argv) for path in FILES for job, script in run_
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_workflow_matches_githubs_schema(path):
+    assert len(FILES) == 4
     result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
                              str(path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -132,11 +169,12 @@ def test_every_tenants_command_in_the_workflows_parses():
     assert len(ALL_COMMANDS) >= 12  # the extraction found the commands (see the test below for which)
     failures = []
     for file, job, argv in ALL_COMMANDS:
-        try:
-            parse(expand(argv))
-        except Exception as err:  # noqa: BLE001 - collect every bad line, then fail once naming each
-            message = err.format_message() if hasattr(err, "format_message") else str(err)
-            failures.append(f"{file} job {job}: tenants {shlex.join(argv)}: {message}")
+        for args in expansions(argv):
+            try:
+                parse(args)
+            except Exception as err:  # noqa: BLE001 - collect every bad line, then fail once naming each
+                message = err.format_message() if hasattr(err, "format_message") else str(err)
+                failures.append(f"{file} job {job}: tenants {shlex.join(args)}: {message}")
     assert not failures, "\n".join(failures)
 
 
@@ -157,8 +195,12 @@ def test_a_renamed_option_is_caught():
     with pytest.raises(Exception, match="No such command 'merged'"):
         parse(["report", "merged", "a.json"])
     assert tenants_commands('x=$(tenants status --tenant "$TENANT" --json | jq -r .x)\n'
-                            'tenants plan "$TARGET" > p.md && tenants \\\n  verify --report m.json') == [
-        ["status", "--tenant", "$TENANT", "--json"], ["plan", "$TARGET"], ["verify", "--report", "m.json"]]
+                            'tenants plan "$TARGET" > p.md && tenants \\\n  verify --report m.json\n'
+                            'A=1 B= .venv/bin/tenants list; python3 -m tenants sql || echo "tenants list"\n'
+                            'if ! tenants status; then { tenants report merge "${reports[@]}" -o m; }; fi') == [
+        ["status", "--tenant", "$TENANT", "--json"], ["plan", "$TARGET"], ["verify", "--report", "m.json"],
+        ["list"], ["sql"], ["status"], ["report", "merge", "${reports[@]}", "-o", "m"]]
+    assert expansions(["verify", "${given[@]}"]) == [["verify"], ["verify", "--report", "merged.json"]]
 
 
 # -------------------------------------------------------------------------------------- the approval path
@@ -176,22 +218,28 @@ def approval_violations(workflow: dict) -> list[str]:
             return True
         needs = job.get("needs", [])
         needs = [needs] if isinstance(needs, str) else needs
-        condition = str(job.get("if", ""))
-        return any(approved(n) and f"needs.{n}.result == 'success'" in condition for n in needs)
+        condition = " ".join(str(job.get("if", "")).split())
+        # The job's condition must require the approved job's success, and nothing may widen it again.
+        return not re.search(r"always\(\)|\|\|", condition) and any(
+            approved(n) and f"needs.{n}.result == 'success'" in condition for n in needs)
 
     violations = []
     for job_id, job in jobs.items():
+        # A command aimed at a configured environment (TENANTS_ENV or --env); without either it is the
+        # embedded demo fleet of SQLite files on the runner (ci.yml's README check), which nobody approves.
+        aimed = "TENANTS_ENV" in {**workflow.get("env", {}), **job.get("env", {})}
         writes = {parse(expand(argv))[0] for _, script in run_scripts({"jobs": {job_id: job}})
-                  for argv in tenants_commands(script)} & WRITES
+                  for argv in tenants_commands(script)
+                  if aimed or {"-e", "--env"} & set(argv) or any(a.startswith("--env=") for a in argv)} & WRITES
         deploy_identity = "vars.AZURE_CLIENT_ID" in yaml.safe_dump(job)
         if (writes or deploy_identity) and not approved(job_id):
             violations.append(f"{job_id}: {sorted(writes) or 'deploy identity'} without the approval")
     return violations
 
 
-@pytest.mark.parametrize("name", ["deploy-environment.yml", "downgrade.yml"])
-def test_nothing_changes_a_tenant_before_the_approval(name):
-    assert approval_violations(load(WORKFLOWS / name)) == []
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_nothing_changes_a_tenant_before_the_approval(path):
+    assert approval_violations(load(path)) == []
 
 
 def test_the_approval_check_catches_a_path_around_it():
@@ -201,6 +249,12 @@ def test_the_approval_check_catches_a_path_around_it():
     bypass = copy.deepcopy(workflow)
     bypass["jobs"]["apply"]["if"] = "${{ !cancelled() && !inputs.dry-run }}"  # forgot the canary's success
     assert approval_violations(bypass) == ["apply: ['upgrade'] without the approval"]
+    widened = copy.deepcopy(workflow)
+    widened["jobs"]["apply"]["if"] = "${{ needs.canary.result == 'success' || always() }}"
+    assert approval_violations(widened) == ["apply: ['upgrade'] without the approval"]
+    ci = load(WORKFLOWS / "ci.yml")  # the demo upgrade there is fine; one aimed at production is not
+    ci["jobs"]["test"]["steps"].append({"run": "tenants --env production upgrade"})
+    assert approval_violations(ci) == ["test: ['upgrade'] without the approval"]
     early = copy.deepcopy(workflow)
     early["jobs"]["plan"]["env"]["AZURE_CLIENT_ID"] = "${{ vars.AZURE_CLIENT_ID }}"  # deploy identity in plan
     assert approval_violations(early) == ["plan: deploy identity without the approval"]
@@ -211,7 +265,9 @@ def test_deploy_order_concurrency_and_permissions():
     assert deploy["permissions"] == {}
     for env in ("staging", "production"):
         job = deploy["jobs"][env]
-        assert job["concurrency"] == {"group": f"tenants-deploy-{env}", "cancel-in-progress": False}
+        assert job["concurrency"] == {"group": f"tenants-deploy-{env}${{{{ inputs.dry-run && "
+                                               "format('-dry-run-{0}', github.run_id) || '' }}",
+                                      "cancel-in-progress": False}
         assert job["permissions"]["id-token"] == "write" and job["permissions"]["contents"] == "read"
         assert job["with"]["environment"] == env
     assert deploy["jobs"]["production"]["needs"] == "staging"
@@ -226,5 +282,6 @@ def test_deploy_order_concurrency_and_permissions():
     for job_id in ("canary", "apply", "verify"):
         assert "!inputs.dry-run" in jobs[job_id]["if"]
     downgrade = load(WORKFLOWS / "downgrade.yml")["jobs"]["downgrade"]
-    assert downgrade["concurrency"] == {"group": "tenants-deploy-${{ inputs.environment }}",
+    assert downgrade["concurrency"] == {"group": "tenants-downgrade-${{ inputs.environment }}",
                                         "cancel-in-progress": False}
+    assert downgrade["environment"] == APPROVAL and downgrade["needs"] == "plan"

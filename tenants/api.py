@@ -255,6 +255,46 @@ def downgrade(settings: Settings, plan: DowngradePlan, options: RunOptions = Run
                 expect=plan.current)
 
 
+def downgrade_and_pin(settings: Settings, plan: DowngradePlan, reason: str, options: RunOptions = RunOptions()
+                      ) -> tuple[RunReport, str]:
+    """Downgrade the plan's tenant and pin it with ``reason``, so fleet upgrades leave it where it went.
+
+    The order is the point. A tenant not pinned yet is pinned *first*: fleet upgrades read the pin under the
+    tenant's lock, so from then on none can take it back up between the downgrade and the pin (a deploy may
+    be running beside an operator's downgrade). If the downgrade then undoes nothing (the tenant was locked
+    or moved since the plan), the pin comes off again: a tenant nobody downgraded must not silently stop
+    getting releases. A tenant pinned already is kept out of fleet upgrades by that pin; its reason is
+    replaced only once the downgrade ended well.
+
+    Returns the report and what became of the pin: ``"pinned"`` (the downgrade ended well), ``"released"``
+    (nothing was undone, so the new pin is off again), ``"kept"`` (it stopped half-way: pinned where it
+    stopped), ``"unchanged"`` (pinned before, the downgrade failed: the old pin stands).
+    """
+    if not reason.strip():
+        raise UsageError("--pin needs a reason: the next person must know why the tenant is held back")
+    _require_lock(settings)  # before the pin: a dialect that cannot be downgraded must not be left pinned
+    name = plan.tenant.name
+
+    def read(engine):
+        with engine.connect() as conn:
+            return read_pin(conn)
+
+    pinned_before = _on_tenant(settings, plan.tenant, read, "cannot read its pin") is not None
+    if not pinned_before:
+        pin(settings, name, reason)
+    report = downgrade(settings, plan, options)
+    if report.ok:
+        if pinned_before:
+            pin(settings, name, reason)
+        return report, "pinned"
+    if pinned_before:
+        return report, "unchanged"
+    if not any(result.applied for result in report.results):
+        unpin(settings, name)
+        return report, "released"
+    return report, "kept"
+
+
 def stamp(settings: Settings, tenants: tuple[str, ...], revision: str, options: RunOptions = RunOptions(),
           on_result: Callable[[TenantResult], None] | None = None) -> RunReport:
     """Record ``revision`` in the named tenants without running any migration (adopting an existing database)."""

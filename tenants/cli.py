@@ -453,22 +453,24 @@ def downgrade(
             typer.echo("cancelled; nothing changed", err=True)
             raise typer.Exit(1)
     name = plan.tenant.name
-    pinned = f"(release with `tenants unpin -t {name}`)"
+    release = f"(release with `tenants unpin -t {name}`)"
     if pin_reason is not None:
-        # Pin first: a fleet upgrade reads the pin under the tenant's lock, so from here on none can take the
-        # tenant back up between the downgrade and the pin (the deploy and downgrade workflows may overlap).
-        api.pin(settings, name, pin_reason)
-        typer.echo(f"pinned {name}: {pin_reason.strip()} {pinned}")
-    report_obj = api.downgrade(settings, plan)
+        report_obj, pin_state = api.downgrade_and_pin(settings, plan, pin_reason)  # pins first: see there
+    else:
+        report_obj, pin_state = api.downgrade(settings, plan), None
     for result in report_obj.results:
         typer.echo(render.result_line(result))
-    if report_obj.ok and pin_reason is None and not yes and sys.stdin.isatty() and typer.confirm(
+    if pin_state is None and report_obj.ok and not yes and sys.stdin.isatty() and typer.confirm(
             f"Pin {name} so fleet upgrades leave it at {plan.target or 'base'}?", default=True):
         pin_reason = typer.prompt("Reason")
         api.pin(settings, name, pin_reason)
-        typer.echo(f"pinned {name}: {pin_reason.strip()} {pinned}")
-    elif not report_obj.ok and pin_reason is not None:
-        typer.echo(f"{name} stays pinned although its downgrade did not end well {pinned}", err=True)
+        pin_state = "pinned"
+    if pin_state == "pinned":
+        typer.echo(f"pinned {name}: {pin_reason.strip()} {release}")
+    elif pin_state == "released":
+        typer.echo(f"{name}: nothing was undone, so the pin set for this downgrade is off again", err=True)
+    elif pin_state == "kept":
+        typer.echo(f"{name} stays pinned where its downgrade stopped {release}", err=True)
     _finish(obj, report_obj, report)
 
 

@@ -476,8 +476,8 @@ def test_pin_keeps_a_tenant_out_of_fleet_upgrades_until_unpinned(cli, sqlite_con
 
 def test_downgrade_workflow_sequence_sql_then_pin_first_downgrade(cli, sqlite_config, monkeypatch):
     # downgrade.yml: `sql --tenant T -- -1` shows the approvers the SQL that `downgrade --tenant T -- -1` then
-    # runs, counted from the tenant's own revision (not from head); the pin is set before the downgrade, so no
-    # fleet upgrade can bring the tenant back up in between; a downgrade that fails leaves the pin, and says so.
+    # runs, counted from the tenant's own revision (not from head). `--pin` pins before the downgrade
+    # (tenants.api.downgrade_and_pin), and takes the pin off again when nothing was undone.
     monkeypatch.setenv("GITHUB_ACTOR", "oncall")
     config = str(sqlite_config())
     assert cli("--config", config, "-e", "test", "upgrade", "0003_invoice_status", "-t", "acme").code == 0
@@ -491,13 +491,13 @@ def test_downgrade_workflow_sequence_sql_then_pin_first_downgrade(cli, sqlite_co
                "--", "-1")
     assert down.code == 0
     assert lines(down.out)[2:4] == [
-        "pinned acme: INC-7 (release with `tenants unpin -t acme`)",
-        "downgraded       acme  0003_invoice_status -> 0002_invoices  (1 revision, T)"]
+        "downgraded       acme  0003_invoice_status -> 0002_invoices  (1 revision, T)",
+        "pinned acme: INC-7 (release with `tenants unpin -t acme`)"]
     history = json.loads(cli("--config", config, "-e", "test", "history", "-t", "acme", "--json").out)["history"]
     [row] = [row for row in history if row["operation"] == "downgrade"]
     assert (row["from_revision"], row["to_revision"], row["actor"]) == ("0003_invoice_status", "0002_invoices",
                                                                        "oncall")
-    # A downgrade that cannot run (another run holds the tenant) keeps the pin it set, and says so.
+    # A downgrade that cannot run (another run holds the tenant) undoes nothing: the pin it set comes off.
     assert cli("--config", config, "-e", "test", "upgrade", "-t", "globex").code == 0
     import fcntl
     import os
@@ -510,7 +510,6 @@ def test_downgrade_workflow_sequence_sql_then_pin_first_downgrade(cli, sqlite_co
     finally:
         os.close(fd)
     assert held.code == 1 and any(ln.startswith("locked           globex  at ") for ln in lines(held.out))
-    assert "globex stays pinned although its downgrade did not end well (release with `tenants unpin -t globex`)" \
-        in held.err
+    assert "globex: nothing was undone, so the pin set for this downgrade is off again\n" in held.err
     status = json.loads(cli("--config", config, "-e", "test", "status", "-t", "globex", "--json").out)
-    assert status["tenants"][0]["pin"].endswith("INC-8") and status["tenants"][0]["state"] == "at-head"
+    assert status["tenants"][0]["pin"] is None and status["tenants"][0]["state"] == "at-head"

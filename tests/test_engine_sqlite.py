@@ -546,3 +546,23 @@ def test_history_cli(cli, sqlite_config, monkeypatch):
     assert all("by octocat" in ln for ln in run.out.splitlines())
     data = json.loads(cli("--config", config, "-e", "test", "history", "-t", "acme", "--json").out)
     assert data["history"][-1]["to_revision"] == "0003_invoice_status"
+
+
+def test_downgrade_and_pin_keeps_an_earlier_pin_until_the_downgrade_ends_well(sqlite_config, tmp_path):
+    settings = settings_for(sqlite_config())
+    assert api.upgrade(settings).ok
+    api.pin(settings, "acme", "INC-1: held by support", actor="alice")
+    db_dir = tmp_path / "db"
+    fd = os.open(db_dir / "acme.db.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another run holds acme: this downgrade undoes nothing
+    try:
+        report, state = api.downgrade_and_pin(settings, api.plan_downgrade(settings, "acme", "base"), "INC-2")
+    finally:
+        os.close(fd)
+    assert (report.ok, state) == (False, "unchanged")
+    assert api.status(settings, Selection(tenants=("acme",))).tenants[0].pin.endswith("UTC: INC-1: held by support")
+    report, state = api.downgrade_and_pin(settings, api.plan_downgrade(settings, "acme", "base"), "INC-2")
+    assert (report.ok, state) == (True, "pinned")
+    assert api.status(settings, Selection(tenants=("acme",))).tenants[0].pin.endswith("UTC: INC-2")
+    with pytest.raises(UsageError, match="--pin needs a reason"):
+        api.downgrade_and_pin(settings, api.plan_downgrade(settings, "globex", "base"), "  ")

@@ -148,9 +148,12 @@ ALL_COMMANDS = [(path.name, job, argv) for path in FILES for job, script in run_
                 for argv in tenants_commands(script)]
 
 
+def test_the_workflows_are_found():
+    assert [p.name for p in FILES] == ["ci.yml", "deploy-environment.yml", "deploy.yml", "downgrade.yml"]
+
+
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_workflow_matches_githubs_schema(path):
-    assert len(FILES) == 4
     result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
                              str(path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -225,12 +228,15 @@ def approval_violations(workflow: dict) -> list[str]:
 
     violations = []
     for job_id, job in jobs.items():
-        # A command aimed at a configured environment (TENANTS_ENV or --env); without either it is the
-        # embedded demo fleet of SQLite files on the runner (ci.yml's README check), which nobody approves.
-        aimed = "TENANTS_ENV" in {**workflow.get("env", {}), **job.get("env", {})}
-        writes = {parse(expand(argv))[0] for _, script in run_scripts({"jobs": {job_id: job}})
-                  for argv in tenants_commands(script)
-                  if aimed or {"-e", "--env"} & set(argv) or any(a.startswith("--env=") for a in argv)} & WRITES
+        # Exempt only a job that names no environment or configuration anywhere (workflow, job or step env,
+        # its scripts, its command lines): it can only reach the embedded demo fleet of SQLite files on the
+        # runner (ci.yml's README check), which nobody approves.
+        text = yaml.safe_dump(job) + yaml.safe_dump(workflow.get("env", {}))
+        commands = [argv for _, script in run_scripts({"jobs": {job_id: job}}) for argv in tenants_commands(script)]
+        aimed = "TENANTS_ENV" in text or "TENANTS_CONFIG" in text or any(
+            re.match(r"(-e|-c|--env|--config)", arg) for argv in commands for arg in argv)
+        writes = {parse(expand(argv))[0] for argv in commands} & WRITES if aimed else {
+            parse(expand(argv))[0] for argv in commands} & WRITES - {"upgrade"}
         deploy_identity = "vars.AZURE_CLIENT_ID" in yaml.safe_dump(job)
         if (writes or deploy_identity) and not approved(job_id):
             violations.append(f"{job_id}: {sorted(writes) or 'deploy identity'} without the approval")
@@ -252,9 +258,15 @@ def test_the_approval_check_catches_a_path_around_it():
     widened = copy.deepcopy(workflow)
     widened["jobs"]["apply"]["if"] = "${{ needs.canary.result == 'success' || always() }}"
     assert approval_violations(widened) == ["apply: ['upgrade'] without the approval"]
-    ci = load(WORKFLOWS / "ci.yml")  # the demo upgrade there is fine; one aimed at production is not
-    ci["jobs"]["test"]["steps"].append({"run": "tenants --env production upgrade"})
-    assert approval_violations(ci) == ["test: ['upgrade'] without the approval"]
+    # The demo upgrade in ci.yml is fine; any way of aiming it at a real environment is not.
+    for step in ({"run": "tenants --env production upgrade"}, {"run": "tenants -eproduction upgrade"},
+                 {"run": "tenants --config prod.toml upgrade"}, {"run": "TENANTS_ENV=production tenants upgrade"},
+                 {"run": "export TENANTS_ENV=production"}, {"run": "true", "env": {"TENANTS_ENV": "production"}},
+                 {"run": "tenants downgrade -t acme --yes -- -1"}):
+        ci = load(WORKFLOWS / "ci.yml")
+        ci["jobs"]["test"]["steps"].append(step)
+        assert approval_violations(ci) == [f"test: {['downgrade' if 'downgrade' in step['run'] else 'upgrade']}"
+                                           " without the approval"], step
     early = copy.deepcopy(workflow)
     early["jobs"]["plan"]["env"]["AZURE_CLIENT_ID"] = "${{ vars.AZURE_CLIENT_ID }}"  # deploy identity in plan
     assert approval_violations(early) == ["plan: deploy identity without the approval"]
@@ -270,6 +282,8 @@ def test_deploy_order_concurrency_and_permissions():
                                       "cancel-in-progress": False}
         assert job["permissions"]["id-token"] == "write" and job["permissions"]["contents"] == "read"
         assert job["with"]["environment"] == env
+        # GitHub's same-repository syntax (July 2026): the called workflow at the caller's exact commit.
+        assert job["uses"] == "$/.github/workflows/deploy-environment.yml"
     assert deploy["jobs"]["production"]["needs"] == "staging"
     assert "needs.staging.result == 'success'" in deploy["jobs"]["production"]["if"]
     jobs = load(WORKFLOWS / "deploy-environment.yml")["jobs"]
@@ -282,6 +296,6 @@ def test_deploy_order_concurrency_and_permissions():
     for job_id in ("canary", "apply", "verify"):
         assert "!inputs.dry-run" in jobs[job_id]["if"]
     downgrade = load(WORKFLOWS / "downgrade.yml")["jobs"]["downgrade"]
-    assert downgrade["concurrency"] == {"group": "tenants-downgrade-${{ inputs.environment }}",
+    assert downgrade["concurrency"] == {"group": "tenants-downgrade-${{ inputs.environment }}-${{ inputs.tenant }}",
                                         "cancel-in-progress": False}
     assert downgrade["environment"] == APPROVAL and downgrade["needs"] == "plan"

@@ -236,7 +236,7 @@ class DowngradePlan:
 def plan_downgrade(settings: Settings, tenant: str, revision: str) -> DowngradePlan:
     """Read the tenant's revision and list the revisions a downgrade to ``revision`` would undo."""
     revisions = load_revisions(settings)
-    chosen = discover(settings, Selection(tenants=(tenant,)))[0]
+    chosen = _one_tenant(settings, tenant)
     current = _known_current(revisions, chosen, settings)
     target = _resolve_down(revisions, revision, chosen.name, current)
     undo = revisions.pending_downgrade(current, target)
@@ -273,7 +273,6 @@ def downgrade_and_pin(settings: Settings, plan: DowngradePlan, reason: str, opti
     if not reason.strip():
         raise UsageError("--pin needs a reason: the next person must know why the tenant is held back")
     _require_lock(settings)  # before the pin: a dialect that cannot be downgraded must not be left pinned
-    name = plan.tenant.name
 
     def read(engine):
         with engine.connect() as conn:
@@ -281,16 +280,16 @@ def downgrade_and_pin(settings: Settings, plan: DowngradePlan, reason: str, opti
 
     pinned_before = _on_tenant(settings, plan.tenant, read, "cannot read its pin") is not None
     if not pinned_before:
-        pin(settings, name, reason)
+        _set_pin(settings, plan.tenant, reason)
     report = downgrade(settings, plan, options)
     if report.ok:
         if pinned_before:
-            pin(settings, name, reason)
+            _set_pin(settings, plan.tenant, reason)
         return report, "pinned"
     if pinned_before:
         return report, "unchanged"
     if not any(result.applied for result in report.results):
-        unpin(settings, name)
+        _clear_pin(settings, plan.tenant)
         return report, "released"
     return report, "kept"
 
@@ -317,12 +316,22 @@ def pin(settings: Settings, tenant: str, reason: str, actor: str | None = None) 
     """Keep ``tenant`` out of fleet upgrades until :func:`unpin` (the pin lives in its database)."""
     if not reason.strip():
         raise UsageError("pin needs --reason \"...\": the next person must know why the tenant is held back")
-    _with_tenant_engine(settings, tenant, lambda engine: pins.set_pin(engine, reason.strip(), actor or history.actor()))
+    _set_pin(settings, _one_tenant(settings, tenant), reason, actor)
 
 
 def unpin(settings: Settings, tenant: str) -> bool:
     """Release ``tenant``; False if it was not pinned."""
-    return _with_tenant_engine(settings, tenant, pins.clear_pin)
+    return _clear_pin(settings, _one_tenant(settings, tenant))
+
+
+# On a Tenant already discovered: an azure-pool discovery is a management API call, made once per command.
+def _set_pin(settings: Settings, tenant: Tenant, reason: str, actor: str | None = None) -> None:
+    _on_tenant(settings, tenant, lambda engine: pins.set_pin(engine, reason.strip(), actor or history.actor()),
+               "cannot change its pin")
+
+
+def _clear_pin(settings: Settings, tenant: Tenant) -> bool:
+    return _on_tenant(settings, tenant, pins.clear_pin, "cannot change its pin")
 
 
 _NOT_CREATED = object()
@@ -348,14 +357,13 @@ def _on_tenant(settings: Settings, tenant: Tenant, action, what: str, if_not_cre
         connector.dispose()
 
 
-def _with_tenant_engine(settings: Settings, tenant: str, action):
-    chosen = discover(settings, Selection(tenants=(tenant,)))[0]
-    return _on_tenant(settings, chosen, action, "cannot change its pin")
+def _one_tenant(settings: Settings, tenant: str) -> Tenant:
+    return discover(settings, Selection(tenants=(tenant,)))[0]
 
 
 def tenant_history(settings: Settings, tenant: str, limit: int = 200) -> list[dict]:
     """The tenant's audit trail (tenants.history), oldest first; [] before the tool ever changed it."""
-    chosen = discover(settings, Selection(tenants=(tenant,)))[0]
+    chosen = _one_tenant(settings, tenant)
 
     def read(engine):
         with engine.connect() as conn:
@@ -378,7 +386,7 @@ def sql(settings: Settings, revision_range: str, tenant: str | None = None, dial
     revisions = load_revisions(settings)
     start_arg, _, to_arg = revision_range.rpartition(":")
     if tenant is not None:
-        chosen = discover(settings, Selection(tenants=(tenant,)))[0]
+        chosen = _one_tenant(settings, tenant)
         url = chosen.url
         if start_arg:
             start, target = revisions.resolve(start_arg), revisions.resolve(to_arg or "head")

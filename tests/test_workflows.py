@@ -46,7 +46,7 @@ ARRAYS = {
 }
 # A word in command position: after these, or after VAR=value assignments.
 STARTERS = {";", "&&", "||", "|", "(", "$(", "$", "{", "!", "then", "else", "do", "time", "exec", "command"}
-CONTROL = {";", "&&", "||", "|", ">", ">>", "<", "&", ")", "(", "2>", "2>&1"}
+CONTROL = {";", "&&", "||", "|", ">", ">>", "<", "&", ")", "("}
 
 
 def load(path: Path) -> dict:

@@ -172,10 +172,8 @@ class PreparedRun:
             return _run(self.settings, self.revisions, self.operation, self.target, self.head, (),
                         replace(options, run_id=run_id), on_result, on_start=on_start, skipped=self.skipped)
         order = {t.name: i for i, t in enumerate(self.tenants)}
-        first, last = reports[0], reports[-1]
-        return replace(last, results=tuple(sorted(results, key=lambda r: order.get(r.tenant, 0))),
-                       started_at=first.started_at, duration=sum(r.duration for r in reports),
-                       throttled=sum(r.throttled for r in reports), pressure_wait=sum(r.pressure_wait for r in reports),
+        run = RunReport.combine(reports, sequential=True)  # every wave's figures, in one report
+        return replace(run, results=tuple(sorted(results, key=lambda r: order.get(r.tenant, 0))),
                        waves=tuple(outcomes) if len(waves) > 1 or self.settings.environment.waves else ())
 
     def waves(self) -> list:

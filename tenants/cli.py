@@ -25,10 +25,10 @@ from tenants import plan as plan_module
 from tenants.config import Settings, load_settings
 from tenants.discovery import Selection, parse_shard
 from tenants.errors import TenantsError, UsageError
-from tenants.report import RunReport, TenantResult
+from tenants.report import RunReport, TenantResult, counted
 from tenants.notify import ci_run_url, notify, parse_target
 from tenants.summaries import junit_xml, markdown_summary, status_junit
-from tenants.runlog import ReportWriter, merge_reports, read_report, resume_names, run_report_of, write_json
+from tenants.runlog import ReportWriter, merge_reports, read_report, resume_names, write_json
 
 app = typer.Typer(
     name="tenants",
@@ -245,6 +245,11 @@ def _run_and_render(obj: Context, run, total: int, report_path: Optional[Path]) 
     _finish(obj, report, report_path, written=bool(writer))
 
 
+def _warning(line: str) -> str:
+    """A pressure probe's line (tenants.pressure) on stderr: named by the setting that turned it on."""
+    return f"tenants: warning: pressure_limit: {line}"
+
+
 def _publish(obj: Context, report: RunReport, report_file: str) -> None:
     """The run for people and CI: JUnit, the Markdown summary (to a file and $GITHUB_STEP_SUMMARY), webhooks."""
     if obj.junit is not None:
@@ -278,10 +283,8 @@ def _finish(obj: Context, report: RunReport, report_path: Optional[Path], writte
         typer.echo(line)
     for name, why in report.skipped_databases:
         typer.echo(f"not a tenant: {name} ({why})", err=True)
-    if report.pressure_errors:
-        typer.echo(f"tenants: warning: the pressure probe could not read the pool's load "
-                   f"({len(report.pressure_errors)} time(s)), so it did not hold starts back: "
-                   f"{report.pressure_errors[-1]}", err=True)
+    for line, times in report.pressure_errors:
+        typer.echo(_warning(counted(line, times)), err=True)
     if report_path is not None:
         typer.echo(f"report written to {report_path}", err=True)
     raise typer.Exit(0 if report.ok else 1)
@@ -533,12 +536,12 @@ def report_merge(
         _check_report_path(path)
     obj.junit, obj.summary_markdown = junit, summary_markdown
     merged = merge_reports([read_report(path) for path in reports])
-    write_json(output, merged)
-    _publish(obj, run_report_of(merged), str(output))
-    counts = ", ".join(f"{n} {status}" for status, n in merged["summary"].items()) or "no tenants"
-    typer.echo(f"merged {len(reports)} report(s), {len(merged['tenants'])} tenants: {counts}"
-               + ("" if merged["complete"] else " (some reports were cut short)"))
-    raise typer.Exit(0 if merged["ok"] else 1)
+    write_json(output, merged.to_dict())
+    _publish(obj, merged, str(output))
+    counts = ", ".join(f"{n} {status}" for status, n in merged.counts.items()) or "no tenants"
+    typer.echo(f"merged {len(reports)} report(s), {len(merged.results)} tenants: {counts}"
+               + ("" if merged.complete else " (some reports were cut short)"))
+    raise typer.Exit(0 if merged.ok else 1)
 
 
 @report_app.command("notify")
@@ -560,7 +563,7 @@ def report_notify(
         raise UsageError("report notify: no webhook; give --notify URL or set TENANTS_NOTIFY_URL")
     if not reports and not message:
         raise UsageError("report notify: give the run's report(s), or --message when there is none")
-    subject = run_report_of(merge_reports([read_report(path) for path in reports])) if reports else message
+    subject = merge_reports([read_report(path) for path in reports]) if reports else message
     warnings = notify(subject, targets, link=ci_run_url(os.environ), note=message if reports else None)
     for warning in warnings:
         typer.echo(f"tenants: warning: {warning}", err=True)

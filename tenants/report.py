@@ -1,13 +1,25 @@
 """Results are data: one :class:`TenantResult` per tenant, gathered into a :class:`RunReport`.
 
-Rendering (tables, lines, JSON) lives in :mod:`tenants.render` as pure functions over these objects.
+Both write themselves as the JSON report (``to_dict``) and read themselves back from it (``from_dict``)
+without loss: a report read back equals the one written. They hold their figures at the precision the JSON
+keeps (durations to 0.1 ms, seconds into the run to 1 ms), so equal means equal. ``from_dict`` also reads
+every earlier form of the report (a key it lacks takes its default).
+
+:meth:`RunReport.combine` is the one place where reports become one report: the waves of one run
+(:mod:`tenants.api`), and the shard and canary reports of a deploy merged afterwards (:mod:`tenants.runlog`,
+``tenants report merge``). Rendering (tables, lines, JSON) lives in :mod:`tenants.render` as pure functions
+over these objects.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
+from typing import Any
 
 
 class Status(str, Enum):
@@ -49,6 +61,9 @@ class TenantResult:
     duration: float = 0.0  # seconds
     error: str | None = None  # password-free
 
+    def __post_init__(self) -> None:
+        _set(self, applied=tuple(self.applied), duration=round(float(self.duration), 4))
+
     @property
     def ok(self) -> bool:
         return self.status in GOOD
@@ -61,48 +76,70 @@ class TenantResult:
             "to": self.to_revision,
             "applied": list(self.applied),
             "attempts": self.attempts,
-            "duration": round(self.duration, 4),
+            "duration": self.duration,
             "error": self.error,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TenantResult:
+        """A tenant's entry of a report, as :meth:`to_dict` writes it (missing keys take their defaults)."""
+        return cls(tenant=data["tenant"], status=Status(data["status"]), from_revision=data.get("from"),
+                   to_revision=data.get("to"), applied=tuple(data.get("applied") or ()),
+                   attempts=data.get("attempts") or 0, duration=data.get("duration") or 0.0,
+                   error=data.get("error"))
 
 
 @dataclass(frozen=True)
 class RunReport:
-    """One run of one operation over the selected tenants, in selection order."""
+    """One run of one operation over the selected tenants, in selection order; or several such reports made
+    one by :meth:`combine` (a merged report names its ``shards``)."""
 
-    run_id: str
+    run_id: str  # merged shards: their run ids, joined by commas
     environment: str
     operation: str  # upgrade | downgrade | stamp
     target: str  # resolved revision id, or "base"
     head: str | None
     concurrency: int
     started_at: str  # ISO 8601, UTC
-    finished_at: str
+    finished_at: str  # "" until the run ends (a report cut short by a killed run has none)
     duration: float
     results: tuple[TenantResult, ...] = ()
     tool_version: str = ""
     throttled: int = 0  # throttling errors the fan-out backed off from
     concurrency_changes: tuple[tuple[float, int], ...] = ()  # (seconds into the run, tenants at once)
     pressure_wait: float = 0.0  # seconds tenant starts were held back by the pressure probe
-    pressure_errors: tuple[str, ...] = ()  # failed reads of the pool's load (the probe then let starts in)
+    # What went wrong reading the pool's load, each line once with how many times (tenants.pressure): the
+    # probe let starts in (or, throttled, held them back), or turned itself off for the rest of the run.
+    pressure_errors: tuple[tuple[str, int], ...] = ()
     skipped_databases: tuple[tuple[str, str], ...] = ()  # seen by discovery, not tenants: (name, why)
     waves: tuple[dict, ...] = ()  # per wave: name, tenants, summary, failures, budget, ran, ok
+    complete: bool = True  # False: read back from a report cut short (a killed run), or merged with one
+    shards: tuple[str, ...] = ()  # a merged report: the report files it was merged from
+
+    def __post_init__(self) -> None:
+        # Plain tuples and the JSON's precision whatever was passed; a pressure error given as a bare line
+        # happened once.
+        _set(self, results=tuple(self.results), duration=round(float(self.duration or 0.0), 4),
+             concurrency_changes=tuple((round(float(at), 3), int(n)) for at, n in self.concurrency_changes),
+             pressure_wait=round(float(self.pressure_wait), 3),
+             pressure_errors=_tally((e, 1) if isinstance(e, str) else (e[0], e[1]) for e in self.pressure_errors),
+             skipped_databases=tuple((name, why) for name, why in self.skipped_databases),
+             waves=tuple(dict(w) for w in self.waves), shards=tuple(self.shards))
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.results)
+        return self.complete and all(r.ok for r in self.results)
 
     @property
     def counts(self) -> dict[str, int]:
-        counts = Counter(r.status.value for r in self.results)
-        return {s.value: counts[s.value] for s in Status if counts[s.value]}
+        return _counts(r.status.value for r in self.results)
 
     @property
     def failed(self) -> tuple[TenantResult, ...]:
         return tuple(r for r in self.results if not r.ok)
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "schema_version": 1,
             "tool_version": self.tool_version,
             "run_id": self.run_id,
@@ -112,18 +149,166 @@ class RunReport:
             "head": self.head,
             "concurrency": self.concurrency,
             "throttled": self.throttled,
-            "concurrency_changes": [{"at": round(at, 3), "concurrency": n} for at, n in self.concurrency_changes],
-            "pressure_wait": round(self.pressure_wait, 3),
-            "pressure_errors": list(self.pressure_errors),
+            "concurrency_changes": [{"at": at, "concurrency": n} for at, n in self.concurrency_changes],
+            "pressure_wait": self.pressure_wait,
+            "pressure_errors": [counted(line, times) for line, times in self.pressure_errors],
             "skipped_databases": [{"database": name, "reason": why} for name, why in self.skipped_databases],
-            "waves": list(self.waves),
+            "waves": [dict(w) for w in self.waves],
             "started_at": self.started_at,
             "finished_at": self.finished_at,
-            "duration": round(self.duration, 4),
+            "duration": self.duration,
             "ok": self.ok,
             "summary": self.counts,
             "tenants": [r.to_dict() for r in self.results],
         }
+        if self.shards:  # a merged report says what it was merged from, and whether each part was whole
+            data["shards"] = list(self.shards)
+        if self.shards or not self.complete:
+            data["complete"] = self.complete
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunReport:
+        """A report as :meth:`to_dict` writes it, or as an earlier version wrote it: a single run's, a merged
+        one, or the header and tenants of a report cut short (with ``"complete": False``). ``ok`` and
+        ``summary`` are not read: they follow from the tenants. Raises KeyError or ValueError on a dict that
+        is not a report."""
+        return cls(
+            run_id=data.get("run_id", "?"), environment=data.get("environment", "?"),
+            operation=data.get("operation", "?"), target=data.get("target", "?"), head=data.get("head"),
+            concurrency=data.get("concurrency") or 0, started_at=data.get("started_at") or "",
+            finished_at=data.get("finished_at") or "", duration=data.get("duration") or 0.0,
+            results=tuple(TenantResult.from_dict(t) for t in data.get("tenants") or ()),
+            tool_version=data.get("tool_version") or "", throttled=data.get("throttled") or 0,
+            concurrency_changes=tuple((c["at"], c["concurrency"]) for c in data.get("concurrency_changes") or ()),
+            pressure_wait=data.get("pressure_wait") or 0.0,
+            pressure_errors=tuple(uncounted(line) for line in data.get("pressure_errors") or ()),
+            skipped_databases=tuple((d["database"], d["reason"]) for d in data.get("skipped_databases") or ()),
+            waves=tuple(data.get("waves") or ()), complete=data.get("complete", True),
+            shards=tuple(data.get("shards") or ()),
+        )
+
+    @classmethod
+    def combine(cls, parts: Sequence[RunReport], *, sequential: bool = False) -> RunReport:
+        """One report from several of the same environment, operation and target.
+
+        ``sequential``: the parts ran one after another as one run (the waves of :mod:`tenants.api`): the
+        run took the sum of their durations, each part's concurrency changes move by the time the parts
+        before it took, and their ``waves`` follow one another. Otherwise the parts are separate runs (the
+        shards of a deploy, its canary; :func:`tenants.runlog.merge_reports`): the run took from the first
+        start to the last finish, each part's concurrency changes move by how much later than the first it
+        started, and the ``waves`` entries of the same wave are added up (the n-th wave of a name in one part
+        with the n-th of that name in the others: each shard ran every wave on its share).
+
+        Either way: the results of every part, in the parts' order (the caller orders them); the distinct run
+        ids joined by commas; throttles, pressure waits and each pressure error's count added up; every
+        skipped database once; the highest concurrency; complete only if every part is; the parts' ``shards``.
+        """
+        if not parts:
+            raise ValueError("combine needs at least one report")
+        first = parts[0]
+        for part in parts[1:]:
+            for key in ("environment", "operation", "target"):
+                if getattr(part, key) != getattr(first, key):
+                    raise ValueError(f"{key} {getattr(part, key)!r} differs from {getattr(first, key)!r}: "
+                                     "combine reports of one run only")
+        started = min((p.started_at for p in parts if p.started_at), default="")
+        finished = max((p.finished_at for p in parts if p.finished_at), default="")
+        if sequential:
+            offsets, elapsed = [], 0.0
+            for part in parts:
+                offsets.append(elapsed)
+                elapsed += part.duration
+            duration, waves = elapsed, tuple(w for p in parts for w in p.waves)
+        else:
+            offsets = [_seconds_between(started, p.started_at) or 0.0 for p in parts]
+            wall = _seconds_between(started, finished)
+            duration = wall if wall is not None else max(p.duration for p in parts)
+            waves = _add_waves(p.waves for p in parts)
+        changes = [(offset + at, n) for part, offset in zip(parts, offsets, strict=True)
+                   for at, n in part.concurrency_changes]
+        return cls(
+            run_id=",".join(dict.fromkeys(p.run_id for p in parts)), environment=first.environment,
+            operation=first.operation, target=first.target, head=first.head,
+            concurrency=max(p.concurrency for p in parts), started_at=started, finished_at=finished,
+            duration=duration, results=tuple(r for p in parts for r in p.results), tool_version=first.tool_version,
+            throttled=sum(p.throttled for p in parts),
+            concurrency_changes=tuple(changes if sequential else sorted(changes, key=lambda c: c[0])),
+            pressure_wait=sum(p.pressure_wait for p in parts),
+            pressure_errors=_tally(e for p in parts for e in p.pressure_errors),
+            skipped_databases=tuple(dict.fromkeys(d for p in parts for d in p.skipped_databases)),
+            waves=waves, complete=all(p.complete for p in parts), shards=tuple(s for p in parts for s in p.shards),
+        )
+
+
+def _set(obj: object, **values: Any) -> None:
+    """Normalise fields of a frozen dataclass in its ``__post_init__``."""
+    for name, value in values.items():
+        object.__setattr__(obj, name, value)
+
+
+def _counts(statuses: Iterable[str]) -> dict[str, int]:
+    counts = Counter(statuses)
+    return {s.value: counts[s.value] for s in Status if counts[s.value]}
+
+
+def _tally(errors: Iterable[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+    """Each line once, with its counts added up, in the order the lines first came."""
+    times: dict[str, int] = {}
+    for line, n in errors:
+        times[line] = times.get(line, 0) + int(n)
+    return tuple(times.items())
+
+
+# A repeated pressure error in the JSON: its line, then " (N times)". A line that happened once is written as
+# it is, unless it ends like a count itself: then it gets " (1 times)", so that reading it back is exact.
+_TIMES = re.compile(r"(?P<line>.*) \((?P<times>\d+) times\)", re.DOTALL)
+
+
+def counted(line: str, times: int) -> str:
+    """A pressure error as the report writes it: ``line``, with `` (N times)`` when it happened more than once."""
+    return line if times == 1 and not _TIMES.fullmatch(line) else f"{line} ({times} times)"
+
+
+def uncounted(text: str) -> tuple[str, int]:
+    """The inverse of :func:`counted`: (line, times)."""
+    match = _TIMES.fullmatch(text)
+    return (match["line"], int(match["times"])) if match else (text, 1)
+
+
+def _seconds_between(started: str, finished: str) -> float | None:
+    """Seconds from one ISO 8601 time to another (None if either is unknown)."""
+    try:
+        return (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+    except ValueError:
+        return None
+
+
+def _add_waves(reports: Iterable[tuple[dict, ...]]) -> tuple[dict, ...]:
+    """The ``waves`` of separate runs over shares of one fleet, added up wave by wave (see ``combine``)."""
+    merged: dict[tuple[Any, int], dict] = {}
+    for waves in reports:
+        seen: Counter = Counter()
+        for wave in waves:
+            key = (wave.get("wave"), seen[wave.get("wave")])
+            seen[wave.get("wave")] += 1
+            if key not in merged:
+                merged[key] = dict(wave)
+                continue
+            into = merged[key]
+            summary = Counter(into.get("summary") or {})
+            summary.update(wave.get("summary") or {})
+            into.update(tenants=into.get("tenants", 0) + wave.get("tenants", 0),
+                        failures=into.get("failures", 0) + wave.get("failures", 0),
+                        ran=bool(into.get("ran")) or bool(wave.get("ran")),
+                        ok=bool(into.get("ok")) and bool(wave.get("ok")),
+                        summary={k: summary[k] for k in _status_order(summary)})
+    return tuple(merged.values())
+
+
+def _status_order(counts: Counter) -> list[str]:
+    known = [s.value for s in Status if counts[s.value]]
+    return known + [k for k in counts if k not in known and counts[k]]
 
 
 class State(str, Enum):

@@ -1,29 +1,33 @@
 """The JSON report, written as the run goes, read back to resume, and merged across shards.
 
 A run that is killed (SIGKILL, a CI timeout) must still leave a report to resume from. So the report file
-is written in three parts: the run's header (``{"schema_version": 1, ..., "tenants": [``) when the run
-starts, one tenant object per line as each tenant finishes (flushed at once), and the tail (``], "summary":
-{...}, "ok": ...}``) at the end. A finished report is one ordinary JSON document; an unfinished one is the
-same document cut short, which :func:`read_report` reads anyway: every complete tenant line counts, and a
-tenant with no line counts as not done.
+is written as the run goes: the run's header (``{"schema_version": 1, ..., "tenants": [``) when the run
+starts, then one tenant object per line as each tenant finishes (flushed at once). When the run ends, the
+whole report (:meth:`tenants.report.RunReport.to_dict`, tenants in selection order) replaces that file
+atomically. A finished report is one ordinary JSON document; an unfinished one is the streamed document cut
+short, which :func:`read_report` reads anyway: every complete tenant line counts, and a tenant with no line
+counts as not done. (Earlier versions ended the streamed file with a tail of the remaining keys instead:
+also one JSON document, read the same way.)
+
+What is in a report, and how several are made one, is :class:`~tenants.report.RunReport`'s business; this
+module only knows files.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections import Counter
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
 from tenants.errors import UsageError
-from tenants.report import GOOD, RunReport, Status, TenantResult
+from tenants.report import RunReport, Status, TenantResult
 
 SCHEMA_VERSION = 1
-_TAIL_KEYS = ("summary", "ok", "finished_at", "duration", "throttled", "concurrency_changes", "pressure_wait",
-              "pressure_errors", "skipped_databases", "waves")
+# What a report says before its first tenant ends: the streamed file's header.
+HEADER_KEYS = ("schema_version", "tool_version", "run_id", "environment", "operation", "target", "head",
+               "concurrency", "started_at")
 
 
 class ReportWriter:
@@ -43,15 +47,14 @@ class ReportWriter:
         self._file.flush()  # the OS keeps it if the process is killed; that is what a resume needs
 
     def close(self, report: RunReport) -> None:
-        data = report.to_dict()
-        tail = {key: data[key] for key in _TAIL_KEYS if key in data}
-        self._file.write("\n  ],\n" + json.dumps(tail, indent=2)[2:] + "\n")
+        """The run ended: the whole report replaces the streamed one (which stays if that write fails)."""
         self._file.close()
+        write_json(self.path, report.to_dict())
 
 
 def header_of(report_fields: dict[str, Any]) -> dict[str, Any]:
     """The part of a report known when the run starts."""
-    return {key: value for key, value in report_fields.items() if key not in (*_TAIL_KEYS, "tenants")}
+    return {key: report_fields[key] for key in HEADER_KEYS if key in report_fields}
 
 
 @dataclass
@@ -65,6 +68,14 @@ class ReadReport:
 
     def statuses(self) -> dict[str, str]:
         return {t["tenant"]: t["status"] for t in self.tenants}
+
+    def run_report(self) -> RunReport:
+        """The report as a :class:`RunReport` (one cut short is not ``complete``)."""
+        try:
+            report = RunReport.from_dict({**self.fields, "tenants": self.tenants})
+        except (KeyError, ValueError, TypeError, AttributeError) as err:
+            raise UsageError(f"{self.path}: not a tenants report ({type(err).__name__}: {err})") from None
+        return report if self.complete else replace(report, complete=False)
 
 
 def read_report(path: Path) -> ReadReport:
@@ -114,8 +125,9 @@ def resume_names(report: ReadReport, only: set[str], discovered: list[str]) -> l
     return [name for name in discovered if name not in statuses or statuses[name] in only]
 
 
-def merge_reports(reports: list[ReadReport]) -> dict[str, Any]:
-    """One report from several shard reports of the same environment, operation and target."""
+def merge_reports(reports: list[ReadReport]) -> RunReport:
+    """One report from several shard (or canary) reports of the same environment, operation and target,
+    tenants by name (see :meth:`RunReport.combine`); each part is named in ``shards`` by its file."""
     if not reports:
         raise UsageError("report merge needs at least one report")
     first = reports[0].fields
@@ -125,62 +137,18 @@ def merge_reports(reports: list[ReadReport]) -> dict[str, Any]:
                 raise UsageError(f"{report.path}: {key} {report.fields.get(key)!r} differs from "
                                  f"{reports[0].path}'s {first.get(key)!r}; merge reports of one run only")
     seen: dict[str, str] = {}
-    tenants: list[dict[str, Any]] = []
     for report in reports:
         for tenant in report.tenants:
-            if tenant["tenant"] in seen:
+            if tenant.get("tenant") in seen:
                 raise UsageError(f"tenant {tenant['tenant']!r} is in both {seen[tenant['tenant']]} and "
                                  f"{report.path}: shards must not overlap")
-            seen[tenant["tenant"]] = str(report.path)
-            tenants.append(tenant)
-    tenants.sort(key=lambda t: t["tenant"])
-    counts = Counter(t["status"] for t in tenants)
-    good = {s.value for s in GOOD}
-    started = min(r.fields.get("started_at", "") for r in reports)
-    finished = max(r.fields.get("finished_at", "") or "" for r in reports)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        **{k: v for k, v in first.items() if k not in ("schema_version", "run_id", *_TAIL_KEYS)},
-        "run_id": ",".join(r.fields.get("run_id", "?") for r in reports),
-        "shards": [str(r.path) for r in reports],
-        "tenants": tenants,
-        "summary": {s.value: counts[s.value] for s in Status if counts[s.value]},
-        "ok": all(r.complete for r in reports) and all(t["status"] in good for t in tenants),
-        "complete": all(r.complete for r in reports),
-        "started_at": started,
-        "finished_at": finished,
-        "duration": _seconds_between(started, finished),
-        "throttled": sum(r.fields.get("throttled", 0) or 0 for r in reports),
-        "skipped_databases": [{"database": name, "reason": why} for name, why in sorted(
-            {(d["database"], d["reason"]) for r in reports for d in r.fields.get("skipped_databases", [])})],
-    }
-
-
-def _seconds_between(started: str, finished: str) -> float | None:
-    """Wall time of the merged run: from the first shard's start to the last one's end (None if unknown)."""
-    try:
-        return round((datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds(), 4)
-    except ValueError:
-        return None
-
-
-def run_report_of(data: dict[str, Any]) -> RunReport:
-    """A report as read back (one run's, or merged shards') as a :class:`RunReport`, for the renderers:
-    the job summary, JUnit and notifications of a merged run are the same as a single run's."""
-    def result(t: dict[str, Any]) -> TenantResult:
-        return TenantResult(tenant=t["tenant"], status=Status(t["status"]), from_revision=t.get("from"),
-                            to_revision=t.get("to"), applied=tuple(t.get("applied") or ()),
-                            attempts=t.get("attempts", 0), duration=t.get("duration", 0.0), error=t.get("error"))
-
-    return RunReport(
-        run_id=data.get("run_id", "?"), environment=data.get("environment", "?"),
-        operation=data.get("operation", "?"), target=data.get("target", "?"), head=data.get("head"),
-        concurrency=data.get("concurrency", 0), started_at=data.get("started_at", ""),
-        finished_at=data.get("finished_at") or "", duration=data.get("duration") or 0.0,
-        results=tuple(result(t) for t in data.get("tenants", [])), tool_version=data.get("tool_version", ""),
-        throttled=data.get("throttled", 0) or 0,
-        skipped_databases=tuple((d["database"], d["reason"]) for d in data.get("skipped_databases", [])),
-    )
+            seen[tenant.get("tenant")] = str(report.path)
+    parts = []
+    for report in reports:
+        part = report.run_report()
+        parts.append(part if part.shards else replace(part, shards=(str(report.path),)))
+    merged = RunReport.combine(parts)
+    return replace(merged, results=tuple(sorted(merged.results, key=lambda r: r.tenant)))
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -33,7 +33,7 @@ import shlex
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 
-from tenants.report import GOOD, RunReport, Status, TenantResult
+from tenants.report import GOOD, RunReport, Status, TenantResult, counted
 
 __all__ = ["junit_xml", "markdown_summary", "MARKDOWN_LIMIT"]
 
@@ -41,6 +41,7 @@ __all__ = ["junit_xml", "markdown_summary", "MARKDOWN_LIMIT"]
 MARKDOWN_LIMIT = 1_000_000
 CELL = 200  # characters of an error (or a name) in a Markdown table cell before it is cut with "…"
 SHOWN = 25  # rows of the "did not end well" table shown before the rest is folded into <details>
+PROBE_LINES = 5  # distinct pressure probe errors listed
 RESUME_ONLY = "failed,timed-out,skipped,locked"  # what a resume runs again; unknown-revision needs a person first
 
 # Worst first, so the first rows of a long table are the tenants that need a person, not the skipped ones.
@@ -215,9 +216,10 @@ def _head(report: RunReport) -> str:
         notes.append(note + ".")
     if report.pressure_wait:
         notes.append(f"Tenant starts waited {report.pressure_wait:.1f} s for the pool's load to drop.")
-    if report.pressure_errors:
-        notes.append(f"The pool's load could not be read {_plural(len(report.pressure_errors), 'time')} "
-                     f"(starts went ahead); first: {_cell(report.pressure_errors[0])}")
+    for line, times in report.pressure_errors[:PROBE_LINES]:  # each says what the probe then did
+        notes.append(f"Pressure probe: {_cell(counted(line, times), 2 * CELL)}")
+    if len(report.pressure_errors) > PROBE_LINES:
+        notes.append(f"Pressure probe: {len(report.pressure_errors) - PROBE_LINES} more errors in the report file.")
     if report.skipped_databases:
         named = [f"{_cell(name, 60)} ({_cell(why, 60)})" for name, why in report.skipped_databases[:10]]
         more = len(report.skipped_databases) - len(named)

@@ -294,12 +294,13 @@ def test_markdown_summary_resume_line():
 def test_markdown_summary_fan_out_notes_only_when_nonzero():
     report = make_report([TenantResult("acme", Status.UPGRADED)], concurrency=8, throttled=3,
                          concurrency_changes=((1.0, 4), (2.0, 2)), pressure_wait=12.34,
-                         pressure_errors=("timeout | reading dm_elastic_pool_resource_stats",),
+                         pressure_errors=(("timeout | reading dm_elastic_pool_resource_stats", 3),
+                                          ("the run goes on without the pressure probe", 1)),
                          skipped_databases=(("master", "system database"),))
     text = markdown_summary(report)
     assert "- Throttled 3 times by the database: concurrency lowered from 8 to 2.\n" in text
     assert "- Tenant starts waited 12.3 s for the pool's load to drop.\n" in text
-    assert ("- The pool's load could not be read 1 time (starts went ahead); first: timeout \\| reading "
-            "dm\\_elastic\\_pool\\_resource\\_stats\n") in text
+    assert ("- Pressure probe: timeout \\| reading dm\\_elastic\\_pool\\_resource\\_stats (3 times)\n"
+            "- Pressure probe: the run goes on without the pressure probe\n") in text
     assert "- Not tenants, passed over: master (system database).\n" in text
     assert "\n- " not in markdown_summary(make_report([TenantResult("acme", Status.UPGRADED)]))

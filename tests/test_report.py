@@ -1,0 +1,225 @@
+"""The report model: a report reads back equal to what was written (a single run, a merge of shard reports,
+the files the previous version wrote, one cut short), and a merge keeps every part's figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tenants import api
+from tenants.config import load_settings
+from tenants.report import RunReport, Status, TenantResult
+from tenants.runlog import ReportWriter, header_of, merge_reports, read_report
+
+from conftest import HEAD
+from test_engine_sqlite import failing_project
+
+
+def round_trip(report: RunReport) -> RunReport:
+    return RunReport.from_dict(json.loads(json.dumps(report.to_dict())))
+
+
+def write_report(path: Path, report: RunReport) -> None:
+    """As a run writes it: the header, each tenant as it ends, then the whole report."""
+    writer = ReportWriter(path, header_of(report.to_dict()))
+    for result in reversed(report.results):  # finished in another order than the selection's
+        writer.add(result)
+    writer.close(report)
+
+
+def test_a_single_run_reads_back_equal_from_json_and_from_its_report_file(sqlite_config, tmp_path):
+    ini = failing_project(tmp_path / "proj")
+    settings = load_settings(sqlite_config(["ok1", "bad1", "ok2"], alembic=ini), "test", environ={})
+    path, writer = tmp_path / "run.json", []
+    report = api.prepare_upgrade(settings).run(
+        api.RunOptions(concurrency=1, max_failures=None), on_result=lambda result: writer[0].add(result),
+        on_start=lambda header: writer.append(ReportWriter(path, header)))
+    writer[0].close(report)
+    assert [r.status for r in report.results] == [Status.UPGRADED, Status.FAILED, Status.UPGRADED]
+    assert round_trip(report) == report
+    assert read_report(path).run_report() == report
+    assert json.loads(path.read_text()) == report.to_dict()  # the finished file is the whole report
+
+
+# A streamed report as the version before this one wrote it (tenants.runlog at aba126d, its tail at the end),
+# with the tenants in the order they finished and a repeated pressure error listed twice.
+PREVIOUS_VERSION_REPORT = """\
+{
+  "schema_version": 1,
+  "tool_version": "0.1.0",
+  "run_id": "9a1f",
+  "environment": "prod",
+  "operation": "upgrade",
+  "target": "0004_invoice_user_index",
+  "head": "0004_invoice_user_index",
+  "concurrency": 8,
+  "started_at": "2026-11-26T11:02:05+00:00",
+  "tenants": [
+    {"tenant": "globex", "status": "failed", "from": "0003_invoice_status", "to": "0003_invoice_status", \
+"applied": [], "attempts": 1, "duration": 0.5, "error": "OperationalError: boom"},
+    {"tenant": "acme", "status": "upgraded", "from": "0003_invoice_status", "to": "0004_invoice_user_index", \
+"applied": ["0004_invoice_user_index"], "attempts": 2, "duration": 3.25, "error": null}
+  ],
+  "summary": {
+    "upgraded": 1,
+    "failed": 1
+  },
+  "ok": false,
+  "finished_at": "2026-11-26T11:09:41+00:00",
+  "duration": 456.2,
+  "throttled": 2,
+  "concurrency_changes": [
+    {
+      "at": 0.0,
+      "concurrency": 8
+    },
+    {
+      "at": 12.5,
+      "concurrency": 4
+    }
+  ],
+  "pressure_wait": 30.25,
+  "pressure_errors": [
+    "OperationalError: timeout",
+    "OperationalError: timeout"
+  ],
+  "skipped_databases": [
+    {
+      "database": "master",
+      "reason": "system database"
+    }
+  ],
+  "waves": [
+    {
+      "wave": "tag canary",
+      "tenants": 2,
+      "ran": true,
+      "ok": false,
+      "failures": 1,
+      "budget": 1,
+      "summary": {
+        "upgraded": 1,
+        "failed": 1
+      }
+    }
+  ]
+}
+"""
+
+PREVIOUS = RunReport(
+    run_id="9a1f", environment="prod", operation="upgrade", target=HEAD, head=HEAD, concurrency=8,
+    started_at="2026-11-26T11:02:05+00:00", finished_at="2026-11-26T11:09:41+00:00", duration=456.2,
+    tool_version="0.1.0",
+    results=(TenantResult("globex", Status.FAILED, "0003_invoice_status", "0003_invoice_status", (), 1, 0.5,
+                          "OperationalError: boom"),
+             TenantResult("acme", Status.UPGRADED, "0003_invoice_status", HEAD, (HEAD,), 2, 3.25)),
+    throttled=2, concurrency_changes=((0.0, 8), (12.5, 4)), pressure_wait=30.25,
+    pressure_errors=(("OperationalError: timeout", 2),), skipped_databases=(("master", "system database"),),
+    waves=({"wave": "tag canary", "tenants": 2, "ran": True, "ok": False, "failures": 1, "budget": 1,
+            "summary": {"upgraded": 1, "failed": 1}},))
+
+DENIED = ("cannot read sys.dm_elastic_pool_resource_stats: the deploy identity lacks VIEW SERVER STATE (SQL "
+          "Server error 300; add its login to ##MS_ServerStateReader##, see docs/github-actions.md); the run goes "
+          "on without the pressure probe")
+
+SHARD = RunReport(
+    run_id="77b0", environment="prod", operation="upgrade", target=HEAD, head=HEAD, concurrency=4,
+    started_at="2026-11-26T11:02:00+00:00", finished_at="2026-11-26T11:05:00+00:00", duration=180.0,
+    tool_version="0.2.0",
+    results=(TenantResult("initech", Status.UPGRADED, "0003_invoice_status", HEAD, (HEAD,), 1, 1.5),
+             TenantResult("umbrella", Status.UP_TO_DATE, HEAD, HEAD, (), 1, 0.01)),
+    throttled=1, concurrency_changes=((0.0, 4), (3.5, 2)), pressure_wait=2.5,
+    pressure_errors=(("OperationalError: timeout", 3), (DENIED, 1)),
+    skipped_databases=(("master", "system database"), ("copy_of_acme", "state Copying")),
+    waves=({"wave": "tag canary", "tenants": 1, "ran": True, "ok": True, "failures": 0, "budget": 1,
+            "summary": {"upgraded": 1}},
+           {"wave": "rest", "tenants": 1, "ran": True, "ok": True, "failures": 0, "budget": 0,
+            "summary": {"up-to-date": 1}}))
+
+
+def test_a_report_the_previous_version_wrote_reads_back(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(PREVIOUS_VERSION_REPORT)
+    assert read_report(path).run_report() == PREVIOUS
+    assert round_trip(PREVIOUS) == PREVIOUS
+    # Written again, a repeated error is one line with its count; every other key is as it was.
+    written = PREVIOUS.to_dict()
+    assert written["pressure_errors"] == ["OperationalError: timeout (2 times)"]
+    assert {**json.loads(PREVIOUS_VERSION_REPORT), "tenants": None, "pressure_errors": None} == {
+        **written, "tenants": None, "pressure_errors": None}
+    # A merged report of the previous version: no fan-out figures, a duration it could not tell, cut short.
+    merged = {key: value for key, value in json.loads(PREVIOUS_VERSION_REPORT).items() if key not in (
+        "concurrency_changes", "pressure_wait", "pressure_errors", "waves")}
+    path.write_text(json.dumps({**merged, "run_id": "9a1f,77b0", "shards": ["a.json", "b.json"], "complete": False,
+                                "finished_at": "", "duration": None}))
+    back = read_report(path).run_report()
+    assert (back.run_id, back.shards, back.complete, back.ok, back.duration, back.pressure_errors) == (
+        "9a1f,77b0", ("a.json", "b.json"), False, False, 0.0, ())
+    assert back.results == PREVIOUS.results and round_trip(back) == back
+
+
+def test_report_merge_keeps_every_parts_figures_and_reads_back_equal(cli, tmp_path):
+    """A shard report of this version and one of the previous version, merged by the CLI: throttles, the
+    concurrency changes, the pressure wait and errors, the skipped databases and the waves of both are in
+    the merged report, which reads back equal."""
+    write_report(tmp_path / "shard-1.json", SHARD)
+    (tmp_path / "shard-2.json").write_text(PREVIOUS_VERSION_REPORT)
+    parts = [str(tmp_path / "shard-1.json"), str(tmp_path / "shard-2.json")]
+    run = cli("report", "merge", *parts, "-o", str(tmp_path / "all.json"),
+              "--summary-markdown", str(tmp_path / "summary.md"))
+    assert (run.code, run.out) == (1, "merged 2 report(s), 4 tenants: 2 upgraded, 1 up-to-date, 1 failed\n")
+    data = json.loads((tmp_path / "all.json").read_text())
+    assert (data["run_id"], data["shards"], data["complete"], data["ok"]) == ("77b0,9a1f", parts, True, False)
+    assert [t["tenant"] for t in data["tenants"]] == ["acme", "globex", "initech", "umbrella"]
+    assert (data["started_at"], data["finished_at"], data["duration"]) == (
+        "2026-11-26T11:02:00+00:00", "2026-11-26T11:09:41+00:00", 461.0)
+    assert (data["concurrency"], data["throttled"], data["pressure_wait"]) == (8, 3, 32.75)
+    # Seconds into the merged run: the second shard started 5 s after the first.
+    assert data["concurrency_changes"] == [{"at": 0.0, "concurrency": 4}, {"at": 3.5, "concurrency": 2},
+                                           {"at": 5.0, "concurrency": 8}, {"at": 17.5, "concurrency": 4}]
+    assert data["pressure_errors"] == ["OperationalError: timeout (5 times)", DENIED]
+    assert data["skipped_databases"] == [{"database": "master", "reason": "system database"},
+                                         {"database": "copy_of_acme", "reason": "state Copying"}]
+    assert data["waves"] == [
+        {"wave": "tag canary", "tenants": 3, "ran": True, "ok": False, "failures": 1, "budget": 1,
+         "summary": {"upgraded": 2, "failed": 1}},
+        {"wave": "rest", "tenants": 1, "ran": True, "ok": True, "failures": 0, "budget": 0,
+         "summary": {"up-to-date": 1}}]
+    merged = RunReport.from_dict(data)
+    assert merged.to_dict() == data and round_trip(merged) == merged
+    assert merge_reports([read_report(Path(p)) for p in parts]) == merged
+    # A merged report merged again (a resume of a resume) names the original shards.
+    again = cli("report", "merge", str(tmp_path / "all.json"), "-o", str(tmp_path / "again.json"))
+    assert again.code == 1 and json.loads((tmp_path / "again.json").read_text()) == data
+    summary = (tmp_path / "summary.md").read_text()
+    assert "- Pressure probe: OperationalError: timeout (5 times)\n" in summary
+    assert "- Pressure probe: cannot read sys.dm\\_elastic\\_pool\\_resource\\_stats: the deploy identity lacks " \
+           "VIEW SERVER STATE" in summary
+
+
+def test_a_report_cut_short_reads_back_as_incomplete(tmp_path):
+    path = tmp_path / "killed.json"
+    writer = ReportWriter(path, header_of(SHARD.to_dict()))
+    writer.add(SHARD.results[1])  # then the run was killed: no end
+    try:
+        read = read_report(path)
+        back = read.run_report()
+    finally:
+        writer._file.close()
+    assert not read.complete
+    assert (back.complete, back.ok, back.results, back.finished_at) == (False, False, (SHARD.results[1],), "")
+    assert back.to_dict()["complete"] is False and round_trip(back) == back
+    merged = merge_reports([read, read_report(_written(tmp_path / "old.json", PREVIOUS_VERSION_REPORT))])
+    assert not merged.complete and not merged.ok
+
+
+def _written(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_combine_refuses_reports_of_different_runs():
+    with pytest.raises(ValueError, match="target 'base' differs"):
+        RunReport.combine([SHARD, RunReport.from_dict({**SHARD.to_dict(), "target": "base"})])

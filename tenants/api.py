@@ -126,10 +126,15 @@ class PreparedRun:
 
     def run(self, options: RunOptions = RunOptions(),
             on_result: Callable[[TenantResult], None] | None = None,
-            on_start: Callable[[dict], None] | None = None) -> RunReport:
+            on_start: Callable[[dict], None] | None = None,
+            on_warning: Callable[[str], None] | None = None) -> RunReport:
         """Run it. ``on_start`` gets the report's header (run id, environment, target, ...) before the first
         tenant starts, ``on_result`` each tenant's result as it finishes: together, a report written as
-        the run goes (:class:`tenants.runlog.ReportWriter`)."""
+        the run goes (:class:`tenants.runlog.ReportWriter`). ``on_warning`` gets a line when something the
+        run relies on stops working but the run goes on (the pressure probe, refused); the report has it too.
+
+        The waves run one after another as one run: one pressure probe (one login) for all of them, and one
+        report (:meth:`RunReport.combine`)."""
         if options.concurrency is None and self.concurrency is not None:
             options = replace(options, concurrency=self.concurrency)
         waves = self.waves()
@@ -138,6 +143,16 @@ class PreparedRun:
                 raise UsageError(f"--wave {options.wave}: this selection has {len(waves)} wave(s)")
             waves = [waves[options.wave - 1]]
         run_id = options.run_id or uuid.uuid4().hex
+        gate = _pressure_gate(self.settings.environment, self.tenants, on_warning) if options.strategy is None \
+            else None
+        try:
+            return self._run_waves(waves, replace(options, run_id=run_id), on_result, on_start, gate)
+        finally:
+            if gate is not None:
+                gate.close()
+
+    def _run_waves(self, waves, options: RunOptions, on_result, on_start, gate) -> RunReport:
+        declared = bool(self.settings.environment.waves)
         results: list[TenantResult] = []
         outcomes: list[dict] = []
         reports: list[RunReport] = []
@@ -153,12 +168,11 @@ class PreparedRun:
                 continue
             # Within a declared wave: stop starting tenants once its budget is spent (or keep going if asked
             # to). Without waves the run's own failure policy applies unchanged.
-            declared = bool(self.settings.environment.waves)
             policy = options.max_failures if not declared or options.max_failures is None \
                 else wave.max_failures + 1
             report = _run(self.settings, self.revisions, self.operation, self.target, self.head, tuple(tenants),
-                          replace(options, run_id=run_id, max_failures=policy), on_result,
-                          on_start=on_start if not reports else None, skipped=self.skipped)
+                          replace(options, max_failures=policy), on_result,
+                          on_start=on_start if not reports else None, skipped=self.skipped, gate=gate)
             reports.append(report)
             results.extend(report.results)
             failures = sum(r.status in (Status.FAILED, Status.TIMED_OUT) for r in report.results)
@@ -169,12 +183,12 @@ class PreparedRun:
                 stopped_by = f"wave {index} ({wave.name}) failed {failures} tenant(s), over its budget of " \
                              f"{wave.max_failures}"
         if not reports:  # nothing selected
-            return _run(self.settings, self.revisions, self.operation, self.target, self.head, (),
-                        replace(options, run_id=run_id), on_result, on_start=on_start, skipped=self.skipped)
+            return _run(self.settings, self.revisions, self.operation, self.target, self.head, (), options,
+                        on_result, on_start=on_start, skipped=self.skipped, gate=gate)
         order = {t.name: i for i, t in enumerate(self.tenants)}
         run = RunReport.combine(reports, sequential=True)  # every wave's figures, in one report
         return replace(run, results=tuple(sorted(results, key=lambda r: order.get(r.tenant, 0))),
-                       waves=tuple(outcomes) if len(waves) > 1 or self.settings.environment.waves else ())
+                       waves=tuple(outcomes) if len(waves) > 1 or declared else ())
 
     def waves(self) -> list:
         """The selection split into the environment's waves (one wave when none are declared)."""
@@ -406,8 +420,20 @@ def sql(settings: Settings, revision_range: str, tenant: str | None = None, dial
 
 # --- helpers -----------------------------------------------------------------------------------------------
 
+_OWN_GATE = object()  # _run's default: a pressure gate of its own for this call, closed when it returns
+
+
 def _run(settings, revisions, operation: Operation, target, head, tenants, options: RunOptions, on_result,
-         expect: tuple[str, ...] | None = None, on_start=None, skipped=()):
+         expect: tuple[str, ...] | None = None, on_start=None, skipped=(), gate=_OWN_GATE):
+    """Run ``tenants`` with ``gate``, the run's pressure gate (None: no probe) when the caller owns one."""
+    if gate is _OWN_GATE:
+        gate = _pressure_gate(settings.environment, tenants) if options.strategy is None else None
+        try:
+            return _run(settings, revisions, operation, target, head, tenants, options, on_result, expect=expect,
+                        on_start=on_start, skipped=skipped, gate=gate)
+        finally:
+            if gate is not None:
+                gate.close()
     env = settings.environment
     _require_lock(settings)
     _check_timeout(options)
@@ -432,8 +458,7 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
         tool_version=__version__,
         history_table=env.history_table,
     )
-    strategy = options.strategy or choose_strategy(concurrency, len(tenants), revisions, _pressure_gate(env, tenants),
-                                                   options.tenant_timeout)
+    strategy = options.strategy or choose_strategy(concurrency, len(tenants), revisions, gate, options.tenant_timeout)
     started_wall, started = datetime.now(timezone.utc), monotonic()
 
     def report(results=(), fan_out=None) -> RunReport:
@@ -473,12 +498,13 @@ def _check_timeout(options: RunOptions) -> None:
                          "(ProcessStrategy(tenant_timeout=...)); SerialStrategy cannot time a tenant out")
 
 
-def _pressure_gate(env, tenants) -> PressureGate | None:
-    """With ``pressure_limit`` (Azure SQL), a gate reading the pool's load through the first tenant."""
+def _pressure_gate(env, tenants, on_warning: Callable[[str], None] | None = None) -> PressureGate | None:
+    """With ``pressure_limit`` (Azure SQL), a gate reading the pool's load through the first tenant. The
+    caller closes it (its connection) when the run ends."""
     if env.pressure_limit is None or not tenants:
         return None
     source = ElasticPoolPressure(tenants[0].url, Connector(env.auth, env.cloud))
-    return PressureGate(source, env.pressure_limit, env.pressure_interval)
+    return PressureGate(source, env.pressure_limit, env.pressure_interval, on_warning=on_warning)
 
 
 def _require_lock(settings: Settings) -> None:

@@ -210,10 +210,12 @@ def verify(
 def _run_and_render(obj: Context, run, total: int, report_path: Optional[Path]) -> None:
     """Stream results as they finish (a live bar on a terminal, a line each otherwise), then summarise.
 
-    With ``--report`` the report is written as the run goes (tenants.runlog): a killed run leaves one to
-    resume from.
+    ``run(on_result, on_start, on_warning)`` runs it (:meth:`tenants.api.PreparedRun.run`). With ``--report``
+    the report is written as the run goes (tenants.runlog): a killed run leaves one to resume from. A warning
+    the run gives as it goes is on stderr at once, and not again at the end.
     """
     writer: list[ReportWriter] = []
+    warned: list[str] = []  # said as the run went: not again at the end
 
     def on_start(header: dict) -> None:
         if report_path is not None:
@@ -233,16 +235,24 @@ def _run_and_render(obj: Context, run, total: int, report_path: Optional[Path]) 
                 progress.console.print(render.result_line(result), markup=False, highlight=False)
                 progress.advance(task)
 
-            report = run(on_result, on_start)
+            def on_warning(line: str) -> None:
+                warned.append(line)
+                progress.console.print(_warning(line), markup=False, highlight=False)
+
+            report = run(on_result, on_start, on_warning)
     else:
         def on_line(result: TenantResult) -> None:
             record(result)
             typer.echo(render.result_line(result))
 
-        report = run(on_line, on_start)
+        def on_warning(line: str) -> None:
+            warned.append(line)
+            typer.echo(_warning(line), err=True)
+
+        report = run(on_line, on_start, on_warning)
     if writer:
         writer[0].close(report)
-    _finish(obj, report, report_path, written=bool(writer))
+    _finish(obj, report, report_path, written=bool(writer), warned=warned)
 
 
 def _warning(line: str) -> str:
@@ -273,7 +283,8 @@ def _step_summary(markdown: str) -> None:
                        err=True)
 
 
-def _finish(obj: Context, report: RunReport, report_path: Optional[Path], written: bool = False) -> None:
+def _finish(obj: Context, report: RunReport, report_path: Optional[Path], written: bool = False,
+            warned: Optional[list[str]] = None) -> None:
     if report_path is not None and not written:
         report_path.write_text(render.to_json(report.to_dict()) + "\n", encoding="utf-8")
     _publish(obj, report, str(report_path or "report.json"))
@@ -284,7 +295,8 @@ def _finish(obj: Context, report: RunReport, report_path: Optional[Path], writte
     for name, why in report.skipped_databases:
         typer.echo(f"not a tenant: {name} ({why})", err=True)
     for line, times in report.pressure_errors:
-        typer.echo(_warning(counted(line, times)), err=True)
+        if line not in (warned or ()):
+            typer.echo(_warning(counted(line, times)), err=True)
     if report_path is not None:
         typer.echo(f"report written to {report_path}", err=True)
     raise typer.Exit(0 if report.ok else 1)
@@ -381,8 +393,7 @@ def upgrade(
         raise UsageError(f"--wave {wave}: this selection has {len(waves)} wave(s)")
     if len(waves) > 1:
         typer.echo("waves: " + "; ".join(f"{i}. {w.name} ({len(t)})" for i, (w, t) in enumerate(waves, 1)), err=True)
-    _run_and_render(obj, lambda on_result, on_start: prepared.run(options, on_result, on_start),
-                    len(prepared.tenants), report)
+    _run_and_render(obj, functools.partial(prepared.run, options), len(prepared.tenants), report)
 
 
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="text, markdown or json.")]

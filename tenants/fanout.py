@@ -85,7 +85,7 @@ class FanOut:
     throttled: int = 0
     concurrency_changes: tuple[tuple[float, int], ...] = ()
     pressure_wait: float = 0.0  # seconds starts were held back by the pressure probe
-    pressure_errors: tuple[str, ...] = ()  # reads of the pool's load that failed
+    pressure_errors: tuple[tuple[str, int], ...] = ()  # reads of the pool's load that failed: (line, times)
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ class SerialStrategy:
         finally:
             connector.dispose()
         return FanOut(results, pressure_wait=waited,
-                      pressure_errors=tuple(self.gate.errors) if self.gate is not None else ())
+                      pressure_errors=self.gate.take_errors() if self.gate is not None else ())
 
 
 # --- worker process side -----------------------------------------------------------------------------------
@@ -510,7 +510,7 @@ class ProcessStrategy:
             finish(_merge(partial.pop(tenant.name, None), left))
         results.sort(key=lambda r: order[r.tenant])
         return FanOut(results, throttled, tuple(changes) if throttled else (), pressure_wait,
-                      tuple(self.gate.errors) if self.gate is not None else ())
+                      self.gate.take_errors() if self.gate is not None else ())
 
 
 def _merge(earlier: TenantResult | None, later: TenantResult) -> TenantResult:

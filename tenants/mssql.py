@@ -30,6 +30,10 @@ THROTTLING_NUMBERS = frozenset({10928, 10929, 10936, 40501, 49918})
 LOGIN_FAILED = 18456
 # Connection-level ODBC states: communication link failure, unable to connect, timeout expired.
 TRANSIENT_SQLSTATES = frozenset({"08S01", "08001", "HYT00"})
+# Permission denied: 229 (on an object), 262 (in the database), 297 (the user may not do this), 300 (a
+# permission such as VIEW SERVER STATE was denied; reading sys.dm_elastic_pool_resource_stats without it).
+# A failure (retrying does not grant it) that says what to grant.
+PERMISSION_DENIED_NUMBERS = frozenset({229, 262, 297, 300})
 
 _NUMBER = re.compile(r"\((\d+)\)\s*\(SQL\w+\)")
 
@@ -55,9 +59,21 @@ class Diagnosis:
             return Kind.TRANSIENT
         return Kind.FAILURE
 
+    @property
+    def permission_denied(self) -> int | None:
+        """The first permission-denied error number in the chain (300 before 297, as the server sends them)."""
+        return next((n for n in self.numbers if n in PERMISSION_DENIED_NUMBERS), None)
+
 
 def is_pyodbc_error(err: BaseException) -> bool:
     return type(err).__module__ == "pyodbc"
+
+
+def permission_denied(err: BaseException) -> int | None:
+    """The permission-denied error number of a pyodbc error, raised as is or wrapped by SQLAlchemy (its
+    ``orig``); None for any other error."""
+    orig = getattr(err, "orig", None) or err
+    return diagnose(orig).permission_denied if is_pyodbc_error(orig) else None
 
 
 def diagnose(err: BaseException) -> Diagnosis:

@@ -158,6 +158,37 @@ def test_chained_diagnostics_count_every_number(pyodbc):
     assert mssql.diagnose(failover).numbers == (4060, 10054) and is_transient(failover)
 
 
+PERMISSION_CASES = [
+    (300, "VIEW SERVER STATE permission was denied on object 'server', database 'master'."),
+    (297, "The user does not have permission to perform this action."),
+    (262, "VIEW DATABASE STATE permission denied in database 'acme'."),
+    (229, "The SELECT permission was denied on the object 'dm_elastic_pool_resource_stats', database "
+          "'mssqlsystemresource', schema 'sys'."),
+]
+
+
+@pytest.mark.parametrize("number, text", PERMISSION_CASES, ids=[str(c[0]) for c in PERMISSION_CASES])
+def test_permission_denied_is_named_and_never_retried(pyodbc, number, text):
+    err = odbc_error(pyodbc, "ProgrammingError", "42000", text, number)
+    wrapped = DBAPIError.instance("SELECT TOP 1 avg_cpu_percent FROM sys.dm_elastic_pool_resource_stats", None, err,
+                                  pyodbc.Error)  # as SQLAlchemy raises it
+    assert mssql.permission_denied(err) == mssql.permission_denied(wrapped) == number
+    assert mssql.diagnose(err).kind is mssql.Kind.FAILURE and not is_transient(err) and not is_throttling(err)
+
+
+def test_permission_denied_in_a_chain_and_not_otherwise(pyodbc):
+    # What reading the pool's DMV without VIEW SERVER STATE returns: 300, then 297.
+    chained = pyodbc.ProgrammingError("42000", (
+        "[42000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]VIEW SERVER STATE permission was denied on "
+        "object 'server', database 'master'. (300) (SQLExecDirectW); [42000] [Microsoft][ODBC Driver 18 for SQL "
+        "Server][SQL Server]The user does not have permission to perform this action. (297)"))
+    assert mssql.permission_denied(chained) == 300
+    refused = odbc_error(pyodbc, "OperationalError", "42000", CASES[8][1], 10928)
+    assert mssql.permission_denied(refused) is None
+    assert mssql.permission_denied(RuntimeError("VIEW SERVER STATE permission was denied (300) (SQLExecDirectW)")) \
+        is None  # only pyodbc's errors carry SQL Server's numbers
+
+
 def test_app_lock_statements_are_valid_t_sql():
     get = mssql.GET_APPLOCK.replace(":timeout_ms", "5000")
     kinds = [type(s).__name__ for s in sqlglot.parse(get, read="tsql", error_level=sqlglot.ErrorLevel.RAISE)]

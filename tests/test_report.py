@@ -1,5 +1,6 @@
-"""The report model: a report reads back equal to what was written (a single run, a merge of shard reports,
-the files the previous version wrote, one cut short), and a merge keeps every part's figures."""
+"""The report model: a report reads back equal to what was written (a single run, a run in waves, a merge of
+shard reports, the files the previous version wrote, one cut short), and the waves of a run and the parts
+of a merge keep every part's figures."""
 
 from __future__ import annotations
 
@@ -10,15 +11,27 @@ import pytest
 
 from tenants import api
 from tenants.config import load_settings
+from tenants.fanout import ProcessStrategy
+from tenants.pressure import PressureGate
 from tenants.report import RunReport, Status, TenantResult
 from tenants.runlog import ReportWriter, header_of, merge_reports, read_report
 
 from conftest import HEAD
+from test_aimd import fake_pool_project
 from test_engine_sqlite import failing_project
 
 
 def round_trip(report: RunReport) -> RunReport:
     return RunReport.from_dict(json.loads(json.dumps(report.to_dict())))
+
+
+def fleet(tmp_path: Path, names: list[str], tags: dict[str, list[str]], alembic: Path, waves: str = "") -> Path:
+    entries = ", ".join(f'{{name = "{n}", tags = {json.dumps(tags.get(n, []))}}}' for n in names)
+    config = tmp_path / "t.toml"
+    config.write_text(f'[environments.w]\nurl = "sqlite:///db/{{tenant}}.db"\ntenants = [{entries}]\n'
+                      f'alembic = "{alembic}"\nretry_backoff = 0.01\nretry_backoff_max = 0.05\n'
+                      + (f"waves = {waves}\n" if waves else ""))
+    return config
 
 
 def write_report(path: Path, report: RunReport) -> None:
@@ -41,6 +54,49 @@ def test_a_single_run_reads_back_equal_from_json_and_from_its_report_file(sqlite
     assert round_trip(report) == report
     assert read_report(path).run_report() == report
     assert json.loads(path.read_text()) == report.to_dict()  # the finished file is the whole report
+
+
+def test_a_run_in_waves_keeps_every_waves_concurrency_changes_and_pressure_errors(tmp_path, monkeypatch):
+    pytest.importorskip("pyodbc")
+    # A pool with room for one tenant at a time (so each wave of three is throttled), and a pressure probe
+    # that fails every read with a line naming the wave it failed in.
+    ini = fake_pool_project(tmp_path / "proj", tmp_path / "pool", capacity=1, hold=0.3)
+    names = ["c0", "c1", "c2", "t0", "t1", "t2"]
+    config = fleet(tmp_path, names, {n: ["canary"] for n in names[:3]}, ini, '[{tag = "canary"}, {rest = true}]')
+    wave, finished = [1], []
+
+    class FailingProbe:
+        reads = 0
+
+        def read(self):
+            self.reads += 1
+            raise TimeoutError(f"no reading in wave {wave[0]}")
+
+    def on_result(result: TenantResult) -> None:
+        finished.append(result.tenant)
+        wave[0] = 1 if len(finished) < 3 else 2
+
+    probe = FailingProbe()
+    per_wave: list[RunReport] = []
+    run_wave = api._run
+    monkeypatch.setattr(api, "_run", lambda *args, **kwargs: per_wave.append(run_wave(*args, **kwargs)) or per_wave[-1])
+    report = api.prepare_upgrade(load_settings(config, "w", environ={})).run(
+        api.RunOptions(strategy=ProcessStrategy(3, gate=PressureGate(probe, limit=80, interval=0))), on_result)
+
+    assert report.counts == {"upgraded": 6}
+    first, second = per_wave
+    assert first.concurrency_changes and second.concurrency_changes  # both waves were throttled
+    assert report.concurrency_changes == first.concurrency_changes + tuple(
+        (round(at + first.duration, 3), n) for at, n in second.concurrency_changes)  # seconds into the run
+    assert report.throttled == first.throttled + second.throttled > 0
+    opened = "cannot read the pool's load, so starts went ahead: TimeoutError: no reading in wave {}"
+    assert [line for line, _ in report.pressure_errors] == [opened.format(1), opened.format(2)]
+    assert report.pressure_errors == first.pressure_errors + second.pressure_errors
+    assert sum(times for _, times in report.pressure_errors) == probe.reads
+    assert [(w["wave"], w["ran"], w["summary"]) for w in report.waves] == [
+        ("tag canary", True, {"upgraded": 3}), ("rest", True, {"upgraded": 3})]
+    assert report.duration == round(first.duration + second.duration, 4)
+    assert round_trip(report) == report
 
 
 # A streamed report as the version before this one wrote it (tenants.runlog at aba126d, its tail at the end),

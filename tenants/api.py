@@ -11,6 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from enum import Enum
 from time import monotonic
 
 from tenants import __version__, history, pins
@@ -27,13 +28,24 @@ from tenants.runlog import header_of
 from tenants.unit import Job
 
 
+class FailureLimit(Enum):
+    """``RunOptions.max_failures`` when the caller sets none."""
+
+    # Stop starting tenants at the first failure; when the environment declares waves, as each wave's own
+    # budget (its max_failures) says instead.
+    DEFAULT = "default"
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How to run: each None falls back to the environment's setting."""
 
     concurrency: int | None = None
     retries: int | None = None
-    max_failures: int | None = 1  # None: keep going through every tenant
+    # Stop starting tenants once this many failed (the CLI's --max-failures); None: keep going through every
+    # tenant (--keep-going). With declared waves, a number caps the whole run on top of the waves' budgets,
+    # and None runs every tenant of each wave that starts (a wave over its budget still stops the later ones).
+    max_failures: int | None | FailureLimit = FailureLimit.DEFAULT
     strategy: Strategy | None = None  # None: serial for one tenant, worker processes otherwise
     run_id: str | None = None  # None: a new one
     wave: int | None = None  # run only this wave (1-based) of the environment's waves
@@ -153,10 +165,13 @@ class PreparedRun:
 
     def _run_waves(self, waves, options: RunOptions, on_result, on_start, gate) -> RunReport:
         declared = bool(self.settings.environment.waves)
+        # With declared waves, an explicit max_failures caps the whole run, on top of each wave's budget.
+        cap = options.max_failures if declared and isinstance(options.max_failures, int) else None
         results: list[TenantResult] = []
         outcomes: list[dict] = []
         reports: list[RunReport] = []
         stopped_by: str | None = None
+        failed = 0
         for index, (wave, tenants) in enumerate(waves, 1):
             if stopped_by is not None:
                 for tenant in tenants:
@@ -166,22 +181,27 @@ class PreparedRun:
                 outcomes.append({"wave": wave.name, "tenants": len(tenants), "ran": False, "ok": False,
                                  "failures": 0, "budget": wave.max_failures, "summary": {"skipped": len(tenants)}})
                 continue
-            # Within a declared wave: stop starting tenants once its budget is spent (or keep going if asked
-            # to). Without waves the run's own failure policy applies unchanged.
-            policy = options.max_failures if not declared or options.max_failures is None \
-                else wave.max_failures + 1
+            # Within a declared wave: stop starting tenants once its budget is spent, or the run's cap (or keep
+            # going if asked to). Without waves the run's own failure policy applies unchanged.
+            if not declared or options.max_failures is None:
+                policy = options.max_failures
+            else:
+                policy = wave.max_failures + 1 if cap is None else min(wave.max_failures + 1, cap - failed)
             report = _run(self.settings, self.revisions, self.operation, self.target, self.head, tuple(tenants),
                           replace(options, max_failures=policy), on_result,
                           on_start=on_start if not reports else None, skipped=self.skipped, gate=gate)
             reports.append(report)
             results.extend(report.results)
             failures = sum(r.status in (Status.FAILED, Status.TIMED_OUT) for r in report.results)
+            failed += failures
             over = declared and failures > wave.max_failures
             outcomes.append({"wave": wave.name, "tenants": len(tenants), "ran": True, "ok": report.ok,
                              "failures": failures, "budget": wave.max_failures, "summary": report.counts})
             if over:
                 stopped_by = f"wave {index} ({wave.name}) failed {failures} tenant(s), over its budget of " \
                              f"{wave.max_failures}"
+            elif cap is not None and failed >= cap:
+                stopped_by = f"the failure policy stopped the run ({failed} failed, max failures {cap})"
         if not reports:  # nothing selected
             return _run(self.settings, self.revisions, self.operation, self.target, self.head, (), options,
                         on_result, on_start=on_start, skipped=self.skipped, gate=gate)
@@ -483,7 +503,8 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
 
     if on_start is not None:
         on_start(header_of(report().to_dict()))
-    fan_out = strategy.run(list(tenants), job, FailurePolicy(options.max_failures), on_result or (lambda r: None))
+    limit = 1 if options.max_failures is FailureLimit.DEFAULT else options.max_failures
+    fan_out = strategy.run(list(tenants), job, FailurePolicy(limit), on_result or (lambda r: None))
     return report(fan_out.results, fan_out)
 
 

@@ -373,8 +373,10 @@ def upgrade(
     obj.junit, obj.summary_markdown = junit, summary_markdown
     obj.notify = [parse_target(url) for url in notify_urls]  # bad input stops here, before any tenant
     settings = obj.settings()
+    # Neither flag: the default policy (the first failure, or with waves each wave's budget); see RunOptions.
+    limit = None if keep_going else max_failures if max_failures is not None else api.FailureLimit.DEFAULT
     options = api.RunOptions(concurrency=concurrency, retries=retries, tenant_timeout=tenant_timeout, wave=wave,
-                             max_failures=None if keep_going else (max_failures or 1))
+                             max_failures=limit)
     selection = _selection(tenant, exclude, tag)
     if shard is not None:
         selection = replace(selection, shard=parse_shard(shard))

@@ -1,6 +1,6 @@
 """The report model: a report reads back equal to what was written (a single run, a run in waves, a merge of
-shard reports, the files the previous version wrote, one cut short), and the waves of a run and the parts
-of a merge keep every part's figures."""
+shard reports, the files the previous version wrote, one cut short); the waves of a run and the parts of a
+merge keep every part's figures; and max_failures with waves."""
 
 from __future__ import annotations
 
@@ -279,3 +279,53 @@ def _written(path: Path, text: str) -> Path:
 def test_combine_refuses_reports_of_different_runs():
     with pytest.raises(ValueError, match="target 'base' differs"):
         RunReport.combine([SHARD, RunReport.from_dict({**SHARD.to_dict(), "target": "base"})])
+
+
+# --- max_failures with waves ---------------------------------------------------------------------------------
+
+NAMES = ["bad_a1", "bad_a2", "ok_a", "ok_b", "bad_b1", "bad_b2", "ok_c", "bad_c"]
+TAGS = {"bad_a1": ["one"], "bad_a2": ["one"], "ok_a": ["one"], "ok_b": ["two"], "bad_b1": ["two"], "bad_b2": ["two"]}
+WAVES = '[{tag = "one", max_failures = 5}, {tag = "two", max_failures = 5}, {rest = true, max_failures = 5}]'
+CAPPED = {"bad_a1": "failed", "bad_a2": "failed", "ok_a": "upgraded", "ok_b": "upgraded", "bad_b1": "failed",
+          "bad_b2": "skipped", "ok_c": "skipped", "bad_c": "skipped"}
+
+
+def test_max_failures_caps_a_run_in_waves_on_top_of_the_wave_budgets(tmp_path):
+    ini = failing_project(tmp_path / "proj")
+    settings = load_settings(fleet(tmp_path, NAMES, TAGS, ini, WAVES), "w", environ={})
+    capped = api.upgrade(settings, options=api.RunOptions(concurrency=1, max_failures=3))
+    assert {r.tenant: r.status.value for r in capped.results} == CAPPED
+    by = {r.tenant: r for r in capped.results}
+    assert by["bad_b2"].error == "not started: the failure policy stopped the run"  # within wave two
+    assert by["ok_c"].error == "not started: the failure policy stopped the run (3 failed, max failures 3)"
+    assert [(w["ran"], w["failures"]) for w in capped.waves] == [(True, 2), (True, 1), (False, 0)]
+    # Not given: each wave's own budget (5) decides, so every tenant runs.
+    default = api.upgrade(settings, options=api.RunOptions(concurrency=1))
+    assert default.counts == {"upgraded": 1, "up-to-date": 2, "failed": 5}
+    assert api.upgrade(settings, options=api.RunOptions(concurrency=1, max_failures=None)).counts == {
+        "up-to-date": 3, "failed": 5}
+
+
+def test_max_failures_and_keep_going_flags_with_waves(cli, tmp_path):
+    ini = failing_project(tmp_path / "proj")
+    runs = {}
+    for flags in (("--max-failures", "3"), ("--keep-going",), ()):
+        where = tmp_path / (flags[0].strip("-") if flags else "default")
+        where.mkdir()
+        run = cli("--config", str(fleet(where, NAMES, TAGS, ini, WAVES)), "-e", "w", "upgrade", "-j", "1",
+                  "--report", str(where / "r.json"), *flags)
+        runs[flags[:1]] = (run.code, {t["tenant"]: t["status"] for t in json.loads((where / "r.json").read_text())
+                                      ["tenants"]})
+    assert runs[("--max-failures",)] == (1, CAPPED)
+    every = {n: "failed" if n.startswith("bad") else "upgraded" for n in NAMES}
+    assert runs[("--keep-going",)] == runs[()] == (1, every)
+
+
+def test_a_wave_over_its_budget_still_stops_the_rollout_under_max_failures(tmp_path):
+    ini = failing_project(tmp_path / "proj")
+    waves = '[{tag = "one", max_failures = 1}, {rest = true}]'
+    settings = load_settings(fleet(tmp_path, NAMES, TAGS, ini, waves), "w", environ={})
+    report = api.upgrade(settings, options=api.RunOptions(concurrency=1, max_failures=10))
+    assert [r.status.value for r in report.results[:3]] == ["failed", "failed", "skipped"]
+    assert {r.status for r in report.results[3:]} == {Status.SKIPPED}
+    assert report.results[3].error == "not started: wave 1 (tag one) failed 2 tenant(s), over its budget of 1"

@@ -480,15 +480,37 @@ def stamp(
     ctx: typer.Context,
     revision: Annotated[str, typer.Argument(help="Revision to record (no migration runs).")],
     tenant: Annotated[list[str], typer.Option(
-        "--tenant", "-t", help="Tenant to stamp (required, repeatable).", show_default=False)] = [],
+        "--tenant", "-t", help="Tenant to stamp (repeatable).", show_default=False)] = [],
+    exclude: ExcludeOpt = [],
+    tag: TagOpt = [],
+    everyone: Annotated[bool, typer.Option("--all", help="Every tenant of the environment (less --exclude).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     report: ReportOpt = None,
 ) -> None:
-    """Record REVISION in a tenant without running migrations: adopt a database that predates the project."""
+    """Record REVISION in tenants without running migrations: adopt databases whose schema already is REVISION
+    (an existing fleet, `unmanaged` databases). Lists the tenants and where each is now, then asks; without a
+    terminal, --yes is needed unless every tenant was named with --tenant."""
     obj: Context = ctx.obj
     _check_report_path(report)
     settings = obj.settings()
-    report_obj = api.stamp(settings, tuple(tenant), revision, api.RunOptions(concurrency=1, max_failures=None),
-                           lambda r: typer.echo(render.result_line(r)))
+    prepared = api.prepare_stamp(settings, revision, _selection(tenant, exclude, tag), everyone)
+    target = prepared.run.target or "base"
+    if not prepared.tenants:
+        typer.echo(f"stamp {target}: no tenant selected; nothing changed", err=True)
+        raise typer.Exit(0)
+    if not (yes or sys.stdin.isatty() or not (everyone or tag or exclude)):
+        raise UsageError(f"refusing to stamp {len(prepared.tenants)} tenant(s) chosen by --all/--tag/--exclude "
+                         "without confirmation: stdin is not a terminal; see them with `tenants status` (with the "
+                         "same --tag/--exclude), then pass --yes")
+    typer.echo(f"stamp {target} on {len(prepared.tenants)} tenant(s) of {settings.env_name}, recording it "
+               "without running any migration:")
+    for where, names in prepared.groups().items():
+        note = {"unmanaged": "tables, no version table", "base": "none recorded", "?": "unreadable"}.get(where)
+        typer.echo(f"  from {where}{f' ({note})' if note else ''}: {', '.join(names)}")
+    if not yes and sys.stdin.isatty() and not typer.confirm("Proceed?", default=False):
+        typer.echo("cancelled; nothing changed", err=True)
+        raise typer.Exit(1)
+    report_obj = prepared.run.run(api.RunOptions(max_failures=None), lambda r: typer.echo(render.result_line(r)))
     _finish(obj, report_obj, report)
 
 

@@ -37,6 +37,7 @@ DEFAULT_CONFIG = "tenants.toml"
 DEFAULT_ENV = "dev"
 SOURCES = ("static", "server", "azure-pool", "azure-server")
 AUTHS = ("azure-ad", "sql", "odbc")
+UNMANAGED = ("report", "upgrade")  # what an upgrade does with a database that has tables but no version table
 AZURE_KEYS = ("subscription", "resource_group", "server", "pool", "management_endpoint")
 # The SQL endpoint suffix of each Azure cloud (the server's host is SERVER.SUFFIX).
 SQL_SUFFIX = {"public": "database.windows.net", "usgov": "database.usgovcloudapi.net",
@@ -82,6 +83,10 @@ class Environment:
     alembic: Path = Path("alembic.ini")
     version_table: str = "alembic_version"
     history_table: str = "tenants_history"  # the audit trail next to the version table (tenants.history)
+    # A database with tables but no version table: "report" (leave it alone, report it `unmanaged` until it is
+    # stamped) or "upgrade" (run the graph from base on it: a graph whose first revision expects tables made
+    # outside Alembic, as MLflow's does).
+    unmanaged: str = "report"
     waves: tuple = ()  # tenants.waves.Wave, in order; () is one wave of everything
     retries: int = 3
     retry_backoff: float = 1.0  # seconds before the first retry; doubles up to retry_backoff_max
@@ -152,6 +157,7 @@ _ENV_KEYS: dict[str, type | tuple[type, ...]] = {
     "alembic": str,
     "version_table": str,
     "history_table": str,
+    "unmanaged": str,
     "waves": list,
     "retries": int,
     "retry_backoff": (int, float),
@@ -333,6 +339,11 @@ def _environment(
     if azure and backend != "mssql":
         raise fail(f"source {source!r} needs an mssql URL, not {backend!r}", "url")
 
+    unmanaged = table.get("unmanaged", "report")
+    if unmanaged not in UNMANAGED:
+        raise fail(f"unmanaged must be \"report\" (leave databases with tables but no version table alone) or "
+                   f"\"upgrade\" (run the graph from base on them), not {unmanaged!r}", "unmanaged")
+
     auth = table.get("auth")
     if auth is not None and auth not in AUTHS:
         raise fail(f"auth must be one of {', '.join(AUTHS)}, not {auth!r}", "auth")
@@ -402,6 +413,7 @@ def _environment(
         alembic=alembic_path,
         version_table=table.get("version_table", "alembic_version"),
         history_table=table.get("history_table", "tenants_history"),
+        unmanaged=unmanaged,
         waves=parse_waves(table.get("waves", []), lambda message: fail(message, "waves")),
         retries=table.get("retries", 3),
         # Azure SQL: Microsoft's guidance, about 5 s before the first retry, backing off to 60 s.

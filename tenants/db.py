@@ -182,6 +182,47 @@ def read_version(conn: Connection, version_table: str) -> tuple[str, ...]:
     return tuple(sorted(rows))
 
 
+# Tables a database can hold before any migration without being someone else's schema: nothing else. The
+# query lists every user table of the database (every schema), since a customer's tables outside the default
+# schema are just as much a schema Alembic never created. Tables of the default schema come back bare, others
+# as ``schema.table``, so the tool's own tables (pin, history) can be left out by name.
+_TABLES_SQL = {
+    "sqlite": (
+        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+    ),
+    "postgresql": (
+        "SELECT CASE WHEN n.nspname = current_schema() THEN c.relname ELSE n.nspname || '.' || c.relname END "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition "
+        "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'"
+    ),
+    "mssql": (
+        "SELECT CASE WHEN s.name = SCHEMA_NAME() THEN o.name ELSE s.name + '.' + o.name END "
+        "FROM sys.objects AS o JOIN sys.schemas AS s ON s.schema_id = o.schema_id "
+        "WHERE o.type IN ('U', 'V') AND o.is_ms_shipped = 0"
+    ),
+}
+
+
+def schema_tables(conn: Connection, exclude: tuple[str, ...] = ()) -> list[str]:
+    """The database's own tables and views, sorted, leaving out ``exclude`` (the tool's own tables): one
+    query, asked only of a database without a version table, to tell a new database (nothing there) from an
+    unmanaged one (a schema that Alembic never recorded). Ends the transaction it opened."""
+    sql = _TABLES_SQL.get(conn.dialect.name)
+    try:
+        if sql is None:  # another dialect: SQLAlchemy's inspector, several round trips but correct
+            from sqlalchemy import inspect
+
+            inspector = inspect(conn)
+            names = inspector.get_table_names() + inspector.get_view_names()
+        else:
+            names = list(conn.execute(text(sql)).scalars())
+    finally:
+        conn.rollback()
+    skip = {name.lower() for name in exclude}
+    return sorted(name for name in names if name.lower() not in skip)
+
+
 def _is_missing_table(err: DBAPIError) -> bool:
     sqlstate = getattr(err.orig, "sqlstate", None)
     if sqlstate == "42P01":  # PostgreSQL undefined_table

@@ -13,9 +13,9 @@ from tenants.report import RunReport, State, Status, StatusReport, TenantResult
 _STYLE = {
     Status.UPGRADED: "green", Status.DOWNGRADED: "green", Status.STAMPED: "green", Status.UP_TO_DATE: "green",
     Status.FAILED: "red", Status.LOCKED: "yellow", Status.SKIPPED: "yellow", Status.UNKNOWN_REVISION: "red",
-    Status.THROTTLED: "yellow", Status.TIMED_OUT: "red", Status.PINNED: "yellow",
+    Status.THROTTLED: "yellow", Status.TIMED_OUT: "red", Status.PINNED: "yellow", Status.UNMANAGED: "red",
     State.AT_HEAD: "green", State.BEHIND: "yellow", State.NEW: "yellow", State.UNKNOWN_REVISION: "red",
-    State.UNREACHABLE: "red",
+    State.UNREACHABLE: "red", State.UNMANAGED: "red",
 }
 FOLD = 10  # tenant names listed per summary row before folding into "... and N more"
 
@@ -30,7 +30,9 @@ def result_line(result: TenantResult) -> str:
     line = f"{result.status.value:<16} {result.tenant}"
     if result.status is Status.SKIPPED:
         return line
-    if result.applied or result.from_revision != result.to_revision:
+    if result.status is Status.UNMANAGED:
+        pass  # no revision to show: it has none recorded, and its tables say why in the error
+    elif result.applied or result.from_revision != result.to_revision:
         line += f"  {rev(result.from_revision)} -> {rev(result.to_revision)}"
     else:
         line += f"  at {rev(result.to_revision)}"
@@ -116,7 +118,7 @@ def status_table(report: StatusReport) -> Table:
     for t in report.tenants:
         table.add_row(
             t.tenant,
-            ",".join(t.current) or ("-" if t.state is State.UNREACHABLE else "base"),
+            ",".join(t.current) or ("-" if t.state in (State.UNREACHABLE, State.UNMANAGED) else "base"),
             "" if t.behind is None else str(t.behind),
             f"[{_STYLE[t.state]}]{t.state.value}[/]" + (" [yellow](pinned)[/]" if t.pin else ""),
             t.error or t.pin or "",
@@ -139,6 +141,7 @@ def verify_lines(report: StatusReport, ran: set[str] | None = None) -> list[str]
             State.NEW: f"no revision recorded, {t.behind} revision(s) behind",
             State.UNKNOWN_REVISION: f"at {','.join(t.current)}, which is not in the revision graph",
             State.UNREACHABLE: t.error or "unreachable",
+            State.UNMANAGED: t.error or "tables but no version table",
         }[t.state]
         if ran is not None and t.tenant not in ran:
             why += " (not in the run's report: created since the run began?)"

@@ -27,6 +27,9 @@ class Status(str, Enum):
     # to the fan-out, which lowers its concurrency and runs the tenant again later.
     THROTTLED = "throttled"
     PINNED = "pinned"  # needs work, but a pin keeps it out of fleet upgrades (tenants.pins)
+    # Tables but no version table: a schema Alembic never recorded (an existing customer database). Never
+    # touched by an upgrade, not good (exit 1) until a person adopts it with `tenants stamp`.
+    UNMANAGED = "unmanaged"
 
     def __str__(self) -> str:
         return self.value
@@ -130,6 +133,7 @@ class State(str, Enum):
     AT_HEAD = "at-head"
     BEHIND = "behind"
     NEW = "new"
+    UNMANAGED = "unmanaged"  # tables but no version table: see Status.UNMANAGED
     UNKNOWN_REVISION = "unknown-revision"
     UNREACHABLE = "unreachable"
 
@@ -150,7 +154,8 @@ class TenantStatus:
         return {
             "tenant": self.tenant,
             "state": self.state.value,
-            "current": None if self.state is State.UNREACHABLE else (",".join(self.current) or "base"),
+            "current": (None if self.state in (State.UNREACHABLE, State.UNMANAGED)
+                        else ",".join(self.current) or "base"),
             "behind": self.behind,
             "error": self.error,
             "pin": self.pin,

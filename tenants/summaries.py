@@ -10,15 +10,16 @@ status                                 JUnit
 =====================================  ==========================================================
 upgraded, downgraded, stamped,         a passed ``<testcase>``
 up-to-date
-failed, unknown-revision, locked       ``<failure type="<status>" message="<the error>">``
+failed, unknown-revision, unmanaged,   ``<failure type="<status>" message="<the error>">``
+locked
 skipped                                ``<skipped message="<the error>">``
 =====================================  ==========================================================
 
 A locked tenant is a failure, not a skip: another run held it, so this run did not bring it to the target,
-and a viewer that counts skips as fine would show a green run. ``unknown-revision`` is a failure too: the
-tenant was never touched and needs a person. Any other status that is not good (``throttled`` is never
-final, but a report can be edited) is a failure of that type. ``errors`` is always 0: a migration that
-raised is a failed tenant, and the tool itself failing produces no report at all.
+and a viewer that counts skips as fine would show a green run. ``unknown-revision`` and ``unmanaged`` are
+failures too: the tenant was never touched and needs a person. Any other status that is not good
+(``throttled`` is never final, but a report can be edited) is a failure of that type. ``errors`` is always
+0: a migration that raised is a failed tenant, and the tool itself failing produces no report at all.
 
 The Markdown summary must fit GitHub's limit on a step summary (1 MiB) whatever the fleet's size, so it is
 built against a byte budget: the outcome, counts and resume command always fit; the table of tenants that
@@ -44,8 +45,8 @@ SHOWN = 25  # rows of the "did not end well" table shown before the rest is fold
 RESUME_ONLY = "failed,timed-out,skipped,locked"  # what a resume runs again; unknown-revision needs a person first
 
 # Worst first, so the first rows of a long table are the tenants that need a person, not the skipped ones.
-_SEVERITY = {Status.FAILED: 0, Status.TIMED_OUT: 1, Status.UNKNOWN_REVISION: 2, Status.LOCKED: 3,
-             Status.THROTTLED: 4, Status.SKIPPED: 5}
+_SEVERITY = {Status.FAILED: 0, Status.TIMED_OUT: 1, Status.UNKNOWN_REVISION: 2, Status.UNMANAGED: 2,
+             Status.LOCKED: 3, Status.THROTTLED: 4, Status.SKIPPED: 5}
 
 # Characters XML 1.0 cannot carry at all, not even escaped (NUL, most C0 controls, lone surrogates):
 # ElementTree writes them as they are and the file would not parse. A driver's error text can hold them.

@@ -107,8 +107,11 @@ def test_failed_tenant_exit_1_and_names_it(cli, sqlite_config, tmp_path):
      "tenants: error: --keep-going and --max-failures contradict each other: use one"),
     (["upgrade", "--concurrency", "0"], None),
     (["upgrade", "--frobnicate"], "tenants: error: No such option: --frobnicate (see `tenants upgrade --help`)"),
-    (["stamp", "head"], "tenants: error: stamp needs --tenant NAME (repeatable): it adopts named databases, never a "
-                        "whole fleet"),
+    (["stamp", "head"], "tenants: error: stamp needs --tenant NAME, --tag TAG or --all: it records a revision "
+                        "without running its migrations, so it never picks its tenants by default"),
+    (["stamp", "head", "--all"], "tenants: error: refusing to stamp 3 tenant(s) chosen by --all/--tag/--exclude "
+                                 "without confirmation: stdin is not a terminal; see them with `tenants status` "
+                                 "(with the same --tag/--exclude), then pass --yes"),
     (["upgrade", "--report", "/no/such/dir/r.json"],
      "tenants: error: --report /no/such/dir/r.json: folder /no/such/dir does not exist"),
 ])
@@ -290,7 +293,10 @@ def test_stamp_and_sql_for_a_tenant(cli, sqlite_config):
     config = str(sqlite_config())
     run = cli("--config", config, "-e", "test", "stamp", "-t", "initech", "0003")
     assert run.code == 0
-    assert lines(run.out)[0] == "stamped          initech  base -> 0003_invoice_status  (T)"
+    assert lines(run.out)[:3] == [
+        "stamp 0003_invoice_status on 1 tenant(s) of test, recording it without running any migration:",
+        "  from base (none recorded): initech",
+        "stamped          initech  base -> 0003_invoice_status  (T)"]
     sql = cli("--config", config, "-e", "test", "sql", "-t", "initech")
     assert sql.code == 0
     assert "-- Running upgrade 0003_invoice_status -> 0004_invoice_user_index" in sql.out

@@ -71,7 +71,13 @@ class Revisions:
         return self._heads
 
     def head(self) -> str:
-        """The single head; several heads make ``head`` ambiguous and are bad input."""
+        """The single head; several heads make ``head`` ambiguous and are bad input, and so does none."""
+        if not self._heads:
+            versions = self.script.version_locations or [Path(self.script.dir) / "versions"]
+            raise RevisionError(
+                f"{self.path}: no revisions found in {', '.join(map(str, versions))}; create the first one with "
+                f"`alembic -c {self.path} revision -m \"...\"` (or check script_location)"
+            )
         if len(self._heads) != 1:
             raise MultipleHeads(
                 f"{self.path}: the revision graph has {len(self._heads)} heads "

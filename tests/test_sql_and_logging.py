@@ -98,3 +98,15 @@ def test_sql_env_py_that_renders_nothing_offline_says_so(cli, tmp_path):
     assert one_error_line(cli("--config", str(config), "-e", "pg", "sql")) == (
         f"tenants: error: {env_py}: rendered nothing for base:a1: in offline (--sql) mode env.py must call "
         "`context.configure(url=...)` and `context.run_migrations()`")
+
+
+def test_a_graph_without_revisions_says_so(cli, sqlite_config, tmp_path):
+    ini = make_project(tmp_path / "proj", {})
+    config = str(sqlite_config(alembic=ini))
+    versions = tmp_path / "proj" / "migrations" / "versions"
+    expected = (f"tenants: error: {ini}: no revisions found in {versions}; create the first one with "
+                f"`alembic -c {ini} revision -m \"...\"` (or check script_location)")
+    for command in (("upgrade",), ("status",), ("plan",), ("sql",)):
+        assert one_error_line(cli("--config", config, "-e", "test", *command)) == expected, command
+    assert not (tmp_path / "db").exists()
+

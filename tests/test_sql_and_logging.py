@@ -3,6 +3,9 @@ could not render at all, a graph with no revisions, and the log lines an env.py'
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import make_project, write_config
@@ -110,3 +113,34 @@ def test_a_graph_without_revisions_says_so(cli, sqlite_config, tmp_path):
         assert one_error_line(cli("--config", config, "-e", "test", *command)) == expected, command
     assert not (tmp_path / "db").exists()
 
+
+def run_tenants(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The real console script in a process of its own: its workers are real processes too."""
+    return subprocess.run([sys.executable, "-m", "tenants", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120, env={**os.environ, "COLUMNS": "120"})
+
+
+def test_alembic_log_lines_from_env_py_file_config_only_with_verbose(sqlite_config, tmp_path):
+    """alembic init's env.py calls fileConfig(alembic.ini), whose [logger_alembic] is at INFO: without -v those
+    lines stay out of the output, in the CLI's process (one tenant, `sql`) and in its worker processes."""
+    ini = make_project(tmp_path / "proj", {"a1": "op.create_table('t', sa.Column('id', sa.Integer))",
+                                           "b2": "op.create_table('u', sa.Column('id', sa.Integer))"})
+    assert "[logger_alembic]\nlevel = INFO" in ini.read_text()  # the stock logging section
+    config = str(sqlite_config(names=("acme", "globex", "initech", "umbrella"), alembic=ini))
+    base = ("--config", config, "-e", "test")
+    runs = [run_tenants(*base, "upgrade", "a1", "-t", "acme", cwd=tmp_path),  # serial: env.py in the CLI process
+            run_tenants(*base, "upgrade", "a1", "-j", "2", cwd=tmp_path),  # worker processes
+            run_tenants(*base, "sql", cwd=tmp_path)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+        assert "INFO  [alembic" not in run.stdout + run.stderr, run.args
+    assert runs[1].stderr == ""
+    assert [line.split()[0] for line in runs[1].stdout.splitlines()[:4]] == ["up-to-date"] + ["upgraded"] * 3
+
+    loud = [run_tenants("-v", *base, "upgrade", "-j", "2", cwd=tmp_path),
+            run_tenants("--verbose", *base, "sql", cwd=tmp_path)]
+    for run in loud:
+        assert run.returncode == 0, run.stderr
+    assert [line.split()[0] for line in loud[0].stdout.splitlines()[:4]] == ["upgraded"] * 4
+    assert loud[0].stderr.count("INFO  [alembic.runtime.migration] Running upgrade a1 -> b2") == 4
+    assert "INFO  [alembic.runtime.migration] Running upgrade  -> a1" in loud[1].stderr

@@ -33,7 +33,10 @@ def with_driver(url: str, driver: str = "psycopg2") -> str:
 
 def psycopg2_fleet(pg_fleet, n: int, **kw):
     """A throwaway fleet whose environment connects through psycopg2."""
-    fleet = pg_fleet(n, **kw)
+    return to_psycopg2(pg_fleet(n, **kw))
+
+
+def to_psycopg2(fleet):
     scheme = f"{make_url(PG_URL).drivername}://"
     fleet.config.write_text(fleet.config.read_text().replace(scheme, "postgresql+psycopg2://", 1))
     return fleet
@@ -65,10 +68,11 @@ def test_psycopg2_fleet_upgrades_through_the_library_and_the_cli(pg_fleet, cli):
 
 
 def test_psycopg2_pin_status_upgrade_unpin(pg_fleet, cli):
-    fleet = psycopg2_fleet(pg_fleet, 2, source="static")
+    fleet = pg_fleet(2, source="static")
     config = ("--config", str(fleet.config), "-e", "pg")
     pinned, other = fleet.names
     assert cli(*config, "upgrade", "0002").code == 0  # version tables, but no pin table yet
+    to_psycopg2(fleet)
     status = cli(*config, "status", "--json")
     assert status.code == 1 and "unreachable" not in status.out  # behind, and read (no pin table is no pin)
     assert cli(*config, "pin", "-t", pinned, "--reason", "incident 42").out == f"pinned {pinned}: incident 42\n"

@@ -70,8 +70,30 @@ def _main(
         "--config", "-c", envvar="TENANTS_CONFIG", help="Configuration file (default: ./tenants.toml).")] = None,
     env: Annotated[Optional[str], typer.Option(
         "--env", "-e", envvar="TENANTS_ENV", help="Environment in the configuration (default: dev).")] = None,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Let INFO log lines through, e.g. Alembic's \"Running upgrade ...\" when env.py "
+        "configures logging (fileConfig); without it only warnings and errors get through.")] = False,
 ) -> None:
     ctx.obj = Context(config, env, _console(), _console(stderr=True))
+    if not verbose:
+        _quiet_logs(ctx)
+
+
+def _quiet_logs(ctx: typer.Context) -> None:
+    """Keep INFO and DEBUG log records out of our output, for the duration of the command.
+
+    An env.py that calls ``fileConfig(config.config_file_name)`` (``alembic init``'s template does, and its
+    alembic.ini sets the ``alembic`` logger to INFO) prints Alembic's "Context impl ...", "Running upgrade ..."
+    to stderr, in this process and in each worker that runs it, between our result lines. Setting levels or
+    handlers beforehand does not help: fileConfig resets them (and dictConfig, basicConfig(force=True) too).
+    ``logging.disable`` is a ceiling over every logger that no logging configuration lifts, so it works
+    whatever env.py configures, without changing what env.py sees (replacing ``fileConfig`` or hiding
+    ``config.config_file_name`` would). The fan-out's workers copy this process's ceiling
+    (:func:`tenants.fanout._init_worker`). Warnings and errors still get through.
+    """
+    previous = logging.root.manager.disable  # restored for a caller that runs the CLI in-process (tests)
+    logging.disable(logging.INFO)
+    ctx.call_on_close(lambda: logging.disable(previous))
 
 
 def _command(fn):

@@ -223,9 +223,13 @@ def schema_tables(conn: Connection, exclude: tuple[str, ...] = ()) -> list[str]:
     return sorted(name for name in names if name.lower() not in skip)
 
 
+# "No such table": PostgreSQL's undefined_table, ODBC's "base table or view not found" (SQL Server through
+# pyodbc). SQLite's errors carry no SQLSTATE: the message says it.
+_MISSING_TABLE_STATES = {"42P01", "42S02"}
+
+
 def _is_missing_table(err: DBAPIError) -> bool:
-    sqlstate = getattr(err.orig, "sqlstate", None)
-    if sqlstate == "42P01":  # PostgreSQL undefined_table
+    if sqlstate_of(err) in _MISSING_TABLE_STATES:
         return True
     message = str(err.orig).lower()
     return "no such table" in message or "invalid object name" in message or "doesn't exist" in message
@@ -350,6 +354,25 @@ _TRANSIENT_TEXT = re.compile(
 )
 
 
+def sqlstate_of(err: BaseException) -> str | None:
+    """The SQLSTATE a database error carries, whichever driver raised it; None when it has none.
+
+    Each driver names it differently: psycopg 3 ``sqlstate``, psycopg2 ``pgcode``, pyodbc the first of its
+    ``(sqlstate, message)`` args. SQLAlchemy wraps each in a :class:`~sqlalchemy.exc.DBAPIError` whose ``orig``
+    is the driver's error. Connection failures usually carry none (the server never answered); pysqlite's
+    errors never do. Read a SQLSTATE through this function only: reading one driver's attribute is how
+    psycopg2 tenants came to be reported unreachable instead of new (issue 9).
+    """
+    orig = err.orig if isinstance(err, DBAPIError) else err
+    if mssql.is_pyodbc_error(orig):
+        return mssql.diagnose(orig).sqlstate
+    for attribute in ("sqlstate", "pgcode"):  # psycopg 3 (and asyncpg), psycopg2
+        value = getattr(orig, attribute, None)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def is_transient(err: BaseException) -> bool:
     """True if retrying the tenant on a fresh connection may succeed; False for a real failure.
 
@@ -361,7 +384,7 @@ def is_transient(err: BaseException) -> bool:
         return True
     if mssql.is_pyodbc_error(orig):
         return mssql.diagnose(orig).kind is not mssql.Kind.FAILURE
-    sqlstate = getattr(orig, "sqlstate", None) or ""
+    sqlstate = sqlstate_of(orig)
     if sqlstate:
         return sqlstate.startswith("08") or sqlstate in _PG_TRANSIENT_STATES
     if isinstance(err, DBAPIError) and err.connection_invalidated:

@@ -14,7 +14,9 @@ database, which ``list_by_server`` includes) and any database whose status is no
 :meth:`AzureSource.discover` (the :class:`~tenants.discovery.TenantSource` protocol) returns the tenants only.
 
 Each tenant's tags are the database's Azure resource tags, rendered ``key=value`` (a bare ``key`` when the
-value is empty), so ``--tag tier=gold`` selects by a tag set in the portal.
+value is empty), so ``--tag tier=gold`` selects by a tag set in the portal, and ``--tag canary`` (or a wave's
+``tag = "canary"``) takes a database tagged ``canary: true``, or any value but false/0/no/off
+(:meth:`tenants.discovery.Tenant.has_tag`).
 
 Clouds. The management endpoint and the token scope follow the environment's ``cloud`` (see
 :data:`MANAGEMENT_ENDPOINTS`), or ``management_endpoint`` when it is given (scope ``<endpoint>/.default``,

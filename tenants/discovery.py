@@ -23,6 +23,10 @@ from tenants.db import describe_error, is_transient, make_engine, url_secrets
 from tenants.errors import ConfigError, DiscoveryError, TenantNotFound, UsageError
 
 
+# A tag with one of these values is off: `canary=false` is not a canary (tenants.discovery.Tenant.has_tag).
+FALSE_VALUES = frozenset({"false", "0", "no", "off"})
+
+
 @dataclass(frozen=True)
 class Tenant:
     """One tenant database. ``url`` carries the password: it crosses to worker processes, never to output."""
@@ -31,6 +35,26 @@ class Tenant:
     url: str = field(repr=False)
     tags: tuple[str, ...] = ()
     secrets: tuple[str, ...] = field(default=(), repr=False)  # scrubbed from anything printed about it
+
+    def has_tag(self, pattern: str) -> bool:
+        """Whether one of the tenant's tags matches ``pattern`` (``--tag``, a wave's ``tag``): the one rule.
+
+        A tag is ``key`` or ``key=value`` (static tags as written; Azure resource tags rendered so, an empty
+        value as a bare ``key``). ``canary`` matches a tag named canary whose value does not say no: a bare
+        ``canary``, ``canary=true``, ``canary=eu``, ``canary=`` (an empty value: Azure allows one, and
+        writing ``canary: ""`` means set), but not ``canary=false``, ``=0``, ``=no`` or ``=off`` (any case).
+        ``canary=eu`` matches exactly that value. Names compare case-blind, as Azure's tag names do; values
+        (in ``key=value``) exactly, as Azure's do.
+        """
+        key, exact, value = pattern.partition("=")
+        key = key.casefold()
+        for tag in self.tags:
+            name, _, tag_value = tag.partition("=")
+            if name.casefold() != key:
+                continue
+            if (tag_value == value) if exact else (tag_value.strip().casefold() not in FALSE_VALUES):
+                return True
+        return False
 
     @property
     def masked_url(self) -> str:
@@ -149,7 +173,8 @@ def discover_with_skipped(source: TenantSource) -> tuple[list[Tenant], list[tupl
 
 @dataclass(frozen=True)
 class Selection:
-    """``--tenant`` (exact names), ``--exclude`` (globs), ``--tag`` (any of), then ``--shard K/N``.
+    """``--tenant`` (exact names), ``--exclude`` (globs), ``--tag`` (any of; :meth:`Tenant.has_tag`), then
+    ``--shard K/N``.
 
     A shard is chosen by a hash of the tenant's name, not by position: independent of discovery order
     and of which tenants exist, so N runners with K = 1..N split a fleet with no overlap and no gap, and a
@@ -160,6 +185,11 @@ class Selection:
     exclude: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     shard: tuple[int, int] | None = None  # (K, N), 1 <= K <= N
+
+    def __post_init__(self) -> None:
+        for pattern in self.tags:
+            if not pattern.partition("=")[0].strip():
+                raise UsageError(f"--tag {pattern!r}: give a tag name, e.g. --tag canary or --tag region=eu")
 
     def apply(self, tenants: list[Tenant], environment: str = "") -> list[Tenant]:
         by_name = {t.name: t for t in tenants}
@@ -173,7 +203,7 @@ class Selection:
         if self.exclude:
             chosen = [t for t in chosen if not any(fnmatch.fnmatchcase(t.name, g) for g in self.exclude)]
         if self.tags:
-            chosen = [t for t in chosen if set(t.tags) & set(self.tags)]
+            chosen = [t for t in chosen if any(t.has_tag(pattern) for pattern in self.tags)]
         if self.shard is not None:
             k, n = self.shard
             chosen = [t for t in chosen if shard_of(t.name, n) == k]

@@ -8,7 +8,9 @@ An environment may declare waves, in order::
         { rest = true },                       # then everyone else
     ]
 
-Each wave takes its tenants from those no earlier wave took: by ``tag``, by ``percent`` of the whole
+Each wave takes its tenants from those no earlier wave took: by ``tag`` (matched as ``--tag`` matches, by
+:meth:`tenants.discovery.Tenant.has_tag`: ``canary`` takes an Azure tag ``canary: true`` but not
+``canary: false``; ``region=eu`` takes exactly that value), by ``percent`` of the whole
 selection or a ``count`` (picked by a stable hash of the name, so the same tenants every run and across
 shards), or ``rest``. Tenants no wave took form a last wave of their own; with no waves declared the whole
 selection is one wave. A wave must end within its failure budget (``max_failures``, default 0) before the
@@ -59,6 +61,8 @@ def parse_waves(items: list[Any], fail) -> tuple[Wave, ...]:
             raise fail(f"waves[{i}]: count must be at least 1")
         if item.get("max_failures", 0) < 0:
             raise fail(f"waves[{i}]: max_failures must not be negative")
+        if "tag" in item and not item["tag"].partition("=")[0].strip():
+            raise fail(f"waves[{i}]: tag needs a tag name, e.g. tag = \"canary\" or tag = \"region=eu\"")
         if item.get("rest") is False:
             raise fail(f"waves[{i}]: rest = false means nothing; leave the wave out")
         default = f"{kinds[0]} {item[kinds[0]]}" if kinds[0] != "rest" else "rest"
@@ -81,7 +85,7 @@ def assign(tenants: list[Tenant], waves: tuple[Wave, ...]) -> list[tuple[Wave, l
     plan: list[tuple[Wave, list[Tenant]]] = []
     for wave in waves:
         if wave.tag is not None:
-            taken = [t for t in left if wave.tag in t.tags]
+            taken = [t for t in left if t.has_tag(wave.tag)]
         elif wave.rest:
             taken = list(left)
         else:

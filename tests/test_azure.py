@@ -206,6 +206,28 @@ def test_pool_discovery_reads_every_page(tmp_path):
     assert cred.scopes == [("https://management.azure.com/.default",)]  # one token for the three pages
 
 
+def test_azure_tags_select_as_a_user_means_with_tag_and_waves(tmp_path):
+    """Azure tags arrive as key=value: `--tag canary` and a wave's `tag = "canary"` take canary: true (any
+    value but false/0/no/off), and `region=eu` takes exactly that value."""
+    from tenants.discovery import Selection
+    from tenants.waves import Wave, assign
+
+    env = azure_env(tmp_path)
+    arm = FakeArm({POOL_DBS: [[
+        database("t_true", tags={"canary": "true"}), database("t_false", tags={"canary": "false"}),
+        database("t_empty", tags={"canary": ""}), database("t_no", tags={"Canary": "No"}),
+        database("t_eu", tags={"Canary": "eu", "region": "eu"}), database("t_none"),
+    ]]})
+    tenants = AzureSource(env, credential=FakeCredential(), transport=arm).discover()
+    assert {t.name: t.tags for t in tenants}["t_true"] == ("canary=true",)
+    assert [t.name for t in Selection(tags=("canary",)).apply(tenants)] == ["t_empty", "t_eu", "t_true"]
+    assert [t.name for t in Selection(tags=("region=eu",)).apply(tenants)] == ["t_eu"]
+    assert [t.name for t in Selection(tags=("canary=false",)).apply(tenants)] == ["t_false"]
+    waves = assign(tenants, (Wave("canary", tag="canary"), Wave("fleet", rest=True)))
+    assert [(w.name, [t.name for t in ts]) for w, ts in waves] == [
+        ("canary", ["t_empty", "t_eu", "t_true"]), ("fleet", ["t_false", "t_no", "t_none"])]
+
+
 def test_pool_discovery_reports_master_and_databases_not_online(tmp_path):
     env = azure_env(tmp_path)
     arm = FakeArm({POOL_DBS: [

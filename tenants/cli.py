@@ -28,6 +28,7 @@ from tenants.errors import TenantsError, UsageError
 from tenants.report import RunReport, TenantResult
 from tenants.notify import ci_run_url, notify, parse_target
 from tenants.summaries import junit_xml, markdown_summary, status_junit
+from tenants.waves import empty_waves
 from tenants.runlog import ReportWriter, merge_reports, read_report, resume_names, run_report_of, write_json
 
 app = typer.Typer(
@@ -374,6 +375,9 @@ def upgrade(
     if not prepared.tenants:
         typer.echo("tenants: no tenant selected; nothing to do", err=True)
     waves = prepared.waves()
+    narrowed = selection != Selection() or resume is not None
+    for position, declared, why in empty_waves(list(prepared.tenants), settings.environment.waves, narrowed):
+        typer.echo(f"tenants: warning: waves[{position}] ({declared.name}): {why}", err=True)
     if wave is not None and not 1 <= wave <= len(waves):
         raise UsageError(f"--wave {wave}: this selection has {len(waves)} wave(s)")
     if len(waves) > 1:

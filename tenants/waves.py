@@ -77,12 +77,51 @@ def _order(name: str) -> bytes:
 
 
 def assign(tenants: list[Tenant], waves: tuple[Wave, ...]) -> list[tuple[Wave, list[Tenant]]]:
-    """Split the selection into waves (empty ones dropped); keeps selection order within a wave."""
+    """Split the selection into waves (empty ones dropped: :func:`empty_waves` names them); keeps selection
+    order within a wave."""
     if not waves:
         return [(Wave("all", rest=True), list(tenants))] if tenants else []
+    taken_by = _take(tenants, waves)
+    plan = [(wave, taken) for wave, taken in zip(waves, taken_by, strict=True) if taken]
+    names = {t.name for taken in taken_by for t in taken}
+    left = [t for t in tenants if t.name not in names]
+    if left:
+        plan.append((Wave("rest", rest=True), left))
+    return plan
+
+
+def empty_waves(tenants: list[Tenant], waves: tuple[Wave, ...], narrowed: bool = False
+                ) -> list[tuple[int, Wave, str]]:
+    """The declared waves that take no tenant of ``tenants``: (position in ``waves``, counted from 1 as the
+    configuration's errors count them, the wave, why), for ``plan`` and ``upgrade`` to say so. A canary wave
+    that silently takes nobody is a rollout without a canary.
+
+    An empty wave gets no number: ``upgrade --wave N`` (and the plan) count the waves that have tenants, so
+    with the canary empty, wave 1 is the next one. ``narrowed``: ``tenants`` is a selection, not the fleet.
+    """
+    who = "selected tenant" if narrowed else "tenant"
+    numbered = assign(tenants, waves)
+    notes = []
+    for position, (wave, taken) in enumerate(zip(waves, _take(tenants, waves), strict=True), 1):
+        if taken:
+            continue
+        if wave.tag is not None:
+            tagged = any(t.has_tag(wave.tag) for t in tenants)
+            why = f"every {who} tagged {wave.tag} is in an earlier wave" if tagged else \
+                f"no {who} matches tag {wave.tag}"
+        else:
+            why = f"no {who} is left for it" if tenants else f"there is no {who}"
+        if position == 1:
+            why += " — this rollout has no canary" + (f" (wave 1 is {numbered[0][0].name})" if numbered else "")
+        notes.append((position, wave, why))
+    return notes
+
+
+def _take(tenants: list[Tenant], waves: tuple[Wave, ...]) -> list[list[Tenant]]:
+    """What each declared wave takes, in order, from the tenants no earlier wave took (empty lists kept)."""
     left = list(tenants)
     total = len(tenants)
-    plan: list[tuple[Wave, list[Tenant]]] = []
+    taken_by: list[list[Tenant]] = []
     for wave in waves:
         if wave.tag is not None:
             taken = [t for t in left if t.has_tag(wave.tag)]
@@ -94,8 +133,5 @@ def assign(tenants: list[Tenant], waves: tuple[Wave, ...]) -> list[tuple[Wave, l
             taken = [t for t in left if t.name in chosen]
         names = {t.name for t in taken}
         left = [t for t in left if t.name not in names]
-        if taken:
-            plan.append((wave, taken))
-    if left:
-        plan.append((Wave("rest", rest=True), left))
-    return plan
+        taken_by.append(taken)
+    return taken_by

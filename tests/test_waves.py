@@ -153,3 +153,22 @@ def test_cli_tag_and_canary_wave_match_key_value_tags(cli, tmp_path):
     bad = cli("--config", config, "-e", "w", "list", "--tag", "=eu")
     assert (bad.code, bad.err) == (2, "tenants: error: --tag '=eu': give a tag name, e.g. --tag canary or "
                                       "--tag region=eu\n")
+
+
+def test_cli_plan_and_upgrade_say_the_canary_wave_is_empty(cli, tmp_path):
+    config = str(waves_config(tmp_path, ["a", "b"], {"a": ["canary=no"]},
+                              '[{name = "canary", tag = "canary"}, {name = "fleet", rest = true}]',
+                              ROOT / "alembic.ini"))
+    note = "waves[1] (canary): no tenant matches tag canary — this rollout has no canary (wave 1 is fleet)"
+    text = cli("--config", config, "-e", "w", "plan")
+    assert text.code == 0 and f"  {note}; an empty wave gets no number" in text.out
+    markdown = cli("--config", config, "-e", "w", "plan", "--format", "markdown")
+    assert "- **Empty wave** `waves[1]` `canary`: no tenant matches tag canary" in markdown.out
+    data = json.loads(cli("--config", config, "-e", "w", "plan", "--format", "json").out)
+    assert (data["waves"], data["empty_waves"]) == (
+        [{"wave": 1, "name": "fleet", "tenants": ["a", "b"]}],
+        [{"position": 1, "name": "canary", "note": note.partition(": ")[2]}])
+    run = cli("--config", config, "-e", "w", "upgrade", "--wave", "1")
+    assert run.code == 0, run.err
+    assert f"tenants: warning: {note}" in run.err.splitlines()
+    assert sorted(ln.split()[1] for ln in run.out.splitlines() if ln.startswith("upgraded ")) == ["a", "b"]

@@ -12,7 +12,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -68,6 +68,21 @@ class Tenant:
 
 class TenantSource(Protocol):
     def discover(self) -> list[Tenant]: ...
+
+
+class Skipped(NamedTuple):
+    """A database discovery found but will not migrate now, and why (``("master", "system database")``).
+
+    ``offline``: a tenant database the source cannot use right now (Azure: its status is not ``Online``, e.g.
+    ``Paused``, ``Scaling``, ``Copying``). It is part of the fleet, so ``verify`` must not vouch for it;
+    ``tags`` are its tags, so a selection can tell whether it would have taken it. Otherwise (``master``) it is
+    no tenant at all.
+    """
+
+    name: str
+    reason: str
+    offline: bool = False
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,14 +176,14 @@ def source_for(environment: Environment) -> TenantSource:
     return StaticSource(environment)
 
 
-def discover_with_skipped(source: TenantSource) -> tuple[list[Tenant], list[tuple[str, str]]]:
+def discover_with_skipped(source: TenantSource) -> tuple[list[Tenant], list[Skipped]]:
     """The tenants, and the databases the source saw but will not touch, with why (Azure: master, not
-    Online). Sources without such databases report none."""
+    Online). Sources without such databases report none; a plain ``(name, reason)`` becomes a Skipped."""
     with_skipped = getattr(source, "discover_with_skipped", None)
     if with_skipped is None:
         return source.discover(), []
     tenants, skipped = with_skipped()
-    return tenants, [(name, reason) for name, reason in skipped]
+    return tenants, [Skipped(*entry) for entry in skipped]
 
 
 @dataclass(frozen=True)
@@ -200,6 +215,17 @@ class Selection:
                 f"unknown tenant {missing[0]!r} (--tenant){where}; `tenants list` shows the tenants found"
             )
         chosen = [by_name[name] for name in dict.fromkeys(self.tenants)] if self.tenants else list(tenants)
+        return self._narrow(chosen)
+
+    def offline(self, skipped: list[Skipped]) -> list[Skipped]:
+        """The offline databases (:class:`Skipped`) this selection would take if they were online: by the same
+        ``--tenant``, ``--exclude``, ``--tag`` and ``--shard`` rules, in the order given."""
+        stand_ins = [Tenant(s.name, "", s.tags) for s in skipped
+                     if s.offline and (not self.tenants or s.name in self.tenants)]
+        kept = {t.name for t in self._narrow(stand_ins)}
+        return [s for s in skipped if s.offline and s.name in kept]
+
+    def _narrow(self, chosen: list[Tenant]) -> list[Tenant]:
         if self.exclude:
             chosen = [t for t in chosen if not any(fnmatch.fnmatchcase(t.name, g) for g in self.exclude)]
         if self.tags:

@@ -513,3 +513,26 @@ def test_downgrade_workflow_sequence_sql_then_pin_first_downgrade(cli, sqlite_co
     assert "globex: nothing was undone, so the pin set for this downgrade is off again\n" in held.err
     status = json.loads(cli("--config", config, "-e", "test", "status", "-t", "globex", "--json").out)
     assert status["tenants"][0]["pin"] is None and status["tenants"][0]["state"] == "at-head"
+
+
+def test_shard_partitions_list_status_and_verify(cli, sqlite_config):
+    from tenants.discovery import shard_of
+
+    names = [f"t{i:02d}" for i in range(12)]
+    config = str(sqlite_config(names))
+    seen: dict[str, list[str]] = {"list": [], "status": [], "verify": []}
+    for k in (1, 2, 3):
+        listed = cli("--config", config, "-e", "test", "list", "--shard", f"{k}/3", "--json")
+        status = cli("--config", config, "-e", "test", "status", "--shard", f"{k}/3", "--json")
+        verify = cli("--config", config, "-e", "test", "verify", "--shard", f"{k}/3")
+        assert (listed.code, status.code, verify.code) == (0, 1, 1), (listed.err, status.err, verify.err)
+        shard = {"list": [t["tenant"] for t in json.loads(listed.out)],
+                 "status": [t["tenant"] for t in json.loads(status.out)["tenants"]],
+                 "verify": [ln.split()[1] for ln in verify.out.splitlines() if ln.startswith("new ")]}
+        for command, got in shard.items():
+            assert got == [n for n in names if shard_of(n, 3) == k], command
+            seen[command] += got
+        assert verify.out.splitlines()[-1] == f"0/{len(shard['verify'])} tenants at head {HEAD}"
+    assert all(sorted(got) == names for got in seen.values())
+    bad = cli("--config", config, "-e", "test", "verify", "--shard", "4/3")
+    assert (bad.code, bad.err) == (2, "tenants: error: --shard 4/3: expected K/N with 1 <= K <= N, e.g. --shard 2/4\n")

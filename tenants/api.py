@@ -88,7 +88,7 @@ def list_tenants(settings: Settings, selection: Selection = Selection(), source:
 
 
 def load_revisions(settings: Settings) -> Revisions:
-    return Revisions(settings.environment.alembic, settings.environment.version_table)
+    return Revisions(settings.alembic_ini(), settings.environment.version_table)
 
 
 def status(settings: Settings, selection: Selection = Selection(), source: TenantSource | None = None

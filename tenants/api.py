@@ -64,13 +64,30 @@ def discover_all(settings: Settings, selection: Selection = Selection(), source:
     ``source`` replaces the environment's own (:func:`tenants.discovery.source_for`), e.g. an
     :class:`~tenants.azure.AzureSource` with a credential of the caller's.
     """
+    tenants, skipped, _ = _discover(settings, selection, source)
+    return tenants, skipped
+
+
+def _discover(settings: Settings, selection: Selection, source: TenantSource | None = None,
+              offline_named: bool = False) -> tuple[list[Tenant], list[tuple[str, str]], list[tuple[str, str]]]:
+    """:func:`discover_all`, and the offline databases the selection would take (``(name, why)``: tenants the
+    source cannot read now, e.g. a Paused Azure database). ``offline_named``: an offline database named with
+    ``--tenant`` is returned among those (status, verify) instead of raising TenantNotFound (which the
+    commands that change tenants want)."""
     env = settings.environment
     tenants, skipped = discover_with_skipped(source or source_for(env))
-    reasons = dict(skipped)
+    offline = selection.offline(skipped)
+    reasons = {s.name: s.reason for s in skipped}
+    allowed = {s.name for s in offline} if offline_named else set()
     for name in selection.tenants:
-        if name in reasons:  # seen, but not a tenant to touch: say why rather than "unknown"
+        if name in reasons and name not in allowed:  # seen, but not a tenant to touch: say why, not "unknown"
             raise TenantNotFound(f"tenant {name!r} (--tenant) is not migrated: {reasons[name]}")
-    return selection.apply(tenants, env.name), skipped
+    named = tuple(name for name in selection.tenants if name not in allowed)
+    if selection.tenants and not named:  # every tenant named is offline
+        chosen = []
+    else:
+        chosen = replace(selection, tenants=named).apply(tenants, env.name)
+    return chosen, [(s.name, s.reason) for s in skipped], [(s.name, s.reason) for s in offline]
 
 
 def list_tenants(settings: Settings, selection: Selection = Selection(), source: TenantSource | None = None
@@ -79,7 +96,7 @@ def list_tenants(settings: Settings, selection: Selection = Selection(), source:
 
 
 def load_revisions(settings: Settings) -> Revisions:
-    return Revisions(settings.environment.alembic, settings.environment.version_table)
+    return Revisions(settings.alembic_ini(), settings.environment.version_table)
 
 
 @dataclass(frozen=True)
@@ -129,12 +146,15 @@ def read_tenants(settings: Settings, tenants: list[Tenant]) -> list[TenantRead]:
         connector.dispose()
 
 
-def status(settings: Settings, selection: Selection = Selection()) -> StatusReport:
-    """Each selected tenant's recorded revision against the head. Reads only; threads are safe here."""
+def status(settings: Settings, selection: Selection = Selection(), source: TenantSource | None = None
+           ) -> StatusReport:
+    """Each selected tenant's recorded revision against the head, and the offline databases the selection
+    would take (their revision cannot be read: ``verify`` must not vouch for them). Reads only; threads are
+    safe here."""
     env = settings.environment
     revisions = load_revisions(settings)
     head = revisions.head()
-    tenants = discover(settings, selection)
+    tenants, _, offline = _discover(settings, selection, source, offline_named=True)
 
     def state(tenant: Tenant, read: TenantRead) -> TenantStatus:
         if read.error is not None:
@@ -152,7 +172,7 @@ def status(settings: Settings, selection: Selection = Selection()) -> StatusRepo
         return TenantStatus(tenant.name, State.AT_HEAD if behind == 0 else State.BEHIND, current, behind, pin=note)
 
     rows = tuple(state(t, r) for t, r in zip(tenants, read_tenants(settings, tenants), strict=True))
-    return StatusReport(env.name, head, rows)
+    return StatusReport(env.name, head, rows, tuple(offline))
 
 
 @dataclass(frozen=True)

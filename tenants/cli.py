@@ -28,6 +28,7 @@ from tenants.errors import TenantsError, UsageError
 from tenants.report import RunReport, TenantResult
 from tenants.notify import ci_run_url, notify, parse_target
 from tenants.summaries import junit_xml, markdown_summary, status_junit
+from tenants.waves import empty_waves
 from tenants.runlog import ReportWriter, merge_reports, read_report, resume_names, run_report_of, write_json
 
 app = typer.Typer(
@@ -117,34 +118,39 @@ ExcludeOpt = Annotated[list[str], typer.Option(
 TagOpt = Annotated[list[str], typer.Option("--tag", help="Only tenants with this tag (repeatable).",
                                            show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ShardOpt = Annotated[Optional[str], typer.Option(
+    "--shard", metavar="K/N", help="Only shard K of N (a stable hash of the tenant name): N runners, K=1..N, "
+    "cover the fleet exactly once.", show_default=False)]
 
 
-def _selection(tenant, exclude, tag) -> Selection:
-    return Selection(tuple(tenant or ()), tuple(exclude or ()), tuple(tag or ()))
+def _selection(tenant, exclude, tag, shard: Optional[str] = None) -> Selection:
+    return Selection(tuple(tenant or ()), tuple(exclude or ()), tuple(tag or ()),
+                     parse_shard(shard) if shard is not None else None)
 
 
 @app.command("list")
 @_command
 def list_(ctx: typer.Context, tenant: TenantOpt = [], exclude: ExcludeOpt = [], tag: TagOpt = [],
-          json: JsonOpt = False) -> None:
+          shard: ShardOpt = None, json: JsonOpt = False) -> None:
     """List the discovered tenants: name, URL (password masked), tags."""
     obj: Context = ctx.obj
-    tenants, skipped = api.discover_all(obj.settings(), _selection(tenant, exclude, tag))
+    tenants, skipped = api.discover_all(obj.settings(), _selection(tenant, exclude, tag, shard))
     if json:
         typer.echo(render.tenants_json(tenants))
     else:
         obj.out.print(render.tenants_table(tenants))
     for name, why in skipped:  # databases discovery saw and leaves alone (Azure: master, not Online)
-        typer.echo(f"not a tenant: {name} ({why})", err=True)
+        typer.echo(f"not listed: {name}: {why}", err=True)
 
 
 @app.command()
 @_command
 def status(ctx: typer.Context, tenant: TenantOpt = [], exclude: ExcludeOpt = [], tag: TagOpt = [],
-           json: JsonOpt = False) -> None:
-    """Each tenant's revision against head. Exit 0 only if every selected tenant is at head."""
+           shard: ShardOpt = None, json: JsonOpt = False) -> None:
+    """Each tenant's revision against head. Exit 0 only if every selected tenant is at head (a database that is
+    not online is listed as not verified; `verify` fails on it)."""
     obj: Context = ctx.obj
-    report = api.status(obj.settings(), _selection(tenant, exclude, tag))
+    report = api.status(obj.settings(), _selection(tenant, exclude, tag, shard))
     if json:
         typer.echo(render.to_json(report.to_dict()))
     else:
@@ -208,25 +214,30 @@ def history(
 @_command
 def verify(
     ctx: typer.Context,
-    tenant: TenantOpt = [], exclude: ExcludeOpt = [], tag: TagOpt = [],
+    tenant: TenantOpt = [], exclude: ExcludeOpt = [], tag: TagOpt = [], shard: ShardOpt = None,
     run_report: Annotated[Optional[Path], typer.Option(
         "--report", help="The run's report: tenants it does not list are named as created since the run began.",
         dir_okay=False, show_default=False)] = None,
     junit: JunitOpt = None,
     strict: Annotated[bool, typer.Option("--strict", help="Pinned tenants not at head fail too.")] = False,
+    allow_offline: Annotated[bool, typer.Option(
+        "--allow-offline", help="Databases that are not online (Azure: Paused, Scaling, ...) are listed as not "
+        "verified but do not fail.")] = False,
 ) -> None:
     """After a deploy: discover the fleet afresh and check every tenant is at head. Exit 1 naming each that
-    is not, and why (pinned tenants are listed, and fail only with --strict)."""
+    is not, and why (pinned tenants are listed, and fail only with --strict), and each database that is not
+    online, which could not be verified (listed, and not failing, with --allow-offline)."""
     obj: Context = ctx.obj
     ran = set(read_report(run_report).statuses()) if run_report is not None else None
     _check_report_path(junit)
-    report = api.status(obj.settings(), _selection(tenant, exclude, tag))
-    for line in render.verify_lines(report, ran):
+    report = api.status(obj.settings(), _selection(tenant, exclude, tag, shard))
+    for line in render.verify_lines(report, ran, allow_offline):
         typer.echo(line)
     typer.echo(render.status_line(report))
     if junit is not None:
-        junit.write_text(status_junit(report), encoding="utf-8")
-    raise typer.Exit(0 if (report.ok if strict else report.ok_but_pinned) else 1)
+        junit.write_text(status_junit(report, allow_offline), encoding="utf-8")
+    verified = report.ok if strict else report.ok_but_pinned
+    raise typer.Exit(0 if verified and (allow_offline or not report.offline) else 1)
 
 
 def _run_and_render(obj: Context, run, total: int, report_path: Optional[Path]) -> None:
@@ -359,9 +370,7 @@ def upgrade(
         "--tenant-timeout", help="Seconds a tenant may take; past it its worker is killed (the server rolls "
         "its transaction back) and the tenant reported timed-out.", show_default=False)] = None,
     report: ReportOpt = None,
-    shard: Annotated[Optional[str], typer.Option(
-        "--shard", metavar="K/N", help="Only shard K of N (a stable hash of the tenant name): N runners, K=1..N, "
-        "cover the fleet exactly once.", show_default=False)] = None,
+    shard: ShardOpt = None,
     from_report: Annotated[Optional[Path], typer.Option(
         "--from-report", help="Resume: only the tenants this report lists with a status in --only, and those "
         "it does not list.", exists=False, dir_okay=False, show_default=False)] = None,
@@ -382,9 +391,7 @@ def upgrade(
     settings = obj.settings()
     options = api.RunOptions(concurrency=concurrency, retries=retries, tenant_timeout=tenant_timeout, wave=wave,
                              max_failures=None if keep_going else (max_failures or 1))
-    selection = _selection(tenant, exclude, tag)
-    if shard is not None:
-        selection = replace(selection, shard=parse_shard(shard))
+    selection = _selection(tenant, exclude, tag, shard)
     resume = read_report(from_report) if from_report is not None else None
     # Validate everything (revision, discovery, selection) before the first tenant is touched.
     prepared = api.prepare_upgrade(settings, revision, selection, concurrency=concurrency)
@@ -396,6 +403,9 @@ def upgrade(
     if not prepared.tenants:
         typer.echo("tenants: no tenant selected; nothing to do", err=True)
     waves = prepared.waves()
+    narrowed = selection != Selection() or resume is not None
+    for position, declared, why in empty_waves(list(prepared.tenants), settings.environment.waves, narrowed):
+        typer.echo(f"tenants: warning: waves[{position}] ({declared.name}): {why}", err=True)
     if wave is not None and not 1 <= wave <= len(waves):
         raise UsageError(f"--wave {wave}: this selection has {len(waves)} wave(s)")
     if len(waves) > 1:
@@ -423,9 +433,7 @@ def plan(
     obj: Context = ctx.obj
     if output_format not in ("text", "markdown", "json"):
         raise UsageError(f"--format {output_format}: use text, markdown or json")
-    selection = _selection(tenant, exclude, tag)
-    if shard is not None:
-        selection = replace(selection, shard=parse_shard(shard))
+    selection = _selection(tenant, exclude, tag, shard)
     result = plan_module.plan(obj.settings(), revision, selection, with_sql=sql)
     if output_format == "json":
         typer.echo(render.to_json(plan_module.plan_json(result)))

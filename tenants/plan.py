@@ -42,7 +42,7 @@ from tenants.discovery import Selection, TenantSource
 from tenants.render import fold
 from tenants.revisions import Revisions
 from tenants.unit import unmanaged_reason
-from tenants.waves import assign
+from tenants.waves import assign, empty_waves
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,9 @@ class Plan:
     # The environment's waves as `upgrade --wave N` numbers them (N = position + 1; empty waves dropped), each
     # with the tenants of the wave that the upgrade changes. Empty when the environment declares no waves.
     waves: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # The declared waves that take no selected tenant, (position in `waves`, 1-based; name; why), so a canary
+    # that vanished is said, not silent. They get no number above (tenants.waves.empty_waves).
+    empty_waves: tuple[tuple[int, str, str], ...] = ()
 
     @property
     def tenants(self) -> int:
@@ -150,6 +153,8 @@ def plan(settings: Settings, revision: str = "head", selection: Selection = Sele
     # Numbered over the whole selection, as the run numbers them, so "wave 1" here is `--wave 1` there.
     waves = tuple((wave.name, tuple(t.name for t in members if t.name in changed))
                   for wave, members in assign(tenants, env.waves)) if env.waves else ()
+    empty = tuple((position, wave.name, why)
+                  for position, wave, why in empty_waves(tenants, env.waves, narrowed=selection != Selection()))
     return Plan(
         environment=env.name,
         target=target if target is not None else "base",
@@ -165,6 +170,7 @@ def plan(settings: Settings, revision: str = "head", selection: Selection = Sele
         with_sql=with_sql,
         skipped_databases=tuple(skipped),
         waves=waves,
+        empty_waves=empty,
     )
 
 
@@ -207,12 +213,16 @@ def _no_sql(cohort: Cohort) -> str:
     return f"the cohort is at several heads ({cohort.current}); offline SQL starts from one revision"
 
 
+EMPTY_WAVE = "an empty wave gets no number (upgrade --wave N counts the waves with tenants)"
+
+
 def plan_text(plan: Plan) -> str:
     """Plain text for a terminal or a CI log; with SQL, each cohort's script follows it."""
     messages = dict(plan.messages)
     lines = [_headline(plan)]
     for i, (name, names) in enumerate(plan.waves, 1):
         lines.append(f"  wave {i} ({name}): {len(names)} to upgrade{': ' + fold(list(names)) if names else ''}")
+    lines += [f"  waves[{position}] ({name}): {why}; {EMPTY_WAVE}" for position, name, why in plan.empty_waves]
     for i, cohort in enumerate(plan.cohorts, 1):
         lines += ["", f"cohort {i}: from {cohort.current}, {_n(len(cohort.tenants), 'tenant')}, "
                       f"{_n(len(cohort.revisions), 'revision')} to apply",
@@ -276,6 +286,9 @@ def plan_markdown(plan: Plan) -> str:
         out += [_row(f"{i} {_code(name)}", f"{len(names)}" + (f": {_names(names)}" if names else ""))
                 for i, (name, names) in enumerate(plan.waves, 1)]
         out.append("")
+    if plan.empty_waves:
+        out += [f"- **Empty wave** {_code(f'waves[{position}]')} {_code(name)}: {_md(why)}; {_md(EMPTY_WAVE)}"
+                for position, name, why in plan.empty_waves] + [""]
     if plan.cohorts:
         out += ["| cohort | from | tenants | revisions to apply |", "|---:|---|---|---|"]
         for i, cohort in enumerate(plan.cohorts, 1):
@@ -345,4 +358,6 @@ def plan_json(plan: Plan) -> dict:
         "locked": list(plan.locked),
         "skipped_databases": [{"database": n, "reason": why} for n, why in plan.skipped_databases],
         "waves": [{"wave": i, "name": name, "tenants": list(names)} for i, (name, names) in enumerate(plan.waves, 1)],
+        "empty_waves": [{"position": position, "name": name, "note": why}
+                        for position, name, why in plan.empty_waves],
     }

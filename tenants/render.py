@@ -18,6 +18,7 @@ _STYLE = {
     State.UNREACHABLE: "red", State.UNMANAGED: "red",
 }
 FOLD = 10  # tenant names listed per summary row before folding into "... and N more"
+NOT_VERIFIED = "not-verified"  # an offline database in status and verify: its revision could not be read
 
 
 def rev(revision: str | None) -> str:
@@ -123,12 +124,15 @@ def status_table(report: StatusReport) -> Table:
             f"[{_STYLE[t.state]}]{t.state.value}[/]" + (" [yellow](pinned)[/]" if t.pin else ""),
             t.error or t.pin or "",
         )
+    for name, why in report.offline:
+        table.add_row(name, "?", "", f"[red]{NOT_VERIFIED}[/]", why)
     return table
 
 
-def verify_lines(report: StatusReport, ran: set[str] | None = None) -> list[str]:
+def verify_lines(report: StatusReport, ran: set[str] | None = None, allow_offline: bool = False) -> list[str]:
     """One line per tenant that is not at head, saying why; a tenant the run's report does not know (created
-    since the run began) says so too, and a pinned one says it is pinned."""
+    since the run began) says so too, and a pinned one says it is pinned. Then one line per offline database
+    (not read, so not verified), noting when ``--allow-offline`` lets it pass."""
     lines = []
     for t in report.tenants:
         if t.state is State.AT_HEAD:
@@ -146,12 +150,17 @@ def verify_lines(report: StatusReport, ran: set[str] | None = None) -> list[str]
         if ran is not None and t.tenant not in ran:
             why += " (not in the run's report: created since the run began?)"
         lines.append(f"{t.state.value:<16} {t.tenant}  {why}")
+    allowed = " (allowed by --allow-offline)" if allow_offline else ""
+    lines += [f"{NOT_VERIFIED:<16} {name}  {why}{allowed}" for name, why in report.offline]
     return lines
 
 
 def status_line(report: StatusReport) -> str:
     at_head = sum(t.state is State.AT_HEAD for t in report.tenants)
-    return f"{at_head}/{len(report.tenants)} tenants at head {report.head}"
+    line = f"{at_head}/{len(report.tenants)} tenants at head {report.head}"
+    if report.offline:  # not in the count: their revision is unknown, so they are neither at head nor not
+        line += f"; {len(report.offline)} not verified (not online)"
+    return line
 
 
 def to_json(data: dict) -> str:

@@ -167,6 +167,9 @@ class StatusReport:
     environment: str
     head: str
     tenants: tuple[TenantStatus, ...] = field(default_factory=tuple)
+    # Tenant databases discovery found but could not read (Azure: not Online), (name, why): their revision is
+    # unknown, so `verify` lists them as not verified and fails (unless --allow-offline).
+    offline: tuple[tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -185,4 +188,5 @@ class StatusReport:
             "ok": self.ok,
             "summary": {s.value: counts[s.value] for s in State if counts[s.value]},
             "tenants": [t.to_dict() for t in self.tenants],
+            "offline": [{"tenant": name, "reason": why} for name, why in self.offline],
         }

@@ -46,7 +46,7 @@ class Revisions:
         if not path.is_file():
             raise ConfigError(
                 f"{path}: alembic.ini not found; set `alembic = \"path/to/alembic.ini\"` in the environment "
-                "or run from the project directory"
+                "(relative to its configuration file)"
             )
         self.path = path
         # Alembic prints through Config.stdout; keep it out of the worker's stdout (results are our output).

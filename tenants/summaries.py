@@ -329,19 +329,31 @@ def markdown_summary(report: RunReport, limit: int = MARKDOWN_LIMIT, *, report_f
     return _fit((head + table + tail).rstrip("\n") + "\n", limit)
 
 
-def status_junit(report) -> str:
-    """JUnit XML for ``tenants verify``: one test case per tenant, failing unless it is at head."""
+def status_junit(report, allow_offline: bool = False) -> str:
+    """JUnit XML for ``tenants verify``: one test case per tenant, failing unless it is at head; one per
+    offline database (not read), failing, or skipped with ``allow_offline``."""
     from tenants.report import State
 
-    suite = ET.Element("testsuite", name=f"tenants verify {report.environment}", tests=str(len(report.tenants)),
-                       failures=str(sum(t.state is not State.AT_HEAD for t in report.tenants)), errors="0",
-                       skipped="0")
+    offline = len(report.offline)
+    suite = ET.Element("testsuite", name=f"tenants verify {report.environment}",
+                       tests=str(len(report.tenants) + offline),
+                       failures=str(sum(t.state is not State.AT_HEAD for t in report.tenants)
+                                    + (0 if allow_offline else offline)), errors="0",
+                       skipped=str(offline if allow_offline else 0))
     for t in report.tenants:
         case = ET.SubElement(suite, "testcase", classname=f"tenants.{report.environment}", name=t.tenant)
         if t.state is not State.AT_HEAD:
             message = _xml_text(_one_line(t.error or f"{t.state.value}: at {','.join(t.current) or 'base'}, "
                                                       f"head is {report.head}"))
             failure = ET.SubElement(case, "failure", type=t.state.value, message=message)
+            failure.text = message
+    for name, why in report.offline:
+        case = ET.SubElement(suite, "testcase", classname=f"tenants.{report.environment}", name=name)
+        message = _xml_text(_one_line(f"not verified: {why}"))
+        if allow_offline:
+            ET.SubElement(case, "skipped", message=message)
+        else:
+            failure = ET.SubElement(case, "failure", type="not-verified", message=message)
             failure.text = message
     root = ET.Element("testsuites", name="tenants")
     root.append(suite)

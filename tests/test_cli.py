@@ -519,3 +519,56 @@ def test_downgrade_workflow_sequence_sql_then_pin_first_downgrade(cli, sqlite_co
     assert "globex: nothing was undone, so the pin set for this downgrade is off again\n" in held.err
     status = json.loads(cli("--config", config, "-e", "test", "status", "-t", "globex", "--json").out)
     assert status["tenants"][0]["pin"] is None and status["tenants"][0]["state"] == "at-head"
+
+
+def test_shard_partitions_list_status_and_verify(cli, sqlite_config):
+    from tenants.discovery import shard_of
+
+    names = [f"t{i:02d}" for i in range(12)]
+    config = str(sqlite_config(names))
+    seen: dict[str, list[str]] = {"list": [], "status": [], "verify": []}
+    for k in (1, 2, 3):
+        listed = cli("--config", config, "-e", "test", "list", "--shard", f"{k}/3", "--json")
+        status = cli("--config", config, "-e", "test", "status", "--shard", f"{k}/3", "--json")
+        verify = cli("--config", config, "-e", "test", "verify", "--shard", f"{k}/3")
+        assert (listed.code, status.code, verify.code) == (0, 1, 1), (listed.err, status.err, verify.err)
+        shard = {"list": [t["tenant"] for t in json.loads(listed.out)],
+                 "status": [t["tenant"] for t in json.loads(status.out)["tenants"]],
+                 "verify": [ln.split()[1] for ln in verify.out.splitlines() if ln.startswith("new ")]}
+        for command, got in shard.items():
+            assert got == [n for n in names if shard_of(n, 3) == k], command
+            seen[command] += got
+        assert verify.out.splitlines()[-1] == f"0/{len(shard['verify'])} tenants at head {HEAD}"
+    assert all(sorted(got) == names for got in seen.values())
+    bad = cli("--config", config, "-e", "test", "verify", "--shard", "4/3")
+    assert (bad.code, bad.err) == (2, "tenants: error: --shard 4/3: expected K/N with 1 <= K <= N, e.g. --shard 2/4\n")
+
+
+def test_a_config_kept_elsewhere_upgrades_the_fleet_of_the_project_it_is_run_from(cli, tmp_path, monkeypatch):
+    import sqlite3
+
+    project, etc, other = tmp_path / "proj", tmp_path / "etc", tmp_path / "other"
+    for folder in (project, etc, other):
+        folder.mkdir()
+    for name in ("alembic.ini", "alembic"):
+        (project / name).symlink_to(ROOT / name)
+    config = etc / "prod.toml"  # no `alembic` key: the project's alembic.ini, found in the current directory
+    config.write_text('[environments.prod]\nurl = "sqlite:///data/{tenant}.db"\ntenants = ["a", "b", "c"]\n'
+                      "retry_backoff = 0.01\n")
+    (etc / "data").mkdir()
+    monkeypatch.chdir(project)
+    run = cli("--config", str(config), "-e", "prod", "upgrade")
+    assert run.code == 0, run.err
+    for name in ("a", "b", "c"):
+        with sqlite3.connect(etc / "data" / f"{name}.db") as conn:
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
+            assert conn.execute("SELECT count(*) FROM invoices").fetchone() == (0,)
+    assert cli("--config", str(config), "-e", "prod", "verify").code == 0
+
+    monkeypatch.chdir(other)  # no alembic.ini here nor beside the config: one line, naming both, exit 2
+    failed = cli("--config", str(config), "-e", "prod", "status")
+    assert failed.code == 2 and failed.out == ""
+    assert failed.err == (
+        f"tenants: error: no alembic.ini in the current directory ({other.resolve()}) nor beside {config} "
+        f"({etc.resolve()}); set `alembic = \"path/to/alembic.ini\"` in environment 'prod' of {config} "
+        "(relative to that file), or run from the directory holding alembic.ini\n")

@@ -4,7 +4,8 @@
 - zizmor, the Actions security linter, finds nothing at its default level;
 - every ``tenants …`` command line in a ``run:`` script parses with the real CLI: the subcommand exists, every
   option exists and takes the value given (a renamed option fails here);
-- the deploy graph has no path to a tenant-changing command that skips the approval.
+- the deploy graph has no path to a tenant-changing command that skips the approval;
+- every action is pinned to the commit of the release its comment names, as checked by hand (``VERIFIED_PINS``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from conftest import ROOT
 
 WORKFLOWS = ROOT / ".github" / "workflows"
 FILES = sorted([*WORKFLOWS.glob("*.yml"), *WORKFLOWS.glob("*.yaml")])
+# The repository's own composite actions (`uses: ./.github/actions/NAME`).
+ACTIONS = sorted([*(ROOT / ".github" / "actions").glob("*/action.yml"),
+                  *(ROOT / ".github" / "actions").glob("*/action.yaml")])
 # Commands that change a tenant database: they may only run after the environment's approval.
 WRITES = {"upgrade", "downgrade", "stamp", "pin", "unpin"}
 APPROVAL = "${{ inputs.environment }}"  # the GitHub environment with the required reviewers
@@ -299,3 +303,77 @@ def test_deploy_order_concurrency_and_permissions():
     assert downgrade["concurrency"] == {"group": "tenants-downgrade-${{ inputs.environment }}-${{ inputs.tenant }}",
                                         "cancel-in-progress": False}
     assert downgrade["environment"] == APPROVAL and downgrade["needs"] == "plan"
+
+
+# -------------------------------------------------------------------------------------------- action pins
+
+# Every pin, checked against the action's own repository: the SHA is what `git rev-parse 'refs/tags/TAG^{commit}'`
+# gives there, and the action.yml at that commit declares `runs.using: node24` (GitHub forces Node 20 actions
+# onto Node 24 with a deprecation warning). A new pin, or a changed one, fails below until it has been checked
+# the same way and written here.
+VERIFIED_PINS = {
+    "3d3c42e5aac5ba805825da76410c181273ba90b1": ("actions/checkout", "v7.0.1"),
+    "5fda3b95a4ea91299a34e894583c3862153e4b97": ("actions/setup-python", "v7.0.0"),
+    "bbbca2ddaa5d8feaa63e36b76fdaad77386f024f": ("actions/upload-artifact", "v7.0.0"),
+    "3e5f45b2cfb9172054b4087a40e8e0b5a5461e7c": ("actions/download-artifact", "v8.0.1"),
+    "f5d393ae46f8fde4be8b75f32e3fc50e654ad0ca": ("azure/login", "v3.0.1"),
+}
+USES_LINE = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<ref>\S+)(?:\s+#\s*(?P<comment>.*))?$")
+
+
+def uses_lines(path: Path) -> list[tuple[str, str]]:
+    """Every `uses:` of a workflow or action file with the comment on its line (YAML drops comments)."""
+    return [(m["ref"], (m["comment"] or "").strip()) for line in path.read_text(encoding="utf-8").splitlines()
+            for m in [USES_LINE.match(line)] if m]
+
+
+def uses_values(node) -> list[str]:
+    """Every `uses:` value of a parsed workflow or action, wherever it sits (jobs, steps, composite steps)."""
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "uses" and isinstance(v, str)] + [
+            u for v in node.values() for u in uses_values(v)]
+    return [u for v in node for u in uses_values(v)] if isinstance(node, list) else []
+
+
+def pin_violations(path: Path) -> list[str]:
+    found = uses_lines(path)
+    # The line scan must see every `uses:` the YAML has, or a pin written another way would go unchecked.
+    assert sorted(ref for ref, _ in found) == sorted(uses_values(load(path))), path.name
+    violations = []
+    for ref, comment in found:
+        if ref.startswith(("./", "$/")):  # this repository's own actions and workflows
+            continue
+        m = re.fullmatch(r"(?P<action>[\w.-]+/[\w.-]+)(?:/[\w./-]+)?@(?P<sha>[0-9a-f]{40})", ref)
+        if not m:
+            violations.append(f"{path.name}: {ref}: not pinned to a full commit SHA")
+            continue
+        tag = re.fullmatch(r"(v\d+\.\d+\.\d+)\b.*", comment)
+        if not tag:
+            violations.append(f"{path.name}: {ref}: no '# vX.Y.Z' comment naming the release")
+            continue
+        verified = VERIFIED_PINS.get(m["sha"])
+        if verified != (m["action"].lower(), tag[1]):
+            violations.append(f"{path.name}: {m['action']}@{m['sha']} # {tag[1]}: not a verified pin "
+                              f"({'unknown SHA' if verified is None else f'verified as {verified[0]} {verified[1]}'})"
+                              "; check it against the action's repository and add it to VERIFIED_PINS")
+    return violations
+
+
+@pytest.mark.parametrize("path", FILES + ACTIONS, ids=lambda p: p.relative_to(ROOT / ".github").as_posix())
+def test_every_action_is_pinned_to_a_verified_release(path):
+    assert pin_violations(path) == []
+
+
+def test_the_pin_check_catches_a_wrong_pin(tmp_path):
+    path = tmp_path / "w.yml"
+    good = "actions/checkout@3d3c42e5aac5ba805825da76410c181273ba90b1"
+    for line, expected in (
+            (f"{good} # v7.0.1", None),
+            (f"{good} # v7.0.0", "not a verified pin (verified as actions/checkout v7.0.1)"),
+            (f"{good}", "no '# vX.Y.Z' comment"),
+            ("actions/checkout@v7", "not pinned to a full commit SHA"),
+            (f"actions/setup-python@{good.split('@')[1]} # v7.0.1", "verified as actions/checkout v7.0.1"),
+            ("actions/checkout@0000000000000000000000000000000000000000 # v7.0.1", "unknown SHA")):
+        path.write_text(f"jobs:\n  j:\n    steps:\n      - uses: {line}\n", encoding="utf-8")
+        violations = pin_violations(path)
+        assert (violations == []) if expected is None else (len(violations) == 1 and expected in violations[0]), line

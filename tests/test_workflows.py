@@ -1,10 +1,13 @@
 """The GitHub Actions workflows, checked here so a mistake breaks the build, not a production deploy.
 
-- every workflow validates against GitHub's workflow schema (check-jsonschema's vendored copy);
+- every workflow and the repository's own composite action validate against GitHub's schemas
+  (check-jsonschema's vendored copies);
 - zizmor, the Actions security linter, finds nothing at its default level;
 - every ``tenants …`` command line in a ``run:`` script parses with the real CLI: the subcommand exists, every
   option exists and takes the value given (a renamed option fails here);
 - the deploy graph has no path to a tenant-changing command that skips the approval;
+- every job that connects to an environment's databases installs Microsoft's ODBC Driver 18 and checks for it
+  before its first ``tenants`` command (GitHub's ubuntu-24.04 image has no SQL Server driver);
 - every action is pinned to the commit of the release its comment names, as checked by hand (``VERIFIED_PINS``).
 """
 
@@ -154,12 +157,14 @@ ALL_COMMANDS = [(path.name, job, argv) for path in FILES for job, script in run_
 
 def test_the_workflows_are_found():
     assert [p.name for p in FILES] == ["ci.yml", "deploy-environment.yml", "deploy.yml", "downgrade.yml"]
+    assert [p.parent.name for p in ACTIONS] == ["install-tenants-azure"]
 
 
-@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", FILES + ACTIONS, ids=lambda p: p.relative_to(ROOT / ".github").as_posix())
 def test_workflow_matches_githubs_schema(path):
-    result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
-                             str(path)], capture_output=True, text=True, timeout=120)
+    schema = "vendor.github-actions" if path in ACTIONS else "vendor.github-workflows"
+    result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", schema, str(path)],
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -213,6 +218,19 @@ def test_a_renamed_option_is_caught():
 # -------------------------------------------------------------------------------------- the approval path
 
 
+def job_commands(job_id: str, job: dict) -> list[list[str]]:
+    return [argv for _, script in run_scripts({"jobs": {job_id: job}}) for argv in tenants_commands(script)]
+
+
+def aimed(workflow: dict, job: dict, commands: list[list[str]]) -> bool:
+    """Whether the job's tenants commands can reach a configured environment. Only a job that names no
+    environment or configuration anywhere (workflow, job or step env, its scripts, its command lines) is not:
+    it can only reach the embedded demo fleet of SQLite files on the runner (ci.yml's README check)."""
+    text = yaml.safe_dump(job) + yaml.safe_dump(workflow.get("env", {}))
+    return "TENANTS_ENV" in text or "TENANTS_CONFIG" in text or any(
+        re.match(r"(-e|-c|--env|--config)", arg) for argv in commands for arg in argv)
+
+
 def approval_violations(workflow: dict) -> list[str]:
     """Jobs that run a tenant-changing command, or sign in as the deploy identity, without the approval: the
     job neither carries the approval environment nor needs (directly, with a required success) a job that
@@ -232,14 +250,8 @@ def approval_violations(workflow: dict) -> list[str]:
 
     violations = []
     for job_id, job in jobs.items():
-        # Exempt only a job that names no environment or configuration anywhere (workflow, job or step env,
-        # its scripts, its command lines): it can only reach the embedded demo fleet of SQLite files on the
-        # runner (ci.yml's README check), which nobody approves.
-        text = yaml.safe_dump(job) + yaml.safe_dump(workflow.get("env", {}))
-        commands = [argv for _, script in run_scripts({"jobs": {job_id: job}}) for argv in tenants_commands(script)]
-        aimed = "TENANTS_ENV" in text or "TENANTS_CONFIG" in text or any(
-            re.match(r"(-e|-c|--env|--config)", arg) for argv in commands for arg in argv)
-        writes = {parse(expand(argv))[0] for argv in commands} & WRITES if aimed else {
+        commands = job_commands(job_id, job)
+        writes = {parse(expand(argv))[0] for argv in commands} & WRITES if aimed(workflow, job, commands) else {
             parse(expand(argv))[0] for argv in commands} & WRITES - {"upgrade"}
         deploy_identity = "vars.AZURE_CLIENT_ID" in yaml.safe_dump(job)
         if (writes or deploy_identity) and not approved(job_id):
@@ -303,6 +315,101 @@ def test_deploy_order_concurrency_and_permissions():
     assert downgrade["concurrency"] == {"group": "tenants-downgrade-${{ inputs.environment }}-${{ inputs.tenant }}",
                                         "cancel-in-progress": False}
     assert downgrade["environment"] == APPROVAL and downgrade["needs"] == "plan"
+
+
+# ------------------------------------------------------------------------------------ the SQL Server driver
+
+# The commands that read files only (reports); every other tenants command in a job aimed at an environment
+# connects to its databases, which on Azure SQL needs Microsoft's ODBC Driver 18.
+OFFLINE = {("report", "merge"), ("report", "notify")}
+INSTALL = re.compile(r"\bACCEPT_EULA=Y\b.*\bapt-get install\b.*\bmsodbcsql18\b")
+DRIVER_CHECK = re.compile(r'\bodbcinst -q -d -n "ODBC Driver 18 for SQL Server"')
+
+
+def local_action(uses: str) -> dict:
+    """A composite action of this repository (`./path` or `$/path`), parsed."""
+    folder = ROOT / uses[2:]
+    return load(next(p for p in (folder / "action.yml", folder / "action.yaml") if p.exists()))
+
+
+def job_lines(steps: list[dict]) -> list[str]:
+    """What the steps run, line by line in order: scripts (continuations joined), `uses:` lines, and the steps
+    of this repository's composite actions in their place."""
+    lines = []
+    for step in steps:
+        uses = step.get("uses", "")
+        if uses.startswith(("./", "$/")) and "/.github/workflows/" not in uses:
+            lines += job_lines(local_action(uses)["runs"]["steps"])
+        elif uses:
+            lines.append(f"uses: {uses}")
+        if "run" in step:
+            lines += re.sub(r"\\\n\s*", " ", step["run"]).splitlines()
+    return lines
+
+
+def first(lines: list[str], test) -> int:
+    """The index of the first line that passes the test, or len(lines)."""
+    return next((i for i, line in enumerate(lines) if test(line)), len(lines))
+
+
+def driver_violations(workflow: dict) -> tuple[list[str], list[str]]:
+    """(jobs that connect to an environment's databases, what is wrong in them): each must install msodbcsql18
+    (after apt-get update), then check that unixODBC knows the driver, before its first tenants command."""
+    connecting, violations = [], []
+    for job_id, job in workflow["jobs"].items():
+        commands = job_commands(job_id, job)
+        if not aimed(workflow, job, commands) or all(parse(expand(argv)) in OFFLINE for argv in commands):
+            continue
+        connecting.append(job_id)
+        lines = job_lines(job.get("steps", []))
+        missing = len(lines)
+        update = first(lines, lambda line: re.search(r"\bapt-get update\b", line))
+        install, check = first(lines, INSTALL.search), first(lines, DRIVER_CHECK.search)
+        command = first(lines, lambda line: not line.lstrip().startswith("#") and tenants_commands(line))
+        if install == missing:
+            violations.append(f"{job_id}: never installs msodbcsql18")
+        elif not update < install:
+            violations.append(f"{job_id}: installs msodbcsql18 without apt-get update first")
+        if check == missing:
+            violations.append(f"{job_id}: never checks for the ODBC driver")
+        elif install < missing and check < install:
+            violations.append(f"{job_id}: checks for the ODBC driver before installing it")
+        if install < missing and check < missing and not max(install, check) < command:
+            violations.append(f"{job_id}: runs tenants before installing and checking the ODBC driver")
+    return connecting, violations
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_every_job_that_connects_installs_the_driver_before_its_check_and_its_first_command(path):
+    connecting, violations = driver_violations(load(path))
+    assert violations == []
+    # The jobs found are the ones that reach Azure SQL (the detection cannot silently find none).
+    assert connecting == {"deploy-environment.yml": ["plan", "canary", "apply", "verify"],
+                          "downgrade.yml": ["plan", "downgrade"]}.get(path.name, [])
+
+
+def test_the_driver_check_catches_a_job_without_the_driver():
+    workflow = load(WORKFLOWS / "deploy-environment.yml")
+    inline = [{"run": "sudo apt-get update"}, {"run": "sudo ACCEPT_EULA=Y apt-get install -y msodbcsql18"},
+              {"run": 'odbcinst -q -d -n "ODBC Driver 18 for SQL Server"'}]
+
+    def with_steps(job_id: str, make) -> dict:
+        changed = copy.deepcopy(workflow)
+        steps = changed["jobs"][job_id]["steps"]
+        at = next(i for i, s in enumerate(steps) if s.get("uses", "").endswith("/install-tenants-azure"))
+        steps[at:at + 1] = make(copy.deepcopy(inline))
+        return changed
+
+    assert driver_violations(with_steps("apply", lambda s: s))[1] == []
+    assert driver_violations(with_steps("apply", lambda s: s[2:]))[1] == ["apply: never installs msodbcsql18"]
+    assert driver_violations(with_steps("verify", lambda s: [s[1], s[0], s[2]]))[1] == [
+        "verify: installs msodbcsql18 without apt-get update first"]
+    assert driver_violations(with_steps("plan", lambda s: [s[2], s[0], s[1]]))[1] == [
+        "plan: checks for the ODBC driver before installing it"]
+    late = with_steps("canary", lambda s: s)
+    steps = late["jobs"]["canary"]["steps"]
+    steps.insert(0, steps.pop(next(i for i, s in enumerate(steps) if "tenants upgrade" in s.get("run", ""))))
+    assert driver_violations(late)[1] == ["canary: runs tenants before installing and checking the ODBC driver"]
 
 
 # -------------------------------------------------------------------------------------------- action pins

@@ -293,9 +293,11 @@ def test_deploy_order_concurrency_and_permissions():
     assert deploy["permissions"] == {}
     for env in ("staging", "production"):
         job = deploy["jobs"][env]
+        # queue: max, so that a third deploy waits instead of cancelling the pending one; GitHub refuses it
+        # together with cancel-in-progress: true (the schema does not know that rule).
         assert job["concurrency"] == {"group": f"tenants-deploy-{env}${{{{ inputs.dry-run && "
                                                "format('-dry-run-{0}', github.run_id) || '' }}",
-                                      "cancel-in-progress": False}
+                                      "cancel-in-progress": False, "queue": "max"}
         assert job["permissions"]["id-token"] == "write" and job["permissions"]["contents"] == "read"
         assert job["with"]["environment"] == env
         # GitHub's same-repository syntax (July 2026): the called workflow at the caller's exact commit.
@@ -315,6 +317,17 @@ def test_deploy_order_concurrency_and_permissions():
     assert downgrade["concurrency"] == {"group": "tenants-downgrade-${{ inputs.environment }}-${{ inputs.tenant }}",
                                         "cancel-in-progress": False}
     assert downgrade["environment"] == APPROVAL and downgrade["needs"] == "plan"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_no_queue_max_with_cancel_in_progress(path):
+    # GitHub rejects `queue: max` with `cancel-in-progress: true` as a workflow validation error; the vendored
+    # schema accepts the pair, so it is checked here.
+    workflow = load(path)
+    blocks = [workflow.get("concurrency")] + [job.get("concurrency") for job in workflow["jobs"].values()]
+    for block in blocks:
+        if isinstance(block, dict) and block.get("queue") == "max":
+            assert block.get("cancel-in-progress", False) is False, block
 
 
 # ------------------------------------------------------------------------------------ the SQL Server driver

@@ -7,12 +7,14 @@ Three ways in:
   ``transaction_per_migration=True`` gives every revision its own transaction: a failure rolls back only the
   revision in progress, and a rerun resumes there.
 * Plain Alembic for one tenant: ``alembic -x tenant=acme upgrade head`` resolves the tenant's URL from the
-  environment in ``tenants.toml`` (``-x env=NAME`` / ``TENANTS_ENV``; ``-x config=FILE`` / ``TENANTS_CONFIG``).
+  environment (``-x env=NAME`` / ``TENANTS_ENV``) of the configuration named by ``-x config=FILE``, else
+  ``TENANTS_CONFIG``, else the ``tenants.toml`` beside ``alembic.ini``, else ``./tenants.toml``.
 * Offline (``--sql``): the URL only chooses the dialect; nothing connects.
 """
 
 from __future__ import annotations
 
+import os
 from logging.config import fileConfig
 from pathlib import Path
 
@@ -36,8 +38,10 @@ def _tenant() -> tuple[str, str | None, str]:
         from tenants.discovery import Selection
         from tenants.errors import TenantsError
 
+        # -x config=FILE, then $TENANTS_CONFIG, then the tenants.toml beside alembic.ini, then load_settings'
+        # own default (./tenants.toml, else the embedded dev environment).
         config_file = x.get("config")
-        if config_file is None and config.config_file_name:
+        if config_file is None and not os.environ.get("TENANTS_CONFIG") and config.config_file_name:
             beside = Path(config.config_file_name).resolve().parent / "tenants.toml"
             config_file = str(beside) if beside.is_file() else None
         try:

@@ -16,8 +16,16 @@ from time import monotonic
 
 from tenants import __version__, history, pins
 from tenants.config import Settings
-from tenants.pins import read_pin
-from tenants.db import Connector, NoVersionTable, describe_error, has_lock, missing_file, read_version
+from tenants.pins import Pin, read_pin
+from tenants.db import (
+    Connector,
+    NoVersionTable,
+    describe_error,
+    has_lock,
+    missing_file,
+    read_version,
+    schema_tables,
+)
 from tenants.discovery import Selection, Tenant, TenantSource, discover_with_skipped, source_for
 from tenants.errors import RevisionError, TenantNotFound, TenantsError, TenantUnreachable, UsageError
 from tenants.fanout import FailurePolicy, Strategy, choose_strategy
@@ -25,7 +33,7 @@ from tenants.pressure import ElasticPoolPressure, PressureGate
 from tenants.report import RunReport, State, Status, StatusReport, TenantResult, TenantStatus
 from tenants.revisions import Operation, Revisions
 from tenants.runlog import header_of
-from tenants.unit import Job
+from tenants.unit import Job, unmanaged_reason
 
 
 class FailureLimit(Enum):
@@ -68,13 +76,30 @@ def discover_all(settings: Settings, selection: Selection = Selection(), source:
     ``source`` replaces the environment's own (:func:`tenants.discovery.source_for`), e.g. an
     :class:`~tenants.azure.AzureSource` with a credential of the caller's.
     """
+    tenants, skipped, _ = _discover(settings, selection, source)
+    return tenants, skipped
+
+
+def _discover(settings: Settings, selection: Selection, source: TenantSource | None = None,
+              offline_named: bool = False) -> tuple[list[Tenant], list[tuple[str, str]], list[tuple[str, str]]]:
+    """:func:`discover_all`, and the offline databases the selection would take (``(name, why)``: tenants the
+    source cannot read now, e.g. a Paused Azure database). ``offline_named``: an offline database named with
+    ``--tenant`` is returned among those (status, verify) instead of raising TenantNotFound (which the
+    commands that change tenants want)."""
     env = settings.environment
     tenants, skipped = discover_with_skipped(source or source_for(env))
-    reasons = dict(skipped)
+    offline = selection.offline(skipped)
+    reasons = {s.name: s.reason for s in skipped}
+    allowed = {s.name for s in offline} if offline_named else set()
     for name in selection.tenants:
-        if name in reasons:  # seen, but not a tenant to touch: say why rather than "unknown"
+        if name in reasons and name not in allowed:  # seen, but not a tenant to touch: say why, not "unknown"
             raise TenantNotFound(f"tenant {name!r} (--tenant) is not migrated: {reasons[name]}")
-    return selection.apply(tenants, env.name), skipped
+    named = tuple(name for name in selection.tenants if name not in allowed)
+    if selection.tenants and not named:  # every tenant named is offline
+        chosen = []
+    else:
+        chosen = replace(selection, tenants=named).apply(tenants, env.name)
+    return chosen, [(s.name, s.reason) for s in skipped], [(s.name, s.reason) for s in offline]
 
 
 def list_tenants(settings: Settings, selection: Selection = Selection(), source: TenantSource | None = None
@@ -83,31 +108,74 @@ def list_tenants(settings: Settings, selection: Selection = Selection(), source:
 
 
 def load_revisions(settings: Settings) -> Revisions:
-    return Revisions(settings.environment.alembic, settings.environment.version_table)
+    return Revisions(settings.alembic_ini(), settings.environment.version_table)
 
 
-def status(settings: Settings, selection: Selection = Selection()) -> StatusReport:
-    """Each selected tenant's recorded revision against the head. Reads only; threads are safe here."""
+@dataclass(frozen=True)
+class TenantRead:
+    """What a read-only look at one tenant found: its recorded revision and pin, or why it could not be read.
+
+    ``current`` is () for none recorded; ``tables`` lists the database's own tables when it has no version
+    table but tables (an unmanaged database; only looked for when the environment leaves those alone).
+    """
+
+    current: tuple[str, ...] = ()
+    pin: Pin | None = None
+    tables: tuple[str, ...] = ()
+    error: str | None = None  # unreachable, password-free
+
+
+def read_tenants(settings: Settings, tenants: list[Tenant]) -> list[TenantRead]:
+    """Each tenant's :class:`TenantRead`, in order, read in threads (reads only, no Alembic context, so
+    threads are safe). A tenant at a revision costs one connection and two queries (version, pin); a
+    database without a version table one more (its tables). A SQLite file that does not exist yet is a new
+    tenant, and is not opened (that would create it). Shared by ``status``, ``verify`` and ``plan``."""
     env = settings.environment
-    revisions = load_revisions(settings)
-    head = revisions.head()
-    tenants = discover(settings, selection)
-
+    must_exist = _must_exist(settings)
+    own = (env.version_table, env.history_table, pins.TABLE)
     connector = Connector(env.auth, env.cloud)
 
-    def one(tenant: Tenant) -> TenantStatus:
-        if not _must_exist(settings) and missing_file(tenant.url):
-            return TenantStatus(tenant.name, State.NEW, (), len(revisions.pending_upgrade((), head)))
+    def one(tenant: Tenant) -> TenantRead:
+        if not must_exist and missing_file(tenant.url):
+            return TenantRead()
         try:
-            with connector.engine(tenant.url, must_exist=_must_exist(settings)) as engine, engine.connect() as conn:
+            with connector.engine(tenant.url, must_exist=must_exist) as engine, engine.connect() as conn:
+                tables: list[str] = []
                 try:
                     current = read_version(conn, env.version_table)
                 except NoVersionTable:
                     current = ()
-                pin = read_pin(conn)
+                    if env.unmanaged == "report":
+                        tables = schema_tables(conn, own)
+                return TenantRead(current, read_pin(conn), tuple(tables))
         except Exception as err:  # noqa: BLE001 - an unreachable tenant is a state, not a crash
-            return TenantStatus(tenant.name, State.UNREACHABLE, error=describe_error(err, tenant.all_secrets))
-        note = pin.describe() if pin is not None else None
+            return TenantRead(error=describe_error(err, tenant.all_secrets))
+
+    try:
+        with ThreadPoolExecutor(max(1, min(env.concurrency, len(tenants) or 1))) as pool:
+            return list(pool.map(one, tenants))
+    finally:
+        connector.dispose()
+
+
+def status(settings: Settings, selection: Selection = Selection(), source: TenantSource | None = None
+           ) -> StatusReport:
+    """Each selected tenant's recorded revision against the head, and the offline databases the selection
+    would take (their revision cannot be read: ``verify`` must not vouch for them). Reads only; threads are
+    safe here."""
+    env = settings.environment
+    revisions = load_revisions(settings)
+    head = revisions.head()
+    tenants, _, offline = _discover(settings, selection, source, offline_named=True)
+
+    def state(tenant: Tenant, read: TenantRead) -> TenantStatus:
+        if read.error is not None:
+            return TenantStatus(tenant.name, State.UNREACHABLE, error=read.error)
+        note = read.pin.describe() if read.pin is not None else None
+        if read.tables:
+            return TenantStatus(tenant.name, State.UNMANAGED, (), None, unmanaged_reason(list(read.tables),
+                                env.version_table), pin=note)
+        current = read.current
         if not current:
             return TenantStatus(tenant.name, State.NEW, (), len(revisions.pending_upgrade((), head)), pin=note)
         if not revisions.is_known(current):
@@ -115,12 +183,8 @@ def status(settings: Settings, selection: Selection = Selection()) -> StatusRepo
         behind = len(revisions.pending_upgrade(current, head))
         return TenantStatus(tenant.name, State.AT_HEAD if behind == 0 else State.BEHIND, current, behind, pin=note)
 
-    try:
-        with ThreadPoolExecutor(max(1, min(env.concurrency, len(tenants) or 1))) as pool:
-            rows = tuple(pool.map(one, tenants))
-    finally:
-        connector.dispose()
-    return StatusReport(env.name, head, rows)
+    rows = tuple(state(t, r) for t, r in zip(tenants, read_tenants(settings, tenants), strict=True))
+    return StatusReport(env.name, head, rows, tuple(offline))
 
 
 @dataclass(frozen=True)
@@ -164,7 +228,7 @@ class PreparedRun:
                 gate.close()
 
     def _run_waves(self, waves, options: RunOptions, on_result, on_start, gate) -> RunReport:
-        declared = bool(self.settings.environment.waves)
+        declared = self.declares_waves
         # With declared waves, an explicit max_failures caps the whole run, on top of each wave's budget.
         cap = options.max_failures if declared and isinstance(options.max_failures, int) else None
         results: list[TenantResult] = []
@@ -210,11 +274,16 @@ class PreparedRun:
         return replace(run, results=tuple(sorted(results, key=lambda r: order.get(r.tenant, 0))),
                        waves=tuple(outcomes) if len(waves) > 1 or declared else ())
 
+    @property
+    def declares_waves(self) -> bool:
+        return self.operation == "upgrade" and bool(self.settings.environment.waves)
+
     def waves(self) -> list:
-        """The selection split into the environment's waves (one wave when none are declared)."""
+        """The selection split into the environment's waves (one wave when none are declared, and for any
+        operation but an upgrade: waves roll a release out, a stamp or a downgrade names its tenants)."""
         from tenants.waves import assign
 
-        return assign(list(self.tenants), self.settings.environment.waves)
+        return assign(list(self.tenants), self.settings.environment.waves if self.declares_waves else ())
 
 
 def prepare_upgrade(settings: Settings, revision: str = "head", selection: Selection = Selection(),
@@ -326,15 +395,55 @@ def downgrade_and_pin(settings: Settings, plan: DowngradePlan, reason: str, opti
     return report, "kept"
 
 
-def stamp(settings: Settings, tenants: tuple[str, ...], revision: str, options: RunOptions = RunOptions(),
-          on_result: Callable[[TenantResult], None] | None = None) -> RunReport:
-    """Record ``revision`` in the named tenants without running any migration (adopting an existing database)."""
-    if not tenants:
-        raise UsageError("stamp needs --tenant NAME (repeatable): it adopts named databases, never a whole fleet")
+@dataclass(frozen=True)
+class StampPlan:
+    """What a stamp will record, shown before it happens: the run, and where each tenant is now (``from``:
+    ``unmanaged``, ``base`` for none recorded, ``?`` unreadable, or the revision(s) recorded)."""
+
+    run: PreparedRun
+    current: tuple[tuple[str, str], ...]  # (tenant, where it is now), in selection order
+
+    @property
+    def tenants(self) -> tuple[Tenant, ...]:
+        return self.run.tenants
+
+    def groups(self) -> dict[str, list[str]]:
+        """Tenants grouped by where they are now, in first-seen order."""
+        out: dict[str, list[str]] = {}
+        for name, where in self.current:
+            out.setdefault(where, []).append(name)
+        return out
+
+
+def prepare_stamp(settings: Settings, revision: str, selection: Selection = Selection(), everyone: bool = False,
+                  source: TenantSource | None = None) -> StampPlan:
+    """Validate a stamp (revision, selection) and read where each selected tenant is, touching nothing.
+
+    Stamping records a revision without running any migration: it adopts databases whose schema already is
+    that revision (an existing fleet, or unmanaged databases). It never happens to a whole fleet by
+    accident: the selection must name tenants, tags, or ``everyone`` (``--all``).
+    """
+    if not (selection.tenants or selection.tags or everyone):
+        raise UsageError("stamp needs --tenant NAME, --tag TAG or --all: it records a revision without running "
+                         "its migrations, so it never picks its tenants by default")
+    _require_lock(settings)
     revisions = load_revisions(settings)
     target = revisions.resolve(revision)
-    chosen = discover(settings, Selection(tenants=tenants))
-    return _run(settings, revisions, "stamp", target, _head_or_none(revisions), chosen, options, on_result)
+    tenants, skipped = discover_all(settings, selection, source)
+    current = []
+    for tenant, read in zip(tenants, read_tenants(settings, tenants), strict=True):
+        where = "?" if read.error is not None else "unmanaged" if read.tables else ",".join(read.current) or "base"
+        current.append((tenant.name, where))
+    run = PreparedRun(settings, revisions, "stamp", target, _head_or_none(revisions), tuple(tenants),
+                      tuple(skipped))
+    return StampPlan(run, tuple(current))
+
+
+def stamp(settings: Settings, revision: str, selection: Selection = Selection(), everyone: bool = False,
+          options: RunOptions = RunOptions(max_failures=None),
+          on_result: Callable[[TenantResult], None] | None = None) -> RunReport:
+    """Record ``revision`` in the selected tenants without running any migration (see :func:`prepare_stamp`)."""
+    return prepare_stamp(settings, revision, selection, everyone).run.run(options, on_result)
 
 
 DIALECT_URLS = {  # `tenants sql --dialect NAME`: a URL that only picks the dialect (nothing connects)
@@ -477,6 +586,7 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
         git_commit=history.git_commit(env.alembic.parent),
         tool_version=__version__,
         history_table=env.history_table,
+        unmanaged=env.unmanaged,
     )
     strategy = options.strategy or choose_strategy(concurrency, len(tenants), revisions, gate, options.tenant_timeout)
     started_wall, started = datetime.now(timezone.utc), monotonic()

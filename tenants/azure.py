@@ -9,12 +9,16 @@ Two sources, both through the real ``azure-mgmt-sql`` client (``SqlManagementCli
 
 ``match`` applies to both sources (its default ``*`` keeps everything). A database that passes those filters
 but cannot be migrated is *skipped and reported*, never silently dropped: ``master`` (the server's system
-database, which ``list_by_server`` includes) and any database whose status is not ``Online`` (``Paused``,
-``Offline``, ``Creating``, ``Scaling``, ...). :meth:`AzureSource.discover_with_skipped` returns both lists;
-:meth:`AzureSource.discover` (the :class:`~tenants.discovery.TenantSource` protocol) returns the tenants only.
+database, which ``list_by_server`` includes; no tenant) and any database whose status is not ``Online``
+(``Paused``, ``Offline``, ``Creating``, ``Scaling``, ``Copying``, ...: a tenant that cannot be read now,
+``offline``, which ``tenants verify`` lists as not verified). :meth:`AzureSource.discover_with_skipped`
+returns both lists (:class:`~tenants.discovery.Skipped`); :meth:`AzureSource.discover` (the
+:class:`~tenants.discovery.TenantSource` protocol) returns the tenants only.
 
 Each tenant's tags are the database's Azure resource tags, rendered ``key=value`` (a bare ``key`` when the
-value is empty), so ``--tag tier=gold`` selects by a tag set in the portal.
+value is empty), so ``--tag tier=gold`` selects by a tag set in the portal, and ``--tag canary`` (or a wave's
+``tag = "canary"``) takes a database tagged ``canary: true``, or any value but false/0/no/off
+(:meth:`tenants.discovery.Tenant.has_tag`).
 
 Clouds. The management endpoint and the token scope follow the environment's ``cloud`` (see
 :data:`MANAGEMENT_ENDPOINTS`), or ``management_endpoint`` when it is given (scope ``<endpoint>/.default``,
@@ -50,10 +54,10 @@ import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from tenants.config import Environment
-from tenants.discovery import Tenant
+from tenants.discovery import Skipped, Tenant
 from tenants.errors import ConfigError, DiscoveryError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -81,13 +85,6 @@ VCORE_UNIT = 1.0
 DTU_UNIT = 25.0
 VCORE_TIERS = frozenset({"generalpurpose", "businesscritical", "hyperscale"})
 _JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
-
-
-class Skipped(NamedTuple):
-    """A database discovery found but will not migrate, and why (``("master", "system database")``)."""
-
-    name: str
-    reason: str
 
 
 def management_endpoint(env: Environment) -> tuple[str, str]:
@@ -156,9 +153,11 @@ class AzureSource:
                 continue
             if env.source == "azure-server" and env.pool and not _in_pool(db, env.pool):
                 continue
-            reason = _skip_reason(db)
-            if reason:
-                skipped.append(Skipped(name, reason))
+            if _is_system(db):
+                skipped.append(Skipped(name, "system database"))
+            elif (status := _status(db)) != ONLINE:
+                skipped.append(Skipped(name, f"database is {status or 'of unknown status'} (not {ONLINE})",
+                                       offline=True, tags=_tags(db)))
             else:
                 tenants.append(Tenant(name, env.tenant_url(name), _tags(db), env.secrets))
         return sorted(tenants, key=lambda t: t.name), sorted(skipped)
@@ -321,15 +320,14 @@ def _scrub(text: str, env: Environment, err: Exception) -> str:
     return _JWT.sub("***", text)
 
 
-def _skip_reason(db: Any) -> str | None:
+def _is_system(db: Any) -> bool:
     sku_tier = getattr(getattr(db, "sku", None), "tier", None)
-    if db.name.lower() == "master" or (sku_tier or "").lower() == "system":
-        return "system database"
+    return db.name.lower() == "master" or (sku_tier or "").lower() == "system"
+
+
+def _status(db: Any) -> str | None:
     status = getattr(db, "status", None)
-    status = getattr(status, "value", status)  # an enum member, or a plain string for a status the SDK lacks
-    if status != ONLINE:
-        return f"status {status or 'unknown'}"
-    return None
+    return getattr(status, "value", status)  # an enum member, or a plain string for a status the SDK lacks
 
 
 def _in_pool(db: Any, pool: str) -> bool:

@@ -28,6 +28,7 @@ from tenants.errors import TenantsError, UsageError
 from tenants.report import RunReport, TenantResult, counted
 from tenants.notify import ci_run_url, notify, parse_target
 from tenants.summaries import junit_xml, markdown_summary, status_junit
+from tenants.waves import empty_waves
 from tenants.runlog import ReportWriter, merge_reports, read_report, resume_names, write_json
 
 app = typer.Typer(
@@ -70,8 +71,30 @@ def _main(
         "--config", "-c", envvar="TENANTS_CONFIG", help="Configuration file (default: ./tenants.toml).")] = None,
     env: Annotated[Optional[str], typer.Option(
         "--env", "-e", envvar="TENANTS_ENV", help="Environment in the configuration (default: dev).")] = None,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Let INFO log lines through, e.g. Alembic's \"Running upgrade ...\" when env.py "
+        "configures logging (fileConfig); without it only warnings and errors get through.")] = False,
 ) -> None:
     ctx.obj = Context(config, env, _console(), _console(stderr=True))
+    if not verbose:
+        _quiet_logs(ctx)
+
+
+def _quiet_logs(ctx: typer.Context) -> None:
+    """Keep INFO and DEBUG log records out of our output, for the duration of the command.
+
+    An env.py that calls ``fileConfig(config.config_file_name)`` (``alembic init``'s template does, and its
+    alembic.ini sets the ``alembic`` logger to INFO) prints Alembic's "Context impl ...", "Running upgrade ..."
+    to stderr, in this process and in each worker that runs it, between our result lines. Setting levels or
+    handlers beforehand does not help: fileConfig resets them (and dictConfig, basicConfig(force=True) too).
+    ``logging.disable`` is a ceiling over every logger that no logging configuration lifts, so it works
+    whatever env.py configures, without changing what env.py sees (replacing ``fileConfig`` or hiding
+    ``config.config_file_name`` would). The fan-out's workers copy this process's ceiling
+    (:func:`tenants.fanout._init_worker`). Warnings and errors still get through.
+    """
+    previous = logging.root.manager.disable  # restored for a caller that runs the CLI in-process (tests)
+    logging.disable(logging.INFO)
+    ctx.call_on_close(lambda: logging.disable(previous))
 
 
 def _command(fn):
@@ -95,34 +118,39 @@ ExcludeOpt = Annotated[list[str], typer.Option(
 TagOpt = Annotated[list[str], typer.Option("--tag", help="Only tenants with this tag (repeatable).",
                                            show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ShardOpt = Annotated[Optional[str], typer.Option(
+    "--shard", metavar="K/N", help="Only shard K of N (a stable hash of the tenant name): N runners, K=1..N, "
+    "cover the fleet exactly once.", show_default=False)]
 
 
-def _selection(tenant, exclude, tag) -> Selection:
-    return Selection(tuple(tenant or ()), tuple(exclude or ()), tuple(tag or ()))
+def _selection(tenant, exclude, tag, shard: Optional[str] = None) -> Selection:
+    return Selection(tuple(tenant or ()), tuple(exclude or ()), tuple(tag or ()),
+                     parse_shard(shard) if shard is not None else None)
 
 
 @app.command("list")
 @_command
 def list_(ctx: typer.Context, tenant: TenantOpt = [], exclude: ExcludeOpt = [], tag: TagOpt = [],
-          json: JsonOpt = False) -> None:
+          shard: ShardOpt = None, json: JsonOpt = False) -> None:
     """List the discovered tenants: name, URL (password masked), tags."""
     obj: Context = ctx.obj
-    tenants, skipped = api.discover_all(obj.settings(), _selection(tenant, exclude, tag))
+    tenants, skipped = api.discover_all(obj.settings(), _selection(tenant, exclude, tag, shard))
     if json:
         typer.echo(render.tenants_json(tenants))
     else:
         obj.out.print(render.tenants_table(tenants))
     for name, why in skipped:  # databases discovery saw and leaves alone (Azure: master, not Online)
-        typer.echo(f"not a tenant: {name} ({why})", err=True)
+        typer.echo(f"not listed: {name}: {why}", err=True)
 
 
 @app.command()
 @_command
 def status(ctx: typer.Context, tenant: TenantOpt = [], exclude: ExcludeOpt = [], tag: TagOpt = [],
-           json: JsonOpt = False) -> None:
-    """Each tenant's revision against head. Exit 0 only if every selected tenant is at head."""
+           shard: ShardOpt = None, json: JsonOpt = False) -> None:
+    """Each tenant's revision against head. Exit 0 only if every selected tenant is at head (a database that is
+    not online is listed as not verified; `verify` fails on it)."""
     obj: Context = ctx.obj
-    report = api.status(obj.settings(), _selection(tenant, exclude, tag))
+    report = api.status(obj.settings(), _selection(tenant, exclude, tag, shard))
     if json:
         typer.echo(render.to_json(report.to_dict()))
     else:
@@ -186,25 +214,30 @@ def history(
 @_command
 def verify(
     ctx: typer.Context,
-    tenant: TenantOpt = [], exclude: ExcludeOpt = [], tag: TagOpt = [],
+    tenant: TenantOpt = [], exclude: ExcludeOpt = [], tag: TagOpt = [], shard: ShardOpt = None,
     run_report: Annotated[Optional[Path], typer.Option(
         "--report", help="The run's report: tenants it does not list are named as created since the run began.",
         dir_okay=False, show_default=False)] = None,
     junit: JunitOpt = None,
     strict: Annotated[bool, typer.Option("--strict", help="Pinned tenants not at head fail too.")] = False,
+    allow_offline: Annotated[bool, typer.Option(
+        "--allow-offline", help="Databases that are not online (Azure: Paused, Scaling, ...) are listed as not "
+        "verified but do not fail.")] = False,
 ) -> None:
     """After a deploy: discover the fleet afresh and check every tenant is at head. Exit 1 naming each that
-    is not, and why (pinned tenants are listed, and fail only with --strict)."""
+    is not, and why (pinned tenants are listed, and fail only with --strict), and each database that is not
+    online, which could not be verified (listed, and not failing, with --allow-offline)."""
     obj: Context = ctx.obj
     ran = set(read_report(run_report).statuses()) if run_report is not None else None
     _check_report_path(junit)
-    report = api.status(obj.settings(), _selection(tenant, exclude, tag))
-    for line in render.verify_lines(report, ran):
+    report = api.status(obj.settings(), _selection(tenant, exclude, tag, shard))
+    for line in render.verify_lines(report, ran, allow_offline):
         typer.echo(line)
     typer.echo(render.status_line(report))
     if junit is not None:
-        junit.write_text(status_junit(report), encoding="utf-8")
-    raise typer.Exit(0 if (report.ok if strict else report.ok_but_pinned) else 1)
+        junit.write_text(status_junit(report, allow_offline), encoding="utf-8")
+    verified = report.ok if strict else report.ok_but_pinned
+    raise typer.Exit(0 if verified and (allow_offline or not report.offline) else 1)
 
 
 def _run_and_render(obj: Context, run, total: int, report_path: Optional[Path]) -> None:
@@ -352,9 +385,7 @@ def upgrade(
         "--tenant-timeout", help="Seconds a tenant may take; past it its worker is killed (the server rolls "
         "its transaction back) and the tenant reported timed-out.", show_default=False)] = None,
     report: ReportOpt = None,
-    shard: Annotated[Optional[str], typer.Option(
-        "--shard", metavar="K/N", help="Only shard K of N (a stable hash of the tenant name): N runners, K=1..N, "
-        "cover the fleet exactly once.", show_default=False)] = None,
+    shard: ShardOpt = None,
     from_report: Annotated[Optional[Path], typer.Option(
         "--from-report", help="Resume: only the tenants this report lists with a status in --only, and those "
         "it does not list.", exists=False, dir_okay=False, show_default=False)] = None,
@@ -377,9 +408,7 @@ def upgrade(
     limit = None if keep_going else max_failures if max_failures is not None else api.FailureLimit.DEFAULT
     options = api.RunOptions(concurrency=concurrency, retries=retries, tenant_timeout=tenant_timeout, wave=wave,
                              max_failures=limit)
-    selection = _selection(tenant, exclude, tag)
-    if shard is not None:
-        selection = replace(selection, shard=parse_shard(shard))
+    selection = _selection(tenant, exclude, tag, shard)
     resume = read_report(from_report) if from_report is not None else None
     # Validate everything (revision, discovery, selection) before the first tenant is touched.
     prepared = api.prepare_upgrade(settings, revision, selection, concurrency=concurrency)
@@ -391,6 +420,9 @@ def upgrade(
     if not prepared.tenants:
         typer.echo("tenants: no tenant selected; nothing to do", err=True)
     waves = prepared.waves()
+    narrowed = selection != Selection() or resume is not None
+    for position, declared, why in empty_waves(list(prepared.tenants), settings.environment.waves, narrowed):
+        typer.echo(f"tenants: warning: waves[{position}] ({declared.name}): {why}", err=True)
     if wave is not None and not 1 <= wave <= len(waves):
         raise UsageError(f"--wave {wave}: this selection has {len(waves)} wave(s)")
     if len(waves) > 1:
@@ -417,9 +449,7 @@ def plan(
     obj: Context = ctx.obj
     if output_format not in ("text", "markdown", "json"):
         raise UsageError(f"--format {output_format}: use text, markdown or json")
-    selection = _selection(tenant, exclude, tag)
-    if shard is not None:
-        selection = replace(selection, shard=parse_shard(shard))
+    selection = _selection(tenant, exclude, tag, shard)
     result = plan_module.plan(obj.settings(), revision, selection, with_sql=sql)
     if output_format == "json":
         typer.echo(render.to_json(plan_module.plan_json(result)))
@@ -496,15 +526,37 @@ def stamp(
     ctx: typer.Context,
     revision: Annotated[str, typer.Argument(help="Revision to record (no migration runs).")],
     tenant: Annotated[list[str], typer.Option(
-        "--tenant", "-t", help="Tenant to stamp (required, repeatable).", show_default=False)] = [],
+        "--tenant", "-t", help="Tenant to stamp (repeatable).", show_default=False)] = [],
+    exclude: ExcludeOpt = [],
+    tag: TagOpt = [],
+    everyone: Annotated[bool, typer.Option("--all", help="Every tenant of the environment (less --exclude).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     report: ReportOpt = None,
 ) -> None:
-    """Record REVISION in a tenant without running migrations: adopt a database that predates the project."""
+    """Record REVISION in tenants without running migrations: adopt databases whose schema already is REVISION
+    (an existing fleet, `unmanaged` databases). Lists the tenants and where each is now, then asks; without a
+    terminal, --yes is needed unless every tenant was named with --tenant."""
     obj: Context = ctx.obj
     _check_report_path(report)
     settings = obj.settings()
-    report_obj = api.stamp(settings, tuple(tenant), revision, api.RunOptions(concurrency=1, max_failures=None),
-                           lambda r: typer.echo(render.result_line(r)))
+    prepared = api.prepare_stamp(settings, revision, _selection(tenant, exclude, tag), everyone)
+    target = prepared.run.target or "base"
+    if not prepared.tenants:
+        typer.echo(f"stamp {target}: no tenant selected; nothing changed", err=True)
+        raise typer.Exit(0)
+    if not (yes or sys.stdin.isatty() or not (everyone or tag or exclude)):
+        raise UsageError(f"refusing to stamp {len(prepared.tenants)} tenant(s) chosen by --all/--tag/--exclude "
+                         "without confirmation: stdin is not a terminal; see them with `tenants status` (with the "
+                         "same --tag/--exclude), then pass --yes")
+    typer.echo(f"stamp {target} on {len(prepared.tenants)} tenant(s) of {settings.env_name}, recording it "
+               "without running any migration:")
+    for where, names in prepared.groups().items():
+        note = {"unmanaged": "tables, no version table", "base": "none recorded", "?": "unreadable"}.get(where)
+        typer.echo(f"  from {where}{f' ({note})' if note else ''}: {', '.join(names)}")
+    if not yes and sys.stdin.isatty() and not typer.confirm("Proceed?", default=False):
+        typer.echo("cancelled; nothing changed", err=True)
+        raise typer.Exit(1)
+    report_obj = prepared.run.run(api.RunOptions(max_failures=None), lambda r: typer.echo(render.result_line(r)))
     _finish(obj, report_obj, report)
 
 

@@ -37,6 +37,7 @@ DEFAULT_CONFIG = "tenants.toml"
 DEFAULT_ENV = "dev"
 SOURCES = ("static", "server", "azure-pool", "azure-server")
 AUTHS = ("azure-ad", "sql", "odbc")
+UNMANAGED = ("report", "upgrade")  # what an upgrade does with a database that has tables but no version table
 AZURE_KEYS = ("subscription", "resource_group", "server", "pool", "management_endpoint")
 # The SQL endpoint suffix of each Azure cloud (the server's host is SERVER.SUFFIX).
 SQL_SUFFIX = {"public": "database.windows.net", "usgov": "database.usgovcloudapi.net",
@@ -80,8 +81,15 @@ class Environment:
     match: str = "*"
     concurrency: int = 4
     alembic: Path = Path("alembic.ini")
+    # No `alembic` key: where alembic.ini was looked for, in order (the current directory, then beside the
+    # configuration); () when the key names it.
+    alembic_searched: tuple[Path, ...] = ()
     version_table: str = "alembic_version"
     history_table: str = "tenants_history"  # the audit trail next to the version table (tenants.history)
+    # A database with tables but no version table: "report" (leave it alone, report it `unmanaged` until it is
+    # stamped) or "upgrade" (run the graph from base on it: a graph whose first revision expects tables made
+    # outside Alembic, as MLflow's does).
+    unmanaged: str = "report"
     waves: tuple = ()  # tenants.waves.Wave, in order; () is one wave of everything
     retries: int = 3
     retry_backoff: float = 1.0  # seconds before the first retry; doubles up to retry_backoff_max
@@ -142,6 +150,29 @@ class Settings:
     def env_name(self) -> str:
         return self.environment.name
 
+    def alembic_ini(self) -> Path:
+        """The environment's ``alembic.ini``; a :class:`ConfigError` naming where it was looked for and the way
+        out when it does not exist."""
+        env = self.environment
+        if env.alembic.is_file():
+            return env.alembic
+        of = f" of {self.config_path}" if self.config_path is not None else ""
+        if not env.alembic_searched:  # named by the `alembic` key
+            raise ConfigError(
+                f"{env.alembic}: alembic.ini not found; fix `alembic` in environment {env.name!r}{of} (a relative "
+                f"path is relative to {env.base_dir})"
+            )
+        here, *beside = env.alembic_searched
+        places = f"in the current directory ({here.parent})" + (
+            f" nor beside {self.config_path or 'the configuration'} ({beside[0].parent})" if beside else "")
+        if self.config_path is None:
+            way_out = ("give --config a configuration whose environment sets `alembic = \"path/to/alembic.ini\"`, "
+                       "or run from the directory holding alembic.ini")
+        else:
+            way_out = (f"set `alembic = \"path/to/alembic.ini\"` in environment {env.name!r} of {self.config_path} "
+                       "(relative to that file), or run from the directory holding alembic.ini")
+        raise ConfigError(f"no alembic.ini {places}; {way_out}")
+
 
 _ENV_KEYS: dict[str, type | tuple[type, ...]] = {
     "url": str,
@@ -152,6 +183,7 @@ _ENV_KEYS: dict[str, type | tuple[type, ...]] = {
     "alembic": str,
     "version_table": str,
     "history_table": str,
+    "unmanaged": str,
     "waves": list,
     "retries": int,
     "retry_backoff": (int, float),
@@ -333,6 +365,11 @@ def _environment(
     if azure and backend != "mssql":
         raise fail(f"source {source!r} needs an mssql URL, not {backend!r}", "url")
 
+    unmanaged = table.get("unmanaged", "report")
+    if unmanaged not in UNMANAGED:
+        raise fail(f"unmanaged must be \"report\" (leave databases with tables but no version table alone) or "
+                   f"\"upgrade\" (run the graph from base on them), not {unmanaged!r}", "unmanaged")
+
     auth = table.get("auth")
     if auth is not None and auth not in AUTHS:
         raise fail(f"auth must be one of {', '.join(AUTHS)}, not {auth!r}", "auth")
@@ -388,9 +425,16 @@ def _environment(
         if key in table and table[key] < 0:
             raise fail(f"{key} must not be negative", key)
 
-    alembic_path = Path(table.get("alembic", "alembic.ini"))
-    if not alembic_path.is_absolute():
-        alembic_path = base_dir / alembic_path
+    searched: tuple[Path, ...] = ()
+    if "alembic" in table:
+        alembic_path = Path(table["alembic"])
+        if not alembic_path.is_absolute():
+            alembic_path = base_dir / alembic_path
+    else:
+        # Alembic's own convention first (alembic.ini in the current directory), then the one beside the
+        # configuration: a config kept elsewhere (/etc/tenants/prod.toml) drives the project it is run from.
+        searched = tuple(dict.fromkeys((Path.cwd().resolve() / "alembic.ini", base_dir / "alembic.ini")))
+        alembic_path = next((place for place in searched if place.is_file()), searched[0])
 
     return Environment(
         name=name,
@@ -400,8 +444,10 @@ def _environment(
         match=table.get("match", "*"),
         concurrency=table.get("concurrency", 4),
         alembic=alembic_path,
+        alembic_searched=searched,
         version_table=table.get("version_table", "alembic_version"),
         history_table=table.get("history_table", "tenants_history"),
+        unmanaged=unmanaged,
         waves=parse_waves(table.get("waves", []), lambda message: fail(message, "waves")),
         retries=table.get("retries", 3),
         # Azure SQL: Microsoft's guidance, about 5 s before the first retry, backing off to 60 s.

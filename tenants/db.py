@@ -182,9 +182,54 @@ def read_version(conn: Connection, version_table: str) -> tuple[str, ...]:
     return tuple(sorted(rows))
 
 
+# Tables a database can hold before any migration without being someone else's schema: nothing else. The
+# query lists every user table of the database (every schema), since a customer's tables outside the default
+# schema are just as much a schema Alembic never created. Tables of the default schema come back bare, others
+# as ``schema.table``, so the tool's own tables (pin, history) can be left out by name.
+_TABLES_SQL = {
+    "sqlite": (
+        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+    ),
+    "postgresql": (
+        "SELECT CASE WHEN n.nspname = current_schema() THEN c.relname ELSE n.nspname || '.' || c.relname END "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition "
+        "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'"
+    ),
+    "mssql": (
+        "SELECT CASE WHEN s.name = SCHEMA_NAME() THEN o.name ELSE s.name + '.' + o.name END "
+        "FROM sys.objects AS o JOIN sys.schemas AS s ON s.schema_id = o.schema_id "
+        "WHERE o.type IN ('U', 'V') AND o.is_ms_shipped = 0"
+    ),
+}
+
+
+def schema_tables(conn: Connection, exclude: tuple[str, ...] = ()) -> list[str]:
+    """The database's own tables and views, sorted, leaving out ``exclude`` (the tool's own tables): one
+    query, asked only of a database without a version table, to tell a new database (nothing there) from an
+    unmanaged one (a schema that Alembic never recorded). Ends the transaction it opened."""
+    sql = _TABLES_SQL.get(conn.dialect.name)
+    try:
+        if sql is None:  # another dialect: SQLAlchemy's inspector, several round trips but correct
+            from sqlalchemy import inspect
+
+            inspector = inspect(conn)
+            names = inspector.get_table_names() + inspector.get_view_names()
+        else:
+            names = list(conn.execute(text(sql)).scalars())
+    finally:
+        conn.rollback()
+    skip = {name.lower() for name in exclude}
+    return sorted(name for name in names if name.lower() not in skip)
+
+
+# "No such table": PostgreSQL's undefined_table, ODBC's "base table or view not found" (SQL Server through
+# pyodbc). SQLite's errors carry no SQLSTATE: the message says it.
+_MISSING_TABLE_STATES = {"42P01", "42S02"}
+
+
 def _is_missing_table(err: DBAPIError) -> bool:
-    sqlstate = getattr(err.orig, "sqlstate", None)
-    if sqlstate == "42P01":  # PostgreSQL undefined_table
+    if sqlstate_of(err) in _MISSING_TABLE_STATES:
         return True
     message = str(err.orig).lower()
     return "no such table" in message or "invalid object name" in message or "doesn't exist" in message
@@ -309,6 +354,25 @@ _TRANSIENT_TEXT = re.compile(
 )
 
 
+def sqlstate_of(err: BaseException) -> str | None:
+    """The SQLSTATE a database error carries, whichever driver raised it; None when it has none.
+
+    Each driver names it differently: psycopg 3 ``sqlstate``, psycopg2 ``pgcode``, pyodbc the first of its
+    ``(sqlstate, message)`` args. SQLAlchemy wraps each in a :class:`~sqlalchemy.exc.DBAPIError` whose ``orig``
+    is the driver's error. Connection failures usually carry none (the server never answered); pysqlite's
+    errors never do. Read a SQLSTATE through this function only: reading one driver's attribute is how
+    psycopg2 tenants came to be reported unreachable instead of new (issue 9).
+    """
+    orig = err.orig if isinstance(err, DBAPIError) else err
+    if mssql.is_pyodbc_error(orig):
+        return mssql.diagnose(orig).sqlstate
+    for attribute in ("sqlstate", "pgcode"):  # psycopg 3 (and asyncpg), psycopg2
+        value = getattr(orig, attribute, None)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def is_transient(err: BaseException) -> bool:
     """True if retrying the tenant on a fresh connection may succeed; False for a real failure.
 
@@ -320,7 +384,7 @@ def is_transient(err: BaseException) -> bool:
         return True
     if mssql.is_pyodbc_error(orig):
         return mssql.diagnose(orig).kind is not mssql.Kind.FAILURE
-    sqlstate = getattr(orig, "sqlstate", None) or ""
+    sqlstate = sqlstate_of(orig)
     if sqlstate:
         return sqlstate.startswith("08") or sqlstate in _PG_TRANSIENT_STATES
     if isinstance(err, DBAPIError) and err.connection_invalidated:

@@ -12,7 +12,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -23,6 +23,10 @@ from tenants.db import describe_error, is_transient, make_engine, url_secrets
 from tenants.errors import ConfigError, DiscoveryError, TenantNotFound, UsageError
 
 
+# A tag with one of these values is off: `canary=false` is not a canary (tenants.discovery.Tenant.has_tag).
+FALSE_VALUES = frozenset({"false", "0", "no", "off"})
+
+
 @dataclass(frozen=True)
 class Tenant:
     """One tenant database. ``url`` carries the password: it crosses to worker processes, never to output."""
@@ -31,6 +35,26 @@ class Tenant:
     url: str = field(repr=False)
     tags: tuple[str, ...] = ()
     secrets: tuple[str, ...] = field(default=(), repr=False)  # scrubbed from anything printed about it
+
+    def has_tag(self, pattern: str) -> bool:
+        """Whether one of the tenant's tags matches ``pattern`` (``--tag``, a wave's ``tag``): the one rule.
+
+        A tag is ``key`` or ``key=value`` (static tags as written; Azure resource tags rendered so, an empty
+        value as a bare ``key``). ``canary`` matches a tag named canary whose value does not say no: a bare
+        ``canary``, ``canary=true``, ``canary=eu``, ``canary=`` (an empty value: Azure allows one, and
+        writing ``canary: ""`` means set), but not ``canary=false``, ``=0``, ``=no`` or ``=off`` (any case).
+        ``canary=eu`` matches exactly that value. Names compare case-blind, as Azure's tag names do; values
+        (in ``key=value``) exactly, as Azure's do.
+        """
+        key, exact, value = pattern.partition("=")
+        key = key.casefold()
+        for tag in self.tags:
+            name, _, tag_value = tag.partition("=")
+            if name.casefold() != key:
+                continue
+            if (tag_value == value) if exact else (tag_value.strip().casefold() not in FALSE_VALUES):
+                return True
+        return False
 
     @property
     def masked_url(self) -> str:
@@ -44,6 +68,21 @@ class Tenant:
 
 class TenantSource(Protocol):
     def discover(self) -> list[Tenant]: ...
+
+
+class Skipped(NamedTuple):
+    """A database discovery found but will not migrate now, and why (``("master", "system database")``).
+
+    ``offline``: a tenant database the source cannot use right now (Azure: its status is not ``Online``, e.g.
+    ``Paused``, ``Scaling``, ``Copying``). It is part of the fleet, so ``verify`` must not vouch for it;
+    ``tags`` are its tags, so a selection can tell whether it would have taken it. Otherwise (``master``) it is
+    no tenant at all.
+    """
+
+    name: str
+    reason: str
+    offline: bool = False
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,19 +176,20 @@ def source_for(environment: Environment) -> TenantSource:
     return StaticSource(environment)
 
 
-def discover_with_skipped(source: TenantSource) -> tuple[list[Tenant], list[tuple[str, str]]]:
+def discover_with_skipped(source: TenantSource) -> tuple[list[Tenant], list[Skipped]]:
     """The tenants, and the databases the source saw but will not touch, with why (Azure: master, not
-    Online). Sources without such databases report none."""
+    Online). Sources without such databases report none; a plain ``(name, reason)`` becomes a Skipped."""
     with_skipped = getattr(source, "discover_with_skipped", None)
     if with_skipped is None:
         return source.discover(), []
     tenants, skipped = with_skipped()
-    return tenants, [(name, reason) for name, reason in skipped]
+    return tenants, [Skipped(*entry) for entry in skipped]
 
 
 @dataclass(frozen=True)
 class Selection:
-    """``--tenant`` (exact names), ``--exclude`` (globs), ``--tag`` (any of), then ``--shard K/N``.
+    """``--tenant`` (exact names), ``--exclude`` (globs), ``--tag`` (any of; :meth:`Tenant.has_tag`), then
+    ``--shard K/N``.
 
     A shard is chosen by a hash of the tenant's name, not by position: independent of discovery order
     and of which tenants exist, so N runners with K = 1..N split a fleet with no overlap and no gap, and a
@@ -161,6 +201,11 @@ class Selection:
     tags: tuple[str, ...] = ()
     shard: tuple[int, int] | None = None  # (K, N), 1 <= K <= N
 
+    def __post_init__(self) -> None:
+        for pattern in self.tags:
+            if not pattern.partition("=")[0].strip():
+                raise UsageError(f"--tag {pattern!r}: give a tag name, e.g. --tag canary or --tag region=eu")
+
     def apply(self, tenants: list[Tenant], environment: str = "") -> list[Tenant]:
         by_name = {t.name: t for t in tenants}
         missing = [name for name in self.tenants if name not in by_name]
@@ -170,10 +215,21 @@ class Selection:
                 f"unknown tenant {missing[0]!r} (--tenant){where}; `tenants list` shows the tenants found"
             )
         chosen = [by_name[name] for name in dict.fromkeys(self.tenants)] if self.tenants else list(tenants)
+        return self._narrow(chosen)
+
+    def offline(self, skipped: list[Skipped]) -> list[Skipped]:
+        """The offline databases (:class:`Skipped`) this selection would take if they were online: by the same
+        ``--tenant``, ``--exclude``, ``--tag`` and ``--shard`` rules, in the order given."""
+        stand_ins = [Tenant(s.name, "", s.tags) for s in skipped
+                     if s.offline and (not self.tenants or s.name in self.tenants)]
+        kept = {t.name for t in self._narrow(stand_ins)}
+        return [s for s in skipped if s.offline and s.name in kept]
+
+    def _narrow(self, chosen: list[Tenant]) -> list[Tenant]:
         if self.exclude:
             chosen = [t for t in chosen if not any(fnmatch.fnmatchcase(t.name, g) for g in self.exclude)]
         if self.tags:
-            chosen = [t for t in chosen if set(t.tags) & set(self.tags)]
+            chosen = [t for t in chosen if any(t.has_tag(pattern) for pattern in self.tags)]
         if self.shard is not None:
             k, n = self.shard
             chosen = [t for t in chosen if shard_of(t.name, n) == k]

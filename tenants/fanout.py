@@ -185,12 +185,15 @@ _PID, _STARTED = 0, 1
 _POLL = 0.1  # a tenant submitted whose worker has not started it yet (a new process): look again this soon
 
 
-def _init_worker(job: Job, clock: Any, check_client: bool = False) -> None:
+def _init_worker(job: Job, clock: Any, check_client: bool = False, log_ceiling: int = logging.NOTSET) -> None:
     global _worker
     # Ctrl-C in a terminal signals the whole process group. Workers ignore it so the tenant in progress
     # finishes its revision; the parent decides (stop starting new tenants, drain, report).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.getLogger("azure").setLevel(logging.ERROR)  # as in the CLI: our one-line errors say it
+    # The parent's logging.disable() ceiling (the CLI's: INFO without -v), which env.py's fileConfig does not
+    # lift: see tenants.cli._quiet_logs.
+    logging.disable(log_ceiling)
     if check_client:  # a run with a tenant timeout: this process may be killed mid-statement
         event.listen(Pool, "connect", _check_client_while_busy)
     try:
@@ -362,7 +365,8 @@ class ProcessStrategy:
                 return idle.pop()
             clock = context.RawArray("d", 2)
             slot = _Slot(ProcessPoolExecutor(1, mp_context=context, initializer=_init_worker,
-                                             initargs=(job, clock, timeout is not None)), clock)
+                                             initargs=(job, clock, timeout is not None,
+                                                       logging.root.manager.disable)), clock)
             slots.append(slot)
             return slot
 

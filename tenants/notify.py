@@ -76,8 +76,8 @@ _SLACK_HOSTS = ("hooks.slack.com",)
 _TEAMS_SUFFIXES = (".webhook.office.com", ".logic.azure.com", ".environment.api.powerplatform.com")
 
 # Worst first, as in the job summary: the first lines are the tenants that need a person.
-_SEVERITY = {Status.FAILED: 0, Status.TIMED_OUT: 1, Status.UNKNOWN_REVISION: 2, Status.LOCKED: 3,
-             Status.THROTTLED: 4, Status.SKIPPED: 5}
+_SEVERITY = {Status.FAILED: 0, Status.TIMED_OUT: 1, Status.UNKNOWN_REVISION: 2, Status.UNMANAGED: 2,
+             Status.LOCKED: 3, Status.THROTTLED: 4, Status.SKIPPED: 5}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _READ = 2048  # bytes of a response body read: enough for any error message, bounded whatever the server
 # The old Teams connector webhooks answer 200 and put a throttling or size error in the body.

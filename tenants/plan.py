@@ -9,10 +9,12 @@ not migrate are listed apart: at or past the target already (``up_to_date``), at
 with no revision recorded yet: they are also in the ``base`` cohort, because an upgrade creates their schema
 from scratch, which is what a reviewer should notice.
 
-Reading is :func:`tenants.api.status`'s: one ``SELECT version_num`` per tenant, in threads (reads only, so no
-worker processes), and a SQLite file that does not exist yet is ``new`` without being created. We read here
-rather than call ``api.status`` because that compares against head (and fails on a graph with several heads
-even when REVISION names one of them), and it takes no ``source``.
+Reading is :func:`tenants.api.read_tenants`, shared with ``status``: one ``SELECT version_num`` per tenant, in
+threads (reads only, so no worker processes), and a SQLite file that does not exist yet is ``new`` without being
+created. A database with tables but no version table is ``unmanaged`` (an existing customer database that was
+never adopted): the upgrade leaves it alone, so the plan lists it apart and is not ``ok``. We do not call
+``api.status`` because that compares against head (and fails on a graph with several heads even when REVISION
+names one of them), and it takes no ``source``.
 
 ``with_sql`` renders the offline SQL once per cohort, not per tenant: it depends only on the dialect and the
 start and target revisions. It is rendered for the environment's URL with the placeholder tenant ``tenant``
@@ -32,17 +34,15 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tenants import api
 from tenants.config import Settings
-from tenants.db import Connector, NoVersionTable, describe_error, missing_file, read_version
-from tenants.pins import Pin, read_pin
-from tenants.discovery import Selection, Tenant, TenantSource
+from tenants.discovery import Selection, TenantSource
 from tenants.render import fold
 from tenants.revisions import Revisions
-from tenants.waves import assign
+from tenants.unit import unmanaged_reason
+from tenants.waves import assign, empty_waves
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,8 @@ class Cohort:
 @dataclass(frozen=True)
 class Plan:
     """What an upgrade to ``target`` would do to each selected tenant; every tenant is in exactly one of
-    ``cohorts``, ``up_to_date``, ``unknown_revision``, ``unreachable``, ``pinned`` or ``locked``."""
+    ``cohorts``, ``up_to_date``, ``unknown_revision``, ``unreachable``, ``unmanaged``, ``pinned`` or
+    ``locked``."""
 
     environment: str
     target: str  # resolved revision id, or "base"
@@ -68,6 +69,9 @@ class Plan:
     up_to_date: tuple[str, ...] = ()  # at the target or past it: the upgrade leaves them alone
     unknown_revision: tuple[tuple[str, str], ...] = ()  # (tenant, revision): not in the graph, refused
     unreachable: tuple[tuple[str, str], ...] = ()  # (tenant, error), password-free
+    # (tenant, why): tables but no version table, a schema Alembic never recorded; the upgrade leaves them alone
+    # until they are stamped (only with the environment's default unmanaged = "report")
+    unmanaged: tuple[tuple[str, str], ...] = ()
     pinned: tuple[str, ...] = ()  # need work, but pinned: a fleet upgrade leaves them alone
     locked: tuple[str, ...] = ()  # always empty: locks are only known at run time (see the module docstring)
     messages: tuple[tuple[str, str], ...] = ()  # (revision, first line of its docstring), each applied one
@@ -76,12 +80,15 @@ class Plan:
     # The environment's waves as `upgrade --wave N` numbers them (N = position + 1; empty waves dropped), each
     # with the tenants of the wave that the upgrade changes. Empty when the environment declares no waves.
     waves: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # The declared waves that take no selected tenant, (position in `waves`, 1-based; name; why), so a canary
+    # that vanished is said, not silent. They get no number above (tenants.waves.empty_waves).
+    empty_waves: tuple[tuple[int, str, str], ...] = ()
 
     @property
     def tenants(self) -> int:
         """How many tenants were selected (``new`` ones are counted in their cohort)."""
         return (sum(len(c.tenants) for c in self.cohorts) + len(self.up_to_date) + len(self.unknown_revision)
-                + len(self.unreachable) + len(self.pinned) + len(self.locked))
+                + len(self.unreachable) + len(self.unmanaged) + len(self.pinned) + len(self.locked))
 
     @property
     def to_upgrade(self) -> int:
@@ -89,8 +96,8 @@ class Plan:
 
     @property
     def ok(self) -> bool:
-        """The plan covers every selected tenant: none is at an unknown revision or unreadable."""
-        return not (self.unknown_revision or self.unreachable)
+        """The plan covers every selected tenant: none is at an unknown revision, unreadable or unmanaged."""
+        return not (self.unknown_revision or self.unreachable or self.unmanaged)
 
 
 def plan(settings: Settings, revision: str = "head", selection: Selection = Selection(), *,
@@ -107,13 +114,16 @@ def plan(settings: Settings, revision: str = "head", selection: Selection = Sele
 
     groups: dict[tuple[str, ...], list[str]] = {}  # current revisions -> tenants, in selection order
     pending: dict[tuple[str, ...], tuple[str, ...]] = {}
-    new, up_to_date, unknown, unreachable = [], [], [], []
+    new, up_to_date, unknown, unreachable, unmanaged = [], [], [], [], []
     pinned = []
-    for tenant, read in zip(tenants, _read_all(settings, tenants), strict=True):
-        if isinstance(read, _Unreachable):
+    for tenant, read in zip(tenants, api.read_tenants(settings, tenants), strict=True):
+        if read.error is not None:
             unreachable.append((tenant.name, read.error))
             continue
-        current, pin = read
+        if read.tables:
+            unmanaged.append((tenant.name, unmanaged_reason(list(read.tables), env.version_table)))
+            continue
+        current, pin = read.current, read.pin
         if not revisions.is_known(current):
             unknown.append((tenant.name, ",".join(current)))
             continue
@@ -143,6 +153,8 @@ def plan(settings: Settings, revision: str = "head", selection: Selection = Sele
     # Numbered over the whole selection, as the run numbers them, so "wave 1" here is `--wave 1` there.
     waves = tuple((wave.name, tuple(t.name for t in members if t.name in changed))
                   for wave, members in assign(tenants, env.waves)) if env.waves else ()
+    empty = tuple((position, wave.name, why)
+                  for position, wave, why in empty_waves(tenants, env.waves, narrowed=selection != Selection()))
     return Plan(
         environment=env.name,
         target=target if target is not None else "base",
@@ -152,43 +164,14 @@ def plan(settings: Settings, revision: str = "head", selection: Selection = Sele
         up_to_date=tuple(up_to_date),
         unknown_revision=tuple(unknown),
         unreachable=tuple(unreachable),
+        unmanaged=tuple(unmanaged),
         pinned=tuple(pinned),
         messages=tuple((rev, _message(revisions, rev)) for rev in applied),
         with_sql=with_sql,
         skipped_databases=tuple(skipped),
         waves=waves,
+        empty_waves=empty,
     )
-
-
-@dataclass(frozen=True)
-class _Unreachable:
-    error: str
-
-
-def _read_all(settings: Settings, tenants: list[Tenant]) -> list[tuple[tuple[str, ...], Pin | None] | _Unreachable]:
-    """Each tenant's recorded revisions (() for none) and pin, as :func:`tenants.api.status` reads them."""
-    env = settings.environment
-    must_exist = api._must_exist(settings)  # one rule for "a missing SQLite file is new", shared with status
-    connector = Connector(env.auth, env.cloud)
-
-    def one(tenant: Tenant) -> tuple[tuple[str, ...], Pin | None] | _Unreachable:
-        if not must_exist and missing_file(tenant.url):
-            return (), None  # a static tenant not created yet; opening it would create the file
-        try:
-            with connector.engine(tenant.url, must_exist=must_exist) as engine, engine.connect() as conn:
-                try:
-                    current = read_version(conn, env.version_table)
-                except NoVersionTable:
-                    current = ()
-                return current, read_pin(conn)
-        except Exception as err:  # noqa: BLE001 - an unreachable tenant is a line in the plan, not a crash
-            return _Unreachable(describe_error(err, tenant.all_secrets))
-
-    try:
-        with ThreadPoolExecutor(max(1, min(env.concurrency, len(tenants) or 1))) as pool:
-            return list(pool.map(one, tenants))
-    finally:
-        connector.dispose()
 
 
 def _message(revisions: Revisions, rev: str) -> str:
@@ -219,6 +202,7 @@ _FOLDED = (
 _ITEMIZED = (
     ("unknown_revision", "unknown revision", "not in the graph: the upgrade refuses them"),
     ("unreachable", "unreachable", "cannot be read: the upgrade will fail them"),
+    ("unmanaged", "unmanaged", "tables but no version table: the upgrade leaves them alone until stamped"),
     ("skipped_databases", "not tenants", "seen by discovery, never migrated"),
 )
 
@@ -229,12 +213,16 @@ def _no_sql(cohort: Cohort) -> str:
     return f"the cohort is at several heads ({cohort.current}); offline SQL starts from one revision"
 
 
+EMPTY_WAVE = "an empty wave gets no number (upgrade --wave N counts the waves with tenants)"
+
+
 def plan_text(plan: Plan) -> str:
     """Plain text for a terminal or a CI log; with SQL, each cohort's script follows it."""
     messages = dict(plan.messages)
     lines = [_headline(plan)]
     for i, (name, names) in enumerate(plan.waves, 1):
         lines.append(f"  wave {i} ({name}): {len(names)} to upgrade{': ' + fold(list(names)) if names else ''}")
+    lines += [f"  waves[{position}] ({name}): {why}; {EMPTY_WAVE}" for position, name, why in plan.empty_waves]
     for i, cohort in enumerate(plan.cohorts, 1):
         lines += ["", f"cohort {i}: from {cohort.current}, {_n(len(cohort.tenants), 'tenant')}, "
                       f"{_n(len(cohort.revisions), 'revision')} to apply",
@@ -291,13 +279,16 @@ def plan_markdown(plan: Plan) -> str:
               f"{len(plan.up_to_date)} up to date"]
     counts += [f"{len(names)} {label}" for label, names in (
         ("new", plan.new), ("unknown revision", plan.unknown_revision), ("unreachable", plan.unreachable),
-        ("pinned", plan.pinned), ("locked", plan.locked)) if names]
+        ("unmanaged", plan.unmanaged), ("pinned", plan.pinned), ("locked", plan.locked)) if names]
     out += [f"{_n(plan.tenants, 'tenant')}: {', '.join(counts)}.", ""]
     if plan.waves:  # the order of the rollout: what a reviewer approves goes to these tenants first
         out += ["| wave | tenants to upgrade |", "|---:|---|"]
         out += [_row(f"{i} {_code(name)}", f"{len(names)}" + (f": {_names(names)}" if names else ""))
                 for i, (name, names) in enumerate(plan.waves, 1)]
         out.append("")
+    if plan.empty_waves:
+        out += [f"- **Empty wave** {_code(f'waves[{position}]')} {_code(name)}: {_md(why)}; {_md(EMPTY_WAVE)}"
+                for position, name, why in plan.empty_waves] + [""]
     if plan.cohorts:
         out += ["| cohort | from | tenants | revisions to apply |", "|---:|---|---|---|"]
         for i, cohort in enumerate(plan.cohorts, 1):
@@ -349,6 +340,7 @@ def plan_json(plan: Plan) -> dict:
             "new": len(plan.new),
             "unknown_revision": len(plan.unknown_revision),
             "unreachable": len(plan.unreachable),
+            "unmanaged": len(plan.unmanaged),
             "pinned": len(plan.pinned),
             "locked": len(plan.locked),
         },
@@ -361,8 +353,11 @@ def plan_json(plan: Plan) -> dict:
         "up_to_date": list(plan.up_to_date),
         "unknown_revision": [{"tenant": n, "revision": rev} for n, rev in plan.unknown_revision],
         "unreachable": [{"tenant": n, "error": error} for n, error in plan.unreachable],
+        "unmanaged": [{"tenant": n, "reason": why} for n, why in plan.unmanaged],
         "pinned": list(plan.pinned),
         "locked": list(plan.locked),
         "skipped_databases": [{"database": n, "reason": why} for n, why in plan.skipped_databases],
         "waves": [{"wave": i, "name": name, "tenants": list(names)} for i, (name, names) in enumerate(plan.waves, 1)],
+        "empty_waves": [{"position": position, "name": name, "note": why}
+                        for position, name, why in plan.empty_waves],
     }

@@ -13,11 +13,12 @@ from tenants.report import RunReport, State, Status, StatusReport, TenantResult
 _STYLE = {
     Status.UPGRADED: "green", Status.DOWNGRADED: "green", Status.STAMPED: "green", Status.UP_TO_DATE: "green",
     Status.FAILED: "red", Status.LOCKED: "yellow", Status.SKIPPED: "yellow", Status.UNKNOWN_REVISION: "red",
-    Status.THROTTLED: "yellow", Status.TIMED_OUT: "red", Status.PINNED: "yellow",
+    Status.THROTTLED: "yellow", Status.TIMED_OUT: "red", Status.PINNED: "yellow", Status.UNMANAGED: "red",
     State.AT_HEAD: "green", State.BEHIND: "yellow", State.NEW: "yellow", State.UNKNOWN_REVISION: "red",
-    State.UNREACHABLE: "red",
+    State.UNREACHABLE: "red", State.UNMANAGED: "red",
 }
 FOLD = 10  # tenant names listed per summary row before folding into "... and N more"
+NOT_VERIFIED = "not-verified"  # an offline database in status and verify: its revision could not be read
 
 
 def rev(revision: str | None) -> str:
@@ -30,7 +31,9 @@ def result_line(result: TenantResult) -> str:
     line = f"{result.status.value:<16} {result.tenant}"
     if result.status is Status.SKIPPED:
         return line
-    if result.applied or result.from_revision != result.to_revision:
+    if result.status is Status.UNMANAGED:
+        pass  # no revision to show: it has none recorded, and its tables say why in the error
+    elif result.applied or result.from_revision != result.to_revision:
         line += f"  {rev(result.from_revision)} -> {rev(result.to_revision)}"
     else:
         line += f"  at {rev(result.to_revision)}"
@@ -116,17 +119,20 @@ def status_table(report: StatusReport) -> Table:
     for t in report.tenants:
         table.add_row(
             t.tenant,
-            ",".join(t.current) or ("-" if t.state is State.UNREACHABLE else "base"),
+            ",".join(t.current) or ("-" if t.state in (State.UNREACHABLE, State.UNMANAGED) else "base"),
             "" if t.behind is None else str(t.behind),
             f"[{_STYLE[t.state]}]{t.state.value}[/]" + (" [yellow](pinned)[/]" if t.pin else ""),
             t.error or t.pin or "",
         )
+    for name, why in report.offline:
+        table.add_row(name, "?", "", f"[red]{NOT_VERIFIED}[/]", why)
     return table
 
 
-def verify_lines(report: StatusReport, ran: set[str] | None = None) -> list[str]:
+def verify_lines(report: StatusReport, ran: set[str] | None = None, allow_offline: bool = False) -> list[str]:
     """One line per tenant that is not at head, saying why; a tenant the run's report does not know (created
-    since the run began) says so too, and a pinned one says it is pinned."""
+    since the run began) says so too, and a pinned one says it is pinned. Then one line per offline database
+    (not read, so not verified), noting when ``--allow-offline`` lets it pass."""
     lines = []
     for t in report.tenants:
         if t.state is State.AT_HEAD:
@@ -139,16 +145,22 @@ def verify_lines(report: StatusReport, ran: set[str] | None = None) -> list[str]
             State.NEW: f"no revision recorded, {t.behind} revision(s) behind",
             State.UNKNOWN_REVISION: f"at {','.join(t.current)}, which is not in the revision graph",
             State.UNREACHABLE: t.error or "unreachable",
+            State.UNMANAGED: t.error or "tables but no version table",
         }[t.state]
         if ran is not None and t.tenant not in ran:
             why += " (not in the run's report: created since the run began?)"
         lines.append(f"{t.state.value:<16} {t.tenant}  {why}")
+    allowed = " (allowed by --allow-offline)" if allow_offline else ""
+    lines += [f"{NOT_VERIFIED:<16} {name}  {why}{allowed}" for name, why in report.offline]
     return lines
 
 
 def status_line(report: StatusReport) -> str:
     at_head = sum(t.state is State.AT_HEAD for t in report.tenants)
-    return f"{at_head}/{len(report.tenants)} tenants at head {report.head}"
+    line = f"{at_head}/{len(report.tenants)} tenants at head {report.head}"
+    if report.offline:  # not in the count: their revision is unknown, so they are neither at head nor not
+        line += f"; {len(report.offline)} not verified (not online)"
+    return line
 
 
 def to_json(data: dict) -> str:

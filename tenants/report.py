@@ -39,6 +39,9 @@ class Status(str, Enum):
     # to the fan-out, which lowers its concurrency and runs the tenant again later.
     THROTTLED = "throttled"
     PINNED = "pinned"  # needs work, but a pin keeps it out of fleet upgrades (tenants.pins)
+    # Tables but no version table: a schema Alembic never recorded (an existing customer database). Never
+    # touched by an upgrade, not good (exit 1) until a person adopts it with `tenants stamp`.
+    UNMANAGED = "unmanaged"
 
     def __str__(self) -> str:
         return self.value
@@ -315,6 +318,7 @@ class State(str, Enum):
     AT_HEAD = "at-head"
     BEHIND = "behind"
     NEW = "new"
+    UNMANAGED = "unmanaged"  # tables but no version table: see Status.UNMANAGED
     UNKNOWN_REVISION = "unknown-revision"
     UNREACHABLE = "unreachable"
 
@@ -335,7 +339,8 @@ class TenantStatus:
         return {
             "tenant": self.tenant,
             "state": self.state.value,
-            "current": None if self.state is State.UNREACHABLE else (",".join(self.current) or "base"),
+            "current": (None if self.state in (State.UNREACHABLE, State.UNMANAGED)
+                        else ",".join(self.current) or "base"),
             "behind": self.behind,
             "error": self.error,
             "pin": self.pin,
@@ -347,6 +352,9 @@ class StatusReport:
     environment: str
     head: str
     tenants: tuple[TenantStatus, ...] = field(default_factory=tuple)
+    # Tenant databases discovery found but could not read (Azure: not Online), (name, why): their revision is
+    # unknown, so `verify` lists them as not verified and fails (unless --allow-offline).
+    offline: tuple[tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -365,4 +373,5 @@ class StatusReport:
             "ok": self.ok,
             "summary": {s.value: counts[s.value] for s in State if counts[s.value]},
             "tenants": [t.to_dict() for t in self.tenants],
+            "offline": [{"tenant": name, "reason": why} for name, why in self.offline],
         }

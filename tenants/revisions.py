@@ -24,9 +24,14 @@ from alembic.script.revision import RevisionError as AlembicRevisionError
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection, make_url
 
+from tenants.db import describe_error, scrub, url_secrets
 from tenants.errors import ConfigError, MultipleHeads, RevisionError
 
 Operation = Literal["upgrade", "downgrade", "stamp"]
+
+
+class _WrongDialect(Exception):
+    """Internal: env.py configured Alembic for another dialect than the URL it was given (offline SQL)."""
 
 
 class VersionTableMismatch(Exception):
@@ -41,7 +46,7 @@ class Revisions:
         if not path.is_file():
             raise ConfigError(
                 f"{path}: alembic.ini not found; set `alembic = \"path/to/alembic.ini\"` in the environment "
-                "or run from the project directory"
+                "(relative to its configuration file)"
             )
         self.path = path
         # Alembic prints through Config.stdout; keep it out of the worker's stdout (results are our output).
@@ -66,7 +71,13 @@ class Revisions:
         return self._heads
 
     def head(self) -> str:
-        """The single head; several heads make ``head`` ambiguous and are bad input."""
+        """The single head; several heads make ``head`` ambiguous and are bad input, and so does none."""
+        if not self._heads:
+            versions = self.script.version_locations or [Path(self.script.dir) / "versions"]
+            raise RevisionError(
+                f"{self.path}: no revisions found in {', '.join(map(str, versions))}; create the first one with "
+                f"`alembic -c {self.path} revision -m \"...\"` (or check script_location)"
+            )
         if len(self._heads) != 1:
             raise MultipleHeads(
                 f"{self.path}: the revision graph has {len(self._heads)} heads "
@@ -174,22 +185,62 @@ class Revisions:
         return ran
 
     def offline_sql(self, url: str, start: str | None, target: str | None, operation: Operation) -> str:
-        """The SQL that takes a database from ``start`` to ``target`` (Alembic's ``--sql`` mode)."""
+        """The SQL that takes a database from ``start`` to ``target`` (Alembic's ``--sql`` mode).
+
+        Raises :class:`ConfigError` when env.py renders another dialect than ``url``'s (it builds its URL from
+        settings of its own), and :class:`RevisionError` naming the revision being rendered when anything
+        raises (env.py, or a revision that reads the database: offline, nothing is connected).
+        """
         script = self.script
         destination = target or "base"
         starting = start or "base"
+        expected = make_url(url).get_backend_name()
+        env_py = script.env_py_location
+        rendering: dict = {}  # the MigrationContext env.py configured, and the step being rendered
 
-        def steps(rev, _context):
+        def steps(rev, context):
+            # A generator: Alembic takes each step from it just before rendering that step, so the step last
+            # handed out is the one in progress when something raises, whatever env.py forwards or not.
+            rendering["context"] = context
+            if context.dialect.name != expected:
+                raise _WrongDialect(context.dialect.name)
             if operation == "downgrade":
-                return script._downgrade_revs(destination, rev)
-            return script._upgrade_revs(destination, rev)
+                planned = script._downgrade_revs(destination, rev)
+            else:
+                planned = script._upgrade_revs(destination, rev)
+            for step in planned:
+                rendering["step"] = step
+                yield step
+            rendering["step"] = None
 
         buffer = io.StringIO()
         try:
             self._run_env(url, steps, destination, as_sql=True, starting_rev=starting, output_buffer=buffer)
-        except (CommandError, AlembicRevisionError) as err:
-            raise RevisionError(f"cannot render {starting}:{destination} offline: {err}") from err
-        if make_url(url).get_backend_name() == "mssql":
+        except _WrongDialect as wrong:
+            # The SQL would be shown (and reviewed, and run) as this environment's while it is not.
+            raise ConfigError(
+                f"{env_py}: rendered {wrong} SQL, not {expected}: env.py must render with the URL Alembic gives "
+                "it (`context.configure(url=config.get_main_option(\"sqlalchemy.url\"))`), not one of its own"
+            ) from None
+        except Exception as err:  # whatever env.py or a revision raised: one line, never a traceback
+            secrets = url_secrets(url)
+            why = describe_error(err, secrets)
+            step = rendering.get("step")
+            if step is not None:
+                raise RevisionError(
+                    f"{step.revision.path}: cannot render revision {step.revision.revision} ({step.short_log}) "
+                    f"offline: {why}; offline nothing is connected, so a revision must not read the database "
+                    "there (see `context.is_offline_mode()`)"
+                ) from err
+            if isinstance(err, (CommandError, AlembicRevisionError)):  # Alembic's own words about the range
+                raise RevisionError(f"cannot render {starting}:{destination} offline: {scrub(str(err), secrets)}"
+                                    ) from err
+            raise RevisionError(f"{env_py}: cannot render {starting}:{destination} offline: env.py raised {why}"
+                                ) from err
+        if "context" not in rendering:
+            raise ConfigError(f"{env_py}: rendered nothing for {starting}:{destination}: in offline (--sql) mode "
+                              "env.py must call `context.configure(url=...)` and `context.run_migrations()`")
+        if expected == "mssql":
             from tenants.mssql import idempotent_script
 
             return idempotent_script(buffer.getvalue(), self.version_table)

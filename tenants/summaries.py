@@ -10,15 +10,16 @@ status                                 JUnit
 =====================================  ==========================================================
 upgraded, downgraded, stamped,         a passed ``<testcase>``
 up-to-date
-failed, unknown-revision, locked       ``<failure type="<status>" message="<the error>">``
+failed, unknown-revision, unmanaged,   ``<failure type="<status>" message="<the error>">``
+locked
 skipped                                ``<skipped message="<the error>">``
 =====================================  ==========================================================
 
 A locked tenant is a failure, not a skip: another run held it, so this run did not bring it to the target,
-and a viewer that counts skips as fine would show a green run. ``unknown-revision`` is a failure too: the
-tenant was never touched and needs a person. Any other status that is not good (``throttled`` is never
-final, but a report can be edited) is a failure of that type. ``errors`` is always 0: a migration that
-raised is a failed tenant, and the tool itself failing produces no report at all.
+and a viewer that counts skips as fine would show a green run. ``unknown-revision`` and ``unmanaged`` are
+failures too: the tenant was never touched and needs a person. Any other status that is not good
+(``throttled`` is never final, but a report can be edited) is a failure of that type. ``errors`` is always
+0: a migration that raised is a failed tenant, and the tool itself failing produces no report at all.
 
 The Markdown summary must fit GitHub's limit on a step summary (1 MiB) whatever the fleet's size, so it is
 built against a byte budget: the outcome, counts and resume command always fit; the table of tenants that
@@ -45,8 +46,8 @@ PROBE_LINES = 5  # distinct pressure probe errors listed
 RESUME_ONLY = "failed,timed-out,skipped,locked"  # what a resume runs again; unknown-revision needs a person first
 
 # Worst first, so the first rows of a long table are the tenants that need a person, not the skipped ones.
-_SEVERITY = {Status.FAILED: 0, Status.TIMED_OUT: 1, Status.UNKNOWN_REVISION: 2, Status.LOCKED: 3,
-             Status.THROTTLED: 4, Status.SKIPPED: 5}
+_SEVERITY = {Status.FAILED: 0, Status.TIMED_OUT: 1, Status.UNKNOWN_REVISION: 2, Status.UNMANAGED: 2,
+             Status.LOCKED: 3, Status.THROTTLED: 4, Status.SKIPPED: 5}
 
 # Characters XML 1.0 cannot carry at all, not even escaped (NUL, most C0 controls, lone surrogates):
 # ElementTree writes them as they are and the file would not parse. A driver's error text can hold them.
@@ -330,19 +331,31 @@ def markdown_summary(report: RunReport, limit: int = MARKDOWN_LIMIT, *, report_f
     return _fit((head + table + tail).rstrip("\n") + "\n", limit)
 
 
-def status_junit(report) -> str:
-    """JUnit XML for ``tenants verify``: one test case per tenant, failing unless it is at head."""
+def status_junit(report, allow_offline: bool = False) -> str:
+    """JUnit XML for ``tenants verify``: one test case per tenant, failing unless it is at head; one per
+    offline database (not read), failing, or skipped with ``allow_offline``."""
     from tenants.report import State
 
-    suite = ET.Element("testsuite", name=f"tenants verify {report.environment}", tests=str(len(report.tenants)),
-                       failures=str(sum(t.state is not State.AT_HEAD for t in report.tenants)), errors="0",
-                       skipped="0")
+    offline = len(report.offline)
+    suite = ET.Element("testsuite", name=f"tenants verify {report.environment}",
+                       tests=str(len(report.tenants) + offline),
+                       failures=str(sum(t.state is not State.AT_HEAD for t in report.tenants)
+                                    + (0 if allow_offline else offline)), errors="0",
+                       skipped=str(offline if allow_offline else 0))
     for t in report.tenants:
         case = ET.SubElement(suite, "testcase", classname=f"tenants.{report.environment}", name=t.tenant)
         if t.state is not State.AT_HEAD:
             message = _xml_text(_one_line(t.error or f"{t.state.value}: at {','.join(t.current) or 'base'}, "
                                                       f"head is {report.head}"))
             failure = ET.SubElement(case, "failure", type=t.state.value, message=message)
+            failure.text = message
+    for name, why in report.offline:
+        case = ET.SubElement(suite, "testcase", classname=f"tenants.{report.environment}", name=name)
+        message = _xml_text(_one_line(f"not verified: {why}"))
+        if allow_offline:
+            ET.SubElement(case, "skipped", message=message)
+        else:
+            failure = ET.SubElement(case, "failure", type="not-verified", message=message)
             failure.text = message
     root = ET.Element("testsuites", name="tenants")
     root.append(suite)

@@ -41,6 +41,7 @@ from tenants.db import (
     is_transient,
     missing_file,
     read_version,
+    schema_tables,
     tenant_lock,
 )
 from tenants.discovery import Tenant
@@ -76,6 +77,16 @@ class Job:
     git_commit: str | None = None
     tool_version: str = ""
     history_table: str = "tenants_history"
+    # A database with tables but no version table holds a schema Alembic never recorded (an existing customer
+    # database): "report" leaves it alone and reports it `unmanaged`; "upgrade" runs the graph from base on it
+    # (for graphs whose first revision expects tables created outside Alembic). See tenants.config.
+    unmanaged: str = "report"
+
+    def own_tables(self) -> tuple[str, ...]:
+        """Tables the tool itself may have created in a tenant: they do not make a database unmanaged."""
+        from tenants.pins import TABLE as PIN_TABLE
+
+        return (self.version_table, self.history_table, PIN_TABLE)
 
     def recorder(self) -> Recorder | None:
         if self.run_id is None:
@@ -183,11 +194,36 @@ def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
                 progress.saw((job.target,) if job.target else ())
         except LockNotAcquired:
             if not read_first:  # report where the tenant is, not "unknown"
-                progress.saw(_read(conn, job))
+                progress.saw(_read_raw(conn, job))
             raise _Outcome(Status.LOCKED, progress.after or (), "held by another run (its lock is taken)") from None
 
 
 def _read(conn, job: Job) -> tuple[str, ...]:
+    """The recorded revision; stops an upgrade of an unmanaged database (tables, no version table) here.
+
+    Only a database without a version table pays the second query; the no-op path stays one query.
+    """
+    try:
+        return read_version(conn, job.version_table)
+    except NoVersionTable:
+        if job.operation == "upgrade" and job.unmanaged == "report":
+            tables = schema_tables(conn, job.own_tables())
+            if tables:
+                raise _Outcome(Status.UNMANAGED, (), unmanaged_reason(tables, job.version_table)) from None
+        return ()
+
+
+def unmanaged_reason(tables: list[str], version_table: str) -> str:
+    """Why a database is `unmanaged`, and the way out, in one line."""
+    shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if len(tables) > 5 else "")
+    other = next((t for t in tables if t.lower().endswith("alembic_version")), None)
+    hint = f" (it has {other}: is the environment's version_table right?)" if other else ""
+    return (f"{len(tables)} table(s) ({shown}) but no {version_table} table{hint}: a schema Alembic never recorded; "
+            "not touched. Adopt it with `tenants stamp REVISION --tenant NAME` (the revision its schema matches), "
+            "or set unmanaged = \"upgrade\" in the environment to run the graph from base on it")
+
+
+def _read_raw(conn, job: Job) -> tuple[str, ...]:
     try:
         return read_version(conn, job.version_table)
     except NoVersionTable:
@@ -200,11 +236,11 @@ def _read_after(engine: Engine, conn, job: Job) -> tuple[str, ...] | None:
         if conn.invalidated:
             raise RuntimeError("connection invalidated")
         conn.rollback()
-        return _read(conn, job)
+        return _read_raw(conn, job)
     except Exception:  # noqa: BLE001
         try:
             with engine.connect() as fresh:
-                return _read(fresh, job)
+                return _read_raw(fresh, job)
         except Exception:  # noqa: BLE001 - unknown is an honest answer
             return None
 

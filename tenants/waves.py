@@ -8,7 +8,9 @@ An environment may declare waves, in order::
         { rest = true },                       # then everyone else
     ]
 
-Each wave takes its tenants from those no earlier wave took: by ``tag``, by ``percent`` of the whole
+Each wave takes its tenants from those no earlier wave took: by ``tag`` (matched as ``--tag`` matches, by
+:meth:`tenants.discovery.Tenant.has_tag`: ``canary`` takes an Azure tag ``canary: true`` but not
+``canary: false``; ``region=eu`` takes exactly that value), by ``percent`` of the whole
 selection or a ``count`` (picked by a stable hash of the name, so the same tenants every run and across
 shards), or ``rest``. Tenants no wave took form a last wave of their own; with no waves declared the whole
 selection is one wave. A wave must end within its failure budget (``max_failures``, default 0) before the
@@ -59,6 +61,8 @@ def parse_waves(items: list[Any], fail) -> tuple[Wave, ...]:
             raise fail(f"waves[{i}]: count must be at least 1")
         if item.get("max_failures", 0) < 0:
             raise fail(f"waves[{i}]: max_failures must not be negative")
+        if "tag" in item and not item["tag"].partition("=")[0].strip():
+            raise fail(f"waves[{i}]: tag needs a tag name, e.g. tag = \"canary\" or tag = \"region=eu\"")
         if item.get("rest") is False:
             raise fail(f"waves[{i}]: rest = false means nothing; leave the wave out")
         default = f"{kinds[0]} {item[kinds[0]]}" if kinds[0] != "rest" else "rest"
@@ -73,15 +77,54 @@ def _order(name: str) -> bytes:
 
 
 def assign(tenants: list[Tenant], waves: tuple[Wave, ...]) -> list[tuple[Wave, list[Tenant]]]:
-    """Split the selection into waves (empty ones dropped); keeps selection order within a wave."""
+    """Split the selection into waves (empty ones dropped: :func:`empty_waves` names them); keeps selection
+    order within a wave."""
     if not waves:
         return [(Wave("all", rest=True), list(tenants))] if tenants else []
+    taken_by = _take(tenants, waves)
+    plan = [(wave, taken) for wave, taken in zip(waves, taken_by, strict=True) if taken]
+    names = {t.name for taken in taken_by for t in taken}
+    left = [t for t in tenants if t.name not in names]
+    if left:
+        plan.append((Wave("rest", rest=True), left))
+    return plan
+
+
+def empty_waves(tenants: list[Tenant], waves: tuple[Wave, ...], narrowed: bool = False
+                ) -> list[tuple[int, Wave, str]]:
+    """The declared waves that take no tenant of ``tenants``: (position in ``waves``, counted from 1 as the
+    configuration's errors count them, the wave, why), for ``plan`` and ``upgrade`` to say so. A canary wave
+    that silently takes nobody is a rollout without a canary.
+
+    An empty wave gets no number: ``upgrade --wave N`` (and the plan) count the waves that have tenants, so
+    with the canary empty, wave 1 is the next one. ``narrowed``: ``tenants`` is a selection, not the fleet.
+    """
+    who = "selected tenant" if narrowed else "tenant"
+    numbered = assign(tenants, waves)
+    notes = []
+    for position, (wave, taken) in enumerate(zip(waves, _take(tenants, waves), strict=True), 1):
+        if taken:
+            continue
+        if wave.tag is not None:
+            tagged = any(t.has_tag(wave.tag) for t in tenants)
+            why = f"every {who} tagged {wave.tag} is in an earlier wave" if tagged else \
+                f"no {who} matches tag {wave.tag}"
+        else:
+            why = f"no {who} is left for it" if tenants else f"there is no {who}"
+        if position == 1:
+            why += " — this rollout has no canary" + (f" (wave 1 is {numbered[0][0].name})" if numbered else "")
+        notes.append((position, wave, why))
+    return notes
+
+
+def _take(tenants: list[Tenant], waves: tuple[Wave, ...]) -> list[list[Tenant]]:
+    """What each declared wave takes, in order, from the tenants no earlier wave took (empty lists kept)."""
     left = list(tenants)
     total = len(tenants)
-    plan: list[tuple[Wave, list[Tenant]]] = []
+    taken_by: list[list[Tenant]] = []
     for wave in waves:
         if wave.tag is not None:
-            taken = [t for t in left if wave.tag in t.tags]
+            taken = [t for t in left if t.has_tag(wave.tag)]
         elif wave.rest:
             taken = list(left)
         else:
@@ -90,8 +133,5 @@ def assign(tenants: list[Tenant], waves: tuple[Wave, ...]) -> list[tuple[Wave, l
             taken = [t for t in left if t.name in chosen]
         names = {t.name for t in taken}
         left = [t for t in left if t.name not in names]
-        if taken:
-            plan.append((wave, taken))
-    if left:
-        plan.append((Wave("rest", rest=True), left))
-    return plan
+        taken_by.append(taken)
+    return taken_by

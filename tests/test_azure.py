@@ -206,6 +206,28 @@ def test_pool_discovery_reads_every_page(tmp_path):
     assert cred.scopes == [("https://management.azure.com/.default",)]  # one token for the three pages
 
 
+def test_azure_tags_select_as_a_user_means_with_tag_and_waves(tmp_path):
+    """Azure tags arrive as key=value: `--tag canary` and a wave's `tag = "canary"` take canary: true (any
+    value but false/0/no/off), and `region=eu` takes exactly that value."""
+    from tenants.discovery import Selection
+    from tenants.waves import Wave, assign
+
+    env = azure_env(tmp_path)
+    arm = FakeArm({POOL_DBS: [[
+        database("t_true", tags={"canary": "true"}), database("t_false", tags={"canary": "false"}),
+        database("t_empty", tags={"canary": ""}), database("t_no", tags={"Canary": "No"}),
+        database("t_eu", tags={"Canary": "eu", "region": "eu"}), database("t_none"),
+    ]]})
+    tenants = AzureSource(env, credential=FakeCredential(), transport=arm).discover()
+    assert {t.name: t.tags for t in tenants}["t_true"] == ("canary=true",)
+    assert [t.name for t in Selection(tags=("canary",)).apply(tenants)] == ["t_empty", "t_eu", "t_true"]
+    assert [t.name for t in Selection(tags=("region=eu",)).apply(tenants)] == ["t_eu"]
+    assert [t.name for t in Selection(tags=("canary=false",)).apply(tenants)] == ["t_false"]
+    waves = assign(tenants, (Wave("canary", tag="canary"), Wave("fleet", rest=True)))
+    assert [(w.name, [t.name for t in ts]) for w, ts in waves] == [
+        ("canary", ["t_empty", "t_eu", "t_true"]), ("fleet", ["t_false", "t_no", "t_none"])]
+
+
 def test_pool_discovery_reports_master_and_databases_not_online(tmp_path):
     env = azure_env(tmp_path)
     arm = FakeArm({POOL_DBS: [
@@ -217,12 +239,12 @@ def test_pool_discovery_reports_master_and_databases_not_online(tmp_path):
 
     assert [t.name for t in tenants] == ["tenant_a", "tenant_b"]
     assert skipped == [
-        Skipped("master", "system database"),
-        Skipped("tenant_new", "status SomethingNewInTheApi"),
-        Skipped("tenant_off", "status Offline"),
-        Skipped("tenant_paused", "status Paused"),
+        Skipped("master", "system database"),  # no tenant
+        # Tenants that cannot be read now: `verify` lists them as not verified.
+        Skipped("tenant_new", "database is SomethingNewInTheApi (not Online)", offline=True),
+        Skipped("tenant_off", "database is Offline (not Online)", offline=True),
+        Skipped("tenant_paused", "database is Paused (not Online)", offline=True),
     ]
-    assert skipped[0] == ("master", "system database")  # a plain (name, reason) tuple too
 
 
 def test_pool_discovery_applies_match(tmp_path):
@@ -243,7 +265,7 @@ def test_server_discovery_filters_by_match_and_pool(tmp_path):
 
     assert [t.name for t in tenants] == ["tenant_a", "tenant_b", "tenant_c"]  # pool ids compare case-blind
     # Only candidates are reported: master and reporting do not match, the others are in no or another pool.
-    assert skipped == [Skipped("tenant_paused", "status Paused")]
+    assert skipped == [Skipped("tenant_paused", "database is Paused (not Online)", offline=True)]
     assert [r.path for r in arm.requests] == [SERVER_DBS] * 3
 
 
@@ -533,7 +555,7 @@ def test_prepare_upgrade_uses_the_pool_discovery_and_its_derived_concurrency(tmp
     source = AzureSource(env, credential=FakeCredential(), transport=arm)
     prepared = api.prepare_upgrade(Settings(env), source=source)
     assert [t.name for t in prepared.tenants] == ["tenant_a"]
-    assert prepared.skipped == (("master", "system database"), ("tenant_b", "status Offline"))
+    assert prepared.skipped == (("master", "system database"), ("tenant_b", "database is Offline (not Online)"))
     assert prepared.concurrency == pool_concurrency(SimpleNamespace(
         sku=SimpleNamespace(**sku), per_database_settings=SimpleNamespace(min_capacity=0, max_capacity=8)))
     assert prepared.concurrency == 4
@@ -548,8 +570,125 @@ def test_a_skipped_database_named_with_tenant_says_why_and_explicit_concurrency_
     env = azure_env(tmp_path, extra=f'alembic = "{Path(__file__).resolve().parent.parent / "alembic.ini"}"\n')
     arm = FakeArm({POOL_DBS: [[database("tenant_a"), database("tenant_p", status="Paused")]]})
     source = AzureSource(env, credential=FakeCredential(), transport=arm)
-    with pytest.raises(TenantNotFound, match=r"tenant 'tenant_p' \(--tenant\) is not migrated: status Paused"):
+    with pytest.raises(TenantNotFound,
+                       match=r"tenant 'tenant_p' \(--tenant\) is not migrated: database is Paused \(not Online\)"):
         api.prepare_upgrade(Settings(env), selection=Selection(tenants=("tenant_p",)), source=source)
     prepared = api.prepare_upgrade(Settings(env), source=source, concurrency=3)
     assert prepared.concurrency == 3
     assert all(r.path != POOL for r in arm.requests)  # the pool was never asked
+
+
+# --- verify: the databases discovery could not read --------------------------------------------------------
+
+
+class OnSqlite:
+    """Azure's listing (the fake ARM), with each tenant a SQLite file of ``env``: what verify reads is real,
+    what it is told the pool holds comes from the management API."""
+
+    def __init__(self, azure: AzureSource, env):
+        self.azure, self.env = azure, env
+
+    def discover_with_skipped(self):
+        from tenants.discovery import Tenant
+
+        tenants, skipped = self.azure.discover_with_skipped()
+        return [Tenant(t.name, self.env.tenant_url(t.name), t.tags) for t in tenants], skipped
+
+    def discover(self):
+        return self.discover_with_skipped()[0]
+
+
+OFFLINE_POOL = [[database("master", pool=None), database("tenant_a"), database("tenant_b")],
+                [database("tenant_scaling", status="Scaling", tags={"canary": "true"}),
+                 database("tenant_copying", status="Copying")]]
+SCALING = ("tenant_scaling", "database is Scaling (not Online)")
+COPYING = ("tenant_copying", "database is Copying (not Online)")
+
+
+def _upgraded_pool(tmp_path, sqlite_config):
+    from tenants import api
+
+    config = sqlite_config(("tenant_a", "tenant_b"))
+    settings = load_settings(config, "test", environ={})
+    assert api.upgrade(settings).ok
+    azure = AzureSource(azure_env(tmp_path / "azure"), credential=FakeCredential(),
+                        transport=FakeArm({POOL_DBS: OFFLINE_POOL}))
+    return config, settings, OnSqlite(azure, settings.environment)
+
+
+def test_status_lists_databases_that_are_not_online_as_not_verified(tmp_path, sqlite_config):
+    from tenants import api
+    from tenants.discovery import Selection, shard_of
+    from tenants.render import status_line, verify_lines
+    from tenants.summaries import status_junit
+
+    (tmp_path / "azure").mkdir()
+    _, settings, source = _upgraded_pool(tmp_path, sqlite_config)
+    report = api.status(settings, source=source)
+    assert [t.tenant for t in report.tenants] == ["tenant_a", "tenant_b"] and report.ok
+    assert report.offline == (COPYING, SCALING)  # master is no tenant: not there
+    assert verify_lines(report) == ["not-verified     tenant_copying  database is Copying (not Online)",
+                                    "not-verified     tenant_scaling  database is Scaling (not Online)"]
+    assert verify_lines(report, allow_offline=True)[0].endswith("(not Online) (allowed by --allow-offline)")
+    assert status_line(report).endswith("2/2 tenants at head 0004_invoice_user_index; 2 not verified (not online)")
+    assert report.to_dict()["offline"] == [{"tenant": "tenant_copying", "reason": COPYING[1]},
+                                           {"tenant": "tenant_scaling", "reason": SCALING[1]}]
+    junit = status_junit(report)
+    assert 'tests="4" failures="2" errors="0" skipped="0"' in junit
+    assert ('<testcase classname="tenants.test" name="tenant_scaling"><failure type="not-verified" '
+            'message="not verified: database is Scaling (not Online)">') in junit
+    allowed = status_junit(report, allow_offline=True)
+    assert 'tests="4" failures="0" errors="0" skipped="2"' in allowed
+    assert ('<testcase classname="tenants.test" name="tenant_scaling"><skipped message="not verified: database '
+            'is Scaling (not Online)" /></testcase>') in allowed
+
+    # The selection applies to them as to the tenants: by name, glob, tag and shard.
+    assert api.status(settings, Selection(exclude=("*copying",)), source).offline == (SCALING,)
+    tagged = api.status(settings, Selection(tags=("canary",)), source)
+    assert (tagged.tenants, tagged.offline) == ((), (SCALING,))
+    named = api.status(settings, Selection(tenants=("tenant_a", "tenant_scaling")), source)
+    assert ([t.tenant for t in named.tenants], named.offline) == (["tenant_a"], (SCALING,))
+    alone = api.status(settings, Selection(tenants=("tenant_scaling",)), source)
+    assert (alone.tenants, alone.offline) == ((), (SCALING,))
+    shards = [api.status(settings, Selection(shard=(k, 3)), source) for k in (1, 2, 3)]
+    assert sorted(o for s in shards for o in s.offline) == [COPYING, SCALING]
+    assert all(shard_of(name, 3) == k for k, s in enumerate(shards, 1) for name, _ in s.offline)
+
+
+def test_cli_verify_fails_on_a_database_it_could_not_read_unless_allowed(tmp_path, sqlite_config, cli, monkeypatch):
+    import xml.etree.ElementTree as ET
+
+    from tenants import api
+
+    (tmp_path / "azure").mkdir()
+    config, _, source = _upgraded_pool(tmp_path, sqlite_config)
+    monkeypatch.setattr(api, "source_for", lambda env: source)
+    junit = tmp_path / "verify.xml"
+    run = cli("--config", str(config), "-e", "test", "verify", "--junit", str(junit))
+    assert run.code == 1, run.err
+    assert run.out.splitlines() == [
+        "not-verified     tenant_copying  database is Copying (not Online)",
+        "not-verified     tenant_scaling  database is Scaling (not Online)",
+        "2/2 tenants at head 0004_invoice_user_index; 2 not verified (not online)"]
+    cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
+    assert sorted(cases) == ["tenant_a", "tenant_b", "tenant_copying", "tenant_scaling"]
+    assert cases["tenant_scaling"].find("failure").get("type") == "not-verified"
+
+    allowed = cli("--config", str(config), "-e", "test", "verify", "--allow-offline", "--junit", str(junit))
+    assert allowed.code == 0, allowed.err
+    assert allowed.out.splitlines()[1] == ("not-verified     tenant_scaling  database is Scaling (not Online) "
+                                           "(allowed by --allow-offline)")
+    cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
+    assert cases["tenant_copying"].find("skipped") is not None and cases["tenant_copying"].find("failure") is None
+
+    # A selection that leaves them out verifies; status shows them and keeps its own exit code.
+    assert cli("--config", str(config), "-e", "test", "verify", "--exclude", "tenant_[cs]*").code == 0
+    status = cli("--config", str(config), "-e", "test", "status", "--json")
+    assert status.code == 0 and [o["tenant"] for o in json.loads(status.out)["offline"]] == [
+        "tenant_copying", "tenant_scaling"]
+    table = cli("--config", str(config), "-e", "test", "status")
+    assert "tenant_scaling" in table.out and "not-verified" in table.out
+    listed = cli("--config", str(config), "-e", "test", "list")
+    assert listed.err.splitlines() == ["not listed: master: system database",
+                                       "not listed: tenant_copying: database is Copying (not Online)",
+                                       "not listed: tenant_scaling: database is Scaling (not Online)"]

@@ -107,8 +107,11 @@ def test_failed_tenant_exit_1_and_names_it(cli, sqlite_config, tmp_path):
      "tenants: error: --keep-going and --max-failures contradict each other: use one"),
     (["upgrade", "--concurrency", "0"], None),
     (["upgrade", "--frobnicate"], "tenants: error: No such option: --frobnicate (see `tenants upgrade --help`)"),
-    (["stamp", "head"], "tenants: error: stamp needs --tenant NAME (repeatable): it adopts named databases, never a "
-                        "whole fleet"),
+    (["stamp", "head"], "tenants: error: stamp needs --tenant NAME, --tag TAG or --all: it records a revision "
+                        "without running its migrations, so it never picks its tenants by default"),
+    (["stamp", "head", "--all"], "tenants: error: refusing to stamp 3 tenant(s) chosen by --all/--tag/--exclude "
+                                 "without confirmation: stdin is not a terminal; see them with `tenants status` "
+                                 "(with the same --tag/--exclude), then pass --yes"),
     (["upgrade", "--report", "/no/such/dir/r.json"],
      "tenants: error: --report /no/such/dir/r.json: folder /no/such/dir does not exist"),
 ])
@@ -290,7 +293,10 @@ def test_stamp_and_sql_for_a_tenant(cli, sqlite_config):
     config = str(sqlite_config())
     run = cli("--config", config, "-e", "test", "stamp", "-t", "initech", "0003")
     assert run.code == 0
-    assert lines(run.out)[0] == "stamped          initech  base -> 0003_invoice_status  (T)"
+    assert lines(run.out)[:3] == [
+        "stamp 0003_invoice_status on 1 tenant(s) of test, recording it without running any migration:",
+        "  from base (none recorded): initech",
+        "stamped          initech  base -> 0003_invoice_status  (T)"]
     sql = cli("--config", config, "-e", "test", "sql", "-t", "initech")
     assert sql.code == 0
     assert "-- Running upgrade 0003_invoice_status -> 0004_invoice_user_index" in sql.out
@@ -513,3 +519,56 @@ def test_downgrade_workflow_sequence_sql_then_pin_first_downgrade(cli, sqlite_co
     assert "globex: nothing was undone, so the pin set for this downgrade is off again\n" in held.err
     status = json.loads(cli("--config", config, "-e", "test", "status", "-t", "globex", "--json").out)
     assert status["tenants"][0]["pin"] is None and status["tenants"][0]["state"] == "at-head"
+
+
+def test_shard_partitions_list_status_and_verify(cli, sqlite_config):
+    from tenants.discovery import shard_of
+
+    names = [f"t{i:02d}" for i in range(12)]
+    config = str(sqlite_config(names))
+    seen: dict[str, list[str]] = {"list": [], "status": [], "verify": []}
+    for k in (1, 2, 3):
+        listed = cli("--config", config, "-e", "test", "list", "--shard", f"{k}/3", "--json")
+        status = cli("--config", config, "-e", "test", "status", "--shard", f"{k}/3", "--json")
+        verify = cli("--config", config, "-e", "test", "verify", "--shard", f"{k}/3")
+        assert (listed.code, status.code, verify.code) == (0, 1, 1), (listed.err, status.err, verify.err)
+        shard = {"list": [t["tenant"] for t in json.loads(listed.out)],
+                 "status": [t["tenant"] for t in json.loads(status.out)["tenants"]],
+                 "verify": [ln.split()[1] for ln in verify.out.splitlines() if ln.startswith("new ")]}
+        for command, got in shard.items():
+            assert got == [n for n in names if shard_of(n, 3) == k], command
+            seen[command] += got
+        assert verify.out.splitlines()[-1] == f"0/{len(shard['verify'])} tenants at head {HEAD}"
+    assert all(sorted(got) == names for got in seen.values())
+    bad = cli("--config", config, "-e", "test", "verify", "--shard", "4/3")
+    assert (bad.code, bad.err) == (2, "tenants: error: --shard 4/3: expected K/N with 1 <= K <= N, e.g. --shard 2/4\n")
+
+
+def test_a_config_kept_elsewhere_upgrades_the_fleet_of_the_project_it_is_run_from(cli, tmp_path, monkeypatch):
+    import sqlite3
+
+    project, etc, other = tmp_path / "proj", tmp_path / "etc", tmp_path / "other"
+    for folder in (project, etc, other):
+        folder.mkdir()
+    for name in ("alembic.ini", "alembic"):
+        (project / name).symlink_to(ROOT / name)
+    config = etc / "prod.toml"  # no `alembic` key: the project's alembic.ini, found in the current directory
+    config.write_text('[environments.prod]\nurl = "sqlite:///data/{tenant}.db"\ntenants = ["a", "b", "c"]\n'
+                      "retry_backoff = 0.01\n")
+    (etc / "data").mkdir()
+    monkeypatch.chdir(project)
+    run = cli("--config", str(config), "-e", "prod", "upgrade")
+    assert run.code == 0, run.err
+    for name in ("a", "b", "c"):
+        with sqlite3.connect(etc / "data" / f"{name}.db") as conn:
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
+            assert conn.execute("SELECT count(*) FROM invoices").fetchone() == (0,)
+    assert cli("--config", str(config), "-e", "prod", "verify").code == 0
+
+    monkeypatch.chdir(other)  # no alembic.ini here nor beside the config: one line, naming both, exit 2
+    failed = cli("--config", str(config), "-e", "prod", "status")
+    assert failed.code == 2 and failed.out == ""
+    assert failed.err == (
+        f"tenants: error: no alembic.ini in the current directory ({other.resolve()}) nor beside {config} "
+        f"({etc.resolve()}); set `alembic = \"path/to/alembic.ini\"` in environment 'prod' of {config} "
+        "(relative to that file), or run from the directory holding alembic.ini\n")

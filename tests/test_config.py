@@ -22,7 +22,10 @@ def test_embedded_dev_environment_without_a_file(tmp_path, monkeypatch):
     assert env.tenant_url("acme") == f"sqlite:///{tmp_path.resolve()}/.tenants/acme.db"
 
 
-def test_env_and_config_from_environment_variables(tmp_path):
+def test_env_and_config_from_environment_variables(tmp_path, monkeypatch):
+    (tmp_path / "alembic.ini").touch()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # no alembic.ini here: the one beside the config is used
     path = write_config(tmp_path / "other.toml", """
         [environments.staging]
         url = "postgresql+psycopg://app:${PGPASS}@db.internal/{tenant}"
@@ -313,3 +316,108 @@ def test_sql_auth_password_from_the_environment_is_accepted(tmp_path):
     """)
     env = load_settings(path, "a", environ={"SQL_USER": "deploy", "SQL_PASSWORD": "p w"}).environment
     assert env.auth == "sql" and "p w" in env.secrets
+
+
+# --- where alembic.ini is: a config kept outside the project ------------------------------------------------
+
+PROD = """\
+    [environments.prod]
+    url = "sqlite:///data/{tenant}.db"
+    tenants = ["a"]
+"""
+
+
+def test_alembic_ini_is_the_current_directorys_then_the_one_beside_the_config(tmp_path, monkeypatch):
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "alembic.ini").touch()
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "other").mkdir()
+    config = write_config(tmp_path / "etc" / "prod.toml", PROD)
+    monkeypatch.chdir(tmp_path / "proj")  # Alembic's own convention: the current directory's
+    settings = load_settings(config, "prod", environ={})
+    assert settings.environment.alembic == settings.alembic_ini() == tmp_path.resolve() / "proj" / "alembic.ini"
+
+    monkeypatch.chdir(tmp_path / "other")  # neither: the error names both places and the true ways out
+    settings = load_settings(config, "prod", environ={})
+    with pytest.raises(ConfigError) as err:
+        settings.alembic_ini()
+    assert str(err.value) == (
+        f"no alembic.ini in the current directory ({tmp_path.resolve() / 'other'}) nor beside {config} "
+        f"({tmp_path.resolve() / 'etc'}); set `alembic = \"path/to/alembic.ini\"` in environment 'prod' of "
+        f"{config} (relative to that file), or run from the directory holding alembic.ini")
+
+    (tmp_path / "etc" / "alembic.ini").touch()  # then the one beside the configuration
+    assert load_settings(config, "prod", environ={}).alembic_ini() == tmp_path.resolve() / "etc" / "alembic.ini"
+    monkeypatch.chdir(tmp_path / "proj")  # the current directory's still comes first
+    assert load_settings(config, "prod", environ={}).alembic_ini() == tmp_path.resolve() / "proj" / "alembic.ini"
+
+
+def test_an_explicit_alembic_is_relative_to_the_config_whatever_the_current_directory(tmp_path, monkeypatch):
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "alembic.ini").touch()
+    (tmp_path / "etc").mkdir()
+    config = write_config(tmp_path / "etc" / "prod.toml", PROD + 'alembic = "../proj/alembic.ini"\n')
+    monkeypatch.chdir(tmp_path / "etc")
+    assert load_settings(config, "prod", environ={}).alembic_ini().resolve() == tmp_path.resolve() / "proj" / \
+        "alembic.ini"
+    config.write_text(PROD + 'alembic = "../nope/alembic.ini"\n')
+    monkeypatch.chdir(tmp_path / "proj")  # an alembic.ini here does not stand in for the one named
+    with pytest.raises(ConfigError) as err:
+        load_settings(config, "prod", environ={}).alembic_ini()
+    assert str(err.value) == (
+        f"{tmp_path.resolve() / 'etc' / '..' / 'nope' / 'alembic.ini'}: alembic.ini not found; fix `alembic` in "
+        f"environment 'prod' of {config} (a relative path is relative to {tmp_path.resolve() / 'etc'})")
+
+
+def test_no_config_and_no_alembic_ini_says_how_out(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_settings(environ={}).alembic_ini()
+    assert str(err.value) == (
+        f"no alembic.ini in the current directory ({tmp_path.resolve()}); give --config a configuration whose "
+        "environment sets `alembic = \"path/to/alembic.ini\"`, or run from the directory holding alembic.ini")
+
+
+def test_plain_alembic_finds_the_config_by_x_config_then_tenants_config_then_beside_alembic_ini(tmp_path):
+    """`alembic -x tenant=T` (alembic/env.py): -x config=, then $TENANTS_CONFIG, then the tenants.toml beside
+    alembic.ini. Each configuration here knows a different tenant, so the one used is the one that works."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    from conftest import HEAD, ROOT
+
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "alembic.ini").write_text((ROOT / "alembic.ini").read_text().replace(
+        "script_location = %(here)s/alembic", f"script_location = {ROOT / 'alembic'}"))
+    configs = {}
+    for where, tenant in (("proj", "beside"), ("env", "from_env"), ("x", "from_x")):
+        (tmp_path / where).mkdir(exist_ok=True)
+        path = tmp_path / where / ("tenants.toml" if where == "proj" else f"{where}.toml")
+        configs[tenant] = write_config(
+            path, f'[environments.t]\nurl = "sqlite:///db/{{tenant}}.db"\ntenants = ["{tenant}"]\n')
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TENANTS_")}
+    alembic = [Path(sys.executable).parent / "alembic", "-c", str(project / "alembic.ini")]
+
+    def run(tenant, *extra, environ=()):
+        return subprocess.run([*alembic, "-x", f"tenant={tenant}", "-x", "env=t", *extra, "upgrade", "head"],
+                              cwd=tmp_path, env={**clean, **dict(environ)}, capture_output=True, text=True)
+
+    def version(tenant):
+        with sqlite3.connect(configs[tenant].parent / "db" / f"{tenant}.db") as conn:
+            return conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+
+    with_env = {"TENANTS_CONFIG": str(configs["from_env"])}
+    done = run("from_env", environ=with_env)  # TENANTS_CONFIG wins over the tenants.toml beside alembic.ini
+    assert done.returncode == 0, done.stderr
+    assert version("from_env") == HEAD
+    done = run("from_x", "-x", f"config={configs['from_x']}", environ=with_env)  # -x config= wins over both
+    assert done.returncode == 0, done.stderr
+    assert version("from_x") == HEAD
+    done = run("beside")  # neither: the tenants.toml beside alembic.ini
+    assert done.returncode == 0, done.stderr
+    assert version("beside") == HEAD
+    refused = run("beside", environ=with_env)
+    assert refused.returncode != 0 and "unknown tenant 'beside'" in refused.stderr

@@ -288,7 +288,7 @@ def test_guards_answer_from_the_live_schema(pg_fleet, tmp_path):
     answers = tmp_path / "answers.json"
     ini = guard_probe_project(tmp_path / "probe", answers)
     probe_config = fleet.config.read_text().replace(str(ROOT / "alembic.ini"), str(ini))
-    fleet.config.write_text(probe_config + 'version_table = "probe_version"\n')
+    fleet.config.write_text(probe_config + 'version_table = "probe_version"\nunmanaged = "upgrade"\n')
     assert api.upgrade(settings_of(fleet)).ok
     assert json.loads(answers.read_text()) == GUARD_ANSWERS
 

@@ -224,7 +224,8 @@ def test_downgrade_one_tenant_then_upgrade_again(sqlite_config, tmp_path):
 
 
 def test_guards_make_revisions_safe_to_rerun(sqlite_config, tmp_path):
-    """A tenant that already has the schema but no version table (pre-dating the project) upgrades cleanly."""
+    """A tenant that already has the schema but no version table (pre-dating the project) is unmanaged by
+    default; with unmanaged = "upgrade" the graph runs from base on it and the guards make that clean."""
     settings = settings_for(sqlite_config(["old"]))
     api.upgrade(settings)
     db = tmp_path / "db" / "old.db"
@@ -233,6 +234,8 @@ def test_guards_make_revisions_safe_to_rerun(sqlite_config, tmp_path):
         conn.execute("INSERT INTO invoices (id, user_id, number, amount_cents, issued_at, paid_at, status) "
                      "VALUES (1, 1, 'F-1', 100, '2026-01-01', '2026-01-02', 'open')")
         conn.execute("DROP TABLE alembic_version")
+    assert api.upgrade(settings).results[0].status is Status.UNMANAGED
+    settings = settings_for(sqlite_config(["old"], extra='unmanaged = "upgrade"'))
     report = api.upgrade(settings)
     assert report.results[0].status is Status.UPGRADED and report.results[0].applied == tuple(DEMO_REVISIONS)
     with sqlite3.connect(db) as conn:
@@ -241,9 +244,9 @@ def test_guards_make_revisions_safe_to_rerun(sqlite_config, tmp_path):
 
 def test_stamp_adopts_an_existing_database(sqlite_config, tmp_path):
     settings = settings_for(sqlite_config())
-    with pytest.raises(UsageError, match="stamp needs --tenant"):
-        api.stamp(settings, (), "head")
-    report = api.stamp(settings, ("initech",), "0002_invoices")
+    with pytest.raises(UsageError, match="stamp needs --tenant NAME, --tag TAG or --all"):
+        api.stamp(settings, "head")
+    report = api.stamp(settings, "0002_invoices", Selection(tenants=("initech",)))
     assert report.results[0].status is Status.STAMPED and report.results[0].to_revision == "0002_invoices"
     assert version(tmp_path / "db" / "initech.db") == "0002_invoices"
     # nothing ran but the record
@@ -361,7 +364,8 @@ def test_guards_answer_from_the_live_schema(sqlite_config, tmp_path):
     api.upgrade(settings)
     answers = tmp_path / "answers.json"
     ini = guard_probe_project(tmp_path / "probe", answers)
-    probe = settings_for(sqlite_config(["g"], alembic=ini, extra='version_table = "probe_version"'))
+    probe = settings_for(sqlite_config(["g"], alembic=ini,
+                                       extra='version_table = "probe_version"\nunmanaged = "upgrade"'))
     assert api.upgrade(probe).ok
     import json
 
@@ -431,7 +435,7 @@ def test_env_py_reading_another_version_table_stops_the_tenant(sqlite_config, tm
                                            "a2": "op.create_table('t2', sa.Column('id', sa.Integer))"})
     config = sqlite_config(["x"], alembic=ini)
     assert api.upgrade(settings_for(config), "a1").ok
-    config.write_text(config.read_text() + 'version_table = "not_what_env_py_uses"\n')
+    config.write_text(config.read_text() + 'version_table = "not_what_env_py_uses"\nunmanaged = "upgrade"\n')
     report = api.upgrade(settings_for(config))
     result = report.results[0]
     assert result.status is Status.FAILED and result.applied == ()

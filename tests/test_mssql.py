@@ -13,7 +13,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.exc import DBAPIError
 
 from tenants import mssql
-from tenants.db import describe_error, is_throttling, is_transient
+from tenants.db import describe_error, is_throttling, is_transient, sqlstate_of
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,7 @@ def test_closed_port_is_transient_and_the_password_stays_out(pyodbc):
     err = connect_error("mssql+pyodbc://deploy:Sup3r-s3cret@127.0.0.1:1/acme?driver=FreeTDS&TDS_Version=7.4")
     assert isinstance(err.orig, pyodbc.Error)
     assert mssql.diagnose(err.orig).sqlstate == "08S01"
+    assert sqlstate_of(err) == sqlstate_of(err.orig) == "08S01"  # pyodbc's first arg, wrapped or not
     assert is_transient(err) and not is_throttling(err)
     text = describe_error(err, ("Sup3r-s3cret",))
     assert text.startswith("OperationalError: ") and "Sup3r-s3cret" not in text + str(err.orig)

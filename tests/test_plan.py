@@ -176,7 +176,7 @@ def test_plan_json_round_trips(sqlite_config, tmp_path):
         "head": HEAD,
         "ok": False,
         "summary": {"tenants": 4, "cohorts": 2, "to_upgrade": 2, "up_to_date": 1, "new": 1,
-                    "unknown_revision": 1, "unreachable": 0, "pinned": 0, "locked": 0},
+                    "unknown_revision": 1, "unreachable": 0, "unmanaged": 0, "pinned": 0, "locked": 0},
         "cohorts": [
             {"current": "base", "tenants": ["newco"], "revisions": DEMO_REVISIONS},
             {"current": R1, "tenants": ["acme"], "revisions": [R2, R3, R4]},
@@ -186,10 +186,12 @@ def test_plan_json_round_trips(sqlite_config, tmp_path):
         "up_to_date": ["umbrella"],
         "unknown_revision": [{"tenant": "weird", "revision": "hotfix_by_hand"}],
         "unreachable": [],
+        "unmanaged": [],
         "pinned": [],
         "locked": [],
         "skipped_databases": [],
         "waves": [],
+        "empty_waves": [],
     }
 
 
@@ -325,7 +327,53 @@ def test_plan_numbers_waves_as_upgrade_wave_does(sqlite_config):
     assert "| wave | tenants to upgrade |" in markdown
     assert f"| 1 `canary` | {len(result.waves[0][1])}: " in markdown
     assert plan_text(result).splitlines()[1].startswith("  wave 1 (canary): ")
+    # The empty vip wave is said, under the numbered ones, by its place in the configuration.
+    assert result.empty_waves == ((1, "vip", "no tenant matches tag vip — this rollout has no canary (wave 1 is "
+                                          "canary)"),)
+    assert plan_text(result).splitlines()[3] == (
+        "  waves[1] (vip): no tenant matches tag vip — this rollout has no canary (wave 1 is canary); an empty "
+        "wave gets no number (upgrade --wave N counts the waves with tenants)")
     run = api.upgrade(settings, HEAD, Selection(), api.RunOptions(wave=1))
     assert sorted(r.tenant for r in run.results if r.applied) == sorted(result.waves[0][1])
     # No waves declared: the plan has none (the whole selection is one wave, which needs no table).
     assert plan(settings_for(sqlite_config(("acme",)))).waves == ()
+
+
+def test_plan_says_when_a_wave_selects_no_tenant(sqlite_config):
+    """A canary wave that matches nobody is a rollout without a canary: text, markdown and JSON say so."""
+    path = sqlite_config(("acme", "globex", "initech"), extra='waves = [{ name = "canary", tag = "canary" }, '
+                         '{ name = "eu", tag = "region=eu" }, { name = "fleet", rest = true }, { count = 1 }]')
+    text = path.read_text().replace('tenants = ["acme", "globex", "initech"]',
+                                    'tenants = [{ name = "acme", tags = ["canary=false", "region=eu"] }, '
+                                    '"globex", "initech"]')
+    path.write_text(text)
+    result = plan(settings_for(path))
+    assert result.waves == (("eu", ("acme",)), ("fleet", ("globex", "initech")))
+    assert result.empty_waves == (
+        (1, "canary", "no tenant matches tag canary — this rollout has no canary (wave 1 is eu)"),
+        (4, "count 1", "no tenant is left for it"))
+    lines = plan_text(result).splitlines()
+    assert lines[1:5] == [
+        "  wave 1 (eu): 1 to upgrade: acme",
+        "  wave 2 (fleet): 2 to upgrade: globex, initech",
+        "  waves[1] (canary): no tenant matches tag canary — this rollout has no canary (wave 1 is eu); an empty "
+        "wave gets no number (upgrade --wave N counts the waves with tenants)",
+        "  waves[4] (count 1): no tenant is left for it; an empty wave gets no number (upgrade --wave N counts "
+        "the waves with tenants)",
+    ]
+    markdown = plan_markdown(result)
+    assert ("- **Empty wave** `waves[1]` `canary`: no tenant matches tag canary — this rollout has no canary "
+            "(wave 1 is eu); an empty wave gets no number (upgrade --wave N counts the waves with tenants)"
+            ) in markdown.splitlines()
+    data = plan_json(result)
+    assert [w["name"] for w in data["waves"]] == ["eu", "fleet"]
+    assert data["empty_waves"][0] == {"position": 1, "name": "canary", "note": "no tenant matches tag canary — "
+                                      "this rollout has no canary (wave 1 is eu)"}
+    # A narrowed selection says so: the canary may exist outside it.
+    narrowed = plan(settings_for(path), selection=Selection(tenants=("globex",)))
+    assert narrowed.empty_waves[0][2].startswith("no selected tenant matches tag canary")
+    assert narrowed.empty_waves[1] == (2, "eu", "no selected tenant matches tag region=eu")
+    # A tagged tenant an earlier wave took.
+    path.write_text(text.replace('["canary=false", "region=eu"]', '["canary", "region=eu"]'))
+    assert plan(settings_for(path)).empty_waves == (
+        (2, "eu", "every tenant tagged region=eu is in an earlier wave"), (4, "count 1", "no tenant is left for it"))

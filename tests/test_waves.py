@@ -9,8 +9,8 @@ import pytest
 
 from tenants import api
 from tenants.config import load_settings
-from tenants.discovery import Tenant
-from tenants.errors import ConfigError
+from tenants.discovery import Selection, Tenant
+from tenants.errors import ConfigError, UsageError
 from tenants.report import Status
 from tenants.waves import Wave, assign
 
@@ -81,3 +81,94 @@ def test_bad_waves_are_config_errors(tmp_path, waves, message):
     config = waves_config(tmp_path, ["a"], {}, waves, ROOT / "alembic.ini")
     with pytest.raises(ConfigError, match=message):
         load_settings(config, "w", environ={})
+
+
+# --- tags: one rule for --tag and a wave's tag (Tenant.has_tag) ---------------------------------------------
+
+
+@pytest.mark.parametrize("tags, pattern, matches", [
+    (("canary",), "canary", True),           # a static tag as written
+    (("canary=true",), "canary", True),      # Azure's canary: true
+    (("canary=True",), "canary", True),
+    (("canary=eu",), "canary", True),        # any value that does not say no
+    (("canary=",), "canary", True),          # an empty value is set (Azure renders it as a bare "canary")
+    (("Canary=yes",), "canary", True),       # Azure tag names are case-blind
+    (("canary=false",), "canary", False),
+    (("canary=FALSE",), "canary", False),
+    (("canary=0",), "canary", False),
+    (("canary=no",), "canary", False),
+    (("canary=Off",), "canary", False),
+    (("canaryish",), "canary", False),
+    (("tier=canary",), "canary", False),     # a value is not a name
+    ((), "canary", False),
+    (("region=eu",), "region=eu", True),     # key=value: exactly that value
+    (("REGION=eu",), "region=eu", True),
+    (("region=EU",), "region=eu", False),    # values compare exactly, as Azure's do
+    (("region=eu-west",), "region=eu", False),
+    (("region",), "region=eu", False),
+    (("canary=false",), "canary=false", True),
+    (("canary",), "canary=", True),          # bare and empty are the same tag
+    (("tier=gold", "canary=true"), "canary", True),
+])
+def test_has_tag(tags, pattern, matches):
+    assert Tenant("t", "sqlite:///x", tags).has_tag(pattern) is matches
+
+
+def test_tag_and_wave_select_azure_style_tags_alike():
+    tenants = [Tenant("on", "sqlite:///x", ("canary=true",)), Tenant("off", "sqlite:///x", ("canary=false",)),
+               Tenant("bare", "sqlite:///x", ("canary",)), Tenant("eu", "sqlite:///x", ("region=eu",)),
+               Tenant("plain", "sqlite:///x")]
+    assert [t.name for t in Selection(tags=("canary",)).apply(tenants)] == ["on", "bare"]
+    assert [t.name for t in Selection(tags=("region=eu", "canary=false")).apply(tenants)] == ["off", "eu"]
+    plan = assign(tenants, (Wave("canary", tag="canary"), Wave("eu", tag="region=eu"), Wave("rest", rest=True)))
+    assert [(w.name, [t.name for t in ts]) for w, ts in plan] == [
+        ("canary", ["on", "bare"]), ("eu", ["eu"]), ("rest", ["off", "plain"])]
+
+
+@pytest.mark.parametrize("tag", ["", "=eu", " "])
+def test_a_tag_without_a_name_is_refused(tmp_path, tag):
+    with pytest.raises(UsageError, match=r"--tag .*: give a tag name"):
+        Selection(tags=(tag,))
+    config = waves_config(tmp_path, ["a"], {}, f'[{{tag = "{tag}"}}]', ROOT / "alembic.ini")
+    with pytest.raises(ConfigError, match=r"waves\[1\]: tag needs a tag name"):
+        load_settings(config, "w", environ={})
+
+
+def test_cli_tag_and_canary_wave_match_key_value_tags(cli, tmp_path):
+    names = ["c_on", "c_off", "c_eu", "t1", "t2"]
+    config = str(waves_config(tmp_path, names, {"c_on": ["canary=true"], "c_off": ["canary=false"],
+                                                 "c_eu": ["canary=eu", "region=eu"]},
+                              '[{name = "canary", tag = "canary"}, {rest = true}]', ROOT / "alembic.ini"))
+    listed = cli("--config", config, "-e", "w", "list", "--tag", "canary", "--json")
+    assert listed.code == 0, listed.err
+    assert [t["tenant"] for t in json.loads(listed.out)] == ["c_on", "c_eu"]
+    exact = cli("--config", config, "-e", "w", "list", "--tag", "region=eu", "--json")
+    assert [t["tenant"] for t in json.loads(exact.out)] == ["c_eu"]
+    planned = cli("--config", config, "-e", "w", "plan", "--format", "json")
+    assert [(w["name"], w["tenants"]) for w in json.loads(planned.out)["waves"]] == [
+        ("canary", ["c_on", "c_eu"]), ("rest", ["c_off", "t1", "t2"])]
+    run = cli("--config", config, "-e", "w", "upgrade", "--wave", "1")
+    assert run.code == 0, run.err
+    assert sorted(ln.split()[1] for ln in run.out.splitlines() if ln.startswith("upgraded ")) == ["c_eu", "c_on"]
+    bad = cli("--config", config, "-e", "w", "list", "--tag", "=eu")
+    assert (bad.code, bad.err) == (2, "tenants: error: --tag '=eu': give a tag name, e.g. --tag canary or "
+                                      "--tag region=eu\n")
+
+
+def test_cli_plan_and_upgrade_say_the_canary_wave_is_empty(cli, tmp_path):
+    config = str(waves_config(tmp_path, ["a", "b"], {"a": ["canary=no"]},
+                              '[{name = "canary", tag = "canary"}, {name = "fleet", rest = true}]',
+                              ROOT / "alembic.ini"))
+    note = "waves[1] (canary): no tenant matches tag canary — this rollout has no canary (wave 1 is fleet)"
+    text = cli("--config", config, "-e", "w", "plan")
+    assert text.code == 0 and f"  {note}; an empty wave gets no number" in text.out
+    markdown = cli("--config", config, "-e", "w", "plan", "--format", "markdown")
+    assert "- **Empty wave** `waves[1]` `canary`: no tenant matches tag canary" in markdown.out
+    data = json.loads(cli("--config", config, "-e", "w", "plan", "--format", "json").out)
+    assert (data["waves"], data["empty_waves"]) == (
+        [{"wave": 1, "name": "fleet", "tenants": ["a", "b"]}],
+        [{"position": 1, "name": "canary", "note": note.partition(": ")[2]}])
+    run = cli("--config", config, "-e", "w", "upgrade", "--wave", "1")
+    assert run.code == 0, run.err
+    assert f"tenants: warning: {note}" in run.err.splitlines()
+    assert sorted(ln.split()[1] for ln in run.out.splitlines() if ln.startswith("upgraded ")) == ["a", "b"]

@@ -1,10 +1,14 @@
 """The GitHub Actions workflows, checked here so a mistake breaks the build, not a production deploy.
 
-- every workflow validates against GitHub's workflow schema (check-jsonschema's vendored copy);
+- every workflow and the repository's own composite action validate against GitHub's schemas
+  (check-jsonschema's vendored copies);
 - zizmor, the Actions security linter, finds nothing at its default level;
 - every ``tenants …`` command line in a ``run:`` script parses with the real CLI: the subcommand exists, every
   option exists and takes the value given (a renamed option fails here);
-- the deploy graph has no path to a tenant-changing command that skips the approval.
+- the deploy graph has no path to a tenant-changing command that skips the approval;
+- every job that connects to an environment's databases installs Microsoft's ODBC Driver 18 and checks for it
+  before its first ``tenants`` command (GitHub's ubuntu-24.04 image has no SQL Server driver);
+- every action is pinned to the commit of the release its comment names, as checked by hand (``VERIFIED_PINS``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from conftest import ROOT
 
 WORKFLOWS = ROOT / ".github" / "workflows"
 FILES = sorted([*WORKFLOWS.glob("*.yml"), *WORKFLOWS.glob("*.yaml")])
+# The repository's own composite actions (`uses: ./.github/actions/NAME`).
+ACTIONS = sorted([*(ROOT / ".github" / "actions").glob("*/action.yml"),
+                  *(ROOT / ".github" / "actions").glob("*/action.yaml")])
 # Commands that change a tenant database: they may only run after the environment's approval.
 WRITES = {"upgrade", "downgrade", "stamp", "pin", "unpin"}
 APPROVAL = "${{ inputs.environment }}"  # the GitHub environment with the required reviewers
@@ -150,12 +157,14 @@ ALL_COMMANDS = [(path.name, job, argv) for path in FILES for job, script in run_
 
 def test_the_workflows_are_found():
     assert [p.name for p in FILES] == ["ci.yml", "deploy-environment.yml", "deploy.yml", "downgrade.yml"]
+    assert [p.parent.name for p in ACTIONS] == ["install-tenants-azure"]
 
 
-@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", FILES + ACTIONS, ids=lambda p: p.relative_to(ROOT / ".github").as_posix())
 def test_workflow_matches_githubs_schema(path):
-    result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
-                             str(path)], capture_output=True, text=True, timeout=120)
+    schema = "vendor.github-actions" if path in ACTIONS else "vendor.github-workflows"
+    result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", schema, str(path)],
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -209,6 +218,19 @@ def test_a_renamed_option_is_caught():
 # -------------------------------------------------------------------------------------- the approval path
 
 
+def job_commands(job_id: str, job: dict) -> list[list[str]]:
+    return [argv for _, script in run_scripts({"jobs": {job_id: job}}) for argv in tenants_commands(script)]
+
+
+def aimed(workflow: dict, job: dict, commands: list[list[str]]) -> bool:
+    """Whether the job's tenants commands can reach a configured environment. Only a job that names no
+    environment or configuration anywhere (workflow, job or step env, its scripts, its command lines) is not:
+    it can only reach the embedded demo fleet of SQLite files on the runner (ci.yml's README check)."""
+    text = yaml.safe_dump(job) + yaml.safe_dump(workflow.get("env", {}))
+    return "TENANTS_ENV" in text or "TENANTS_CONFIG" in text or any(
+        re.match(r"(-e|-c|--env|--config)", arg) for argv in commands for arg in argv)
+
+
 def approval_violations(workflow: dict) -> list[str]:
     """Jobs that run a tenant-changing command, or sign in as the deploy identity, without the approval: the
     job neither carries the approval environment nor needs (directly, with a required success) a job that
@@ -228,14 +250,8 @@ def approval_violations(workflow: dict) -> list[str]:
 
     violations = []
     for job_id, job in jobs.items():
-        # Exempt only a job that names no environment or configuration anywhere (workflow, job or step env,
-        # its scripts, its command lines): it can only reach the embedded demo fleet of SQLite files on the
-        # runner (ci.yml's README check), which nobody approves.
-        text = yaml.safe_dump(job) + yaml.safe_dump(workflow.get("env", {}))
-        commands = [argv for _, script in run_scripts({"jobs": {job_id: job}}) for argv in tenants_commands(script)]
-        aimed = "TENANTS_ENV" in text or "TENANTS_CONFIG" in text or any(
-            re.match(r"(-e|-c|--env|--config)", arg) for argv in commands for arg in argv)
-        writes = {parse(expand(argv))[0] for argv in commands} & WRITES if aimed else {
+        commands = job_commands(job_id, job)
+        writes = {parse(expand(argv))[0] for argv in commands} & WRITES if aimed(workflow, job, commands) else {
             parse(expand(argv))[0] for argv in commands} & WRITES - {"upgrade"}
         deploy_identity = "vars.AZURE_CLIENT_ID" in yaml.safe_dump(job)
         if (writes or deploy_identity) and not approved(job_id):
@@ -277,9 +293,11 @@ def test_deploy_order_concurrency_and_permissions():
     assert deploy["permissions"] == {}
     for env in ("staging", "production"):
         job = deploy["jobs"][env]
+        # queue: max, so that a third deploy waits instead of cancelling the pending one; GitHub refuses it
+        # together with cancel-in-progress: true (the schema does not know that rule).
         assert job["concurrency"] == {"group": f"tenants-deploy-{env}${{{{ inputs.dry-run && "
                                                "format('-dry-run-{0}', github.run_id) || '' }}",
-                                      "cancel-in-progress": False}
+                                      "cancel-in-progress": False, "queue": "max"}
         assert job["permissions"]["id-token"] == "write" and job["permissions"]["contents"] == "read"
         assert job["with"]["environment"] == env
         # GitHub's same-repository syntax (July 2026): the called workflow at the caller's exact commit.
@@ -299,3 +317,183 @@ def test_deploy_order_concurrency_and_permissions():
     assert downgrade["concurrency"] == {"group": "tenants-downgrade-${{ inputs.environment }}-${{ inputs.tenant }}",
                                         "cancel-in-progress": False}
     assert downgrade["environment"] == APPROVAL and downgrade["needs"] == "plan"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_no_queue_max_with_cancel_in_progress(path):
+    # GitHub rejects `queue: max` with `cancel-in-progress: true` as a workflow validation error; the vendored
+    # schema accepts the pair, so it is checked here.
+    workflow = load(path)
+    blocks = [workflow.get("concurrency")] + [job.get("concurrency") for job in workflow["jobs"].values()]
+    for block in blocks:
+        if isinstance(block, dict) and block.get("queue") == "max":
+            assert block.get("cancel-in-progress", False) is False, block
+
+
+# ------------------------------------------------------------------------------------ the SQL Server driver
+
+# The commands that read files only (reports); every other tenants command in a job aimed at an environment
+# connects to its databases, which on Azure SQL needs Microsoft's ODBC Driver 18.
+OFFLINE = {("report", "merge"), ("report", "notify")}
+INSTALL = re.compile(r"\bACCEPT_EULA=Y\b.*\bapt-get install\b.*\bmsodbcsql18\b")
+DRIVER_CHECK = re.compile(r'\bodbcinst -q -d -n "ODBC Driver 18 for SQL Server"')
+
+
+def local_action(uses: str) -> dict:
+    """A composite action of this repository (`./path` or `$/path`), parsed."""
+    folder = ROOT / uses[2:]
+    return load(next(p for p in (folder / "action.yml", folder / "action.yaml") if p.exists()))
+
+
+def job_lines(steps: list[dict]) -> list[str]:
+    """What the steps run, line by line in order: scripts (continuations joined), `uses:` lines, and the steps
+    of this repository's composite actions in their place."""
+    lines = []
+    for step in steps:
+        uses = step.get("uses", "")
+        if uses.startswith(("./", "$/")) and "/.github/workflows/" not in uses:
+            lines += job_lines(local_action(uses)["runs"]["steps"])
+        elif uses:
+            lines.append(f"uses: {uses}")
+        if "run" in step:
+            lines += re.sub(r"\\\n\s*", " ", step["run"]).splitlines()
+    return lines
+
+
+def first(lines: list[str], test) -> int:
+    """The index of the first line that passes the test, or len(lines)."""
+    return next((i for i, line in enumerate(lines) if test(line)), len(lines))
+
+
+def driver_violations(workflow: dict) -> tuple[list[str], list[str]]:
+    """(jobs that connect to an environment's databases, what is wrong in them): each must install msodbcsql18
+    (after apt-get update), then check that unixODBC knows the driver, before its first tenants command."""
+    connecting, violations = [], []
+    for job_id, job in workflow["jobs"].items():
+        commands = job_commands(job_id, job)
+        if not aimed(workflow, job, commands) or all(parse(expand(argv)) in OFFLINE for argv in commands):
+            continue
+        connecting.append(job_id)
+        lines = job_lines(job.get("steps", []))
+        missing = len(lines)
+        update = first(lines, lambda line: re.search(r"\bapt-get update\b", line))
+        install, check = first(lines, INSTALL.search), first(lines, DRIVER_CHECK.search)
+        command = first(lines, lambda line: not line.lstrip().startswith("#") and tenants_commands(line))
+        if install == missing:
+            violations.append(f"{job_id}: never installs msodbcsql18")
+        elif not update < install:
+            violations.append(f"{job_id}: installs msodbcsql18 without apt-get update first")
+        if check == missing:
+            violations.append(f"{job_id}: never checks for the ODBC driver")
+        elif install < missing and check < install:
+            violations.append(f"{job_id}: checks for the ODBC driver before installing it")
+        if install < missing and check < missing and not max(install, check) < command:
+            violations.append(f"{job_id}: runs tenants before installing and checking the ODBC driver")
+    return connecting, violations
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_every_job_that_connects_installs_the_driver_before_its_check_and_its_first_command(path):
+    connecting, violations = driver_violations(load(path))
+    assert violations == []
+    # The jobs found are the ones that reach Azure SQL (the detection cannot silently find none).
+    assert connecting == {"deploy-environment.yml": ["plan", "canary", "apply", "verify"],
+                          "downgrade.yml": ["plan", "downgrade"]}.get(path.name, [])
+
+
+def test_the_driver_check_catches_a_job_without_the_driver():
+    workflow = load(WORKFLOWS / "deploy-environment.yml")
+    inline = [{"run": "sudo apt-get update"}, {"run": "sudo ACCEPT_EULA=Y apt-get install -y msodbcsql18"},
+              {"run": 'odbcinst -q -d -n "ODBC Driver 18 for SQL Server"'}]
+
+    def with_steps(job_id: str, make) -> dict:
+        changed = copy.deepcopy(workflow)
+        steps = changed["jobs"][job_id]["steps"]
+        at = next(i for i, s in enumerate(steps) if s.get("uses", "").endswith("/install-tenants-azure"))
+        steps[at:at + 1] = make(copy.deepcopy(inline))
+        return changed
+
+    assert driver_violations(with_steps("apply", lambda s: s))[1] == []
+    assert driver_violations(with_steps("apply", lambda s: s[2:]))[1] == ["apply: never installs msodbcsql18"]
+    assert driver_violations(with_steps("verify", lambda s: [s[1], s[0], s[2]]))[1] == [
+        "verify: installs msodbcsql18 without apt-get update first"]
+    assert driver_violations(with_steps("plan", lambda s: [s[2], s[0], s[1]]))[1] == [
+        "plan: checks for the ODBC driver before installing it"]
+    late = with_steps("canary", lambda s: s)
+    steps = late["jobs"]["canary"]["steps"]
+    steps.insert(0, steps.pop(next(i for i, s in enumerate(steps) if "tenants upgrade" in s.get("run", ""))))
+    assert driver_violations(late)[1] == ["canary: runs tenants before installing and checking the ODBC driver"]
+
+
+# -------------------------------------------------------------------------------------------- action pins
+
+# Every pin, checked against the action's own repository: the SHA is what `git rev-parse 'refs/tags/TAG^{commit}'`
+# gives there, and the action.yml at that commit declares `runs.using: node24` (GitHub forces Node 20 actions
+# onto Node 24 with a deprecation warning). A new pin, or a changed one, fails below until it has been checked
+# the same way and written here.
+VERIFIED_PINS = {
+    "3d3c42e5aac5ba805825da76410c181273ba90b1": ("actions/checkout", "v7.0.1"),
+    "5fda3b95a4ea91299a34e894583c3862153e4b97": ("actions/setup-python", "v7.0.0"),
+    "bbbca2ddaa5d8feaa63e36b76fdaad77386f024f": ("actions/upload-artifact", "v7.0.0"),
+    "3e5f45b2cfb9172054b4087a40e8e0b5a5461e7c": ("actions/download-artifact", "v8.0.1"),
+    "f5d393ae46f8fde4be8b75f32e3fc50e654ad0ca": ("azure/login", "v3.0.1"),
+}
+USES_LINE = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<ref>\S+)(?:\s+#\s*(?P<comment>.*))?$")
+
+
+def uses_lines(path: Path) -> list[tuple[str, str]]:
+    """Every `uses:` of a workflow or action file with the comment on its line (YAML drops comments)."""
+    return [(m["ref"], (m["comment"] or "").strip()) for line in path.read_text(encoding="utf-8").splitlines()
+            for m in [USES_LINE.match(line)] if m]
+
+
+def uses_values(node) -> list[str]:
+    """Every `uses:` value of a parsed workflow or action, wherever it sits (jobs, steps, composite steps)."""
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "uses" and isinstance(v, str)] + [
+            u for v in node.values() for u in uses_values(v)]
+    return [u for v in node for u in uses_values(v)] if isinstance(node, list) else []
+
+
+def pin_violations(path: Path) -> list[str]:
+    found = uses_lines(path)
+    # The line scan must see every `uses:` the YAML has, or a pin written another way would go unchecked.
+    assert sorted(ref for ref, _ in found) == sorted(uses_values(load(path))), path.name
+    violations = []
+    for ref, comment in found:
+        if ref.startswith(("./", "$/")):  # this repository's own actions and workflows
+            continue
+        m = re.fullmatch(r"(?P<action>[\w.-]+/[\w.-]+)(?:/[\w./-]+)?@(?P<sha>[0-9a-f]{40})", ref)
+        if not m:
+            violations.append(f"{path.name}: {ref}: not pinned to a full commit SHA")
+            continue
+        tag = re.fullmatch(r"(v\d+\.\d+\.\d+)\b.*", comment)
+        if not tag:
+            violations.append(f"{path.name}: {ref}: no '# vX.Y.Z' comment naming the release")
+            continue
+        verified = VERIFIED_PINS.get(m["sha"])
+        if verified != (m["action"].lower(), tag[1]):
+            violations.append(f"{path.name}: {m['action']}@{m['sha']} # {tag[1]}: not a verified pin "
+                              f"({'unknown SHA' if verified is None else f'verified as {verified[0]} {verified[1]}'})"
+                              "; check it against the action's repository and add it to VERIFIED_PINS")
+    return violations
+
+
+@pytest.mark.parametrize("path", FILES + ACTIONS, ids=lambda p: p.relative_to(ROOT / ".github").as_posix())
+def test_every_action_is_pinned_to_a_verified_release(path):
+    assert pin_violations(path) == []
+
+
+def test_the_pin_check_catches_a_wrong_pin(tmp_path):
+    path = tmp_path / "w.yml"
+    good = "actions/checkout@3d3c42e5aac5ba805825da76410c181273ba90b1"
+    for line, expected in (
+            (f"{good} # v7.0.1", None),
+            (f"{good} # v7.0.0", "not a verified pin (verified as actions/checkout v7.0.1)"),
+            (f"{good}", "no '# vX.Y.Z' comment"),
+            ("actions/checkout@v7", "not pinned to a full commit SHA"),
+            (f"actions/setup-python@{good.split('@')[1]} # v7.0.1", "verified as actions/checkout v7.0.1"),
+            ("actions/checkout@0000000000000000000000000000000000000000 # v7.0.1", "unknown SHA")):
+        path.write_text(f"jobs:\n  j:\n    steps:\n      - uses: {line}\n", encoding="utf-8")
+        violations = pin_violations(path)
+        assert (violations == []) if expected is None else (len(violations) == 1 and expected in violations[0]), line

@@ -310,7 +310,7 @@ def _finish(obj: Context, report: RunReport, report_path: Optional[Path], writte
     for line in render.failures(report):
         typer.echo(line)
     for name, why in report.skipped_databases:
-        typer.echo(f"not a tenant: {name} ({why})", err=True)
+        typer.echo(f"not migrated: {name} ({why})", err=True)
     if report.pressure_errors:
         typer.echo(f"tenants: warning: the pressure probe could not read the pool's load "
                    f"({len(report.pressure_errors)} time(s)), so it did not hold starts back: "

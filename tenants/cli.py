@@ -326,7 +326,7 @@ def _finish(obj: Context, report: RunReport, report_path: Optional[Path], writte
     for line in render.failures(report):
         typer.echo(line)
     for name, why in report.skipped_databases:
-        typer.echo(f"not a tenant: {name} ({why})", err=True)
+        typer.echo(f"not migrated: {name} ({why})", err=True)
     for line, times in report.pressure_errors:
         if line not in (warned or ()):
             typer.echo(_warning(counted(line, times)), err=True)

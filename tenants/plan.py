@@ -203,7 +203,7 @@ _ITEMIZED = (
     ("unknown_revision", "unknown revision", "not in the graph: the upgrade refuses them"),
     ("unreachable", "unreachable", "cannot be read: the upgrade will fail them"),
     ("unmanaged", "unmanaged", "tables but no version table: the upgrade leaves them alone until stamped"),
-    ("skipped_databases", "not tenants", "seen by discovery, never migrated"),
+    ("skipped_databases", "not migrated", "seen by discovery, not tenants or not online"),
 )
 
 

@@ -38,6 +38,9 @@ DEFAULT_ENV = "dev"
 SOURCES = ("static", "server", "azure-pool", "azure-server")
 AUTHS = ("azure-ad", "sql", "odbc")
 UNMANAGED = ("report", "upgrade")  # what an upgrade does with a database that has tables but no version table
+# What env.py is handed (tenants.revisions): the migration connection (which also answers connect()), the
+# tenant's engine, or only sqlalchemy.url.
+ENV_PY = ("connection", "engine", "url")
 AZURE_KEYS = ("subscription", "resource_group", "server", "pool", "management_endpoint")
 # The SQL endpoint suffix of each Azure cloud (the server's host is SERVER.SUFFIX).
 SQL_SUFFIX = {"public": "database.windows.net", "usgov": "database.usgovcloudapi.net",
@@ -90,6 +93,7 @@ class Environment:
     # stamped) or "upgrade" (run the graph from base on it: a graph whose first revision expects tables made
     # outside Alembic, as MLflow's does).
     unmanaged: str = "report"
+    env_py: str = "connection"  # what env.py gets in config.attributes["connection"] (tenants.revisions)
     waves: tuple = ()  # tenants.waves.Wave, in order; () is one wave of everything
     retries: int = 3
     retry_backoff: float = 1.0  # seconds before the first retry; doubles up to retry_backoff_max
@@ -184,6 +188,7 @@ _ENV_KEYS: dict[str, type | tuple[type, ...]] = {
     "version_table": str,
     "history_table": str,
     "unmanaged": str,
+    "env_py": str,
     "waves": list,
     "retries": int,
     "retry_backoff": (int, float),
@@ -397,6 +402,9 @@ def _environment(
             raise fail("auth 'sql': the password must come from an environment variable (${SQL_PASSWORD}), "
                        "not be written in the file", "url")
 
+    if table.get("env_py", "connection") not in ENV_PY:
+        raise fail(f"env_py must be one of {', '.join(ENV_PY)}, not {table['env_py']!r}", "env_py")
+
     if "pressure_limit" in table and backend != "mssql":
         raise fail("pressure_limit reads an Azure SQL elastic pool's load: it needs an mssql environment",
                    "pressure_limit")
@@ -448,6 +456,7 @@ def _environment(
         version_table=table.get("version_table", "alembic_version"),
         history_table=table.get("history_table", "tenants_history"),
         unmanaged=unmanaged,
+        env_py=table.get("env_py", "connection"),
         waves=parse_waves(table.get("waves", []), lambda message: fail(message, "waves")),
         retries=table.get("retries", 3),
         # Azure SQL: Microsoft's guidance, about 5 s before the first retry, backing off to 60 s.

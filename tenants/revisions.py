@@ -6,14 +6,32 @@ process and, per tenant, run env.py through an ``EnvironmentContext`` the way ``
 The private ``ScriptDirectory._upgrade_revs`` / ``_downgrade_revs`` / ``_stamp_revs`` are used here and nowhere
 else, so an Alembic upgrade that renames them breaks one function.
 
-env.py gets the tenant in two ways, so any Alembic project works: ``config.attributes["connection"]`` (the
-cookbook's "sharing a connection" recipe; our env.py uses it) and the ``sqlalchemy.url`` main option (for an
-env.py that builds its own engine).
+env.py gets the tenant the ways Alembic documents, so any Alembic project works; the environment's
+``env_py`` key says which goes in ``config.attributes["connection"]``:
+
+* ``connection`` (default): the migration connection, a :class:`MigrationConnection`. The cookbook's env.py
+  ("Sharing a Connection") passes it to ``context.configure(connection=...)``; the older recipe's env.py
+  (jupyterhub's) calls ``connectable.connect()`` on it, which a SQLAlchemy 2 ``Connection`` no longer has,
+  so this one answers ``connect()`` with itself, left open. One object serves both recipes: there is no
+  need to guess which recipe an env.py follows (reading its source would be fragile).
+* ``engine``: the tool's engine for the tenant; env.py opens connections of its own with it (the tool's
+  driver settings, sign-in and SQLite transactional DDL included). For an env.py that needs a real
+  ``Engine`` (``isinstance`` checks, ``engine.begin()``).
+* ``url``: nothing; env.py builds its own engine from the ``sqlalchemy.url`` main option, which is always
+  set to the tenant's URL (Alembic's generic template does this whatever it is handed).
+
+In every case the tenant's lock is held for the whole run of env.py, on a connection of its own (see
+:func:`tenants.db.tenant_lock`): PostgreSQL advisory locks, SQL Server applocks and the SQLite file lock are
+per database and exclude other ``tenants`` runs, whichever connection env.py migrates with. The caller
+then reads the tenant's own version table again (:mod:`tenants.unit`): an env.py that migrated another
+database, or another version table, fails the tenant instead of reporting it migrated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +46,34 @@ from tenants.db import describe_error, scrub, url_secrets
 from tenants.errors import ConfigError, MultipleHeads, RevisionError
 
 Operation = Literal["upgrade", "downgrade", "stamp"]
+EnvPy = Literal["connection", "engine", "url"]  # what env.py is handed: see the module docstring
+
+
+class MigrationConnection(Connection):
+    """The connection a tenant is migrated with: a SQLAlchemy ``Connection`` that also answers ``connect()``.
+
+    SQLAlchemy 1.x let env.py call ``connect()`` on a Connection (it returned a "branch" sharing it, whose
+    close left the connection open), so Alembic's older recipe, ``with connectable.connect() as connection``
+    on whatever ``config.attributes["connection"]`` holds, worked with a Connection or an Engine. 2.0 removed
+    it. Here it yields this same connection and leaves it open on exit: env.py migrates on the connection
+    the tool opened (no second login), and the tool reads the version table on it afterwards.
+    """
+
+    def connect(self) -> contextlib.nullcontext[MigrationConnection]:
+        return contextlib.nullcontext(self)
+
+
+def _find_scripts_beside(config: Config, ini: Path) -> None:
+    """A relative ``script_location`` is looked up beside alembic.ini first, then (Alembic's own rule) in the
+    current directory. Another project's stock alembic.ini (optuna's says ``script_location = alembic``) then
+    drives that project's scripts from wherever ``tenants`` runs, never the ``alembic/`` folder of the
+    directory it runs in."""
+    location = config.get_alembic_option("script_location")
+    if not location or os.path.isabs(location) or ":" in location:
+        return  # absolute (``%(here)s/...`` included) or a package resource (``pkg:dir``)
+    beside = ini.resolve().parent / location
+    if beside.is_dir():
+        config.set_main_option("script_location", str(beside).replace("%", "%%"))
 
 
 class _WrongDialect(Exception):
@@ -51,6 +97,7 @@ class Revisions:
         self.path = path
         # Alembic prints through Config.stdout; keep it out of the worker's stdout (results are our output).
         self.config = Config(str(path), stdout=io.StringIO())
+        _find_scripts_beside(self.config, path)
         # Our env.py reads it; an env.py of another project configures its own (and the environment's
         # `version_table` must then match it).
         self.config.set_main_option("version_table", version_table)
@@ -152,13 +199,16 @@ class Revisions:
     # --- running env.py ------------------------------------------------------------------------------------
 
     def migrate(self, connection: Connection, url: str, operation: Operation, target: str | None,
-                expect: tuple[str, ...] | None = None, on_version_apply=None) -> list[str]:
-        """Run env.py once for this tenant to take it to ``target`` (None is base); return the revisions run.
+                expect: tuple[str, ...] | None = None, on_version_apply=None,
+                env_py: EnvPy = "connection") -> list[str]:
+        """Run env.py once for this tenant to take it to ``target`` (None is base); return the revisions
+        Alembic planned to run (env.py may have run them on another database: the caller checks).
 
         ``connection`` must not be inside a transaction: env.py configures ``transaction_per_migration`` and
         Alembic then begins and commits one transaction per revision on it. ``expect`` is the revision we
         read under the lock: Alembic reads the version table itself (through env.py's configuration), and if
-        it sees something else the tenant is stopped before any step runs.
+        it sees something else the tenant is stopped before any step runs. ``env_py`` chooses what env.py is
+        handed (module docstring); a :class:`MigrationConnection` serves both ``connection`` recipes.
         """
         script = self.script
         destination = target or "base"
@@ -180,7 +230,8 @@ class Revisions:
             ran.extend(step.revision.revision for step in planned if hasattr(step, "revision"))
             return planned
 
-        self._run_env(url, steps, destination, as_sql=False, connection=connection,
+        handed = {"connection": connection, "engine": connection.engine, "url": None}[env_py]
+        self._run_env(url, steps, destination, as_sql=False, connection=handed,
                       on_version_apply=on_version_apply)
         return ran
 

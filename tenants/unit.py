@@ -10,7 +10,8 @@ Per attempt:
    read: the parent has just done it, see :func:`precheck` and :mod:`tenants.fanout`);
 3. take the tenant's lock on its own connection (:func:`tenants.db.tenant_lock`) and read the revision again
    under it: another run may have moved the tenant meanwhile, and the version table is the truth;
-4. run env.py on the migration connection; env.py gives every revision its own transaction, so a failure
+4. run env.py, handing it the migration connection (or the engine, or only the URL: the environment's
+   ``env_py``, see :mod:`tenants.revisions`); env.py gives every revision its own transaction, so a failure
    rolls back only the revision in progress and a retry resumes at the revision where it stopped. Alembic
    reports the heads it read and the steps it will run; a disagreement with step 3 (env.py using another
    version table) stops the tenant before anything runs;
@@ -48,7 +49,7 @@ from tenants.discovery import Tenant
 from tenants.history import Recorder
 from tenants.pins import read_pin
 from tenants.report import Status, TenantResult
-from tenants.revisions import Operation, Revisions
+from tenants.revisions import MigrationConnection, Operation, Revisions
 
 _DONE = {"upgrade": Status.UPGRADED, "downgrade": Status.DOWNGRADED, "stamp": Status.STAMPED}
 
@@ -81,6 +82,7 @@ class Job:
     # database): "report" leaves it alone and reports it `unmanaged`; "upgrade" runs the graph from base on it
     # (for graphs whose first revision expects tables created outside Alembic). See tenants.config.
     unmanaged: str = "report"
+    env_py: str = "connection"  # what env.py is handed (tenants.revisions): connection | engine | url
 
     def own_tables(self) -> tuple[str, ...]:
         """Tables the tool itself may have created in a tenant: they do not make a database unmanaged."""
@@ -163,7 +165,8 @@ class _Progress:
 
 def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connector, progress: _Progress,
              read_first: bool) -> None:
-    with connector.engine(tenant.url, must_exist=job.must_exist) as engine, engine.connect() as conn:
+    # A MigrationConnection is engine.connect()'s Connection that env.py may also call connect() on.
+    with connector.engine(tenant.url, must_exist=job.must_exist) as engine, MigrationConnection(engine) as conn:
         if read_first:
             progress.saw(_read(conn, job))
             _check(progress.after, job, revisions)
@@ -179,7 +182,8 @@ def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
                 recorder = job.recorder()
                 try:
                     applied = revisions.migrate(conn, tenant.url, job.operation, job.target, expect=current,
-                                                on_version_apply=recorder.on_version_apply if recorder else None)
+                                                on_version_apply=recorder.on_version_apply if recorder else None,
+                                                env_py=job.env_py)
                 except BaseException as err:
                     after = _read_after(engine, conn, job)
                     if after is not None:

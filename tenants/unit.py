@@ -15,7 +15,9 @@ Per attempt:
    rolls back only the revision in progress and a retry resumes at the revision where it stopped. Alembic
    reports the heads it read and the steps it will run; a disagreement with step 3 (env.py using another
    version table) stops the tenant before anything runs;
-5. on failure, read where the tenant ended up (on a new connection if the old one broke).
+5. read where the tenant ended up (on a new connection if the old one broke). After a failure that is what
+   the report shows; after success it must be the target, or the tenant fails: an env.py that migrated
+   another database or version table returns without error.
 
 Transient errors (connection refused or dropped, server shutting down, too many connections, deadlock,
 lock timeout) are retried with exponential backoff and jitter; anything else, including an error in a
@@ -162,6 +164,13 @@ class _Progress:
             self.before = current
         self.after = current
 
+    def saw_or_lost(self, current: tuple[str, ...] | None) -> None:
+        """A read after env.py ran; None (unreadable) makes the tenant's revision unknown."""
+        if current is None:
+            self.after = None
+        else:
+            self.saw(current)
+
 
 def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connector, progress: _Progress,
              read_first: bool) -> None:
@@ -186,16 +195,21 @@ def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
                                                 env_py=job.env_py)
                 except BaseException as err:
                     after = _read_after(engine, conn, job)
-                    if after is not None:
-                        progress.saw(after)
-                    else:
-                        progress.after = None
+                    progress.saw_or_lost(after)
                     if recorder is not None and after is not None and isinstance(err, Exception):
                         recorder.failed(engine, _rev(after), job.target or "base",
                                         describe_error(err, tenant.all_secrets))
                     raise
+                # Only the tenant's own version table says where it is: an env.py that migrated another database
+                # (its own settings URL) or another version table returns as happily as one that did the work.
+                after = _read_after(engine, conn, job)
+                progress.saw_or_lost(after)
+                if not _reached(after, job, applied):
+                    error = _missed(current, after, job)
+                    if recorder is not None and after is not None:
+                        recorder.failed(engine, _rev(after), job.target or "base", error)
+                    raise _Outcome(Status.FAILED, after or (), error)
                 progress.applied = tuple(applied)
-                progress.saw((job.target,) if job.target else ())
         except LockNotAcquired:
             if not read_first:  # report where the tenant is, not "unknown"
                 progress.saw(_read_raw(conn, job))
@@ -269,6 +283,23 @@ def _check(current: tuple[str, ...], job: Job, revisions: Revisions) -> None:
         raise _Outcome(Status.UP_TO_DATE, current)
     if job.operation == "stamp" and current == ((job.target,) if job.target else ()):
         raise _Outcome(Status.UP_TO_DATE, current)
+
+
+def _reached(after: tuple[str, ...] | None, job: Job, ran: list[str]) -> bool:
+    """Whether the version table read after env.py shows the job's target (and, after a downgrade, none of the
+    revisions it undid)."""
+    if job.target is None:
+        return after == ()
+    return after is not None and job.target in after and not (job.operation == "downgrade" and set(ran) & set(after))
+
+
+def _missed(before: tuple[str, ...], after: tuple[str, ...] | None, job: Job) -> str:
+    table, wanted = job.version_table, job.target or "base"
+    if after is None:
+        return f"env.py returned but the tenant's version table {table} could not be read to check it reads {wanted}"
+    return (f"env.py returned but the tenant's version table {table} {'still ' if after == before else ''}reads "
+            f"{_rev(after)}, not {wanted}: env.py migrated another database (it must use the connection or URL "
+            "tenants hands it) or uses another version_table")
 
 
 def _rev(heads: tuple[str, ...] | None) -> str | None:

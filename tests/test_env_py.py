@@ -15,6 +15,7 @@ import pytest
 
 from tenants import api
 from tenants.config import load_settings
+from tenants.discovery import Selection
 from tenants.errors import ConfigError
 from tenants.report import Status
 
@@ -101,6 +102,8 @@ def rows(db: Path, sql: str) -> list[tuple]:
         return conn.execute(sql).fetchall()
 
 
+def tables(db: Path) -> set[str]:
+    return {r[0] for r in rows(db, "SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
 @pytest.mark.parametrize(("env_py", "key", "bind"), [
@@ -140,6 +143,58 @@ def test_env_py_must_name_a_recipe(sqlite_config):
         settings_for(sqlite_config(extra='env_py = "guess"'))
 
 
+def other_database_env_py(other: Path) -> str:
+    """An env.py that migrates the database in its own settings, whatever it is handed."""
+    return f"""
+        from alembic import context
+        from sqlalchemy import create_engine, pool
+
+        with create_engine("sqlite:///{other}", poolclass=pool.NullPool).connect() as connection:
+            context.configure(connection=connection)
+            with context.begin_transaction():
+                context.run_migrations()
+    """
+
+
+def test_env_py_that_migrates_another_database_fails_the_tenant(sqlite_config, tmp_path, cli):
+    other = tmp_path / "settings.db"
+    ini = make_project(tmp_path / "proj", {"r1": "op.create_table('t1', sa.Column('id', sa.Integer))"},
+                       env_py=other_database_env_py(other))
+    config = sqlite_config(["x"], alembic=ini)
+    result = api.upgrade(settings_for(config)).results[0]
+    assert (result.status, result.from_revision, result.to_revision, result.applied) == (
+        Status.FAILED, "base", "base", ())
+    assert result.error == (
+        "env.py returned but the tenant's version table alembic_version still reads base, not r1: env.py "
+        "migrated another database (it must use the connection or URL tenants hands it) or uses another "
+        "version_table")
+    tenant = tmp_path / "db" / "x.db"
+    assert tables(tenant) == {"tenants_history"}  # untouched: only the failure is recorded
+    assert rows(tenant, "SELECT outcome, error FROM tenants_history") == [("failed", result.error)]
+    assert rows(other, "SELECT version_num FROM alembic_version") == [("r1",)] and "t1" in tables(other)
+
+    other.unlink()
+    run = cli("--config", str(config), "-e", "test", "upgrade")
+    assert run.code == 1
+    assert "x  at base" in run.out and "env.py returned but the tenant's version table alembic_version still " \
+        "reads base, not r1" in run.out
+    assert "upgraded" not in run.out
+
+
+def test_wrong_version_table_fails_a_new_tenant(sqlite_config, tmp_path, cli):
+    """env.py (alembic init's) keeps alembic_version; the environment says another table. On a new tenant
+    both read nothing, so only the read afterwards can tell."""
+    ini = make_project(tmp_path / "proj", {"a1": "op.create_table('t1', sa.Column('id', sa.Integer))"})
+    config = sqlite_config(["x", "y"], alembic=ini, extra='version_table = "app_version"')
+    result = api.upgrade(settings_for(config), selection=Selection(tenants=("x",))).results[0]
+    assert (result.status, result.to_revision) == (Status.FAILED, "base")
+    assert result.error.startswith(
+        "env.py returned but the tenant's version table app_version still reads base, not a1: ")
+
+    run = cli("--config", str(config), "-e", "test", "upgrade", "-t", "y")
+    assert run.code == 1 and "env.py returned but the tenant's version table app_version" in run.out
+
+
 # --- PostgreSQL: the tool's shared per-server engine, the advisory lock ------------------------------------
 
 PG_LOCK_PROBE = """
@@ -166,3 +221,24 @@ def test_each_recipe_on_postgres(pg_fleet, tmp_path, env_py, key, bind):
     assert [(r.status, r.applied, r.error) for r in report.results] == [(Status.UPGRADED, ("r1", "r2"), None)] * 2
     for name in fleet.names:
         assert fleet.version(name) == "r2" and fleet.query(name, "SELECT bind FROM a") == [(bind,)]
+
+
+@pytest.mark.postgres
+def test_env_py_that_migrates_another_postgres_database_fails_the_tenant(pg_fleet, tmp_path):
+    fleet = pg_fleet(2)
+    tenant, other = fleet.names
+    ini = make_project(tmp_path / "proj", {"r1": "op.create_table('t1', sa.Column('id', sa.Integer))"}, env_py=f"""
+        from alembic import context
+        from sqlalchemy import create_engine, pool
+
+        with create_engine({fleet.url(other)!r}, poolclass=pool.NullPool).connect() as connection:
+            context.configure(connection=connection)
+            with context.begin_transaction():
+                context.run_migrations()
+    """)
+    fleet = pg_fleet(0, alembic=ini, source="static", static_names=[tenant])
+    result = api.upgrade(load_settings(fleet.config, "pg", environ={})).results[0]
+    assert (result.tenant, result.status, result.to_revision) == (tenant, Status.FAILED, "base")
+    assert "still reads base, not r1: env.py migrated another database" in result.error
+    assert fleet.version(tenant) is None and fleet.query(tenant, "SELECT to_regclass('t1')") == [(None,)]
+    assert fleet.version(other) == "r1"

@@ -12,7 +12,11 @@ Rows carry: run id, operation, from and to revision, start and finish time (UTC)
 rev-parse HEAD`` in the Alembic project) and the tool's version.
 
 Only env.py files that pass ``config.attributes["on_version_apply"]`` on to ``context.configure`` (ours does)
-get the trail; a third-party env.py runs without it.
+give Alembic the callback; a third-party env.py (Alembic's generic template, optuna's, jupyterhub's) does not.
+The trail records what the tool did either way: when the tenant's version moved by more steps than the
+callback saw, the missing rows are written after env.py returns (:meth:`Recorder.applied_afterwards`), in a
+transaction of their own, outside the revisions' transactions (a process killed in between loses them), with
+the same fields, all with the interval in which env.py ran as their start and finish.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ class Recorder:
     tool_version: str
     started: datetime = field(default_factory=_now)
     _ready: bool = False
+    recorded: list[tuple[str, str]] = field(default_factory=list)  # (from, to) of each row the callback wrote
 
     def on_version_apply(self, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
         """Alembic's callback, inside the revision's transaction: the row commits with the revision."""
@@ -98,14 +103,35 @@ class Recorder:
             table.create(connection, checkfirst=True)
             self._ready = True
         finished = _now()
-        connection.execute(table.insert().values(
-            run_id=self.run_id, operation=self.operation,
-            from_revision=",".join(sorted(step.source_revision_ids)) or "base",
-            to_revision=",".join(sorted(step.destination_revision_ids)) or "base",
-            started_at=self.started, finished_at=finished, outcome="applied", error=None,
-            actor=self.actor, git_commit=self.git_commit, tool_version=self.tool_version,
-        ))
+        moved = (",".join(sorted(step.source_revision_ids)) or "base",
+                 ",".join(sorted(step.destination_revision_ids)) or "base")
+        connection.execute(self._row(table, *moved, finished, "applied", None))
+        self.recorded.append(moved)
         self.started = finished  # the next revision starts where this one ended
+
+    def applied_afterwards(self, engine: sa.Engine, steps: list[tuple[str, str]]) -> None:
+        """Rows for the ``steps`` (from, to) that the tenant's version table shows applied but that
+        ``on_version_apply`` never saw (an env.py that does not pass the callback on), in a transaction of
+        their own. When the callback saw as many steps as there are, nothing is written."""
+        if len(self.recorded) >= len(steps):
+            return
+        missing = [step for step in steps if step not in self.recorded]
+        table = history_table(self.table_name)
+        finished = _now()
+        with engine.begin() as connection:
+            table.create(connection, checkfirst=True)
+            for from_revision, to_revision in missing:
+                connection.execute(self._row(table, from_revision, to_revision, finished, "applied", None))
+        self.recorded += missing
+        self.started = finished
+
+    def _row(self, table: sa.Table, from_revision: str, to_revision: str, finished: datetime, outcome: str,
+             error: str | None):
+        return table.insert().values(
+            run_id=self.run_id, operation=self.operation, from_revision=from_revision, to_revision=to_revision,
+            started_at=self.started, finished_at=finished, outcome=outcome, error=error, actor=self.actor,
+            git_commit=self.git_commit, tool_version=self.tool_version,
+        )
 
     def failed(self, engine: sa.Engine, from_revision: str, to_revision: str, error: str) -> None:
         """Record a failed revision in a transaction of its own (best effort: never masks the failure)."""
@@ -113,12 +139,7 @@ class Recorder:
         try:
             with engine.begin() as connection:
                 table.create(connection, checkfirst=True)
-                connection.execute(table.insert().values(
-                    run_id=self.run_id, operation=self.operation, from_revision=from_revision,
-                    to_revision=to_revision, started_at=self.started, finished_at=_now(), outcome="failed",
-                    error=error[:1000], actor=self.actor, git_commit=self.git_commit,
-                    tool_version=self.tool_version,
-                ))
+                connection.execute(self._row(table, from_revision, to_revision, _now(), "failed", error[:1000]))
         except Exception:  # noqa: BLE001 - the tenant's own error is what the report must show
             pass
 

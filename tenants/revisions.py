@@ -35,6 +35,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
+from alembic import util
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
@@ -195,6 +196,26 @@ class Revisions:
             ordered += [s.revision for s in self.script.iterate_revisions(rev, "base")]
         seen: set[str] = set()
         return [r for r in ordered if r not in keep and not (r in seen or seen.add(r))]
+
+    def steps_between(self, operation: Operation, before: tuple[str, ...],
+                      after: tuple[str, ...]) -> list[tuple[str, str]]:
+        """(from, to) of each step that took a tenant from ``before`` to ``after`` (two reads of its version
+        table), as ``on_version_apply`` reports them (tenants.history): one per revision applied or undone,
+        one for a stamp; [] when nothing moved."""
+        if before == after:
+            return []
+        if operation == "stamp":
+            return [(",".join(before) or "base", ",".join(after) or "base")]
+        if operation == "upgrade":
+            revs = [rev for head in after for rev in self.pending_upgrade(before, head)]
+        else:
+            below = set().union(*(self.ancestors(head) for head in after))
+            revs = [rev for rev in self.pending_downgrade(before, None) if rev not in below]
+        steps = []
+        for rev in dict.fromkeys(revs):  # several heads share ancestors: each revision once
+            down = ",".join(sorted(util.to_tuple(self.script.get_revision(rev).down_revision, default=()))) or "base"
+            steps.append((down, rev) if operation == "upgrade" else (rev, down))
+        return steps
 
     # --- running env.py ------------------------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ Per attempt:
    version table) stops the tenant before anything runs;
 5. read where the tenant ended up (on a new connection if the old one broke). After a failure that is what
    the report shows; after success it must be the target, or the tenant fails: an env.py that migrated
-   another database or version table returns without error.
+   another database or version table returns without error. The audit trail gets a row for every step the
+   read shows and env.py's ``on_version_apply`` did not see (:mod:`tenants.history`).
 
 Transient errors (connection refused or dropped, server shutting down, too many connections, deadlock,
 lock timeout) are retried with exponential backoff and jitter; anything else, including an error in a
@@ -29,6 +30,7 @@ read, or unreadable after a failure).
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass
@@ -197,6 +199,9 @@ def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
                     after = _read_after(engine, conn, job)
                     progress.saw_or_lost(after)
                     if recorder is not None and after is not None and isinstance(err, Exception):
+                        with contextlib.suppress(Exception):  # best effort: never masks the failure
+                            recorder.applied_afterwards(engine, revisions.steps_between(job.operation, current,
+                                                                                        after))
                         recorder.failed(engine, _rev(after), job.target or "base",
                                         describe_error(err, tenant.all_secrets))
                     raise
@@ -204,6 +209,8 @@ def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
                 # (its own settings URL) or another version table returns as happily as one that did the work.
                 after = _read_after(engine, conn, job)
                 progress.saw_or_lost(after)
+                if recorder is not None and after is not None:
+                    recorder.applied_afterwards(engine, revisions.steps_between(job.operation, current, after))
                 if not _reached(after, job, applied):
                     error = _missed(current, after, job)
                     if recorder is not None and after is not None:

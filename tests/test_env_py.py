@@ -55,6 +55,11 @@ CONNECT_ON_WHAT_IS_HANDED_IN = """
             context.run_migrations()
 """
 
+# Ignores what it is handed: alembic init's template, with a transaction per revision (r1 of a failing run
+# stays applied).
+OWN_ENGINE_PER_REVISION = CONNECT_ON_WHAT_IS_HANDED_IN.replace('config.attributes.get("connection", None)', "None")
+assert OWN_ENGINE_PER_REVISION != CONNECT_ON_WHAT_IS_HANDED_IN
+
 # The cookbook's "Sharing a Connection": what is handed in goes to configure() as it is.
 SHARED_CONNECTION = """
     from alembic import context
@@ -193,6 +198,37 @@ def test_wrong_version_table_fails_a_new_tenant(sqlite_config, tmp_path, cli):
 
     run = cli("--config", str(config), "-e", "test", "upgrade", "-t", "y")
     assert run.code == 1 and "env.py returned but the tenant's version table app_version" in run.out
+
+
+def test_env_py_that_does_not_pass_on_version_apply_still_gets_the_audit_trail(sqlite_config, tmp_path):
+    """alembic init's env.py gives Alembic no on_version_apply: the rows are written after it returns."""
+    ini = make_project(tmp_path / "proj", {"a1": "op.create_table('t1', sa.Column('id', sa.Integer))",
+                                           "a2": "op.create_table('t2', sa.Column('id', sa.Integer))"})
+    settings = settings_for(sqlite_config(["x"], alembic=ini))
+    report = api.upgrade(settings)
+    assert report.results[0].status is Status.UPGRADED
+    history = api.tenant_history(settings, "x")
+    assert [(r["operation"], r["from_revision"], r["to_revision"], r["outcome"], r["run_id"]) for r in history] == [
+        ("upgrade", "base", "a1", "applied", report.run_id), ("upgrade", "a1", "a2", "applied", report.run_id)]
+
+    assert api.downgrade(settings, api.plan_downgrade(settings, "x", "base")).results[0].status is Status.DOWNGRADED
+    assert api.stamp(settings, "a2", Selection(tenants=("x",))).results[0].status is Status.STAMPED
+    history = api.tenant_history(settings, "x")
+    assert [(r["operation"], r["from_revision"], r["to_revision"], r["outcome"]) for r in history[2:]] == [
+        ("downgrade", "a2", "a1", "applied"), ("downgrade", "a1", "base", "applied"),
+        ("stamp", "base", "a2", "applied")]
+
+
+def test_audit_trail_of_a_failure_half_way_through_without_on_version_apply(sqlite_config, tmp_path):
+    """A revision per transaction, no on_version_apply: r1 commits, r2 fails. History shows both."""
+    ini = make_project(tmp_path / "proj", {"r1": "op.create_table('one', sa.Column('id', sa.Integer))",
+                                           "r2": "op.execute('SELECT * FROM no_such_table')"},
+                       env_py=OWN_ENGINE_PER_REVISION)
+    settings = settings_for(sqlite_config(["x"], alembic=ini))
+    result = api.upgrade(settings).results[0]
+    assert (result.status, result.to_revision, result.applied) == (Status.FAILED, "r1", ("r1",))
+    assert [(r["from_revision"], r["to_revision"], r["outcome"]) for r in api.tenant_history(settings, "x")] == [
+        ("base", "r1", "applied"), ("r1", "r2", "failed")]
 
 
 # --- PostgreSQL: the tool's shared per-server engine, the advisory lock ------------------------------------

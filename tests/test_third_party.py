@@ -4,15 +4,17 @@
   engine from ``sqlalchemy.url`` and does not pass ``on_version_apply`` on), from empty databases;
 * jupyterhub (``jupyterhub/alembic/``; its ``alembic.ini`` is a template that ``jupyterhub.dbutil`` fills in,
   and its env.py calls ``.connect()`` on what it is handed), on databases its own ORM created and stamped, then
-  taken three revisions down with plain Alembic.
+  taken three revisions down with plain Alembic;
+* MLflow (``mlflow/store/db_migrations``, 70 revisions; its env.py opens a connection of its own from
+  ``connection.engine``), on databases holding the initial tables its first revision expects
+  (``unmanaged = "upgrade"``): fewer tenants, as each runs 70 revisions.
 
 Each fleet must end with the schema plain ``alembic upgrade head`` gives (tables, columns, indexes, compared
 with SQLAlchemy's inspector) and an audit row per revision. Plain Alembic runs in a subprocess: these env.py
 files configure the logging of whatever process runs them.
 
-Half the PostgreSQL tenants are reached through psycopg2 URLs (marked ``psycopg2``): its errors carry the
-SQLSTATE as ``pgcode``, so a new database's missing version table is told apart from an unreachable one only
-since the tool reads both drivers' codes.
+Half the PostgreSQL tenants are reached through psycopg2 URLs (marked ``psycopg2``), the driver most other
+projects use.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from conftest import PG_URL, ROOT, write_config
 
 optuna = pytest.importorskip("optuna")
 jupyterhub = pytest.importorskip("jupyterhub")
+pytest.importorskip("mlflow")
 
 OPTUNA_INI = Path(optuna.__file__).parent / "storages" / "_rdb" / "alembic.ini"
 N = 10  # SQLite tenants; PostgreSQL gets 5 per driver, 10 in all
@@ -80,7 +83,7 @@ def versions(url: str) -> list[str]:
         engine.dispose()
 
 
-def sqlite_fleet(tmp_path: Path, ini: Path, n: int = N) -> tuple[Path, list[str], str]:
+def sqlite_fleet(tmp_path: Path, ini: Path, n: int = N, extra: str = "") -> tuple[Path, list[str], str]:
     """A config for n SQLite tenants on ``ini``, their URLs, and the URL of a reference database beside them."""
     names = [f"t{i:02d}" for i in range(n)]
     config = write_config(tmp_path / "tenants.toml", f"""
@@ -89,12 +92,13 @@ def sqlite_fleet(tmp_path: Path, ini: Path, n: int = N) -> tuple[Path, list[str]
         tenants = [{", ".join(f'"{name}"' for name in names)}]
         alembic = "{ini}"
         retry_backoff = 0.01
+        {extra}
     """)
     (tmp_path / "db").mkdir()
     return config, [f"sqlite:///{tmp_path}/db/{name}.db" for name in names], f"sqlite:///{tmp_path}/reference.db"
 
 
-def pg_fleet_of(pg_fleet, ini: Path, driver: str, n: int = 5):
+def pg_fleet_of(pg_fleet, ini: Path, driver: str, n: int = 5, extra: str = ""):
     """n PostgreSQL tenants reached through ``driver``, their URLs, and a reference database's URL."""
     fleet = pg_fleet(n + 1)
     names, reference = fleet.names[:n], fleet.names[n]
@@ -107,6 +111,7 @@ def pg_fleet_of(pg_fleet, ini: Path, driver: str, n: int = 5):
         tenants = [{", ".join(f'"{name}"' for name in names)}]
         alembic = "{ini}"
         retry_backoff = 0.01
+        {extra}
     """)
     urls = [url.set(database=name).render_as_string(hide_password=False) for name in [*names, reference]]
     return fleet.config, urls[:n], urls[n]
@@ -192,3 +197,43 @@ def test_jupyterhub_stock_migrations_on_postgres(pg_fleet, tmp_path, driver):
     config, urls, reference = pg_fleet_of(pg_fleet, ini, driver)
     plain_alembic(ini, JUPYTERHUB_DATABASE, [*urls, reference])
     upgrade_and_compare(config, urls, reference, JUPYTERHUB_HEAD, steps=3)
+
+
+# --- MLflow: its first revision expects tables made outside Alembic --------------------------------------
+
+MLFLOW_HEAD = "f4a9b2c7d1e6"
+# What MLflow does for a new database (mlflow.store.db.utils._initialize_tables): its initial tables, then
+# `alembic upgrade heads` (here only for the reference database).
+MLFLOW_DATABASE = """
+    from mlflow.store.db.utils import InitialBase
+    from sqlalchemy import create_engine, pool
+    engine = create_engine(url, poolclass=pool.NullPool)
+    InitialBase.metadata.create_all(engine)
+    engine.dispose()
+    if url == sys.argv[-1]:
+        command.upgrade(cfg, "head")
+"""
+# The tables without a version table make these databases unmanaged: this graph is meant to run on them.
+MLFLOW_ENV = 'unmanaged = "upgrade"'
+
+
+def mlflow_ini(root: Path) -> Path:
+    """MLflow's own alembic.ini names its folder relative to site-packages: a user writes this one."""
+    ini = root / "mlflow-alembic.ini"
+    ini.write_text("[alembic]\nscript_location = mlflow.store:db_migrations\n")
+    return ini
+
+
+def test_mlflow_stock_migrations_on_sqlite(tmp_path):
+    ini = mlflow_ini(tmp_path)
+    config, urls, reference = sqlite_fleet(tmp_path, ini, n=3, extra=MLFLOW_ENV)  # 70 revisions each: few
+    plain_alembic(ini, MLFLOW_DATABASE, [*urls, reference])
+    upgrade_and_compare(config, urls, reference, MLFLOW_HEAD, steps=70)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_mlflow_stock_migrations_on_postgres(pg_fleet, tmp_path, driver):
+    ini = mlflow_ini(tmp_path)
+    config, urls, reference = pg_fleet_of(pg_fleet, ini, driver, n=2, extra=MLFLOW_ENV)
+    plain_alembic(ini, MLFLOW_DATABASE, [*urls, reference])
+    upgrade_and_compare(config, urls, reference, MLFLOW_HEAD, steps=70)

@@ -13,7 +13,8 @@ env.py gets the tenant the ways Alembic documents, so any Alembic project works;
   ("Sharing a Connection") passes it to ``context.configure(connection=...)``; the older recipe's env.py
   (jupyterhub's) calls ``connectable.connect()`` on it, which a SQLAlchemy 2 ``Connection`` no longer has,
   so this one answers ``connect()`` with itself, left open. One object serves both recipes: there is no
-  need to guess which recipe an env.py follows (reading its source would be fragile).
+  need to guess which recipe an env.py follows (reading its source would be fragile). An env.py that takes
+  ``connection.engine`` and connects anew (MLflow's) gets the tool's engine, as with ``engine``.
 * ``engine``: the tool's engine for the tenant; env.py opens connections of its own with it (the tool's
   driver settings, sign-in and SQLite transactional DDL included). For an env.py that needs a real
   ``Engine`` (``isinstance`` checks, ``engine.begin()``).

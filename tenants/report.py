@@ -288,13 +288,20 @@ def _seconds_between(started: str, finished: str) -> float | None:
 
 
 def _add_waves(reports: Iterable[tuple[dict, ...]]) -> tuple[dict, ...]:
-    """The ``waves`` of separate runs over shares of one fleet, added up wave by wave (see ``combine``)."""
+    """The ``waves`` of separate runs over shares of one fleet, added up wave by wave (see ``combine``), in
+    the order they ran. A part lists only the waves that took some of its share (a shard without a canary
+    starts at a later wave), so the order is the one every part agrees on: a wave goes after each wave that
+    came before it in some part; waves no part orders keep the order they were first met in."""
     merged: dict[tuple[Any, int], dict] = {}
+    before: dict[tuple[Any, int], set] = {}  # wave -> the waves some part ran before it
     for waves in reports:
         seen: Counter = Counter()
+        earlier: list[tuple[Any, int]] = []
         for wave in waves:
             key = (wave.get("wave"), seen[wave.get("wave")])
             seen[wave.get("wave")] += 1
+            before.setdefault(key, set()).update(earlier)
+            earlier.append(key)
             if key not in merged:
                 merged[key] = dict(wave)
                 continue
@@ -306,7 +313,12 @@ def _add_waves(reports: Iterable[tuple[dict, ...]]) -> tuple[dict, ...]:
                         ran=bool(into.get("ran")) or bool(wave.get("ran")),
                         ok=bool(into.get("ok")) and bool(wave.get("ok")),
                         summary={k: summary[k] for k in _status_order(summary)})
-    return tuple(merged.values())
+    order: list[tuple[Any, int]] = []
+    while len(order) < len(merged):
+        left = [key for key in merged if key not in order]
+        # The first wave met whose predecessors are all placed (or, should parts disagree, the first left).
+        order.append(next((key for key in left if before[key] <= set(order)), left[0]))
+    return tuple(merged[key] for key in order)
 
 
 def _status_order(counts: Counter) -> list[str]:

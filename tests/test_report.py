@@ -281,6 +281,25 @@ def test_combine_refuses_reports_of_different_runs():
         RunReport.combine([SHARD, RunReport.from_dict({**SHARD.to_dict(), "target": "base"})])
 
 
+
+def test_merged_waves_keep_the_rollout_order_when_a_shard_had_no_canary():
+    """A shard whose share holds no canary ran only the later waves; the merge still lists the canary first
+    (the order the waves ran in), not after the waves of the first report it read."""
+    def wave(name: str, n: int) -> dict:
+        return {"wave": name, "tenants": n, "ran": True, "ok": True, "failures": 0, "budget": 0,
+                "summary": {"upgraded": n}}
+
+    no_canary = RunReport.from_dict({**SHARD.to_dict(), "waves": [wave("early", 1), wave("rest", 2)]})
+    with_canary = RunReport.from_dict({**SHARD.to_dict(), "run_id": "88c1",
+                                       "waves": [wave("canary", 1), wave("rest", 3)]})
+    no_rest = RunReport.from_dict({**SHARD.to_dict(), "run_id": "99d2", "waves": [wave("canary", 1), wave("early", 1)]})
+    fleet_only = RunReport.from_dict({**SHARD.to_dict(), "waves": [wave("rest", 2)]})
+    assert [w["wave"] for w in RunReport.combine([fleet_only, with_canary]).waves] == ["canary", "rest"]
+    merged = RunReport.combine([no_canary, with_canary, no_rest])
+    assert [(w["wave"], w["tenants"]) for w in merged.waves] == [("canary", 2), ("early", 2), ("rest", 5)]
+    assert round_trip(merged) == merged
+
+
 # --- max_failures with waves ---------------------------------------------------------------------------------
 
 NAMES = ["bad_a1", "bad_a2", "ok_a", "ok_b", "bad_b1", "bad_b2", "ok_c", "bad_c"]

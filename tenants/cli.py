@@ -229,7 +229,7 @@ def verify(
     online, which could not be verified (listed, and not failing, with --allow-offline)."""
     obj: Context = ctx.obj
     ran = set(read_report(run_report).statuses()) if run_report is not None else None
-    _check_report_path(junit)
+    _check_report_path(junit, "--junit")
     report = api.status(obj.settings(), _selection(tenant, exclude, tag, shard))
     for line in render.verify_lines(report, ran, allow_offline):
         typer.echo(line)
@@ -349,17 +349,22 @@ SummaryOpt = Annotated[Optional[Path], typer.Option(
     "$GITHUB_STEP_SUMMARY gets one too when set.", dir_okay=False, show_default=False)]
 
 
-def _check_report_path(report: Optional[Path]) -> None:
-    """Fail before the run, not after it, when the report cannot be written."""
+def _check_report_path(report: Optional[Path], flag: str = "--report") -> None:
+    """Fail before the run, not after it, when the file cannot be written. A file this check had to create is
+    removed again: a run that then stops on other bad input must not leave an empty report behind (a later
+    `report merge` or `--from-report` would take it for a report cut short)."""
     if report is None:
         return
     if not report.parent.resolve().is_dir():
-        raise UsageError(f"--report {report}: folder {report.parent} does not exist")
+        raise UsageError(f"{flag} {report}: folder {report.parent} does not exist")
+    existed = report.exists()
     try:
         with report.open("a", encoding="utf-8"):
             pass
     except OSError as err:
-        raise UsageError(f"--report {report}: cannot write it: {err.strerror}") from None
+        raise UsageError(f"{flag} {report}: cannot write it: {err.strerror}") from None
+    if not existed:
+        report.unlink(missing_ok=True)
 
 
 @app.command()
@@ -399,8 +404,8 @@ def upgrade(
     obj: Context = ctx.obj
     if keep_going and max_failures is not None:
         raise UsageError("--keep-going and --max-failures contradict each other: use one")
-    for path in (report, junit, summary_markdown):
-        _check_report_path(path)
+    for path, flag in ((report, "--report"), (junit, "--junit"), (summary_markdown, "--summary-markdown")):
+        _check_report_path(path, flag)
     obj.junit, obj.summary_markdown = junit, summary_markdown
     obj.notify = [parse_target(url) for url in notify_urls]  # bad input stops here, before any tenant
     settings = obj.settings()
@@ -597,8 +602,8 @@ def report_merge(
     The merged run's summary goes to $GITHUB_STEP_SUMMARY (when set) and --summary-markdown, its JUnit to
     --junit: the same as one unsharded run's."""
     obj: Context = ctx.obj
-    for path in (output, junit, summary_markdown):
-        _check_report_path(path)
+    for path, flag in ((output, "--output"), (junit, "--junit"), (summary_markdown, "--summary-markdown")):
+        _check_report_path(path, flag)
     obj.junit, obj.summary_markdown = junit, summary_markdown
     merged = merge_reports([read_report(path) for path in reports])
     write_json(output, merged.to_dict())

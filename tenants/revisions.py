@@ -302,8 +302,8 @@ class Revisions:
             if step is not None:
                 raise RevisionError(
                     f"{step.revision.path}: cannot render revision {step.revision.revision} ({step.short_log}) "
-                    f"offline: {why}; offline nothing is connected, so a revision must not read the database "
-                    "there (see `context.is_offline_mode()`)"
+                    f"offline: {why}; if it reads the database: offline nothing is connected, so guard that "
+                    "with `context.is_offline_mode()`"
                 ) from err
             if isinstance(err, (CommandError, AlembicRevisionError)):  # Alembic's own words about the range
                 raise RevisionError(f"cannot render {starting}:{destination} offline: {scrub(str(err), secrets)}"

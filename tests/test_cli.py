@@ -572,3 +572,13 @@ def test_a_config_kept_elsewhere_upgrades_the_fleet_of_the_project_it_is_run_fro
         f"tenants: error: no alembic.ini in the current directory ({other.resolve()}) nor beside {config} "
         f"({etc.resolve()}); set `alembic = \"path/to/alembic.ini\"` in environment 'prod' of {config} "
         "(relative to that file), or run from the directory holding alembic.ini\n")
+
+
+def test_a_failed_report_merge_leaves_no_empty_output_and_names_its_flag(cli, tmp_path):
+    out = tmp_path / "merged.json"
+    run = cli("report", "merge", str(tmp_path / "missing.json"), "-o", str(out))
+    assert run.code == 2 and len(run.err.splitlines()) == 1
+    assert not out.exists(), "an empty file would later read as a report cut short"
+    bad = cli("report", "merge", str(tmp_path / "missing.json"), "-o", str(tmp_path / "no" / "m.json"))
+    assert bad.err.strip() == f"tenants: error: --output {tmp_path / 'no' / 'm.json'}: folder {tmp_path / 'no'} " \
+                              "does not exist"

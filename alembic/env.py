@@ -18,8 +18,9 @@ import os
 from logging.config import fileConfig
 from pathlib import Path
 
-from alembic import context
 from alembic.util import CommandError
+
+from alembic import context
 
 config = context.config
 target_metadata = None  # revisions are written by hand: autogenerate has no single model to compare against
@@ -35,8 +36,8 @@ def _tenant() -> tuple[str, str | None, str]:
     if "tenant" in x:
         from tenants import api
         from tenants.config import load_settings
-        from tenants.discovery import Selection
         from tenants.errors import TenantsError
+        from tenants.selection import Selection
 
         # -x config=FILE, then $TENANTS_CONFIG, then the tenants.toml beside alembic.ini, then load_settings'
         # own default (./tenants.toml, else the embedded dev environment).
@@ -58,7 +59,7 @@ def _tenant() -> tuple[str, str | None, str]:
 
 def _configure(**kw) -> None:
     # `tenants` records each applied revision in the tenant's history table from this callback, which Alembic
-    # calls inside the revision's own transaction (see tenants.history).
+    # calls inside the revision's own transaction (see tenants.engine.history).
     on_version_apply = config.attributes.get("on_version_apply")
     context.configure(
         target_metadata=target_metadata,

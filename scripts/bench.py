@@ -38,10 +38,11 @@ from importlib.metadata import version
 from pathlib import Path
 
 import psycopg
-from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
+
+from alembic import command
 
 REPO = Path(__file__).resolve().parent.parent
 ALEMBIC_INI = REPO / "alembic.ini"

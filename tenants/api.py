@@ -14,9 +14,8 @@ from datetime import datetime, timezone
 from enum import Enum
 from time import monotonic
 
-from tenants import __version__, history, pins
+from tenants import __version__
 from tenants.config import Settings
-from tenants.pins import Pin, read_pin
 from tenants.db import (
     Connector,
     NoVersionTable,
@@ -26,14 +25,17 @@ from tenants.db import (
     read_version,
     schema_tables,
 )
-from tenants.discovery import Selection, Tenant, TenantSource, discover_with_skipped, source_for
+from tenants.engine import history, pins
+from tenants.engine.fanout import FailurePolicy, Strategy, choose_strategy
+from tenants.engine.pins import Pin, read_pin
+from tenants.engine.pressure import ElasticPoolPressure, PressureGate
+from tenants.engine.revisions import Operation, Revisions
+from tenants.engine.unit import Job, unmanaged_reason
 from tenants.errors import RevisionError, TenantNotFound, TenantsError, TenantUnreachable, UsageError
-from tenants.fanout import FailurePolicy, Strategy, choose_strategy
-from tenants.pressure import ElasticPoolPressure, PressureGate
-from tenants.report import RunReport, State, Status, StatusReport, TenantResult, TenantStatus
-from tenants.revisions import Operation, Revisions
+from tenants.model import RunReport, State, Status, StatusReport, Tenant, TenantResult, TenantStatus
 from tenants.runlog import header_of
-from tenants.unit import Job, unmanaged_reason
+from tenants.selection import Selection
+from tenants.sources import TenantSource, discover_with_skipped, source_for
 
 
 class FailureLimit(Enum):
@@ -73,8 +75,8 @@ def discover_all(settings: Settings, selection: Selection = Selection(), source:
                  ) -> tuple[list[Tenant], list[tuple[str, str]]]:
     """The tenants, narrowed by ``selection``, and the databases the source will not touch (name, why).
 
-    ``source`` replaces the environment's own (:func:`tenants.discovery.source_for`), e.g. an
-    :class:`~tenants.azure.AzureSource` with a credential of the caller's.
+    ``source`` replaces the environment's own (:func:`tenants.sources.source_for`), e.g. an
+    :class:`~tenants.sources.azure.AzureSource` with a credential of the caller's.
     """
     tenants, skipped, _ = _discover(settings, selection, source)
     return tenants, skipped
@@ -281,7 +283,7 @@ class PreparedRun:
     def waves(self) -> list:
         """The selection split into the environment's waves (one wave when none are declared, and for any
         operation but an upgrade: waves roll a release out, a stamp or a downgrade names its tenants)."""
-        from tenants.waves import assign
+        from tenants.engine.waves import assign
 
         return assign(list(self.tenants), self.settings.environment.waves if self.declares_waves else ())
 
@@ -291,7 +293,7 @@ def prepare_upgrade(settings: Settings, revision: str = "head", selection: Selec
     """Validate an upgrade (graph, revision, discovery, selection) without touching any tenant.
 
     An ``azure-pool`` environment without ``concurrency`` gets one derived from the pool's size
-    (:func:`tenants.azure.derived_concurrency`), unless ``concurrency`` (the CLI's ``--concurrency``) is
+    (:func:`tenants.sources.azure.derived_concurrency`), unless ``concurrency`` (the CLI's ``--concurrency``) is
     given: then the pool is not even asked.
     """
     _require_lock(settings)
@@ -301,7 +303,7 @@ def prepare_upgrade(settings: Settings, revision: str = "head", selection: Selec
     tenants, skipped = discover_all(settings, selection, source)
     if (concurrency is None and settings.environment.source == "azure-pool"
             and not settings.environment.concurrency_explicit):
-        from tenants.azure import derived_concurrency
+        from tenants.sources.azure import derived_concurrency
 
         concurrency = derived_concurrency(settings.environment, **_azure_client_args(source))
     return PreparedRun(settings, revisions, "upgrade", target, head, tuple(tenants), tuple(skipped), concurrency)
@@ -319,7 +321,7 @@ def upgrade(
     options: RunOptions = RunOptions(),
     on_result: Callable[[TenantResult], None] | None = None,
 ) -> RunReport:
-    """Bring every selected tenant to ``revision`` (default head), in parallel; see :mod:`tenants.fanout`."""
+    """Bring every selected tenant to ``revision`` (default head), in parallel; see :mod:`tenants.engine.fanout`."""
     return prepare_upgrade(settings, revision, selection).run(options, on_result)
 
 
@@ -503,7 +505,7 @@ def _one_tenant(settings: Settings, tenant: str) -> Tenant:
 
 
 def tenant_history(settings: Settings, tenant: str, limit: int = 200) -> list[dict]:
-    """The tenant's audit trail (tenants.history), oldest first; [] before the tool ever changed it."""
+    """The tenant's audit trail (tenants.engine.history), oldest first; [] before the tool ever changed it."""
     chosen = _one_tenant(settings, tenant)
 
     def read(engine):

@@ -20,16 +20,17 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tenants import api, render
+from tenants import api
 from tenants import plan as plan_module
 from tenants.config import Settings, load_settings
-from tenants.discovery import Selection, parse_shard
+from tenants.engine.waves import empty_waves
 from tenants.errors import TenantsError, UsageError
-from tenants.report import RunReport, TenantResult, counted
-from tenants.notify import ci_run_url, notify, parse_target
-from tenants.summaries import junit_xml, markdown_summary, status_junit
-from tenants.waves import empty_waves
+from tenants.model import RunReport, TenantResult, counted
+from tenants.output import text as render
+from tenants.output.ci import junit_xml, markdown_summary, status_junit
+from tenants.output.notify import ci_run_url, notify, parse_target
 from tenants.runlog import ReportWriter, merge_reports, read_report, resume_names, write_json
+from tenants.selection import Selection, parse_shard
 
 app = typer.Typer(
     name="tenants",
@@ -90,7 +91,7 @@ def _quiet_logs(ctx: typer.Context) -> None:
     ``logging.disable`` is a ceiling over every logger that no logging configuration lifts, so it works
     whatever env.py configures, without changing what env.py sees (replacing ``fileConfig`` or hiding
     ``config.config_file_name`` would). The fan-out's workers copy this process's ceiling
-    (:func:`tenants.fanout._init_worker`). Warnings and errors still get through.
+    (:func:`tenants.engine.fanout._init_worker`). Warnings and errors still get through.
     """
     previous = logging.root.manager.disable  # restored for a caller that runs the CLI in-process (tests)
     logging.disable(logging.INFO)
@@ -289,7 +290,7 @@ def _run_and_render(obj: Context, run, total: int, report_path: Optional[Path]) 
 
 
 def _warning(line: str) -> str:
-    """A pressure probe's line (tenants.pressure) on stderr: named by the setting that turned it on."""
+    """A pressure probe's line (tenants.engine.pressure) on stderr: named by the setting that turned it on."""
     return f"tenants: warning: pressure_limit: {line}"
 
 

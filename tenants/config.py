@@ -25,20 +25,20 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from tenants.engine.waves import parse_waves
 from tenants.errors import ConfigError, MissingVariable, UnknownEnvironment
-from tenants.waves import parse_waves
 
 DEFAULT_CONFIG = "tenants.toml"
 DEFAULT_ENV = "dev"
 SOURCES = ("static", "server", "azure-pool", "azure-server")
 AUTHS = ("azure-ad", "sql", "odbc")
 UNMANAGED = ("report", "upgrade")  # what an upgrade does with a database that has tables but no version table
-# What env.py is handed (tenants.revisions): the migration connection (which also answers connect()), the
+# What env.py is handed (tenants.engine.revisions): the migration connection (which also answers connect()), the
 # tenant's engine, or only sqlalchemy.url.
 ENV_PY = ("connection", "engine", "url")
 AZURE_KEYS = ("subscription", "resource_group", "server", "pool", "management_endpoint")
@@ -88,13 +88,13 @@ class Environment:
     # configuration); () when the key names it.
     alembic_searched: tuple[Path, ...] = ()
     version_table: str = "alembic_version"
-    history_table: str = "tenants_history"  # the audit trail next to the version table (tenants.history)
+    history_table: str = "tenants_history"  # the audit trail next to the version table (tenants.engine.history)
     # A database with tables but no version table: "report" (leave it alone, report it `unmanaged` until it is
     # stamped) or "upgrade" (run the graph from base on it: a graph whose first revision expects tables made
     # outside Alembic, as MLflow's does).
     unmanaged: str = "report"
-    env_py: str = "connection"  # what env.py gets in config.attributes["connection"] (tenants.revisions)
-    waves: tuple = ()  # tenants.waves.Wave, in order; () is one wave of everything
+    env_py: str = "connection"  # what env.py gets in config.attributes["connection"] (tenants.engine.revisions)
+    waves: tuple = ()  # tenants.engine.waves.Wave, in order; () is one wave of everything
     retries: int = 3
     retry_backoff: float = 1.0  # seconds before the first retry; doubles up to retry_backoff_max
     retry_backoff_max: float = 30.0
@@ -206,26 +206,6 @@ _ENV_KEYS: dict[str, type | tuple[type, ...]] = {
     "pressure_limit": (int, float),
     "pressure_interval": (int, float),
 }
-
-
-def mask_url(url: str | URL, secrets: tuple[str, ...] = ()) -> str:
-    """The URL with its password (and any other known secret, e.g. in the query) replaced by ``***``: the
-    only form of a URL the tool ever prints."""
-    from tenants.mssql import mask_odbc
-
-    try:
-        parsed = make_url(url)
-        if "odbc_connect" in parsed.query:  # the password is inside the ODBC string, not the URL's own field
-            parsed = parsed.update_query_dict({"odbc_connect": mask_odbc(parsed.query["odbc_connect"])})
-        masked = parsed.render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return "<unparseable URL>"
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret:
-            for form in (quote(secret, safe=""), quote_plus(secret), quote(quote(secret, safe=""), safe=""),
-                         secret):
-                masked = masked.replace(form, "***")
-    return masked
 
 
 def load_settings(
@@ -388,7 +368,7 @@ def _environment(
             raise fail("auth 'azure-ad' connects with an Entra token: the url must carry no user or password "
                        "(use auth = \"sql\" for SQL logins)", "url")
         if auth == "azure-ad":
-            from tenants.entra import check_no_credentials
+            from tenants.sources.entra import check_no_credentials
 
             try:  # UID/PWD/Authentication/Trusted_Connection in the query: the driver would refuse the token
                 check_no_credentials(parsed)

@@ -24,9 +24,10 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from tenants import mssql
+from tenants.secrets import scrub
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tenants.entra import TokenCache
+    from tenants.sources.entra import TokenCache
 
 
 class LockNotAcquired(Exception):
@@ -57,7 +58,7 @@ def make_engine(url: str, *, must_exist: bool = False, tokens: TokenCache | None
     if parsed.get_backend_name() == "mssql":
         engine = create_engine(parsed, poolclass=NullPool, connect_args={"timeout": 30})
         if tokens is not None:
-            from tenants.entra import install_token_hook
+            from tenants.sources.entra import install_token_hook
 
             install_token_hook(engine, tokens)
         return engine
@@ -96,7 +97,7 @@ class Connector:
 
     SQLite and SQL Server get an engine per tenant (a SQLite "server" is the file; pyodbc's connection
     string would need rewriting per tenant). With ``auth = "azure-ad"`` the SQL Server engines share one
-    Entra :class:`~tenants.entra.TokenCache`, made on first use: one token request per token lifetime per
+    Entra :class:`~tenants.sources.entra.TokenCache`, made on first use: one token request per token lifetime per
     process, whatever the number of tenants and connections.
     One ``Connector`` per process (each worker makes its own); it is never shared across processes.
     """
@@ -119,7 +120,7 @@ class Connector:
 
     def _make_token_cache(self) -> TokenCache:
         if self._tokens is None:
-            from tenants.entra import TokenCache, credential_for, database_scope
+            from tenants.sources.entra import TokenCache, credential_for, database_scope
 
             credential = self._credential or credential_for(self._cloud)
             self._tokens = TokenCache(credential, database_scope(self._cloud))
@@ -417,22 +418,3 @@ def describe_error(err: BaseException, secrets: tuple[str, ...] = ()) -> str:
         sql = " ".join(statement.split())
         message += f" [SQL: {sql[:200]}{'...' if len(sql) > 200 else ''}]"
     return scrub(message, secrets)
-
-
-def scrub(message: str, secrets: tuple[str, ...]) -> str:
-    for secret in sorted(secrets, key=len, reverse=True):  # longest first: one secret may contain another
-        if secret:
-            message = message.replace(secret, "***")
-    return message
-
-
-def url_secrets(url: str) -> tuple[str, ...]:
-    """The parts of a URL that must never be printed: its password (raw and URL-encoded), and the password
-    inside an ``odbc_connect`` string."""
-    from urllib.parse import quote, quote_plus
-
-    parsed = make_url(url)
-    passwords = [parsed.password] if parsed.password else []
-    if "odbc_connect" in parsed.query:
-        passwords += mssql.odbc_secrets(parsed.query["odbc_connect"])
-    return tuple({form for p in passwords for form in (p, quote_plus(p), quote(p, safe=""))})

@@ -5,7 +5,7 @@ Every message names the file, flag, environment or tenant involved and, where th
 Lower-level errors are translated at the layer edge with ``raise ... from err``.
 
 Errors that happen *inside* one tenant's unit of work are never raised to the caller: they become a
-``TenantResult`` with status ``failed`` (see :mod:`tenants.unit`).
+``TenantResult`` with status ``failed`` (see :mod:`tenants.engine.unit`).
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+
 from alembic import context, op
 
 # --- guarded steps ----------------------------------------------------------------------------------------

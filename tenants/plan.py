@@ -21,7 +21,7 @@ start and target revisions. It is rendered for the environment's URL with the pl
 (``tenants sql`` does the same), so a revision that emits different SQL per tenant (it reads the URL or
 ``-x`` arguments) shows the placeholder tenant's version.
 
-``pinned`` lists the tenants that need work but carry a pin (tenants.pins). ``locked`` is always empty. A lock
+``pinned`` lists the tenants that need work but carry a pin (tenants.engine.pins). ``locked`` is always empty. A lock
 is only held while another run migrates the tenant, so "locked" is a snapshot that is stale by the time the
 planned run starts, and probing for it is not free: ``pg_try_advisory_lock`` or ``flock`` would take the
 lock for a moment and could make a concurrent run report the tenant ``locked``; a read-only probe
@@ -38,11 +38,12 @@ from dataclasses import dataclass
 
 from tenants import api
 from tenants.config import Settings
-from tenants.discovery import Selection, TenantSource
-from tenants.render import fold
-from tenants.revisions import Revisions
-from tenants.unit import unmanaged_reason
-from tenants.waves import assign, empty_waves
+from tenants.engine.revisions import Revisions
+from tenants.engine.unit import unmanaged_reason
+from tenants.engine.waves import assign, empty_waves
+from tenants.output.text import fold
+from tenants.selection import Selection
+from tenants.sources import TenantSource
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class Plan:
     # with the tenants of the wave that the upgrade changes. Empty when the environment declares no waves.
     waves: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # The declared waves that take no selected tenant, (position in `waves`, 1-based; name; why), so a canary
-    # that vanished is said, not silent. They get no number above (tenants.waves.empty_waves).
+    # that vanished is said, not silent. They get no number above (tenants.engine.waves.empty_waves).
     empty_waves: tuple[tuple[int, str, str], ...] = ()
 
     @property

@@ -3,13 +3,13 @@
 A run that is killed (SIGKILL, a CI timeout) must still leave a report to resume from. So the report file
 is written as the run goes: the run's header (``{"schema_version": 1, ..., "tenants": [``) when the run
 starts, then one tenant object per line as each tenant finishes (flushed at once). When the run ends, the
-whole report (:meth:`tenants.report.RunReport.to_dict`, tenants in selection order) replaces that file
+whole report (:meth:`tenants.model.RunReport.to_dict`, tenants in selection order) replaces that file
 atomically. A finished report is one ordinary JSON document; an unfinished one is the streamed document cut
 short, which :func:`read_report` reads anyway: every complete tenant line counts, and a tenant with no line
 counts as not done. (Earlier versions ended the streamed file with a tail of the remaining keys instead:
 also one JSON document, read the same way.)
 
-What is in a report, and how several are made one, is :class:`~tenants.report.RunReport`'s business; this
+What is in a report, and how several are made one, is :class:`~tenants.model.RunReport`'s business; this
 module only knows files.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tenants.errors import UsageError
-from tenants.report import RunReport, Status, TenantResult
+from tenants.model import RunReport, Status, TenantResult
 
 SCHEMA_VERSION = 1
 # What a report says before its first tenant ends: the streamed file's header.

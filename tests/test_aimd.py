@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, make_project
 
 from tenants import api
 from tenants.config import load_settings
-from tenants.fanout import ProcessStrategy
-from tenants.report import Status
-
-from conftest import ROOT, make_project
+from tenants.engine.fanout import ProcessStrategy
+from tenants.model import Status
 
 
 def fake_pool_project(root: Path, counter: Path, capacity: int, hold: float = 0.05) -> Path:
@@ -102,7 +101,7 @@ class Readings:
 
 
 def test_pressure_gate_reads_at_most_every_interval_and_fails_open():
-    from tenants.pressure import PressureGate
+    from tenants.engine.pressure import PressureGate
 
     now = [0.0]
     source = Readings({"cpu": 95.0, "workers": 10.0}, {"cpu": 40.0, "workers": 85.0},
@@ -124,7 +123,7 @@ def test_pressure_gate_reads_at_most_every_interval_and_fails_open():
 
 
 def test_pressure_gate_admits_one_start_per_reading_near_the_limit():
-    from tenants.pressure import PressureGate
+    from tenants.engine.pressure import PressureGate
 
     now = [0.0]
     gate = PressureGate(Readings({"cpu": 79.0}), limit=80, interval=5, clock=lambda: now[0])
@@ -136,7 +135,7 @@ def test_pressure_gate_admits_one_start_per_reading_near_the_limit():
 def test_pressure_gate_stays_shut_when_the_probe_itself_is_throttled():
     pyodbc = pytest.importorskip("pyodbc")
     from tenants.db import describe_error
-    from tenants.pressure import PressureGate
+    from tenants.engine.pressure import PressureGate
 
     refused = pyodbc.OperationalError("42000", "[42000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]The "
                                                "request limit for the elastic pool is 210 and has been reached. "
@@ -150,7 +149,7 @@ def test_pressure_gate_stays_shut_when_the_probe_itself_is_throttled():
 def test_pool_stats_query_is_valid_t_sql():
     import sqlglot
 
-    from tenants.pressure import POOL_STATS_SQL
+    from tenants.engine.pressure import POOL_STATS_SQL
 
     (statement,) = sqlglot.parse(POOL_STATS_SQL, read="tsql", error_level=sqlglot.ErrorLevel.RAISE)
     assert type(statement).__name__ == "Select"
@@ -160,7 +159,7 @@ def test_pool_stats_query_is_valid_t_sql():
 def test_the_pressure_probe_keeps_a_fleet_under_the_pool_limit(tmp_path):
     """The probe reads the fake pool's worker use (tenants in flight / capacity): starts wait while it is high."""
     pytest.importorskip("pyodbc")
-    from tenants.pressure import PressureGate
+    from tenants.engine.pressure import PressureGate
 
     counter = tmp_path / "pool"
     ini = fake_pool_project(tmp_path / "proj", counter, capacity=3)

@@ -18,17 +18,22 @@ from azure.core import AzureClouds
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 from azure.core.pipeline.transport import HttpTransport
+
 # What azure-core's own RequestsTransport returns for the SDK's (azure.core.rest) requests.
 from azure.core.rest._requests_basic import RestRequestsTransportResponse
 from azure.mgmt.core.tools import get_arm_endpoints
+from conftest import write_config
 
-from tenants.azure import (
-    MANAGEMENT_ENDPOINTS, AzureSource, Skipped, derived_concurrency, management_endpoint, pool_concurrency,
-)
 from tenants.config import load_settings
 from tenants.errors import ConfigError, DiscoveryError
-
-from conftest import write_config
+from tenants.model import Skipped
+from tenants.sources.azure import (
+    MANAGEMENT_ENDPOINTS,
+    AzureSource,
+    derived_concurrency,
+    management_endpoint,
+    pool_concurrency,
+)
 
 SUB = "00000000-0000-0000-0000-000000000000"
 API_VERSION = "2025-01-01"  # azure-mgmt-sql 4.0.0's default
@@ -209,8 +214,8 @@ def test_pool_discovery_reads_every_page(tmp_path):
 def test_azure_tags_select_as_a_user_means_with_tag_and_waves(tmp_path):
     """Azure tags arrive as key=value: `--tag canary` and a wave's `tag = "canary"` take canary: true (any
     value but false/0/no/off), and `region=eu` takes exactly that value."""
-    from tenants.discovery import Selection
-    from tenants.waves import Wave, assign
+    from tenants.engine.waves import Wave, assign
+    from tenants.selection import Selection
 
     env = azure_env(tmp_path)
     arm = FakeArm({POOL_DBS: [[
@@ -564,8 +569,8 @@ def test_prepare_upgrade_uses_the_pool_discovery_and_its_derived_concurrency(tmp
 def test_a_skipped_database_named_with_tenant_says_why_and_explicit_concurrency_skips_the_pool(tmp_path):
     from tenants import api
     from tenants.config import Settings
-    from tenants.discovery import Selection
     from tenants.errors import TenantNotFound
+    from tenants.selection import Selection
 
     env = azure_env(tmp_path, extra=f'alembic = "{Path(__file__).resolve().parent.parent / "alembic.ini"}"\n')
     arm = FakeArm({POOL_DBS: [[database("tenant_a"), database("tenant_p", status="Paused")]]})
@@ -589,7 +594,7 @@ class OnSqlite:
         self.azure, self.env = azure, env
 
     def discover_with_skipped(self):
-        from tenants.discovery import Tenant
+        from tenants.model import Tenant
 
         tenants, skipped = self.azure.discover_with_skipped()
         return [Tenant(t.name, self.env.tenant_url(t.name), t.tags) for t in tenants], skipped
@@ -618,9 +623,9 @@ def _upgraded_pool(tmp_path, sqlite_config):
 
 def test_status_lists_databases_that_are_not_online_as_not_verified(tmp_path, sqlite_config):
     from tenants import api
-    from tenants.discovery import Selection, shard_of
-    from tenants.render import status_line, verify_lines
-    from tenants.summaries import status_junit
+    from tenants.output.ci import status_junit
+    from tenants.output.text import status_line, verify_lines
+    from tenants.selection import Selection, shard_of
 
     (tmp_path / "azure").mkdir()
     _, settings, source = _upgraded_pool(tmp_path, sqlite_config)

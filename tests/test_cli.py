@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from conftest import HEAD, ROOT
 
 from tenants.cli import app
-from tenants.report import Status, TenantResult
-from tenants.render import result_line
-
-from conftest import HEAD, ROOT
+from tenants.model import Status, TenantResult
+from tenants.output.text import result_line
 
 DURATION = re.compile(r"\d+\.\d\ds")
 
@@ -522,7 +521,7 @@ def test_downgrade_workflow_sequence_sql_then_pin_first_downgrade(cli, sqlite_co
 
 
 def test_shard_partitions_list_status_and_verify(cli, sqlite_config):
-    from tenants.discovery import shard_of
+    from tenants.selection import shard_of
 
     names = [f"t{i:02d}" for i in range(12)]
     config = str(sqlite_config(names))

@@ -1,15 +1,14 @@
 """Configuration: environments, ${VAR}, validation with file and line, masked URLs."""
 
+import re
 from pathlib import Path
 
-import re
-
 import pytest
-
-from tenants.config import load_settings, mask_url
-from tenants.errors import ConfigError, MissingVariable, UnknownEnvironment
-
 from conftest import write_config
+
+from tenants.config import load_settings
+from tenants.errors import ConfigError, MissingVariable, UnknownEnvironment
+from tenants.secrets import mask_url
 
 
 def test_embedded_dev_environment_without_a_file(tmp_path, monkeypatch):
@@ -253,7 +252,7 @@ def test_invalid_azure_environments(tmp_path, body, message):
 
 
 def test_odbc_password_is_masked_in_list_output_whatever_its_characters(tmp_path):
-    from tenants.discovery import source_for
+    from tenants.sources import source_for
 
     path = write_config(tmp_path / "t.toml", """\
         [environments.odbc]
@@ -264,7 +263,7 @@ def test_odbc_password_is_masked_in_list_output_whatever_its_characters(tmp_path
     env = load_settings(path, "odbc", environ={"TENANTS_ODBC": raw}).environment
     from sqlalchemy.engine import make_url
 
-    from tenants.discovery import Tenant
+    from tenants.model import Tenant
 
     # A discovered name (Azure allows ';') is brace-quoted into the ODBC string, not injected.
     odd = Tenant("odd;name", env.tenant_url("odd;name"), (), env.secrets)

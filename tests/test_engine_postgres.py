@@ -10,15 +10,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from conftest import DEMO_REVISIONS, HEAD, ROOT, _pg_dsn, admin, make_project
 from sqlalchemy.exc import OperationalError
 
 from tenants import api
 from tenants.config import load_settings
 from tenants.db import is_transient
-from tenants.discovery import Selection
-from tenants.report import State, Status
-
-from conftest import DEMO_REVISIONS, HEAD, ROOT, _pg_dsn, admin, make_project
+from tenants.model import State, Status
+from tenants.selection import Selection
 
 pytestmark = pytest.mark.postgres
 

@@ -13,15 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import DEMO_REVISIONS, HEAD, ROOT, make_project
 
 from tenants import api
 from tenants.config import load_settings
-from tenants.discovery import Selection
+from tenants.engine.fanout import ProcessStrategy, SerialStrategy
 from tenants.errors import MultipleHeads, RevisionError, TenantNotFound, UsageError
-from tenants.fanout import ProcessStrategy, SerialStrategy
-from tenants.report import State, Status
-
-from conftest import DEMO_REVISIONS, HEAD, ROOT, make_project
+from tenants.model import State, Status
+from tenants.selection import Selection
 
 
 def settings_for(path: Path, env: str = "test"):

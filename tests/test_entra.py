@@ -20,7 +20,8 @@ from azure.core.credentials import AccessToken
 from sqlalchemy import create_engine, event
 from sqlalchemy.exc import DBAPIError
 
-from tenants.entra import (
+from tenants.errors import ConfigError
+from tenants.sources.entra import (
     CLOUDS,
     SQL_COPT_SS_ACCESS_TOKEN,
     TokenCache,
@@ -30,7 +31,6 @@ from tenants.entra import (
     install_token_hook,
     token_struct,
 )
-from tenants.errors import ConfigError
 
 TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.c2VjcmV0LXRva2VuLXBheWxvYWQ.c2lnbmF0dXJl"
 
@@ -328,7 +328,7 @@ def test_credential_for_uses_the_cloud_authority(cloud, host, monkeypatch):
 
 
 def test_import_needs_neither_pyodbc_nor_azure_identity():
-    code = ("import sys, tenants.entra; "
+    code = ("import sys, tenants.sources.entra; "
             "loaded = [m for m in ('pyodbc', 'azure.identity', 'azure.core') if m in sys.modules]; "
             "print(loaded); sys.exit(1 if loaded else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -12,14 +12,13 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from conftest import make_project
 
 from tenants import api
 from tenants.config import load_settings
-from tenants.discovery import Selection
 from tenants.errors import ConfigError
-from tenants.report import Status
-
-from conftest import make_project
+from tenants.model import Status
+from tenants.selection import Selection
 
 # The tenant's lock must be held while env.py migrates, whatever it migrates with: the revision looks.
 LOCK_PROBE = """

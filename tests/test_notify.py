@@ -1,4 +1,4 @@
-"""tenants.notify: webhook targets, Slack and Teams payloads, and posting them to a real local HTTP server.
+"""tenants.output.notify: webhook targets, Slack and Teams payloads, and posting them to a real local HTTP server.
 
 The server is http.server on 127.0.0.1 in a thread, one per test, stopped at teardown; it records what it
 received and answers with whatever status, body and delay the test sets.
@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tenants.errors import UsageError
-from tenants.notify import SHOWN, Target, mask_url, notify, parse_target, slack_payload, teams_payload
-from tenants.report import GOOD, RunReport, Status, TenantResult
+from tenants.model import GOOD, RunReport, Status, TenantResult
+from tenants.output.notify import SHOWN, Target, mask_url, notify, parse_target, slack_payload, teams_payload
 
 HEAD = "0004_invoice_user_index"
 # A Slack-shaped secret path: none of it may ever appear in a warning.
@@ -476,7 +476,7 @@ def test_payload_target_other_than_head_and_downgrade():
 
 
 def test_ci_run_url_only_inside_github_actions():
-    from tenants.notify import ci_run_url
+    from tenants.output.notify import ci_run_url
 
     assert ci_run_url({}) is None
     assert ci_run_url({"GITHUB_SERVER_URL": "https://ghe.example.com/", "GITHUB_REPOSITORY": "o/r",

@@ -8,15 +8,15 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from conftest import DEMO_REVISIONS, HEAD, ROOT, admin, make_project
 
 from tenants import api
 from tenants.config import load_settings
-from tenants.discovery import Selection, StaticSource
+from tenants.engine.revisions import Revisions
 from tenants.errors import MultipleHeads, RevisionError, TenantNotFound
 from tenants.plan import Cohort, Plan, plan, plan_json, plan_markdown, plan_text
-from tenants.revisions import Revisions
-
-from conftest import DEMO_REVISIONS, HEAD, ROOT, admin, make_project
+from tenants.selection import Selection
+from tenants.sources.static import StaticSource
 
 R1, R2, R3, R4 = DEMO_REVISIONS
 MESSAGES = (

@@ -8,16 +8,15 @@ import json
 import time
 
 import pytest
+from conftest import ROOT
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from test_aimd import Readings
 
 from tenants import api
 from tenants.config import load_settings
 from tenants.db import Connector
-from tenants.pressure import DENIED, DISTINCT, MORE, OPENED, POOL_STATS_SQL, ElasticPoolPressure, PressureGate
-
-from conftest import ROOT
-from test_aimd import Readings
+from tenants.engine.pressure import DENIED, DISTINCT, MORE, OPENED, POOL_STATS_SQL, ElasticPoolPressure, PressureGate
 
 # What reading sys.dm_elastic_pool_resource_stats without VIEW SERVER STATE returns (ODBC Driver 18).
 NO_VIEW_SERVER_STATE = (

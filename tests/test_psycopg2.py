@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from conftest import HEAD, PG_URL
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -17,9 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from tenants import api
 from tenants.config import load_settings
 from tenants.db import Connector, is_transient, sqlstate_of
-from tenants.report import State, Status
-
-from conftest import HEAD, PG_URL
+from tenants.model import State, Status
 
 pytest.importorskip("psycopg2")
 pytestmark = pytest.mark.postgres

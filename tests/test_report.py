@@ -8,17 +8,16 @@ import json
 from pathlib import Path
 
 import pytest
-
-from tenants import api
-from tenants.config import load_settings
-from tenants.fanout import ProcessStrategy
-from tenants.pressure import PressureGate
-from tenants.report import RunReport, Status, TenantResult
-from tenants.runlog import ReportWriter, header_of, merge_reports, read_report
-
 from conftest import HEAD
 from test_aimd import fake_pool_project
 from test_engine_sqlite import failing_project
+
+from tenants import api
+from tenants.config import load_settings
+from tenants.engine.fanout import ProcessStrategy
+from tenants.engine.pressure import PressureGate
+from tenants.model import RunReport, Status, TenantResult
+from tenants.runlog import ReportWriter, header_of, merge_reports, read_report
 
 
 def round_trip(report: RunReport) -> RunReport:

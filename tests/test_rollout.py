@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tenants.discovery import Selection, Tenant, shard_of
-from tenants.errors import UsageError
-from tenants.runlog import merge_reports, read_report, resume_names
-
 from conftest import HEAD, ROOT, make_project
+
+from tenants.errors import UsageError
+from tenants.model import Tenant
+from tenants.runlog import merge_reports, read_report, resume_names
+from tenants.selection import Selection, shard_of
 
 
 def fleet_config(tmp_path: Path, names: list[str], alembic: Path = ROOT / "alembic.ini") -> Path:
@@ -143,8 +143,9 @@ def test_resume_names_and_only_validation(tmp_path):
 def test_merged_shards_publish_one_summary_junit_and_notification(cli, tmp_path, monkeypatch):
     # The deploy's verify and notify jobs: N shard reports become one job summary, one JUnit file and one
     # chat message that names the failed tenant, links to the run and says how to resume.
-    from test_notify import _Webhook, slack_texts, teams_card, teams_lines  # the loopback webhook server
     import threading
+
+    from test_notify import _Webhook, slack_texts, teams_card, teams_lines  # the loopback webhook server
 
     names = [f"t{i:02d}" for i in range(6)]
     config = str(fleet_config(tmp_path, names))

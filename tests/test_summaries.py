@@ -1,4 +1,4 @@
-"""tenants.summaries: JUnit XML and the GitHub job summary, over reports built by hand."""
+"""tenants.output.ci: JUnit XML and the GitHub job summary, over reports built by hand."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tenants.report import GOOD, RunReport, Status, TenantResult
-from tenants.summaries import CELL, SHOWN, junit_xml, markdown_summary
+from tenants.model import GOOD, RunReport, Status, TenantResult
+from tenants.output.ci import CELL, SHOWN, junit_xml, markdown_summary
 
 HEAD = "0004_invoice_user_index"
 MIB = 1024 * 1024

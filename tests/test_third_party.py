@@ -25,14 +25,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import PG_URL, ROOT, write_config
 from sqlalchemy import create_engine, inspect, pool
 from sqlalchemy.engine import make_url
 
 from tenants import api
 from tenants.config import load_settings
-from tenants.report import Status
-
-from conftest import PG_URL, ROOT, write_config
+from tenants.model import Status
 
 optuna = pytest.importorskip("optuna")
 jupyterhub = pytest.importorskip("jupyterhub")

@@ -8,14 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, make_project
 
 from tenants import api
 from tenants.config import load_settings
+from tenants.engine.fanout import ProcessStrategy, SerialStrategy, choose_strategy
 from tenants.errors import UsageError
-from tenants.fanout import ProcessStrategy, SerialStrategy, choose_strategy
-from tenants.report import Status
-
-from conftest import ROOT, make_project
+from tenants.model import Status
 
 TIMEOUT = 2.0
 

@@ -15,14 +15,13 @@ from pathlib import Path
 import psycopg
 import pytest
 import sqlglot
+from conftest import ALEMBIC_INI, DEMO_REVISIONS, HEAD, ROOT, _pg_dsn, make_project, write_config
 from sqlglot import ErrorLevel, exp
 from sqlglot.errors import ParseError
 
 from tenants import api
 from tenants.config import load_settings
-from tenants.report import Status
-
-from conftest import ALEMBIC_INI, DEMO_REVISIONS, HEAD, ROOT, _pg_dsn, make_project, write_config
+from tenants.model import Status
 
 MSSQL_URL = "mssql+pyodbc://@srv.database.windows.net/{tenant}?driver=ODBC+Driver+18+for+SQL+Server"
 

@@ -11,17 +11,16 @@ from pathlib import Path
 import psycopg
 import pytest
 import sqlglot
+from conftest import DEMO_REVISIONS, HEAD, write_config
 from sqlalchemy.engine import make_url
 
 from tenants import api
 from tenants import plan as plan_module
 from tenants.config import load_settings
 from tenants.db import _TABLES_SQL
-from tenants.discovery import Selection
 from tenants.errors import ConfigError
-from tenants.report import State, Status
-
-from conftest import DEMO_REVISIONS, HEAD, write_config
+from tenants.model import State, Status
+from tenants.selection import Selection
 
 CUSTOMER_TABLE = "CREATE TABLE customer_orders (id INTEGER PRIMARY KEY, total INTEGER)"
 

@@ -6,15 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, make_project
 
 from tenants import api
 from tenants.config import load_settings
-from tenants.discovery import Selection, Tenant
+from tenants.engine.waves import Wave, assign
 from tenants.errors import ConfigError, UsageError
-from tenants.report import Status
-from tenants.waves import Wave, assign
-
-from conftest import ROOT, make_project
+from tenants.model import Status, Tenant
+from tenants.selection import Selection
 
 
 def test_assign_takes_tag_then_percent_then_rest_stably():

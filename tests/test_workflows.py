@@ -24,10 +24,9 @@ from pathlib import Path
 import pytest
 import typer.main
 import yaml
+from conftest import ROOT
 
 from tenants.cli import app
-
-from conftest import ROOT
 
 WORKFLOWS = ROOT / ".github" / "workflows"
 FILES = sorted([*WORKFLOWS.glob("*.yml"), *WORKFLOWS.glob("*.yaml")])

@@ -11,8 +11,8 @@ UPDATE only touches rows that still need it.
 from typing import Sequence, Union
 
 import sqlalchemy as sa
-from alembic import op
 
+from alembic import op
 from tenants import guards
 
 revision: str = "0003_invoice_status"

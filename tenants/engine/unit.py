@@ -7,18 +7,18 @@ Per attempt:
 2. read the recorded revision with one query. A tenant already at the target stops here: the no-op path
    costs one connection and one query, never a run of env.py. A revision missing from the graph (an
    out-of-band change) is reported ``unknown-revision`` and never touched. (Worker processes skip this
-   read: the parent has just done it, see :func:`precheck` and :mod:`tenants.fanout`);
+   read: the parent has just done it, see :func:`precheck` and :mod:`tenants.engine.fanout`);
 3. take the tenant's lock on its own connection (:func:`tenants.db.tenant_lock`) and read the revision again
    under it: another run may have moved the tenant meanwhile, and the version table is the truth;
 4. run env.py, handing it the migration connection (or the engine, or only the URL: the environment's
-   ``env_py``, see :mod:`tenants.revisions`); env.py gives every revision its own transaction, so a failure
+   ``env_py``, see :mod:`tenants.engine.revisions`); env.py gives every revision its own transaction, so a failure
    rolls back only the revision in progress and a retry resumes at the revision where it stopped. Alembic
    reports the heads it read and the steps it will run; a disagreement with step 3 (env.py using another
    version table) stops the tenant before anything runs;
 5. read where the tenant ended up (on a new connection if the old one broke). After a failure that is what
    the report shows; after success it must be the target, or the tenant fails: an env.py that migrated
    another database or version table returns without error. The audit trail gets a row for every step the
-   read shows and env.py's ``on_version_apply`` did not see (:mod:`tenants.history`).
+   read shows and env.py's ``on_version_apply`` did not see (:mod:`tenants.engine.history`).
 
 Transient errors (connection refused or dropped, server shutting down, too many connections, deadlock,
 lock timeout) are retried with exponential backoff and jitter; anything else, including an error in a
@@ -49,11 +49,10 @@ from tenants.db import (
     schema_tables,
     tenant_lock,
 )
-from tenants.discovery import Tenant
-from tenants.history import Recorder
-from tenants.pins import read_pin
-from tenants.report import Status, TenantResult
-from tenants.revisions import MigrationConnection, Operation, Revisions
+from tenants.engine.history import Recorder
+from tenants.engine.pins import read_pin
+from tenants.engine.revisions import MigrationConnection, Operation, Revisions
+from tenants.model import Status, Tenant, TenantResult
 
 _DONE = {"upgrade": Status.UPGRADED, "downgrade": Status.DOWNGRADED, "stamp": Status.STAMPED}
 
@@ -76,7 +75,7 @@ class Job:
     expect: tuple[str, ...] | None = None
     auth: str | None = None  # SQL Server: azure-ad | sql | odbc (see tenants.config)
     cloud: str = "public"
-    # The audit trail (tenants.history): written when run_id is set.
+    # The audit trail (tenants.engine.history): written when run_id is set.
     run_id: str | None = None
     actor: str | None = None
     git_commit: str | None = None
@@ -86,11 +85,11 @@ class Job:
     # database): "report" leaves it alone and reports it `unmanaged`; "upgrade" runs the graph from base on it
     # (for graphs whose first revision expects tables created outside Alembic). See tenants.config.
     unmanaged: str = "report"
-    env_py: str = "connection"  # what env.py is handed (tenants.revisions): connection | engine | url
+    env_py: str = "connection"  # what env.py is handed (tenants.engine.revisions): connection | engine | url
 
     def own_tables(self) -> tuple[str, ...]:
         """Tables the tool itself may have created in a tenant: they do not make a database unmanaged."""
-        from tenants.pins import TABLE as PIN_TABLE
+        from tenants.engine.pins import TABLE as PIN_TABLE
 
         return (self.version_table, self.history_table, PIN_TABLE)
 
@@ -123,12 +122,12 @@ def run_tenant(tenant: Tenant, job: Job, revisions: Revisions, connector: Connec
     """Run ``job`` on ``tenant``; never raises (a bug in here is still reported as that tenant's failure).
 
     ``read_first=False`` skips the unlocked read (step 2) and goes straight to the lock: for a tenant already
-    known, or all but known, to need work (the parent read it, see :mod:`tenants.fanout`), that read is a
+    known, or all but known, to need work (the parent read it, see :mod:`tenants.engine.fanout`), that read is a
     wasted query. Without it an up-to-date tenant costs a lock connection too, so the default keeps it.
 
     ``hand_back_throttled``: on a throttling error (the elastic pool is saturated), wait one backoff and return
     ``throttled`` instead of retrying here: the fan-out then lowers its concurrency and runs the tenant again
-    later (see :class:`tenants.fanout.ProcessStrategy`). Retrying in place would keep the pressure on.
+    later (see :class:`tenants.engine.fanout.ProcessStrategy`). Retrying in place would keep the pressure on.
     """
     started = time.monotonic()
     rng = random.Random()

@@ -1,6 +1,6 @@
 """Summaries of a run for CI: JUnit XML for test-report viewers, Markdown for a GitHub job summary.
 
-Pure functions over a :class:`~tenants.report.RunReport`, like :mod:`tenants.render`: they return text and
+Pure functions over a :class:`~tenants.model.RunReport`, like :mod:`tenants.output.text`: they return text and
 the caller writes it where it belongs (``$GITHUB_STEP_SUMMARY``, a ``junit.xml`` artifact).
 
 How statuses map to JUnit, so that CI shows every tenant that did not end well as not passed:
@@ -34,7 +34,7 @@ import shlex
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 
-from tenants.report import GOOD, RunReport, Status, TenantResult, counted
+from tenants.model import GOOD, RunReport, Status, TenantResult, counted
 
 __all__ = ["junit_xml", "markdown_summary", "MARKDOWN_LIMIT"]
 
@@ -55,7 +55,7 @@ _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def _rev(revision: str | None) -> str:
-    """As :func:`tenants.render.rev`: ``base`` is none recorded; ``?`` is unknown."""
+    """As :func:`tenants.output.text.rev`: ``base`` is none recorded; ``?`` is unknown."""
     return "?" if revision is None else revision
 
 
@@ -334,7 +334,7 @@ def markdown_summary(report: RunReport, limit: int = MARKDOWN_LIMIT, *, report_f
 def status_junit(report, allow_offline: bool = False) -> str:
     """JUnit XML for ``tenants verify``: one test case per tenant, failing unless it is at head; one per
     offline database (not read), failing, or skipped with ``allow_offline``."""
-    from tenants.report import State
+    from tenants.model import State
 
     offline = len(report.offline)
     suite = ET.Element("testsuite", name=f"tenants verify {report.environment}",

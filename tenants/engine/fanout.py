@@ -1,4 +1,4 @@
-"""Fan-out strategies: how the unit of work (:func:`tenants.unit.run_tenant`) is applied to many tenants.
+"""Fan-out strategies: how the unit of work (:func:`tenants.engine.unit.run_tenant`) is applied to many tenants.
 
 The strategy is separate from the unit of work. :class:`SerialStrategy` runs tenants one after another in
 this process and is the reference; :class:`ProcessStrategy` must produce the same results, faster.
@@ -56,23 +56,23 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-import time
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from sqlalchemy import event
 from sqlalchemy.pool import Pool
 
-from tenants.db import Connector, NoVersionTable, missing_file, read_version, scrub
-from tenants.discovery import Tenant
-from tenants.pressure import PressureGate
-from tenants.report import Status, TenantResult
-from tenants.revisions import Revisions
-from tenants.unit import Job, precheck, run_tenant
+from tenants.db import Connector, NoVersionTable, missing_file, read_version
+from tenants.engine.pressure import PressureGate
+from tenants.engine.revisions import Revisions
+from tenants.engine.unit import Job, precheck, run_tenant
+from tenants.model import Status, Tenant, TenantResult
+from tenants.secrets import scrub
 
 OnResult = Callable[[TenantResult], None]
 
@@ -321,7 +321,8 @@ class ProcessStrategy:
         # (Only a main module that is a file: one read from stdin cannot be imported again, anywhere.)
         main_file = getattr(sys.modules["__main__"], "__file__", None)
         real_main = bool(main_file) and os.path.isfile(main_file)
-        context.set_forkserver_preload(["__main__", "tenants.fanout"] if real_main else ["tenants.fanout"])
+        preload = ["tenants.engine.fanout"]
+        context.set_forkserver_preload(["__main__", *preload] if real_main else preload)
         revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
         connector = job.connector()
         timeout = self.tenant_timeout

@@ -7,8 +7,7 @@ import json
 from rich import box
 from rich.table import Table
 
-from tenants.discovery import Tenant
-from tenants.report import RunReport, State, Status, StatusReport, TenantResult
+from tenants.model import RunReport, State, Status, StatusReport, Tenant, TenantResult
 
 _STYLE = {
     Status.UPGRADED: "green", Status.DOWNGRADED: "green", Status.STAMPED: "green", Status.UP_TO_DATE: "green",

@@ -216,7 +216,7 @@ def credential_for(cloud: str = "public", authority: str | None = None, **kwargs
             "(pip install 'tenants[azure]')"
         ) from err
     host = authority or getattr(AzureAuthorityHosts, _AUTHORITY_HOSTS[name])
-    from tenants import github_oidc
+    from tenants.sources import github_oidc
 
     if not kwargs and github_oidc.can_use():
         # In GitHub Actions with id-token: write: a fresh GitHub ID token per Entra assertion, so a run longer

@@ -7,7 +7,7 @@ every earlier form of the report (a key it lacks takes its default).
 
 :meth:`RunReport.combine` is the one place where reports become one report: the waves of one run
 (:mod:`tenants.api`), and the shard and canary reports of a deploy merged afterwards (:mod:`tenants.runlog`,
-``tenants report merge``). Rendering (tables, lines, JSON) lives in :mod:`tenants.render` as pure functions
+``tenants report merge``). Rendering (tables, lines, JSON) lives in :mod:`tenants.output.text` as pure functions
 over these objects.
 """
 
@@ -19,8 +19,66 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
+from tenants.secrets import mask_url, url_secrets
+
+# A tag with one of these values is off: `canary=false` is not a canary (tenants.sources.Tenant.has_tag).
+FALSE_VALUES = frozenset({"false", "0", "no", "off"})
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """One tenant database. ``url`` carries the password: it crosses to worker processes, never to output."""
+
+    name: str
+    url: str = field(repr=False)
+    tags: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # scrubbed from anything printed about it
+
+    def has_tag(self, pattern: str) -> bool:
+        """Whether one of the tenant's tags matches ``pattern`` (``--tag``, a wave's ``tag``): the one rule.
+
+        A tag is ``key`` or ``key=value`` (static tags as written; Azure resource tags rendered so, an empty
+        value as a bare ``key``). ``canary`` matches a tag named canary whose value does not say no: a bare
+        ``canary``, ``canary=true``, ``canary=eu``, ``canary=`` (an empty value: Azure allows one, and
+        writing ``canary: ""`` means set), but not ``canary=false``, ``=0``, ``=no`` or ``=off`` (any case).
+        ``canary=eu`` matches exactly that value. Names compare case-blind, as Azure's tag names do; values
+        (in ``key=value``) exactly, as Azure's do.
+        """
+        key, exact, value = pattern.partition("=")
+        key = key.casefold()
+        for tag in self.tags:
+            name, _, tag_value = tag.partition("=")
+            if name.casefold() != key:
+                continue
+            if (tag_value == value) if exact else (tag_value.strip().casefold() not in FALSE_VALUES):
+                return True
+        return False
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.url, self.secrets)
+
+    @property
+    def all_secrets(self) -> tuple[str, ...]:
+        """Everything to scrub from text about this tenant: its URL's password and every ${VAR} value."""
+        return url_secrets(self.url) + self.secrets
+
+
+class Skipped(NamedTuple):
+    """A database discovery found but will not migrate now, and why (``("master", "system database")``).
+
+    ``offline``: a tenant database the source cannot use right now (Azure: its status is not ``Online``, e.g.
+    ``Paused``, ``Scaling``, ``Copying``). It is part of the fleet, so ``verify`` must not vouch for it;
+    ``tags`` are its tags, so a selection can tell whether it would have taken it. Otherwise (``master``) it is
+    no tenant at all.
+    """
+
+    name: str
+    reason: str
+    offline: bool = False
+    tags: tuple[str, ...] = ()
 
 class Status(str, Enum):
     UPGRADED = "upgraded"
@@ -30,7 +88,7 @@ class Status(str, Enum):
     FAILED = "failed"
     # Still running when the run's tenant timeout (--tenant-timeout) ran out: its worker process was killed and
     # the server rolled the revision in progress back, so the tenant is at its last completed revision. Not
-    # good (exit 1), and a failure for the failure policy (--max-failures): see tenants.fanout.
+    # good (exit 1), and a failure for the failure policy (--max-failures): see tenants.engine.fanout.
     TIMED_OUT = "timed-out"
     LOCKED = "locked"
     SKIPPED = "skipped"
@@ -38,7 +96,7 @@ class Status(str, Enum):
     # Never final: a worker hit a throttling error (the elastic pool is saturated) and hands the tenant back
     # to the fan-out, which lowers its concurrency and runs the tenant again later.
     THROTTLED = "throttled"
-    PINNED = "pinned"  # needs work, but a pin keeps it out of fleet upgrades (tenants.pins)
+    PINNED = "pinned"  # needs work, but a pin keeps it out of fleet upgrades (tenants.engine.pins)
     # Tables but no version table: a schema Alembic never recorded (an existing customer database). Never
     # touched by an upgrade, not good (exit 1) until a person adopts it with `tenants stamp`.
     UNMANAGED = "unmanaged"
@@ -111,7 +169,7 @@ class RunReport:
     throttled: int = 0  # throttling errors the fan-out backed off from
     concurrency_changes: tuple[tuple[float, int], ...] = ()  # (seconds into the run, tenants at once)
     pressure_wait: float = 0.0  # seconds tenant starts were held back by the pressure probe
-    # What went wrong reading the pool's load, each line once with how many times (tenants.pressure): the
+    # What went wrong reading the pool's load, each line once with how many times (tenants.engine.pressure): the
     # probe let starts in (or, throttled, held them back), or turned itself off for the rest of the run.
     pressure_errors: tuple[tuple[str, int], ...] = ()
     skipped_databases: tuple[tuple[str, str], ...] = ()  # seen by discovery, not tenants: (name, why)

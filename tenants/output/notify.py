@@ -3,7 +3,7 @@
 ``--notify URL`` (repeatable, or ``TENANTS_NOTIFY_URL``) names the webhooks. :func:`parse_target` turns
 each into a :class:`Target` (the kind from a ``slack:`` / ``teams:`` prefix, a config key, or the host);
 :func:`slack_payload` and :func:`teams_payload` are pure functions from a
-:class:`~tenants.report.RunReport` to the JSON each service takes; :func:`notify` posts them.
+:class:`~tenants.model.RunReport` to the JSON each service takes; :func:`notify` posts them.
 
 Decisions a reader would question:
 
@@ -48,9 +48,9 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from tenants import __version__
-from tenants.db import scrub
 from tenants.errors import UsageError
-from tenants.report import RunReport, Status, TenantResult
+from tenants.model import RunReport, Status, TenantResult
+from tenants.secrets import scrub
 
 __all__ = ["Target", "parse_target", "mask_url", "slack_payload", "teams_payload", "slack_message", "teams_message",
            "notify", "ci_run_url", "KINDS", "SHOWN", "LINK_LABEL"]

@@ -24,7 +24,7 @@ env.py gets the tenant the ways Alembic documents, so any Alembic project works;
 In every case the tenant's lock is held for the whole run of env.py, on a connection of its own (see
 :func:`tenants.db.tenant_lock`): PostgreSQL advisory locks, SQL Server applocks and the SQLite file lock are
 per database and exclude other ``tenants`` runs, whichever connection env.py migrates with. The caller
-then reads the tenant's own version table again (:mod:`tenants.unit`): an env.py that migrated another
+then reads the tenant's own version table again (:mod:`tenants.engine.unit`): an env.py that migrated another
 database, or another version table, fails the tenant instead of reporting it migrated.
 """
 
@@ -36,7 +36,6 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from alembic import util
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
@@ -44,8 +43,10 @@ from alembic.script.revision import RevisionError as AlembicRevisionError
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection, make_url
 
-from tenants.db import describe_error, scrub, url_secrets
+from alembic import util
+from tenants.db import describe_error
 from tenants.errors import ConfigError, MultipleHeads, RevisionError
+from tenants.secrets import scrub, url_secrets
 
 Operation = Literal["upgrade", "downgrade", "stamp"]
 EnvPy = Literal["connection", "engine", "url"]  # what env.py is handed: see the module docstring
@@ -201,7 +202,7 @@ class Revisions:
     def steps_between(self, operation: Operation, before: tuple[str, ...],
                       after: tuple[str, ...]) -> list[tuple[str, str]]:
         """(from, to) of each step that took a tenant from ``before`` to ``after`` (two reads of its version
-        table), as ``on_version_apply`` reports them (tenants.history): one per revision applied or undone,
+        table), as ``on_version_apply`` reports them (tenants.engine.history): one per revision applied or undone,
         one for a stamp; [] when nothing moved."""
         if before == after:
             return []

@@ -1,6 +1,6 @@
 """The pressure probe: before starting a tenant, wait while the elastic pool is busier than a limit.
 
-AIMD (see :mod:`tenants.fanout`) reacts once the pool has refused work; this reacts before. Every tenant
+AIMD (see :mod:`tenants.engine.fanout`) reacts once the pool has refused work; this reacts before. Every tenant
 database of a pool can read the pool's live load from ``sys.dm_elastic_pool_resource_stats`` (one row per
 15 seconds, about 40 minutes of history), given VIEW SERVER STATE (``##MS_ServerStateReader##``). The
 fan-out asks a :class:`PressureGate` before it starts each tenant; the gate reads its :class:`PressureSource`

@@ -9,7 +9,7 @@ An environment may declare waves, in order::
     ]
 
 Each wave takes its tenants from those no earlier wave took: by ``tag`` (matched as ``--tag`` matches, by
-:meth:`tenants.discovery.Tenant.has_tag`: ``canary`` takes an Azure tag ``canary: true`` but not
+:meth:`tenants.sources.Tenant.has_tag`: ``canary`` takes an Azure tag ``canary: true`` but not
 ``canary: false``; ``region=eu`` takes exactly that value), by ``percent`` of the whole
 selection or a ``count`` (picked by a stable hash of the name, so the same tenants every run and across
 shards), or ``rest``. Tenants no wave took form a last wave of their own; with no waves declared the whole
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover - typing only (tenants.config imports this module)
-    from tenants.discovery import Tenant
+    from tenants.model import Tenant
 
 
 @dataclass(frozen=True)

@@ -104,11 +104,6 @@ def _discover(settings: Settings, selection: Selection, source: TenantSource | N
     return chosen, [(s.name, s.reason) for s in skipped], [(s.name, s.reason) for s in offline]
 
 
-def list_tenants(settings: Settings, selection: Selection = Selection(), source: TenantSource | None = None
-                 ) -> list[Tenant]:
-    return discover(settings, selection, source)
-
-
 def load_revisions(settings: Settings) -> Revisions:
     return Revisions(settings.alembic_ini(), settings.environment.version_table)
 

@@ -18,7 +18,6 @@ module-level state.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import tomllib
@@ -526,7 +525,3 @@ def _line_of(text: str, key: str | None, after: str | None = None) -> int | None
         if table.match(lines[i]) or assign.match(lines[i]):
             return i + 1
     return None
-
-
-def glob_matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)

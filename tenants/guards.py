@@ -234,8 +234,3 @@ def has_foreign_key(table: str, name: str, schema: str | None = None, offline: b
 def has_unique_constraint(table: str, name: str, schema: str | None = None, offline: bool = False) -> bool:
     return _exists("unique", table, name, schema, offline,
                    lambda i: any(uc.get("name") == name for uc in i.get_unique_constraints(table, schema=schema)))
-
-
-def dialect() -> str:
-    """The dialect name the revision runs against (also offline)."""
-    return context.get_context().dialect.name

@@ -107,11 +107,11 @@ def test_pressure_gate_reads_at_most_every_interval_and_fails_open():
     source = Readings({"cpu": 95.0, "workers": 10.0}, {"cpu": 40.0, "workers": 85.0},
                       {"cpu": 10.0, "workers": 10.0}, RuntimeError("read timed out"))
     gate = PressureGate(source, limit=80, interval=5, clock=lambda: now[0])
-    assert not gate.admit() and gate.busiest() == "cpu 95%"
+    assert not gate.admit() and gate.reading == {"cpu": 95.0, "workers": 10.0}
     now[0] = 4.9
     assert not gate.admit() and source.reads == 1  # within the interval: the same reading
     now[0] = 5.0
-    assert not gate.admit() and gate.busiest() == "workers 85%"
+    assert not gate.admit() and gate.reading == {"cpu": 40.0, "workers": 85.0}
     now[0] = 10.0
     assert gate.admit() and gate.admit()  # far below the limit: many starts per reading
     now[0] = 15.0

@@ -29,7 +29,7 @@ def settings_of(fleet, env: str = "pg"):
 def test_server_discovery_upgrade_status_downgrade_upgrade(pg_fleet):
     fleet = pg_fleet(6)
     settings = settings_of(fleet)
-    assert [t.name for t in api.list_tenants(settings)] == fleet.names  # only this fleet's prefix matches
+    assert [t.name for t in api.discover(settings)] == fleet.names  # only this fleet's prefix matches
 
     report = api.upgrade(settings, options=api.RunOptions(concurrency=3))
     assert report.ok and [r.applied for r in report.results] == [tuple(DEMO_REVISIONS)] * 6

@@ -103,7 +103,7 @@ def test_selection_tenant_exclude_tag(sqlite_config, tmp_path):
     path.write_text(path.read_text().replace(
         "tenants = []", 'tenants = [{name = "a1", tags = ["canary"]}, "a2", {name = "b1", tags = ["eu"]}]'))
     settings = settings_for(path)
-    names = lambda sel: [t.name for t in api.list_tenants(settings, sel)]  # noqa: E731
+    names = lambda sel: [t.name for t in api.discover(settings, sel)]  # noqa: E731
     assert names(Selection()) == ["a1", "a2", "b1"]
     assert names(Selection(exclude=("a*",))) == ["b1"]
     assert names(Selection(tags=("canary", "eu"))) == ["a1", "b1"]

@@ -48,7 +48,7 @@ def test_a_probe_refused_for_lack_of_permission_says_so_once_and_reads_no_more()
     assert source.closed == 1  # no more reads: the login goes at once
     for now[0] in (5.0, 10.0, 600.0):
         assert gate.admit() and gate.admit()  # off: every start goes ahead, unread
-    assert (source.reads, told, gate.busiest()) == (1, [line], "probe off")
+    assert (source.reads, told, gate.off) == (1, [line], line)
     assert gate.take_errors() == ((line, 1),) and gate.take_errors() == ()
     gate.close()
     assert source.closed == 2

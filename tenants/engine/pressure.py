@@ -122,14 +122,6 @@ class PressureGate:
             return True
         return False
 
-    def busiest(self) -> str:
-        if self.off is not None:
-            return "probe off"
-        if not self.reading:
-            return "no reading"
-        name = max(self.reading, key=self.reading.__getitem__)
-        return f"{name} {self.reading[name]:.0f}%"
-
     def take_errors(self) -> tuple[tuple[str, int], ...]:
         """The failed reads since the last take, (line, times) each, for a report; the count starts again."""
         taken, self.errors = tuple(self.errors.items()), {}

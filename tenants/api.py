@@ -42,7 +42,7 @@ class FailureLimit(Enum):
     """``RunOptions.max_failures`` when the caller sets none."""
 
     # Stop starting tenants at the first failure; when the environment declares waves, as each wave's own
-    # budget (its max_failures) says instead.
+    # budget (Wave.budget, the configuration's max_failures) says instead.
     DEFAULT = "default"
 
 
@@ -240,14 +240,14 @@ class PreparedRun:
                     results.append(result)
                     (on_result or (lambda r: None))(result)
                 outcomes.append({"wave": wave.name, "tenants": len(tenants), "ran": False, "ok": False,
-                                 "failures": 0, "budget": wave.max_failures, "summary": {"skipped": len(tenants)}})
+                                 "failures": 0, "budget": wave.budget, "summary": {"skipped": len(tenants)}})
                 continue
             # Within a declared wave: stop starting tenants once its budget is spent, or the run's cap (or keep
             # going if asked to). Without waves the run's own failure policy applies unchanged.
             if not declared or options.max_failures is None:
                 policy = options.max_failures
             else:
-                policy = wave.max_failures + 1 if cap is None else min(wave.max_failures + 1, cap - failed)
+                policy = wave.stop_after if cap is None else min(wave.stop_after, cap - failed)
             report = _run(self.settings, self.revisions, self.operation, self.target, self.head, tuple(tenants),
                           replace(options, max_failures=policy), on_result,
                           on_start=on_start if not reports else None, skipped=self.skipped, gate=gate)
@@ -255,12 +255,12 @@ class PreparedRun:
             results.extend(report.results)
             failures = sum(r.status in (Status.FAILED, Status.TIMED_OUT) for r in report.results)
             failed += failures
-            over = declared and failures > wave.max_failures
+            over = declared and failures > wave.budget
             outcomes.append({"wave": wave.name, "tenants": len(tenants), "ran": True, "ok": report.ok,
-                             "failures": failures, "budget": wave.max_failures, "summary": report.counts})
+                             "failures": failures, "budget": wave.budget, "summary": report.counts})
             if over:
                 stopped_by = f"wave {index} ({wave.name}) failed {failures} tenant(s), over its budget of " \
-                             f"{wave.max_failures}"
+                             f"{wave.budget}"
             elif cap is not None and failed >= cap:
                 stopped_by = f"the failure policy stopped the run ({failed} failed, max failures {cap})"
         if not reports:  # nothing selected
@@ -350,7 +350,7 @@ def downgrade(settings: Settings, plan: DowngradePlan, options: RunOptions = Run
     revisions = load_revisions(settings)
     head = _head_or_none(revisions)
     return _run(settings, revisions, "downgrade", plan.target, head, [plan.tenant], options, None,
-                expect=plan.current)
+                planned_from=plan.current)
 
 
 def downgrade_and_pin(settings: Settings, plan: DowngradePlan, reason: str, options: RunOptions = RunOptions()
@@ -550,13 +550,13 @@ _OWN_GATE = object()  # _run's default: a pressure gate of its own for this call
 
 
 def _run(settings, revisions, operation: Operation, target, head, tenants, options: RunOptions, on_result,
-         expect: tuple[str, ...] | None = None, on_start=None, skipped=(), gate=_OWN_GATE):
+         planned_from: tuple[str, ...] | None = None, on_start=None, skipped=(), gate=_OWN_GATE):
     """Run ``tenants`` with ``gate``, the run's pressure gate (None: no probe) when the caller owns one."""
     if gate is _OWN_GATE:
         gate = _pressure_gate(settings.environment, tenants) if options.strategy is None else None
         try:
-            return _run(settings, revisions, operation, target, head, tenants, options, on_result, expect=expect,
-                        on_start=on_start, skipped=skipped, gate=gate)
+            return _run(settings, revisions, operation, target, head, tenants, options, on_result,
+                        planned_from=planned_from, on_start=on_start, skipped=skipped, gate=gate)
         finally:
             if gate is not None:
                 gate.close()
@@ -576,7 +576,7 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
         retry_backoff_max=env.retry_backoff_max,
         lock_timeout=env.lock_timeout,
         must_exist=_must_exist(settings),
-        expect=expect,
+        planned_from=planned_from,
         auth=env.auth,
         cloud=env.cloud,
         run_id=run_id,

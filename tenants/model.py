@@ -81,6 +81,8 @@ class Skipped(NamedTuple):
     tags: tuple[str, ...] = ()
 
 class Status(str, Enum):
+    """How a run left one tenant (a :class:`TenantResult`): what it did, or why it did nothing."""
+
     UPGRADED = "upgraded"
     DOWNGRADED = "downgraded"
     STAMPED = "stamped"
@@ -385,6 +387,14 @@ def _status_order(counts: Counter) -> list[str]:
 
 
 class State(str, Enum):
+    """Where a read-only look (``status``, ``verify``) finds one tenant (a :class:`TenantStatus`).
+
+    ``UNMANAGED`` and ``UNKNOWN_REVISION`` are also :class:`Status` members, with the same values, on purpose:
+    the same condition of the same database, found by reading instead of by a run (which ends there without
+    touching the tenant), so one word and one JSON value name it whichever command found it. The two enums
+    stay apart because the rest differs: a state is never "upgraded", a result never "behind".
+    """
+
     AT_HEAD = "at-head"
     BEHIND = "behind"
     NEW = "new"

@@ -222,13 +222,13 @@ class Revisions:
     # --- running env.py ------------------------------------------------------------------------------------
 
     def migrate(self, connection: Connection, url: str, operation: Operation, target: str | None,
-                expect: tuple[str, ...] | None = None, on_version_apply=None,
+                current: tuple[str, ...] | None = None, on_version_apply=None,
                 env_py: EnvPy = "connection") -> list[str]:
         """Run env.py once for this tenant to take it to ``target`` (None is base); return the revisions
         Alembic planned to run (env.py may have run them on another database: the caller checks).
 
         ``connection`` must not be inside a transaction: env.py configures ``transaction_per_migration`` and
-        Alembic then begins and commits one transaction per revision on it. ``expect`` is the revision we
+        Alembic then begins and commits one transaction per revision on it. ``current`` is the revision we
         read under the lock: Alembic reads the version table itself (through env.py's configuration), and if
         it sees something else the tenant is stopped before any step runs. ``env_py`` chooses what env.py is
         handed (module docstring); a :class:`MigrationConnection` serves both ``connection`` recipes.
@@ -239,9 +239,9 @@ class Revisions:
 
         def steps(rev, _context):
             seen = tuple(sorted(rev))
-            if expect is not None and seen != tuple(sorted(expect)):
+            if current is not None and seen != tuple(sorted(current)):
                 raise VersionTableMismatch(
-                    f"env.py's version table holds {','.join(seen) or 'base'} but {','.join(expect) or 'base'} "
+                    f"env.py's version table holds {','.join(seen) or 'base'} but {','.join(current) or 'base'} "
                     "was read: set the environment's version_table to the table this env.py uses"
                 )
             if operation == "upgrade":

@@ -70,9 +70,10 @@ class Job:
     retry_backoff_max: float = 30.0
     lock_timeout: float = 0.0
     must_exist: bool = False  # SQLite: fail (don't create) when the tenant's file is missing
-    # The revision the operator saw when confirming (single-tenant downgrade): if the tenant moved since,
-    # undoing "down to X" would undo more than was shown, so the tenant fails instead.
-    expect: tuple[str, ...] | None = None
+    # The revision the plan was made from, which the operator saw when confirming (single-tenant downgrade): if
+    # the tenant moved since, undoing "down to X" would undo more than was shown, so the tenant fails instead.
+    # (Not the revision read under the lock: that one is ``current``, handed to Revisions.migrate.)
+    planned_from: tuple[str, ...] | None = None
     auth: str | None = None  # SQL Server: azure-ad | sql | odbc (see tenants.config)
     cloud: str = "public"
     # The audit trail (tenants.engine.history): written when run_id is set.
@@ -191,7 +192,7 @@ def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
                         raise _Outcome(Status.PINNED, current, pin.describe())
                 recorder = job.recorder()
                 try:
-                    applied = revisions.migrate(conn, tenant.url, job.operation, job.target, expect=current,
+                    applied = revisions.migrate(conn, tenant.url, job.operation, job.target, current=current,
                                                 on_version_apply=recorder.on_version_apply if recorder else None,
                                                 env_py=job.env_py)
                 except BaseException as err:
@@ -271,10 +272,10 @@ def _read_after(engine: Engine, conn, job: Job) -> tuple[str, ...] | None:
 
 def _check(current: tuple[str, ...], job: Job, revisions: Revisions) -> None:
     """Stop the attempt early when there is nothing (safe) to do."""
-    if job.expect is not None and current != job.expect:
+    if job.planned_from is not None and current != job.planned_from:
         raise _Outcome(
             Status.FAILED, current,
-            f"the tenant moved from {_rev(job.expect)} to {_rev(current)} since the plan was shown; nothing "
+            f"the tenant moved from {_rev(job.planned_from)} to {_rev(current)} since the plan was shown; nothing "
             "done: run the command again to see the new plan",
         )
     if not revisions.is_known(current):

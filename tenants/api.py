@@ -7,11 +7,12 @@ bad input raises a :class:`~tenants.errors.TenantsError` and changes nothing.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from enum import Enum
+from pathlib import Path
 from time import monotonic
 
 from tenants import __version__
@@ -31,9 +32,11 @@ from tenants.engine.pins import Pin, read_pin
 from tenants.engine.pressure import ElasticPoolPressure, PressureGate
 from tenants.engine.revisions import Operation, Revisions
 from tenants.engine.unit import Job, unmanaged_reason
+from tenants.engine.waves import Wave, assign, empty_waves
 from tenants.errors import RevisionError, TenantNotFound, TenantsError, TenantUnreachable, UsageError
 from tenants.model import RunReport, State, Status, StatusReport, Tenant, TenantResult, TenantStatus
-from tenants.runlog import header_of
+from tenants.output import notify as webhooks
+from tenants.runlog import ReadReport, header_of, read_report
 from tenants.selection import Selection
 from tenants.sources import TenantSource, discover_with_skipped, source_for
 
@@ -185,6 +188,36 @@ def status(settings: Settings, selection: Selection = Selection(), source: Tenan
 
 
 @dataclass(frozen=True)
+class Verification:
+    """What :func:`verify` found: the fleet's status read afresh, the tenants the run's report lists (None
+    without a report: then none is named as created since the run began), and the verdict, :attr:`ok`."""
+
+    status: StatusReport
+    ran: frozenset[str] | None = None
+    strict: bool = False
+    allow_offline: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Every tenant at head (a pinned one may be behind, unless ``strict``), and every database online
+        (unless ``allow_offline``: an offline one could not be read, so nobody can vouch for it)."""
+        at_head = self.status.ok if self.strict else self.status.ok_but_pinned
+        return at_head and (self.allow_offline or not self.status.offline)
+
+
+def verify(settings: Settings, selection: Selection = Selection(), run_report: Path | None = None,
+           strict: bool = False, allow_offline: bool = False, source: TenantSource | None = None) -> Verification:
+    """After a deploy: discover the fleet afresh and check every tenant is at head (:func:`status`).
+
+    ``run_report`` is the deploy's report (:mod:`tenants.runlog`), read first: a tenant it does not list was
+    created since the run began. ``strict``: pinned tenants not at head fail too. ``allow_offline``: databases
+    that are not online are listed but do not fail.
+    """
+    ran = frozenset(read_report(run_report).statuses()) if run_report is not None else None
+    return Verification(status(settings, selection, source), ran, strict, allow_offline)
+
+
+@dataclass(frozen=True)
 class PreparedRun:
     """A validated run: the revision graph, the resolved target and the tenants, before any is touched."""
 
@@ -196,6 +229,8 @@ class PreparedRun:
     tenants: tuple[Tenant, ...]
     skipped: tuple[tuple[str, str], ...] = ()  # databases seen but not tenants (name, why)
     concurrency: int | None = None  # derived from the elastic pool, when the environment sets none
+    narrowed: bool = False  # the tenants are a selection (options or a resumed report), not the whole fleet
+    resumed_from: Path | None = None  # the report a resumed upgrade took its tenants from (--from-report)
 
     def run(self, options: RunOptions = RunOptions(),
             on_result: Callable[[TenantResult], None] | None = None,
@@ -211,9 +246,8 @@ class PreparedRun:
         if options.concurrency is None and self.concurrency is not None:
             options = replace(options, concurrency=self.concurrency)
         waves = self.waves()
+        self.check_wave(options.wave)
         if options.wave is not None:
-            if not 1 <= options.wave <= len(waves):
-                raise UsageError(f"--wave {options.wave}: this selection has {len(waves)} wave(s)")
             waves = [waves[options.wave - 1]]
         run_id = options.run_id or uuid.uuid4().hex
         gate = _pressure_gate(self.settings.environment, self.tenants, on_warning) if options.strategy is None \
@@ -275,25 +309,43 @@ class PreparedRun:
     def declares_waves(self) -> bool:
         return self.operation == "upgrade" and bool(self.settings.environment.waves)
 
-    def waves(self) -> list:
+    def waves(self) -> list[tuple[Wave, list[Tenant]]]:
         """The selection split into the environment's waves (one wave when none are declared, and for any
         operation but an upgrade: waves roll a release out, a stamp or a downgrade names its tenants)."""
-        from tenants.engine.waves import assign
-
         return assign(list(self.tenants), self.settings.environment.waves if self.declares_waves else ())
+
+    def check_wave(self, wave: int | None) -> None:
+        """Refuse a ``--wave`` number this selection does not have (an empty wave gets no number)."""
+        count = len(self.waves())
+        if wave is not None and not 1 <= wave <= count:
+            raise UsageError(f"--wave {wave}: this selection has {count} wave(s)")
+
+    def empty_waves(self) -> list[tuple[int, Wave, str]]:
+        """The declared waves that take none of these tenants, and why (:func:`tenants.engine.waves.empty_waves`):
+        a canary wave that takes nobody is a rollout without a canary, which the caller should say."""
+        return empty_waves(list(self.tenants), self.settings.environment.waves, self.narrowed)
+
+
+# A resumed upgrade runs again the tenants its report lists with one of these statuses (`--only`'s default).
+RESUME_STATUSES = ("failed", "timed-out", "skipped", "locked")
 
 
 def prepare_upgrade(settings: Settings, revision: str = "head", selection: Selection = Selection(),
-                    source: TenantSource | None = None, concurrency: int | None = None) -> PreparedRun:
+                    source: TenantSource | None = None, concurrency: int | None = None,
+                    resume_from: Path | None = None, only: Iterable[str] = RESUME_STATUSES) -> PreparedRun:
     """Validate an upgrade (graph, revision, discovery, selection) without touching any tenant.
 
     An ``azure-pool`` environment without ``concurrency`` gets one derived from the pool's size
     (:func:`tenants.sources.azure.derived_concurrency`), unless ``concurrency`` (the CLI's ``--concurrency``) is
     given: then the pool is not even asked.
+
+    ``resume_from``, the report of an earlier run (finished or cut short), resumes it: of the selection, only
+    the tenants it lists with a status in ``only`` and those it does not list (:func:`resume_names`).
     """
+    resume = read_report(resume_from) if resume_from is not None else None
     _require_lock(settings)
     revisions = load_revisions(settings)
-    head = revisions.head() if revision == "head" else _head_or_none(revisions)
+    head = upgrade_head(revisions, revision)
     target = revisions.resolve(revision)
     tenants, skipped = discover_all(settings, selection, source)
     if (concurrency is None and settings.environment.source == "azure-pool"
@@ -301,7 +353,76 @@ def prepare_upgrade(settings: Settings, revision: str = "head", selection: Selec
         from tenants.sources.azure import derived_concurrency
 
         concurrency = derived_concurrency(settings.environment, **_azure_client_args(source))
-    return PreparedRun(settings, revisions, "upgrade", target, head, tuple(tenants), tuple(skipped), concurrency)
+    if resume is not None:
+        names = set(resume_names(resume, set(only), [t.name for t in tenants]))
+        tenants = [t for t in tenants if t.name in names]
+    return PreparedRun(settings, revisions, "upgrade", target, head, tuple(tenants), tuple(skipped), concurrency,
+                       narrowed=selection != Selection() or resume is not None, resumed_from=resume_from)
+
+
+def upgrade_head(revisions: Revisions, revision: str) -> str | None:
+    """The head an upgrade to ``revision`` reports: for ``head``, the one head (several raise
+    :class:`~tenants.errors.MultipleHeads`); for a named revision, the one head or None when there are
+    several (naming one of them is how such a graph is upgraded)."""
+    return revisions.head() if revision == "head" else single_head(revisions)
+
+
+def single_head(revisions: Revisions) -> str | None:
+    """The graph's head, or None when it has several."""
+    return revisions.heads[0] if len(revisions.heads) == 1 else None
+
+
+def resume_names(report: ReadReport, only: set[str], discovered: list[str]) -> list[str]:
+    """The tenants to run again: those whose status in the report is in ``only``, and those (discovered now)
+    with no entry in it, which count as not done."""
+    unknown = only - {s.value for s in Status}
+    if unknown:
+        raise UsageError(f"--only {','.join(sorted(unknown))}: not a status; use some of "
+                         f"{', '.join(s.value for s in Status if s is not Status.THROTTLED)}")
+    statuses = report.statuses()
+    return [name for name in discovered if name not in statuses or statuses[name] in only]
+
+
+def merge_reports(reports: Sequence[Path | ReadReport]) -> RunReport:
+    """One report from several shard (or canary) reports of the same environment, operation and target,
+    tenants by name (see :meth:`RunReport.combine`); each part is named in ``shards`` by its file. A path is
+    read first (:func:`tenants.runlog.read_report`: a report cut short counts, and makes the merge not
+    ``complete``)."""
+    parts = [r if isinstance(r, ReadReport) else read_report(r) for r in reports]
+    if not parts:
+        raise UsageError("report merge needs at least one report")
+    first = parts[0].fields
+    for report in parts[1:]:
+        for key in ("environment", "operation", "target"):
+            if report.fields.get(key) != first.get(key):
+                raise UsageError(f"{report.path}: {key} {report.fields.get(key)!r} differs from "
+                                 f"{parts[0].path}'s {first.get(key)!r}; merge reports of one run only")
+    seen: dict[str, str] = {}
+    for report in parts:
+        for tenant in report.tenants:
+            if tenant.get("tenant") in seen:
+                raise UsageError(f"tenant {tenant['tenant']!r} is in both {seen[tenant['tenant']]} and "
+                                 f"{report.path}: shards must not overlap")
+            seen[tenant.get("tenant")] = str(report.path)
+    runs = []
+    for report in parts:
+        run = report.run_report()
+        runs.append(run if run.shards else replace(run, shards=(str(report.path),)))
+    merged = RunReport.combine(runs)
+    return replace(merged, results=tuple(sorted(merged.results, key=lambda r: r.tenant)))
+
+
+def notify(targets: Sequence[webhooks.Target], reports: Sequence[Path | ReadReport] = (),
+           message: str | None = None, link: str | None = None) -> list[str]:
+    """Post a run's summary (its ``reports`` merged, with ``message`` as a note) or ``message`` alone (a deploy
+    that failed before any tenant ran) to the webhooks; ``link`` is the CI run's page. Returns one warning per
+    webhook that failed: a failing webhook never fails the caller."""
+    if not targets:
+        raise UsageError("report notify: no webhook; give --notify URL or set TENANTS_NOTIFY_URL")
+    if not reports and not message:
+        raise UsageError("report notify: give the run's report(s), or --message when there is none")
+    subject = merge_reports(reports) if reports else message
+    return webhooks.notify(subject, targets, link=link, note=message if reports else None)
 
 
 def _azure_client_args(source) -> dict:
@@ -348,7 +469,7 @@ def downgrade(settings: Settings, plan: DowngradePlan, options: RunOptions = Run
     The tenant must still be where the plan saw it: if it moved since, it fails with nothing undone.
     """
     revisions = load_revisions(settings)
-    head = _head_or_none(revisions)
+    head = single_head(revisions)
     return _run(settings, revisions, "downgrade", plan.target, head, [plan.tenant], options, None,
                 planned_from=plan.current)
 
@@ -431,7 +552,7 @@ def prepare_stamp(settings: Settings, revision: str, selection: Selection = Sele
     for tenant, read in zip(tenants, read_tenants(settings, tenants), strict=True):
         where = "?" if read.error is not None else "unmanaged" if read.tables else ",".join(read.current) or "base"
         current.append((tenant.name, where))
-    run = PreparedRun(settings, revisions, "stamp", target, _head_or_none(revisions), tuple(tenants),
+    run = PreparedRun(settings, revisions, "stamp", target, single_head(revisions), tuple(tenants),
                       tuple(skipped))
     return StampPlan(run, tuple(current))
 
@@ -649,10 +770,6 @@ def _must_exist(settings: Settings) -> bool:
     # A `server` source found the files, so a missing one has vanished: fail it rather than recreate it
     # empty. Static tenants (the demo fleet) are created on first use.
     return settings.environment.source == "server"
-
-
-def _head_or_none(revisions: Revisions) -> str | None:
-    return revisions.heads[0] if len(revisions.heads) == 1 else None
 
 
 def _known_current(revisions: Revisions, tenant: Tenant, settings: Settings) -> tuple[str, ...]:

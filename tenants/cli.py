@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,13 +23,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tenants import api
 from tenants import plan as plan_module
 from tenants.config import Settings, load_settings
-from tenants.engine.waves import empty_waves
 from tenants.errors import TenantsError, UsageError
 from tenants.model import RunReport, TenantResult, counted
 from tenants.output import text as render
 from tenants.output.ci import junit_xml, markdown_summary, status_junit
-from tenants.output.notify import ci_run_url, notify, parse_target
-from tenants.runlog import ReportWriter, merge_reports, read_report, resume_names, write_json
+from tenants.output.notify import Target, ci_run_url, notify, parse_target
+from tenants.runlog import ReportWriter, write_json
 from tenants.selection import Selection, parse_shard
 
 app = typer.Typer(
@@ -42,20 +41,27 @@ app = typer.Typer(
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Context:
-    """What the callback parsed, handed to every command through ``ctx.obj`` (no module-level state)."""
+    """What the callback parsed, handed to every command through ``ctx.obj`` (no module-level state). A
+    command's own options are its function's arguments, passed on as arguments: never stored here."""
 
     config: Optional[str]
     env: Optional[str]
     out: Console
     err: Console
-    junit: Optional[Path] = None  # set by a command that takes --junit / --summary-markdown / --notify
-    summary_markdown: Optional[Path] = None
-    notify: list = field(default_factory=list)
 
     def settings(self) -> Settings:
         return load_settings(self.config, self.env)
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Where a run goes besides the terminal: the command's --junit, --summary-markdown and --notify."""
+
+    junit: Optional[Path] = None
+    summary_markdown: Optional[Path] = None
+    notify: tuple[Target, ...] = ()
 
 
 def _console(stderr: bool = False) -> Console:
@@ -229,19 +235,18 @@ def verify(
     is not, and why (pinned tenants are listed, and fail only with --strict), and each database that is not
     online, which could not be verified (listed, and not failing, with --allow-offline)."""
     obj: Context = ctx.obj
-    ran = set(read_report(run_report).statuses()) if run_report is not None else None
     _check_report_path(junit, "--junit")
-    report = api.status(obj.settings(), _selection(tenant, exclude, tag, shard))
-    for line in render.verify_lines(report, ran, allow_offline):
+    verdict = api.verify(obj.settings(), _selection(tenant, exclude, tag, shard), run_report, strict=strict,
+                         allow_offline=allow_offline)
+    for line in render.verify_lines(verdict.status, verdict.ran, allow_offline):
         typer.echo(line)
-    typer.echo(render.status_line(report))
+    typer.echo(render.status_line(verdict.status))
     if junit is not None:
-        junit.write_text(status_junit(report, allow_offline), encoding="utf-8")
-    verified = report.ok if strict else report.ok_but_pinned
-    raise typer.Exit(0 if verified and (allow_offline or not report.offline) else 1)
+        junit.write_text(status_junit(verdict.status, allow_offline), encoding="utf-8")
+    raise typer.Exit(0 if verdict.ok else 1)
 
 
-def _run_and_render(obj: Context, run, total: int, report_path: Optional[Path]) -> None:
+def _run_and_render(obj: Context, run, total: int, report_path: Optional[Path], publish: Publish) -> None:
     """Stream results as they finish (a live bar on a terminal, a line each otherwise), then summarise.
 
     ``run(on_result, on_start, on_warning)`` runs it (:meth:`tenants.api.PreparedRun.run`). With ``--report``
@@ -286,7 +291,7 @@ def _run_and_render(obj: Context, run, total: int, report_path: Optional[Path]) 
         report = run(on_line, on_start, on_warning)
     if writer:
         writer[0].close(report)
-    _finish(obj, report, report_path, written=bool(writer), warned=warned)
+    _finish(obj, report, report_path, publish, written=bool(writer), warned=warned)
 
 
 def _warning(line: str) -> str:
@@ -294,14 +299,14 @@ def _warning(line: str) -> str:
     return f"tenants: warning: pressure_limit: {line}"
 
 
-def _publish(obj: Context, report: RunReport, report_file: str) -> None:
+def _publish(report: RunReport, report_file: str, publish: Publish) -> None:
     """The run for people and CI: JUnit, the Markdown summary (to a file and $GITHUB_STEP_SUMMARY), webhooks."""
-    if obj.junit is not None:
-        obj.junit.write_text(junit_xml(report), encoding="utf-8")
+    if publish.junit is not None:
+        publish.junit.write_text(junit_xml(report), encoding="utf-8")
     markdown = markdown_summary(report, report_file=report_file)
-    if obj.summary_markdown is not None:
-        obj.summary_markdown.write_text(markdown, encoding="utf-8")
-    for warning in notify(report, obj.notify, link=ci_run_url(os.environ)) if obj.notify else ():
+    if publish.summary_markdown is not None:
+        publish.summary_markdown.write_text(markdown, encoding="utf-8")
+    for warning in notify(report, publish.notify, link=ci_run_url(os.environ)) if publish.notify else ():
         typer.echo(f"tenants: warning: {warning}", err=True)
     _step_summary(markdown)
 
@@ -317,11 +322,11 @@ def _step_summary(markdown: str) -> None:
                        err=True)
 
 
-def _finish(obj: Context, report: RunReport, report_path: Optional[Path], written: bool = False,
-            warned: Optional[list[str]] = None) -> None:
+def _finish(obj: Context, report: RunReport, report_path: Optional[Path], publish: Publish = Publish(),
+            written: bool = False, warned: Optional[list[str]] = None) -> None:
     if report_path is not None and not written:
         report_path.write_text(render.to_json(report.to_dict()) + "\n", encoding="utf-8")
-    _publish(obj, report, str(report_path or "report.json"))
+    _publish(report, str(report_path or "report.json"), publish)
     obj.out.print(render.summary_table(report))
     typer.echo(render.summary_line(report))
     for line in render.failures(report):
@@ -396,7 +401,7 @@ def upgrade(
         "--from-report", help="Resume: only the tenants this report lists with a status in --only, and those "
         "it does not list.", exists=False, dir_okay=False, show_default=False)] = None,
     only: Annotated[str, typer.Option(
-        "--only", help="With --from-report: the statuses to run again.")] = "failed,timed-out,skipped,locked",
+        "--only", help="With --from-report: the statuses to run again.")] = ",".join(api.RESUME_STATUSES),
     junit: JunitOpt = None,
     summary_markdown: SummaryOpt = None,
     notify_urls: NotifyOpt = [],
@@ -407,33 +412,28 @@ def upgrade(
         raise UsageError("--keep-going and --max-failures contradict each other: use one")
     for path, flag in ((report, "--report"), (junit, "--junit"), (summary_markdown, "--summary-markdown")):
         _check_report_path(path, flag)
-    obj.junit, obj.summary_markdown = junit, summary_markdown
-    obj.notify = [parse_target(url) for url in notify_urls]  # bad input stops here, before any tenant
+    # bad input stops here, before any tenant
+    publish = Publish(junit, summary_markdown, tuple(parse_target(url) for url in notify_urls))
     settings = obj.settings()
     # Neither flag: the default policy (the first failure, or with waves each wave's budget); see RunOptions.
     limit = None if keep_going else max_failures if max_failures is not None else api.FailureLimit.DEFAULT
     options = api.RunOptions(concurrency=concurrency, retries=retries, tenant_timeout=tenant_timeout, wave=wave,
                              max_failures=limit)
-    selection = _selection(tenant, exclude, tag, shard)
-    resume = read_report(from_report) if from_report is not None else None
-    # Validate everything (revision, discovery, selection) before the first tenant is touched.
-    prepared = api.prepare_upgrade(settings, revision, selection, concurrency=concurrency)
-    if resume is not None:
-        names = set(resume_names(resume, {s.strip() for s in only.split(",") if s.strip()},
-                                 [t.name for t in prepared.tenants]))
-        prepared = replace(prepared, tenants=tuple(t for t in prepared.tenants if t.name in names))
+    # Validate everything (report, revision, discovery, selection) before the first tenant is touched.
+    prepared = api.prepare_upgrade(settings, revision, _selection(tenant, exclude, tag, shard),
+                                   concurrency=concurrency, resume_from=from_report,
+                                   only={s.strip() for s in only.split(",") if s.strip()})
+    if prepared.resumed_from is not None:
         typer.echo(f"resuming from {from_report}: {len(prepared.tenants)} tenant(s) to run again", err=True)
     if not prepared.tenants:
         typer.echo("tenants: no tenant selected; nothing to do", err=True)
-    waves = prepared.waves()
-    narrowed = selection != Selection() or resume is not None
-    for position, declared, why in empty_waves(list(prepared.tenants), settings.environment.waves, narrowed):
+    for position, declared, why in prepared.empty_waves():
         typer.echo(f"tenants: warning: waves[{position}] ({declared.name}): {why}", err=True)
-    if wave is not None and not 1 <= wave <= len(waves):
-        raise UsageError(f"--wave {wave}: this selection has {len(waves)} wave(s)")
+    prepared.check_wave(wave)
+    waves = prepared.waves()
     if len(waves) > 1:
         typer.echo("waves: " + "; ".join(f"{i}. {w.name} ({len(t)})" for i, (w, t) in enumerate(waves, 1)), err=True)
-    _run_and_render(obj, functools.partial(prepared.run, options), len(prepared.tenants), report)
+    _run_and_render(obj, functools.partial(prepared.run, options), len(prepared.tenants), report, publish)
 
 
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="text, markdown or json.")]
@@ -602,13 +602,11 @@ def report_merge(
 
     The merged run's summary goes to $GITHUB_STEP_SUMMARY (when set) and --summary-markdown, its JUnit to
     --junit: the same as one unsharded run's."""
-    obj: Context = ctx.obj
     for path, flag in ((output, "--output"), (junit, "--junit"), (summary_markdown, "--summary-markdown")):
         _check_report_path(path, flag)
-    obj.junit, obj.summary_markdown = junit, summary_markdown
-    merged = merge_reports([read_report(path) for path in reports])
+    merged = api.merge_reports(reports)
     write_json(output, merged.to_dict())
-    _publish(obj, merged, str(output))
+    _publish(merged, str(output), Publish(junit, summary_markdown))
     counts = ", ".join(f"{n} {status}" for status, n in merged.counts.items()) or "no tenants"
     typer.echo(f"merged {len(reports)} report(s), {len(merged.results)} tenants: {counts}"
                + ("" if merged.complete else " (some reports were cut short)"))
@@ -630,12 +628,7 @@ def report_notify(
 
     In GitHub Actions the message links to the run's page. A failing webhook is a warning (exit 0)."""
     targets = [parse_target(url) for url in notify_urls]
-    if not targets:
-        raise UsageError("report notify: no webhook; give --notify URL or set TENANTS_NOTIFY_URL")
-    if not reports and not message:
-        raise UsageError("report notify: give the run's report(s), or --message when there is none")
-    subject = merge_reports([read_report(path) for path in reports]) if reports else message
-    warnings = notify(subject, targets, link=ci_run_url(os.environ), note=message if reports else None)
+    warnings = api.notify(targets, reports or (), message, link=ci_run_url(os.environ))
     for warning in warnings:
         typer.echo(f"tenants: warning: {warning}", err=True)
     typer.echo(f"posted to {len(targets) - len(warnings)} of {len(targets)} webhook(s)")

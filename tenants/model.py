@@ -258,7 +258,7 @@ class RunReport:
         ``sequential``: the parts ran one after another as one run (the waves of :mod:`tenants.api`): the
         run took the sum of their durations, each part's concurrency changes move by the time the parts
         before it took, and their ``waves`` follow one another. Otherwise the parts are separate runs (the
-        shards of a deploy, its canary; :func:`tenants.runlog.merge_reports`): the run took from the first
+        shards of a deploy, its canary; :func:`tenants.api.merge_reports`): the run took from the first
         start to the last finish, each part's concurrency changes move by how much later than the first it
         started, and the ``waves`` entries of the same wave are added up (the n-th wave of a name in one part
         with the n-th of that name in the others: each shard ran every wave on its share).

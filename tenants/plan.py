@@ -109,7 +109,7 @@ def plan(settings: Settings, revision: str = "head", selection: Selection = Sele
     """
     env = settings.environment
     revisions = api.load_revisions(settings)
-    head = revisions.head() if revision == "head" else api._head_or_none(revisions)
+    head = api.upgrade_head(revisions, revision)
     target = revisions.resolve(revision)
     tenants, skipped = api.discover_all(settings, selection, source)
 

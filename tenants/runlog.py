@@ -1,4 +1,4 @@
-"""The JSON report, written as the run goes, read back to resume, and merged across shards.
+"""The JSON report file: written as the run goes, and read back (to resume, verify or merge: tenants.api).
 
 A run that is killed (SIGKILL, a CI timeout) must still leave a report to resume from. So the report file
 is written as the run goes: the run's header (``{"schema_version": 1, ..., "tenants": [``) when the run
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tenants.errors import UsageError
-from tenants.model import RunReport, Status, TenantResult
+from tenants.model import RunReport, TenantResult
 
 SCHEMA_VERSION = 1
 # What a report says before its first tenant ends: the streamed file's header.
@@ -112,43 +112,6 @@ def _read_partial(path: Path, text: str) -> dict[str, Any]:
             except json.JSONDecodeError:
                 break  # the line being written when the run died
     return {**fields, "tenants": tenants}
-
-
-def resume_names(report: ReadReport, only: set[str], discovered: list[str]) -> list[str]:
-    """The tenants to run again: those whose status in the report is in ``only``, and those (discovered now)
-    with no entry in it, which count as not done."""
-    unknown = only - {s.value for s in Status}
-    if unknown:
-        raise UsageError(f"--only {','.join(sorted(unknown))}: not a status; use some of "
-                         f"{', '.join(s.value for s in Status if s is not Status.THROTTLED)}")
-    statuses = report.statuses()
-    return [name for name in discovered if name not in statuses or statuses[name] in only]
-
-
-def merge_reports(reports: list[ReadReport]) -> RunReport:
-    """One report from several shard (or canary) reports of the same environment, operation and target,
-    tenants by name (see :meth:`RunReport.combine`); each part is named in ``shards`` by its file."""
-    if not reports:
-        raise UsageError("report merge needs at least one report")
-    first = reports[0].fields
-    for report in reports[1:]:
-        for key in ("environment", "operation", "target"):
-            if report.fields.get(key) != first.get(key):
-                raise UsageError(f"{report.path}: {key} {report.fields.get(key)!r} differs from "
-                                 f"{reports[0].path}'s {first.get(key)!r}; merge reports of one run only")
-    seen: dict[str, str] = {}
-    for report in reports:
-        for tenant in report.tenants:
-            if tenant.get("tenant") in seen:
-                raise UsageError(f"tenant {tenant['tenant']!r} is in both {seen[tenant['tenant']]} and "
-                                 f"{report.path}: shards must not overlap")
-            seen[tenant.get("tenant")] = str(report.path)
-    parts = []
-    for report in reports:
-        part = report.run_report()
-        parts.append(part if part.shards else replace(part, shards=(str(report.path),)))
-    merged = RunReport.combine(parts)
-    return replace(merged, results=tuple(sorted(merged.results, key=lambda r: r.tenant)))
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

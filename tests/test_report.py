@@ -17,7 +17,8 @@ from tenants.config import load_settings
 from tenants.engine.fanout import ProcessStrategy
 from tenants.engine.pressure import PressureGate
 from tenants.model import RunReport, Status, TenantResult
-from tenants.runlog import ReportWriter, header_of, merge_reports, read_report
+from tenants.api import merge_reports
+from tenants.runlog import ReportWriter, header_of, read_report
 
 
 def round_trip(report: RunReport) -> RunReport:

@@ -15,7 +15,8 @@ from conftest import HEAD, ROOT, make_project
 
 from tenants.errors import UsageError
 from tenants.model import Tenant
-from tenants.runlog import merge_reports, read_report, resume_names
+from tenants.api import merge_reports, resume_names
+from tenants.runlog import read_report
 from tenants.selection import Selection, shard_of
 
 

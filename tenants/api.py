@@ -126,8 +126,8 @@ class TenantRead:
 
 
 def read_tenants(settings: Settings, tenants: list[Tenant]) -> list[TenantRead]:
-    """Each tenant's :class:`TenantRead`, in order, read in threads (reads only, no Alembic context, so
-    threads are safe). A tenant at a revision costs one connection and two queries (version, pin); a
+    """Each tenant's :class:`TenantRead`, in order, read in threads: reads with no Alembic context, which is
+    what may run in threads (the concurrency rule: :mod:`tenants.engine.fanout`). A tenant at a revision costs one connection and two queries (version, pin); a
     database without a version table one more (its tables). A SQLite file that does not exist yet is a new
     tenant, and is not opened (that would create it). Shared by ``status``, ``verify`` and ``plan``."""
     env = settings.environment
@@ -161,8 +161,8 @@ def read_tenants(settings: Settings, tenants: list[Tenant]) -> list[TenantRead]:
 def status(settings: Settings, selection: Selection = Selection(), source: TenantSource | None = None
            ) -> StatusReport:
     """Each selected tenant's recorded revision against the head, and the offline databases the selection
-    would take (their revision cannot be read: ``verify`` must not vouch for them). Reads only; threads are
-    safe here."""
+    would take (their revision cannot be read: ``verify`` must not vouch for them). Reads only
+    (:func:`read_tenants`)."""
     env = settings.environment
     revisions = load_revisions(settings)
     head = revisions.head()

@@ -10,11 +10,11 @@ with no revision recorded yet: they are also in the ``base`` cohort, because an 
 from scratch, which is what a reviewer should notice.
 
 Reading is :func:`tenants.api.read_tenants`, shared with ``status``: one ``SELECT version_num`` per tenant, in
-threads (reads only, so no worker processes), and a SQLite file that does not exist yet is ``new`` without being
+threads (reads only: see there), and a SQLite file that does not exist yet is ``new`` without being
 created. A database with tables but no version table is ``unmanaged`` (an existing customer database that was
 never adopted): the upgrade leaves it alone, so the plan lists it apart and is not ``ok``. We do not call
 ``api.status`` because that compares against head (and fails on a graph with several heads even when REVISION
-names one of them), and it takes no ``source``.
+names one of them).
 
 ``with_sql`` renders the offline SQL once per cohort, not per tenant: it depends only on the dialect and the
 start and target revisions. It is rendered for the environment's URL with the placeholder tenant ``tenant``

@@ -127,9 +127,10 @@ class TenantRead:
 
 def read_tenants(settings: Settings, tenants: list[Tenant]) -> list[TenantRead]:
     """Each tenant's :class:`TenantRead`, in order, read in threads: reads with no Alembic context, which is
-    what may run in threads (the concurrency rule: :mod:`tenants.engine.fanout`). A tenant at a revision costs one connection and two queries (version, pin); a
-    database without a version table one more (its tables). A SQLite file that does not exist yet is a new
-    tenant, and is not opened (that would create it). Shared by ``status``, ``verify`` and ``plan``."""
+    what may run in threads (the concurrency rule: :mod:`tenants.engine.fanout`). A tenant at a revision
+    costs one connection and two queries (version, pin); a database without a version table one more (its
+    tables). A SQLite file that does not exist yet is a new tenant, and is not opened (that would create it).
+    Shared by ``status``, ``verify`` and ``plan``."""
     env = settings.environment
     must_exist = _must_exist(settings)
     own = (env.version_table, env.history_table, pins.TABLE)

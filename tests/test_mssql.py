@@ -12,7 +12,7 @@ import sqlglot
 from sqlalchemy import create_engine
 from sqlalchemy.exc import DBAPIError
 
-from tenants import mssql
+from tenants.dialects import mssql
 from tenants.db import describe_error, is_throttling, is_transient, sqlstate_of
 
 

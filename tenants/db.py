@@ -56,8 +56,9 @@ class Connector:
     ``initialize()`` (several round trips), and its compiled-statement cache starts empty, so every statement
     of every tenant would be compiled again. One engine per server (host, port, user, options) removes that:
     ``NullPool`` keeps no idle connection, and a ``do_connect`` listener (SQLAlchemy's documented hook for
-    changing connection arguments) points each new connection at the database of the tenant being worked
-    on, taken from a ``ContextVar`` (per thread, so the parent's precheck threads do not mix tenants).
+    changing connection arguments, installed by :meth:`~tenants.dialects.Dialect.route_connections` of a
+    dialect whose ``shares_engine`` is set) points each new connection at the database of the tenant being
+    worked on, taken from a ``ContextVar`` (per thread, so the parent's precheck threads do not mix tenants).
     The shared engine's own ``url`` names no tenant; env.py gets the tenant's URL as ``sqlalchemy.url``.
 
     SQLite and SQL Server get an engine per tenant (a SQLite "server" is the file; pyodbc's connection

@@ -26,6 +26,7 @@ from tenants.db import (
     read_version,
     schema_tables,
 )
+from tenants.dialects import placeholder_urls
 from tenants.engine import history, pins
 from tenants.engine.fanout import FailurePolicy, Strategy, choose_strategy
 from tenants.engine.pins import Pin, read_pin
@@ -565,11 +566,7 @@ def stamp(settings: Settings, revision: str, selection: Selection = Selection(),
     return prepare_stamp(settings, revision, selection, everyone).run.run(options, on_result)
 
 
-DIALECT_URLS = {  # `tenants sql --dialect NAME`: a URL that only picks the dialect (nothing connects)
-    "mssql": "mssql+pyodbc://@server/tenant?driver=ODBC+Driver+18+for+SQL+Server",
-    "postgresql": "postgresql+psycopg://server/tenant",
-    "sqlite": "sqlite:///tenant.db",
-}
+DIALECT_URLS = placeholder_urls()  # `tenants sql --dialect NAME`: URLs that only pick the dialect
 
 
 def pin(settings: Settings, tenant: str, reason: str, actor: str | None = None) -> None:

@@ -29,6 +29,7 @@ from urllib.parse import quote
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from tenants.dialects import DIALECTS, dialect_for
 from tenants.engine.waves import parse_waves
 from tenants.errors import ConfigError, MissingVariable, UnknownEnvironment
 
@@ -123,7 +124,7 @@ class Environment:
     def tenant_url(self, tenant: str) -> str:
         """The tenant's URL as a string, password included: for connecting, never for printing."""
         if self.odbc_connect is not None:
-            from tenants.mssql import odbc_value
+            from tenants.dialects.odbc import odbc_value
 
             return URL.create("mssql+pyodbc", query={
                 "odbc_connect": self.odbc_connect.replace("{tenant}", odbc_value(tenant)),
@@ -135,10 +136,7 @@ class Environment:
             url = make_url(self.url.replace("{tenant}", "__tenant__")).set(database=tenant)
         else:
             url = make_url(self.url.replace("{tenant}", tenant))
-        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-            path = Path(url.database)
-            if not path.is_absolute():
-                url = url.set(database=str(self.base_dir / path))
+        url = dialect_for(url).with_base_dir(url, self.base_dir)  # SQLite: a relative file path
         return url.render_as_string(hide_password=False)
 
 
@@ -346,7 +344,8 @@ def _environment(
             message = message.replace(secret, "***")
         raise fail(f"url is not a valid SQLAlchemy URL: {message}", "url") from None
     backend = parsed.get_backend_name()
-    if azure and backend != "mssql":
+    dialect = dialect_for(parsed)
+    if azure and not dialect.azure_sql:
         raise fail(f"source {source!r} needs an mssql URL, not {backend!r}", "url")
 
     unmanaged = table.get("unmanaged", "report")
@@ -357,34 +356,15 @@ def _environment(
     auth = table.get("auth")
     if auth is not None and auth not in AUTHS:
         raise fail(f"auth must be one of {', '.join(AUTHS)}, not {auth!r}", "auth")
-    if auth is not None and backend != "mssql":
-        raise fail(f"auth is for SQL Server URLs; a {backend} URL carries its credentials itself", "auth")
-    if backend == "mssql":
-        auth = auth or ("odbc" if odbc_connect is not None else "azure-ad")
-        if (auth == "odbc") != (odbc_connect is not None):
-            raise fail("auth 'odbc' goes with 'odbc_connect' (and 'odbc_connect' with auth 'odbc')", "auth")
-        if auth == "azure-ad" and (parsed.username or parsed.password):
-            raise fail("auth 'azure-ad' connects with an Entra token: the url must carry no user or password "
-                       "(use auth = \"sql\" for SQL logins)", "url")
-        if auth == "azure-ad":
-            from tenants.sources.entra import check_no_credentials
-
-            try:  # UID/PWD/Authentication/Trusted_Connection in the query: the driver would refuse the token
-                check_no_credentials(parsed)
-            except ConfigError as err:
-                raise fail(f"auth 'azure-ad': {err}", "url") from None
-        raw_password = make_url(raw_url.replace("{tenant}", "tenant")).password if "url" in table else None
-        if auth == "sql" and not (parsed.username and parsed.password):
-            raise fail("auth 'sql' needs user and password in the url, from environment variables "
-                       "(mssql+pyodbc://${SQL_USER}:${SQL_PASSWORD}@...)", "url")
-        if auth == "sql" and not (raw_password and _VAR.fullmatch(raw_password)):
-            raise fail("auth 'sql': the password must come from an environment variable (${SQL_PASSWORD}), "
-                       "not be written in the file", "url")
+    # SQL Server's rules (tenants.dialects.mssql.MSSQL.resolve_auth); any other dialect refuses `auth`.
+    auth = dialect.resolve_auth(auth, url=parsed, raw_url=raw_url if "url" in table else None,
+                                odbc_connect=odbc_connect, is_variable=lambda value: bool(_VAR.fullmatch(value)),
+                                fail=fail)
 
     if table.get("env_py", "connection") not in ENV_PY:
         raise fail(f"env_py must be one of {', '.join(ENV_PY)}, not {table['env_py']!r}", "env_py")
 
-    if "pressure_limit" in table and backend != "mssql":
+    if "pressure_limit" in table and not dialect.azure_sql:
         raise fail("pressure_limit reads an Azure SQL elastic pool's load: it needs an mssql environment",
                    "pressure_limit")
     if "pressure_limit" in table and not 0 < table["pressure_limit"] <= 100:
@@ -400,10 +380,9 @@ def _environment(
     if source == "server" and "match" not in table:
         # No default: "every database on the server" would include other applications' databases.
         raise fail("source 'server' needs 'match', a glob over database names (e.g. \"tenant_*\")")
-    if source == "server" and parsed.get_backend_name() not in ("postgresql", "sqlite"):
-        raise fail(
-            f"source 'server' supports postgresql and sqlite URLs, not {parsed.get_backend_name()!r}", "source"
-        )
+    if source == "server" and not dialect.lists_databases:
+        listable = " and ".join(name for name, d in DIALECTS.items() if d.lists_databases)
+        raise fail(f"source 'server' supports {listable} URLs, not {backend!r}", "source")
 
     for key in ("concurrency",):
         if key in table and table[key] < 1:
@@ -439,8 +418,8 @@ def _environment(
         waves=parse_waves(table.get("waves", []), lambda message: fail(message, "waves")),
         retries=table.get("retries", 3),
         # Azure SQL: Microsoft's guidance, about 5 s before the first retry, backing off to 60 s.
-        retry_backoff=float(table.get("retry_backoff", 5.0 if backend == "mssql" else 1.0)),
-        retry_backoff_max=float(table.get("retry_backoff_max", 60.0 if backend == "mssql" else 30.0)),
+        retry_backoff=float(table.get("retry_backoff", dialect.retry_backoff[0])),
+        retry_backoff_max=float(table.get("retry_backoff_max", dialect.retry_backoff[1])),
         lock_timeout=float(table.get("lock_timeout", 0.0)),
         maintenance_database=table.get("maintenance_database", "postgres"),
         auth=auth,

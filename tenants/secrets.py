@@ -32,7 +32,7 @@ def url_secrets(url: str) -> tuple[str, ...]:
 
 
 def _odbc_secrets(odbc_connect: str) -> list[str]:
-    from tenants.mssql import odbc_secrets
+    from tenants.dialects.odbc import odbc_secrets
 
     return odbc_secrets(odbc_connect)
 
@@ -40,7 +40,7 @@ def _odbc_secrets(odbc_connect: str) -> list[str]:
 def mask_url(url: str | URL, secrets: tuple[str, ...] = ()) -> str:
     """The URL with its password (and any other known secret, e.g. in the query) replaced by ``***``: the
     only form of a URL the tool ever prints."""
-    from tenants.mssql import mask_odbc
+    from tenants.dialects.odbc import mask_odbc
 
     try:
         parsed = make_url(url)

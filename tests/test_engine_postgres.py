@@ -78,7 +78,7 @@ def test_missing_database_fails_clearly_and_others_reach_head_with_keep_going(pg
 
 
 def test_locked_tenant_is_reported_locked(pg_fleet):
-    from tenants.db import PG_LOCK_KEY
+    from tenants.dialects.postgresql import LOCK_KEY as PG_LOCK_KEY
 
     fleet = pg_fleet(2)
     settings = settings_of(fleet)

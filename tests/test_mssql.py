@@ -12,8 +12,8 @@ import sqlglot
 from sqlalchemy import create_engine
 from sqlalchemy.exc import DBAPIError
 
-from tenants import mssql
 from tenants.db import describe_error, is_throttling, is_transient, sqlstate_of
+from tenants.dialects import mssql
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from tenants import api
 from tenants import plan as plan_module
 from tenants.config import load_settings
-from tenants.db import _TABLES_SQL
+from tenants.dialects.mssql import TABLES_SQL
 from tenants.errors import ConfigError
 from tenants.model import State, Status
 from tenants.selection import Selection
@@ -178,7 +178,7 @@ def test_library_stamp_needs_a_selection_and_ignores_waves(sqlite_config, tmp_pa
 
 
 def test_tables_query_of_sql_server_parses_as_t_sql():
-    parsed = sqlglot.parse_one(_TABLES_SQL["mssql"], read="tsql")
+    parsed = sqlglot.parse_one(TABLES_SQL, read="tsql")
     assert parsed.find(sqlglot.exp.Table).name == "objects"
 
 

@@ -64,10 +64,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from sqlalchemy import event
-from sqlalchemy.pool import Pool
-
 from tenants.db import Connector, NoVersionTable, missing_file, read_version
+from tenants.dialects import setup_worker
 from tenants.engine.pressure import PressureGate
 from tenants.engine.revisions import Revisions
 from tenants.engine.unit import Job, precheck, run_tenant
@@ -194,33 +192,13 @@ def _init_worker(job: Job, clock: Any, check_client: bool = False, log_ceiling: 
     # The parent's logging.disable() ceiling (the CLI's: INFO without -v), which env.py's fileConfig does not
     # lift: see tenants.cli._quiet_logs.
     logging.disable(log_ceiling)
-    if check_client:  # a run with a tenant timeout: this process may be killed mid-statement
-        event.listen(Pool, "connect", _check_client_while_busy)
+    # check_client: a run with a tenant timeout, this process may be killed mid-statement (PostgreSQL then has
+    # the server watch for a vanished client: tenants.dialects.postgresql.check_client_while_busy).
+    setup_worker(check_client=check_client)
     try:
         _worker = (job, Revisions(job.alembic_ini, job.version_table), job.connector(), clock)
     except Exception as err:  # noqa: BLE001 - an initializer that raises breaks the pool with no reason given
         _worker = f"worker could not load the Alembic project: {type(err).__name__}: {err}"
-
-
-def _check_client_while_busy(dbapi_connection, _record) -> None:
-    """PostgreSQL 14+: have the server look for a vanished client every second even while a statement runs,
-    so that a worker killed for the tenant timeout has its transaction rolled back at once, not when the
-    statement in progress ends (see the module docstring). Other drivers, and older servers, are left alone.
-
-    A listener on the ``Pool`` class reaches every connection the worker opens, whichever engine opened it.
-    """
-    if not type(dbapi_connection).__module__.startswith(("psycopg", "pg8000")):
-        return
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("SET client_connection_check_interval = 1000")
-        dbapi_connection.commit()  # a SET in a transaction that later rolls back would be undone with it
-    except Exception:  # noqa: BLE001 - before PostgreSQL 14: unrecognized configuration parameter
-        with contextlib.suppress(Exception):
-            dbapi_connection.rollback()
-    finally:
-        with contextlib.suppress(Exception):
-            cursor.close()
 
 
 def _work(tenant: Tenant) -> TenantResult:

@@ -48,9 +48,9 @@ def read_pin(conn: sa.Connection, name: str = TABLE) -> Pin | None:
         row = conn.execute(sa.select(table.c.reason, table.c.pinned_by, table.c.pinned_at)).first()
     except DBAPIError as err:
         conn.rollback()
-        from tenants.db import _is_missing_table
+        from tenants.db import is_missing_table
 
-        if _is_missing_table(err):
+        if is_missing_table(err):
             return None
         raise
     conn.rollback()

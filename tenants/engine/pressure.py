@@ -23,8 +23,7 @@ from typing import Protocol
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
-from tenants import mssql
-from tenants.db import Connector, describe_error, is_throttling
+from tenants.db import Connector, describe_error, is_throttling, permission_denied
 
 # The newest row of the pool's resource stats, readable from any database in the pool.
 POOL_STATS_SQL = (
@@ -33,7 +32,7 @@ POOL_STATS_SQL = (
 )
 METRICS = ("cpu", "data_io", "log_write", "workers")
 
-# What the run says, once, when the deploy identity may not read the pool's load (tenants.mssql classifies).
+# What the run says, once, when the deploy identity may not read the pool's load (tenants.dialects.mssql classifies).
 DENIED = ("cannot read sys.dm_elastic_pool_resource_stats: the deploy identity lacks VIEW SERVER STATE "
           "(SQL Server error {number}; add its login to ##MS_ServerStateReader##, see docs/github-actions.md); "
           "the run goes on without the pressure probe")
@@ -86,7 +85,7 @@ class PressureGate:
             self.reading = dict(self.source.read())
         except Exception as err:  # noqa: BLE001 - a probe that cannot read must not stop the rollout
             self.reading = {}
-            number = mssql.permission_denied(err)
+            number = permission_denied(err)
             if number is not None:
                 self._turn_off(DENIED.format(number=number))
                 return

@@ -45,6 +45,7 @@ from sqlalchemy.engine import Connection, make_url
 
 from alembic import util
 from tenants.db import describe_error
+from tenants.dialects import dialect_for
 from tenants.errors import ConfigError, MultipleHeads, RevisionError
 from tenants.secrets import scrub, url_secrets
 
@@ -314,11 +315,8 @@ class Revisions:
         if "context" not in rendering:
             raise ConfigError(f"{env_py}: rendered nothing for {starting}:{destination}: in offline (--sql) mode "
                               "env.py must call `context.configure(url=...)` and `context.run_migrations()`")
-        if expected == "mssql":
-            from tenants.mssql import idempotent_script
-
-            return idempotent_script(buffer.getvalue(), self.version_table)
-        return buffer.getvalue()
+        # SQL Server: Alembic's own bookkeeping made safe to run twice (tenants.dialects.mssql.idempotent_script).
+        return dialect_for(expected).offline_script(buffer.getvalue(), self.version_table)
 
     def _run_env(self, url, fn, destination, *, as_sql, connection=None, starting_rev=None, output_buffer=None,
                  on_version_apply=None):

@@ -19,12 +19,14 @@ from __future__ import annotations
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 
+from tenants.dialects import odbc
+from tenants.dialects.mssql import is_pyodbc_engine
 from tenants.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -148,7 +150,7 @@ def install_token_hook(engine: Engine, cache: TokenCache) -> None:
     connection string it builds for a URL without a user name; the listener removes it, as SQLAlchemy's recipe
     does (since the URL was checked, that one is never the user's).
     """
-    if engine.dialect.name != "mssql" or engine.dialect.driver != "pyodbc":
+    if not is_pyodbc_engine(engine):
         raise ConfigError(
             f"Entra ID tokens need an mssql+pyodbc URL, not {engine.dialect.name}+{engine.dialect.driver}"
         )
@@ -156,7 +158,7 @@ def install_token_hook(engine: Engine, cache: TokenCache) -> None:
 
     def _provide_token(_dialect, _record, cargs: list[Any], cparams: dict[str, Any]) -> None:
         if cargs and isinstance(cargs[0], str):
-            cargs[0] = _without_trusted_connection(cargs[0])
+            cargs[0] = odbc.without(cargs[0], "trusted_connection")
         # A new dict: the one from connect_args is shared by every connection of the engine.
         attrs = dict(cparams.get("attrs_before") or {})
         attrs[SQL_COPT_SS_ACCESS_TOKEN] = token_struct(cache.token())
@@ -243,48 +245,7 @@ def _credential_error(keyword: str, where: str) -> ConfigError:
 
 
 def _check_odbc(conn_str: str, where: str) -> None:
-    for key, _start, _end in _odbc_attributes(conn_str):
-        if key.lower() in _CREDENTIAL_KEYWORDS:
-            raise _credential_error(key, where)
-
-
-def _without_trusted_connection(conn_str: str) -> str:
-    kept = [conn_str[start:end] for key, start, end in _odbc_attributes(conn_str)
-            if key.lower() != "trusted_connection"]
-    return ";".join(kept)
-
-
-def _odbc_attributes(conn_str: str) -> Iterator[tuple[str, int, int]]:
-    """``(key, start, end)`` of each ``KEY=value`` attribute of an ODBC connection string.
-
-    Attributes are separated by ``;``; a value in braces may itself contain ``;`` and ``=`` (``}}`` is an
-    escaped ``}``), so a plain split would see a keyword inside a braced password. ``end`` excludes the ``;``.
-    """
-    i, n = 0, len(conn_str)
-    while i < n:
-        eq = conn_str.find("=", i)
-        semi = conn_str.find(";", i)
-        if eq == -1 or (semi != -1 and semi < eq):  # no '=' in this attribute (e.g. an empty one)
-            end = n if semi == -1 else semi
-            yield conn_str[i:end].strip(), i, end
-            i = end + 1
-            continue
-        j = eq + 1
-        while j < n and conn_str[j] == " ":
-            j += 1
-        if j < n and conn_str[j] == "{":
-            j += 1
-            while j < n:
-                if conn_str[j] == "}":
-                    if conn_str.startswith("}}", j):
-                        j += 2
-                        continue
-                    j += 1
-                    break
-                j += 1
-            end = conn_str.find(";", j)
-        else:
-            end = semi
-        end = n if end == -1 else end
-        yield conn_str[i:eq].strip(), i, end
-        i = end + 1
+    # Through the one ODBC tokenizer: a keyword inside a braced value (a password holding ";UID=") is text.
+    for attribute in odbc.attributes(conn_str):
+        if attribute.key.lower() in _CREDENTIAL_KEYWORDS:
+            raise _credential_error(attribute.key, where)

@@ -6,14 +6,13 @@ from __future__ import annotations
 import fnmatch
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from tenants.config import Environment
 from tenants.db import describe_error, is_transient, make_engine
+from tenants.dialects import dialect_for
 from tenants.errors import ConfigError, DiscoveryError
 from tenants.model import Tenant
 from tenants.secrets import mask_url, url_secrets
@@ -21,20 +20,24 @@ from tenants.secrets import mask_url, url_secrets
 
 @dataclass(frozen=True)
 class ServerSource:
-    """Every database on the environment's server whose name matches ``match``."""
+    """Every database on the environment's server whose name matches ``match``.
+
+    The dialect lists the candidates (:meth:`tenants.dialects.Dialect.list_databases`: PostgreSQL asks
+    ``pg_database``, SQLite lists a folder); this source adds the retries, the glob and the messages."""
 
     environment: Environment
 
     def discover(self) -> list[Tenant]:
         env = self.environment
-        if env.dialect == "sqlite":
-            names = self._sqlite_names()
-        else:
-            names = self._postgres_names()
+        try:
+            names = dialect_for(env.dialect).list_databases(env.tenant_url("{tenant}"), self._query)
+        except ConfigError as err:
+            raise ConfigError(f"environment {env.name!r}: {err}") from None
         names = sorted(n for n in names if fnmatch.fnmatchcase(n, env.match))
         return [Tenant(name, env.tenant_url(name), (), env.secrets) for name in names]
 
-    def _postgres_names(self) -> list[str]:
+    def _query(self, sql: str) -> list[str]:
+        """The first column of ``sql`` on the server's maintenance database, without that database."""
         env = self.environment
         url = env.tenant_url(env.maintenance_database)
         engine = make_engine(url)
@@ -43,9 +46,7 @@ class ServerSource:
             while True:
                 try:
                     with engine.connect() as conn:
-                        rows = conn.execute(text(
-                            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
-                        )).scalars().all()
+                        rows = conn.execute(text(sql)).scalars().all()
                     break
                 except SQLAlchemyError as err:
                     # A blip while a deploy starts is retried like a tenant's transient error; after that the
@@ -63,29 +64,3 @@ class ServerSource:
             engine.dispose()
         # The maintenance database is where we list from, never a tenant.
         return [r for r in rows if r != env.maintenance_database]
-
-    def _sqlite_names(self) -> list[str]:
-        env = self.environment
-        template = Path(make_url(env.tenant_url("{tenant}")).database or "")
-        if "{tenant}" in str(template.parent):
-            raise ConfigError(
-                f"environment {env.name!r}: with source 'server', {{tenant}} must be in the SQLite file name, "
-                "not in its folder"
-            )
-        folder = template.parent
-        prefix, _, suffix = template.name.partition("{tenant}")
-        if not folder.is_dir():
-            raise ConfigError(
-                f"environment {env.name!r}: folder {folder} does not exist; create it or fix the url"
-            )
-        names = []
-        for path in folder.iterdir():
-            file = path.name
-            if path.is_file() and file.startswith(prefix) and file.endswith(suffix) and \
-                    len(file) > len(prefix) + len(suffix) and not file.endswith(_SQLITE_SIDECARS):
-                names.append(file[len(prefix):len(file) - len(suffix)])
-        return names
-
-
-# Files SQLite (and our lock) keep next to a database: never tenants, even with a template without a suffix.
-_SQLITE_SIDECARS = (".lock", "-journal", "-wal", "-shm")

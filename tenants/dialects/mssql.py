@@ -1,4 +1,7 @@
-"""SQL Server / Azure SQL specifics that need no driver to import: error classification and the app lock.
+"""SQL Server / Azure SQL: error classification, the app lock, Entra tokens, auth rules, idempotent T-SQL.
+
+Every tenant gets an engine of its own (pyodbc's connection string would need rewriting per tenant); with
+``auth = "azure-ad"`` the engines share one Entra token cache (see :class:`tenants.db.Connector`).
 
 pyodbc reports an error as ``(sqlstate, message)``; the native SQL Server error numbers are only in the
 message text, one ``(NNNN)`` before each ``(SQLxxx)`` call name, e.g.::
@@ -12,9 +15,23 @@ pyodbc (the demo fleet and PostgreSQL need no ODBC library): it recognises pyodb
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from tenants.dialects.base import Dialect, Fail, LockNotAcquired, TransientLockError
+from tenants.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tenants.sources.entra import TokenCache
 
 # Azure SQL's transient errors (Microsoft's list; see REFERENCE.md): reconfiguration and failover, busy
 # service, resource and worker limits of the database or elastic pool, transport faults, deadlock.
@@ -99,35 +116,6 @@ GET_APPLOCK = (
 RELEASE_APPLOCK = f"EXEC sp_releaseapplock @Resource = N'{LOCK_RESOURCE}', @LockOwner = 'Session';"
 
 
-# --- ODBC connection strings --------------------------------------------------------------------------------
-# KEY=value; pairs, where a value in braces may hold ';' and '=' ('}}' is an escaped '}').
-_ODBC_SECRET = re.compile(r"(?i)(^|;)(\s*(?:pwd|password)\s*=\s*)(\{(?:[^}]|\}\})*\}|[^;]*)")
-
-
-def odbc_secrets(conn_str: str) -> tuple[str, ...]:
-    """The password values of an ODBC connection string (with and without their braces)."""
-    found: list[str] = []
-    for match in _ODBC_SECRET.finditer(conn_str):
-        value = match.group(3).strip()
-        if value:
-            found.append(value)
-            if value.startswith("{") and value.endswith("}"):
-                found.append(value[1:-1].replace("}}", "}"))
-    return tuple(found)
-
-
-def mask_odbc(conn_str: str) -> str:
-    """The connection string with every password value replaced by ``***``."""
-    return _ODBC_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}***", conn_str)
-
-
-def odbc_value(value: str) -> str:
-    """``value`` as an ODBC attribute value: braced (with ``}`` doubled) when it holds ``; { } =``."""
-    if any(c in value for c in ";{}="):
-        return "{" + value.replace("}", "}}") + "}"
-    return value
-
-
 # --- offline T-SQL that is safe to run twice ----------------------------------------------------------------
 
 def idempotent_script(sql: str, version_table: str = "alembic_version") -> str:
@@ -148,3 +136,101 @@ def idempotent_script(sql: str, version_table: str = "alembic_version") -> str:
     sql = insert.sub(lambda m: (f"IF NOT EXISTS (SELECT 1 FROM {version_table})\nBEGIN\n"
                                 f"INSERT INTO {version_table} (version_num) VALUES {m.group(1)};\nEND;"), sql)
     return "SET XACT_ABORT ON;\n\nGO\n\n" + sql
+
+
+# --- the dialect --------------------------------------------------------------------------------------------
+
+# Every user table of the database (every schema): see tenants.db.schema_tables.
+TABLES_SQL = (
+    "SELECT CASE WHEN s.name = SCHEMA_NAME() THEN o.name ELSE s.name + '.' + o.name END "
+    "FROM sys.objects AS o JOIN sys.schemas AS s ON s.schema_id = o.schema_id "
+    "WHERE o.type IN ('U', 'V') AND o.is_ms_shipped = 0"
+)
+
+
+class MSSQL(Dialect):
+    name = "mssql"
+    placeholder_url = "mssql+pyodbc://@server/tenant?driver=ODBC+Driver+18+for+SQL+Server"
+    can_lock = True
+    azure_sql = True
+    retry_backoff = (5.0, 60.0)  # Microsoft's guidance for Azure SQL: about 5 s first, backing off to 60 s
+    tables_sql = TABLES_SQL
+    missing_table_states = frozenset({"42S02"})  # ODBC's "base table or view not found"
+    missing_table_text = (*Dialect.missing_table_text, "invalid object name")
+
+    def make_engine(self, url: URL, *, must_exist: bool = False, tokens: TokenCache | None = None) -> Engine:
+        """pyodbc's login timeout at 30 s (Microsoft's advice for Azure SQL; the driver has no "Connection
+        Timeout" keyword), and with ``tokens`` an Entra token for every new connection."""
+        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
+        if tokens is not None:
+            from tenants.sources.entra import install_token_hook
+
+            install_token_hook(engine, tokens)
+        return engine
+
+    @contextlib.contextmanager
+    def lock(self, engine: Engine, timeout: float) -> Iterator[None]:
+        # sp_getapplock with a Session owner on its own autocommit connection (see GET_APPLOCK above).
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            rc = conn.execute(text(GET_APPLOCK), {"timeout_ms": int(timeout * 1000)}).scalar()
+            if rc == -1:  # timed out: another run holds it
+                raise LockNotAcquired()
+            if rc == -3:  # chosen as deadlock victim while waiting: worth a retry
+                raise TransientLockError("sp_getapplock: chosen as deadlock victim (-3)")
+            if rc is None or rc < 0:  # -2 cancelled, -999 parameter or call error
+                raise RuntimeError(f"sp_getapplock failed with {rc}")
+            try:
+                yield
+            finally:
+                with contextlib.suppress(SQLAlchemyError):
+                    conn.execute(text(RELEASE_APPLOCK))
+
+    def owns_error(self, orig: BaseException) -> bool:
+        return is_pyodbc_error(orig)
+
+    def sqlstate(self, orig: BaseException) -> str | None:
+        return diagnose(orig).sqlstate
+
+    def is_transient(self, err: BaseException, orig: BaseException) -> bool:
+        return diagnose(orig).kind is not Kind.FAILURE
+
+    def is_throttling(self, orig: BaseException) -> bool:
+        return diagnose(orig).kind is Kind.THROTTLED
+
+    def permission_denied(self, orig: BaseException) -> int | None:
+        return diagnose(orig).permission_denied
+
+    def offline_script(self, sql: str, version_table: str) -> str:
+        return idempotent_script(sql, version_table)
+
+    def resolve_auth(self, auth: str | None, *, url: URL, raw_url: str | None, odbc_connect: str | None,
+                     is_variable: Callable[[str], bool], fail: Fail) -> str | None:
+        """azure-ad (the default without ``odbc_connect``): an Entra token per connection, so the URL names no
+        other login; sql: user and password in the URL, the password from a variable; odbc: ``odbc_connect``.
+        """
+        auth = auth or ("odbc" if odbc_connect is not None else "azure-ad")
+        if (auth == "odbc") != (odbc_connect is not None):
+            raise fail("auth 'odbc' goes with 'odbc_connect' (and 'odbc_connect' with auth 'odbc')", "auth")
+        if auth == "azure-ad" and (url.username or url.password):
+            raise fail("auth 'azure-ad' connects with an Entra token: the url must carry no user or password "
+                       "(use auth = \"sql\" for SQL logins)", "url")
+        if auth == "azure-ad":
+            from tenants.sources.entra import check_no_credentials
+
+            try:  # UID/PWD/Authentication/Trusted_Connection in the query: the driver would refuse the token
+                check_no_credentials(url)
+            except ConfigError as err:
+                raise fail(f"auth 'azure-ad': {err}", "url") from None
+        raw_password = make_url(raw_url.replace("{tenant}", "tenant")).password if raw_url is not None else None
+        if auth == "sql" and not (url.username and url.password):
+            raise fail("auth 'sql' needs user and password in the url, from environment variables "
+                       "(mssql+pyodbc://${SQL_USER}:${SQL_PASSWORD}@...)", "url")
+        if auth == "sql" and not (raw_password and is_variable(raw_password)):
+            raise fail("auth 'sql': the password must come from an environment variable (${SQL_PASSWORD}), "
+                       "not be written in the file", "url")
+        return auth
+
+
+def is_pyodbc_engine(engine: Engine) -> bool:
+    """Whether Entra tokens can be handed to ``engine``'s connections (SQL Server through pyodbc)."""
+    return engine.dialect.name == MSSQL.name and engine.dialect.driver == "pyodbc"

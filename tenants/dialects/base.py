@@ -1,0 +1,198 @@
+"""What the tool needs to know about a database dialect, in one class: :class:`Dialect`.
+
+Everything that differs between SQLite, PostgreSQL and SQL Server is a method or an attribute here, overridden
+by that dialect's module (:mod:`~tenants.dialects.sqlite`, :mod:`~tenants.dialects.postgresql`,
+:mod:`~tenants.dialects.mssql`); the rest of the package asks :func:`tenants.dialects.dialect_for` and never
+compares dialect names. A dialect owns:
+
+* its engine (:meth:`Dialect.make_engine`) and whether one engine serves every tenant of a server
+  (:attr:`Dialect.shares_engine`, see :class:`tenants.db.Connector`);
+* the per-tenant lock (:meth:`Dialect.lock`). It lives with the dialect because each database offers a
+  different primitive (advisory lock, application lock, none at all for a file), and what they share is the
+  contract: held on a connection of its own, never the migration connection, released by the server or the
+  kernel when the process dies;
+* the catalog queries: the database's own tables (:attr:`Dialect.tables_sql`) and, for ``source = "server"``,
+  the databases it holds (:meth:`Dialect.list_databases`);
+* error classification: which errors are its driver's (:meth:`Dialect.owns_error`), their SQLSTATE, whether
+  a retry may succeed, whether the server is throttling, whether a table is missing;
+* offline SQL post-processing, worker-process setup, the placeholder URL of ``tenants sql --dialect``, and
+  the configuration rules that only make sense for it (authentication, the Azure SQL pool).
+
+This base class is also the dialect of any other SQLAlchemy backend (MySQL, ...): SQL-standard SQLSTATEs, the
+inspector for the catalog, no lock (so the API refuses to migrate it; ``tenants sql`` still works).
+Dialects are stateless: one instance each, shared by the whole process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tenants.sources.entra import TokenCache
+
+
+class LockNotAcquired(Exception):
+    """Another run holds this tenant's lock (internal: the unit of work turns it into status ``locked``)."""
+
+
+class TransientLockError(Exception):
+    """Taking the lock failed in a way worth a retry (SQL Server: deadlock victim while waiting)."""
+
+
+Fail = Callable[..., Exception]  # config's `fail(message, key)`: the error to raise, naming file and line
+
+
+class Dialect:
+    """A SQLAlchemy backend as the tool sees it; the defaults are those of a backend it has no module for."""
+
+    name: ClassVar[str] = ""  # SQLAlchemy's backend name (URL.get_backend_name())
+    placeholder_url: ClassVar[str | None] = None  # `tenants sql --dialect NAME`: picks the dialect, never connects
+    can_lock: ClassVar[bool] = False  # has a per-tenant lock: the API migrates only such dialects
+    shares_engine: ClassVar[bool] = False  # one engine per server, routed per tenant (tenants.db.Connector)
+    lists_databases: ClassVar[bool] = False  # supports `source = "server"`
+    azure_sql: ClassVar[bool] = False  # Azure SQL: azure-* sources, `auth`, Entra tokens, pressure_limit
+    retry_backoff: ClassVar[tuple[float, float]] = (1.0, 30.0)  # defaults of retry_backoff, retry_backoff_max
+    tables_sql: ClassVar[str | None] = None  # the database's own tables in one query; None: the inspector
+
+    # Error classification, by SQLSTATE where the driver gives one, else by message. The defaults are the
+    # SQL standard's (class 08: connection exception) and messages any driver's socket layer produces.
+    sqlstate_attributes: ClassVar[tuple[str, ...]] = ("sqlstate",)  # the DB-API drivers' usual name
+    transient_states: ClassVar[frozenset[str]] = frozenset()
+    transient_text: ClassVar[tuple[str, ...]] = (
+        "connection refused", "could not connect", "connection reset", "connection timed out", "timeout expired",
+        "no route to host", "ssl syscall error", "connection is closed", "too many connections",
+    )
+    missing_table_states: ClassVar[frozenset[str]] = frozenset()
+    missing_table_text: ClassVar[tuple[str, ...]] = ("doesn't exist",)  # MySQL's "Table 'x' doesn't exist"
+
+    # --- engines -----------------------------------------------------------------------------------------
+
+    def make_engine(self, url: URL, *, must_exist: bool = False, tokens: TokenCache | None = None) -> Engine:
+        """An engine for one tenant database (``NullPool``: a connection is opened for the tenant and closed
+        with it). ``must_exist`` and ``tokens`` concern only the dialects that use them."""
+        return create_engine(url, poolclass=NullPool)
+
+    def route_connections(self, engine: Engine, database: Callable[[], str]) -> None:
+        """Point each new connection of a shared engine at ``database()`` (only if :attr:`shares_engine`)."""
+        raise NotImplementedError(f"{self.name or 'this'} dialect does not share engines")
+
+    def missing_file(self, url: URL) -> bool:
+        """True when connecting would create the database (a file that does not exist)."""
+        return False
+
+    def with_base_dir(self, url: URL, base_dir: Path) -> URL:
+        """``url`` with a database path relative to ``base_dir`` made absolute (file databases only)."""
+        return url
+
+    # --- the per-tenant lock -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, engine: Engine, timeout: float) -> Iterator[None]:
+        """Hold the tenant's exclusive migration lock for the block (see :func:`tenants.db.tenant_lock`).
+
+        No lock here: the API refuses to migrate a dialect without one (:attr:`can_lock`); plain Alembic gets
+        none either."""
+        yield
+
+    # --- catalog -----------------------------------------------------------------------------------------
+
+    def list_databases(self, template_url: str, query: Callable[[str], list[str]]) -> list[str]:
+        """The names of the databases ``{tenant}`` can stand for in ``template_url`` (``source = "server"``).
+
+        ``query(sql)`` runs one catalog query on the server's maintenance database (with the source's retries)
+        and returns its first column; a dialect that lists files does not call it. Raises
+        :class:`~tenants.errors.ConfigError` when the URL cannot be listed."""
+        raise NotImplementedError(f"source 'server' cannot list {self.name or 'these'} databases")
+
+    # --- errors ------------------------------------------------------------------------------------------
+
+    def owns_error(self, orig: BaseException) -> bool:
+        """Whether ``orig`` (a driver's exception, not SQLAlchemy's wrapper) was raised by this dialect's
+        drivers: it is then classified by this dialect alone."""
+        return False
+
+    def sqlstate(self, orig: BaseException) -> str | None:
+        for attribute in self.sqlstate_attributes:
+            value = getattr(orig, attribute, None)
+            if isinstance(value, str) and value:
+                return value
+        return None
+
+    def is_transient(self, err: BaseException, orig: BaseException) -> bool:
+        """``err`` as raised (possibly SQLAlchemy's wrapper), ``orig`` the driver's error inside it."""
+        sqlstate = self.sqlstate(orig)
+        if sqlstate:
+            return sqlstate.startswith("08") or sqlstate in self.transient_states
+        if isinstance(err, DBAPIError) and err.connection_invalidated:
+            return True
+        return bool(_any_of(self.transient_text).search(str(orig)))
+
+    def is_throttling(self, orig: BaseException) -> bool:
+        return False
+
+    def permission_denied(self, orig: BaseException) -> int | None:
+        """The server's error number when ``orig`` says a permission is missing; None otherwise."""
+        return None
+
+    def is_missing_table(self, orig: BaseException) -> bool:
+        if self.sqlstate(orig) in self.missing_table_states:
+            return True
+        message = str(orig).lower()
+        return any(text in message for text in self.missing_table_text)
+
+    # --- offline SQL, workers, configuration -------------------------------------------------------------
+
+    def offline_script(self, sql: str, version_table: str) -> str:
+        """The offline (``--sql``) script Alembic rendered, made fit to hand to this dialect's tools."""
+        return sql
+
+    def setup_worker(self, *, check_client: bool) -> None:
+        """Prepare a worker process before its first tenant. ``check_client``: the run has a tenant timeout,
+        so this process may be killed mid-statement."""
+
+    def resolve_auth(self, auth: str | None, *, url: URL, raw_url: str | None, odbc_connect: str | None,
+                     is_variable: Callable[[str], bool], fail: Fail) -> str | None:
+        """The environment's ``auth`` after this dialect's rules (``fail(message, key)`` makes the error).
+
+        ``url`` is the parsed URL, ``raw_url`` the one written in the file (before ``${VAR}``) when ``url``
+        was given, ``is_variable`` tells a ``${VAR}`` reference. Only SQL Server has ``auth``."""
+        if auth is not None:
+            raise fail(f"auth is for SQL Server URLs; a {url.get_backend_name()} URL carries its credentials "
+                       "itself", "auth")
+        return None
+
+
+class AnyDriver(Dialect):
+    """The classification of an error no dialect owns (no driver, or a driver we have no module for): the
+    union of every dialect's SQLSTATEs and messages, so that a wrapped or unknown error is never treated
+    more harshly than its dialect would treat it."""
+
+    def __init__(self, dialects: Iterable[Dialect]) -> None:
+        every = [Dialect(), *dialects]
+        self.sqlstate_attributes = tuple(dict.fromkeys(a for d in every for a in d.sqlstate_attributes))
+        self.transient_states = frozenset().union(*(d.transient_states for d in every))
+        self.transient_text = tuple(dict.fromkeys(t for d in every for t in d.transient_text))
+        self.missing_table_states = frozenset().union(*(d.missing_table_states for d in every))
+        self.missing_table_text = tuple(dict.fromkeys(t for d in every for t in d.missing_table_text))
+
+
+@functools.cache
+def _any_of(texts: tuple[str, ...]) -> re.Pattern[str]:
+    """One case-insensitive regex matching any of ``texts`` (regex fragments), compiled once per tuple."""
+    return re.compile("|".join(texts), re.IGNORECASE)
+
+
+def dbapi_error(err: BaseException) -> BaseException:
+    """The driver's own exception inside SQLAlchemy's wrapper (``err`` itself when it is not wrapped)."""
+    return err.orig if isinstance(err, DBAPIError) else err
+

@@ -1,0 +1,119 @@
+"""PostgreSQL: many tenant databases on one server, reached through psycopg (3) or psycopg2.
+
+Engines are shared per server (see :class:`tenants.db.Connector` for why): :meth:`PostgreSQL.route_connections`
+points each new connection at the tenant being worked on. The lock is an advisory lock, scoped by the server
+to the current database. Worker processes of a run with a tenant timeout ask the server to watch for a
+vanished client (:meth:`PostgreSQL.setup_worker`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool, Pool
+
+from tenants.dialects.base import Dialect, LockNotAcquired
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tenants.sources.entra import TokenCache
+
+# One advisory-lock key for every tenant: PostgreSQL scopes advisory locks to the current database, so the
+# same key in two tenant databases never collides, while two runs on the same tenant do.
+LOCK_KEY = int.from_bytes(b"tenants!", "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+# Every user table of the database (every schema): see tenants.db.schema_tables.
+TABLES_SQL = (
+    "SELECT CASE WHEN n.nspname = current_schema() THEN c.relname ELSE n.nspname || '.' || c.relname END "
+    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition "
+    "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'"
+)
+DATABASES_SQL = "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
+
+_DRIVERS = ("psycopg", "psycopg2", "pg8000", "asyncpg")  # modules whose errors are PostgreSQL's
+
+
+class PostgreSQL(Dialect):
+    name = "postgresql"
+    placeholder_url = "postgresql+psycopg://server/tenant"
+    can_lock = True
+    shares_engine = True
+    lists_databases = True
+    tables_sql = TABLES_SQL
+    sqlstate_attributes = ("sqlstate", "pgcode")  # psycopg 3 (and asyncpg), psycopg2
+    # SQLSTATEs worth a retry on a fresh connection, besides connection exceptions (class 08): the server
+    # shutting down or starting up (57P01-57P03), too many connections (53300), deadlock (40P01),
+    # serialization failure (40001) and lock timeout (55P03). A database that does not exist (3D000) is not
+    # transient: it was dropped or never created.
+    transient_states = frozenset({"57P01", "57P02", "57P03", "53300", "40P01", "40001", "55P03"})
+    transient_text = (
+        *Dialect.transient_text, "server closed the connection", "terminating connection",
+        "the database system is (starting up|shutting down)", "consuming input failed", "too many clients",
+        "remaining connection slots", "not yet accepting connections", "in recovery mode",
+    )
+    missing_table_states = frozenset({"42P01"})  # undefined_table
+
+    def make_engine(self, url: URL, *, must_exist: bool = False, tokens: TokenCache | None = None) -> Engine:
+        if "connect_timeout" in url.query:
+            return create_engine(url, poolclass=NullPool)
+        # Without it, a tenant behind a silent firewall holds a worker for the OS's TCP timeout (minutes).
+        return create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10})
+
+    def route_connections(self, engine: Engine, database: Callable[[], str]) -> None:
+        # A ``do_connect`` listener: SQLAlchemy's documented hook for changing connection arguments.
+        def _choose_database(_dialect, _record, _cargs, cparams) -> None:
+            cparams["dbname"] = database()
+
+        event.listen(engine, "do_connect", _choose_database)
+
+    @contextlib.contextmanager
+    def lock(self, engine: Engine, timeout: float) -> Iterator[None]:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            deadline = time.monotonic() + timeout
+            while not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar():
+                if time.monotonic() >= deadline:
+                    raise LockNotAcquired()
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            try:
+                yield
+            finally:
+                with contextlib.suppress(SQLAlchemyError):
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+
+    def list_databases(self, template_url: str, query: Callable[[str], list[str]]) -> list[str]:
+        return query(DATABASES_SQL)
+
+    def owns_error(self, orig: BaseException) -> bool:
+        return type(orig).__module__.split(".")[0] in _DRIVERS
+
+    def setup_worker(self, *, check_client: bool) -> None:
+        if check_client:
+            event.listen(Pool, "connect", check_client_while_busy)
+
+
+def check_client_while_busy(dbapi_connection, _record) -> None:
+    """PostgreSQL 14+: have the server look for a vanished client every second even while a statement runs,
+    so that a worker killed for the tenant timeout has its transaction rolled back at once, not when the
+    statement in progress ends (see :mod:`tenants.engine.fanout`). Other drivers, and older servers, are left
+    alone.
+
+    A listener on the ``Pool`` class reaches every connection the worker opens, whichever engine opened it.
+    """
+    if not type(dbapi_connection).__module__.startswith(("psycopg", "pg8000")):
+        return
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SET client_connection_check_interval = 1000")
+        dbapi_connection.commit()  # a SET in a transaction that later rolls back would be undone with it
+    except Exception:  # noqa: BLE001 - before PostgreSQL 14: unrecognized configuration parameter
+        with contextlib.suppress(Exception):
+            dbapi_connection.rollback()
+    finally:
+        with contextlib.suppress(Exception):
+            cursor.close()

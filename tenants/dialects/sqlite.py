@@ -1,0 +1,126 @@
+"""SQLite: the demo fleet and the tests' throwaway tenants, one database file per tenant.
+
+A SQLite "server" is a file, so every tenant gets an engine of its own, its lock is a file lock beside the
+database, and ``source = "server"`` lists the files of a folder rather than asking a server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.pool import NullPool
+
+from tenants.dialects.base import Dialect, LockNotAcquired
+from tenants.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tenants.sources.entra import TokenCache
+
+TABLES_SQL = "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+
+# Files SQLite (and our lock) keep next to a database: never tenants, even with a template without a suffix.
+SIDECARS = (".lock", "-journal", "-wal", "-shm")
+
+
+class SQLite(Dialect):
+    name = "sqlite"
+    placeholder_url = "sqlite:///tenant.db"
+    can_lock = True
+    lists_databases = True
+    tables_sql = TABLES_SQL
+    transient_text = (*Dialect.transient_text, "database is locked")
+    missing_table_text = (*Dialect.missing_table_text, "no such table")  # pysqlite's errors carry no SQLSTATE
+
+    def make_engine(self, url: URL, *, must_exist: bool = False, tokens: TokenCache | None = None) -> Engine:
+        """pysqlite's default transaction handling does not emit BEGIN before DDL, which would make every
+        CREATE/ALTER autocommit and break "one transaction per revision". The two listeners below are
+        SQLAlchemy's documented recipe: turn the driver's own handling off and emit BEGIN ourselves, so DDL is
+        transactional and a revision that fails half-way rolls back completely. ``must_exist`` opens the file
+        read-write without creating it, so a tenant whose file vanished fails instead of being recreated empty.
+        """
+        if must_exist and url.database and url.database != ":memory:":
+            url = url.set(database=f"file:{url.database}", query={**url.query, "mode": "rw", "uri": "true"})
+        elif url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _no_driver_transactions(dbapi_connection, _record):  # pragma: no cover - trivial
+            dbapi_connection.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn):  # pragma: no cover - trivial
+            conn.exec_driver_sql("BEGIN")
+
+        return engine
+
+    def missing_file(self, url: URL) -> bool:
+        if not url.database or url.database == ":memory:":
+            return False
+        return not Path(url.database.removeprefix("file:")).exists()
+
+    def with_base_dir(self, url: URL, base_dir: Path) -> URL:
+        if url.database and url.database != ":memory:":
+            path = Path(url.database)
+            if not path.is_absolute():
+                return url.set(database=str(base_dir / path))
+        return url
+
+    @contextlib.contextmanager
+    def lock(self, engine: Engine, timeout: float) -> Iterator[None]:
+        # SQLite has no named session locks; its own write lock is per transaction, and we commit per revision.
+        # An OS advisory lock (flock) on a sidecar file spans the whole run on the tenant and, like a session
+        # lock, is released by the kernel if the process dies. SQLite files are only reachable on this host, so
+        # a host-local lock is enough.
+        database = engine.url.database or ""
+        if database.startswith("file:"):
+            database = database[len("file:"):]
+        if not database or database == ":memory:":
+            yield
+            return
+        path = f"{database}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LockNotAcquired() from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def list_databases(self, template_url: str, query: Callable[[str], list[str]]) -> list[str]:
+        """The files of the template's folder that fit its file name around ``{tenant}``."""
+        template = Path(make_url(template_url).database or "")
+        if "{tenant}" in str(template.parent):
+            raise ConfigError("with source 'server', {tenant} must be in the SQLite file name, not in its folder")
+        folder = template.parent
+        prefix, _, suffix = template.name.partition("{tenant}")
+        if not folder.is_dir():
+            raise ConfigError(f"folder {folder} does not exist; create it or fix the url")
+        names = []
+        for path in folder.iterdir():
+            file = path.name
+            if path.is_file() and file.startswith(prefix) and file.endswith(suffix) and \
+                    len(file) > len(prefix) + len(suffix) and not file.endswith(SIDECARS):
+                names.append(file[len(prefix):len(file) - len(suffix)])
+        return names
+
+    def owns_error(self, orig: BaseException) -> bool:
+        return type(orig).__module__ == "sqlite3"

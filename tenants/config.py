@@ -32,6 +32,7 @@ from sqlalchemy.exc import ArgumentError
 from tenants.dialects import DIALECTS, dialect_for
 from tenants.engine.waves import parse_waves
 from tenants.errors import ConfigError, MissingVariable, UnknownEnvironment
+from tenants.secrets import scrub
 
 DEFAULT_CONFIG = "tenants.toml"
 DEFAULT_ENV = "dev"
@@ -175,33 +176,53 @@ class Settings:
         raise ConfigError(f"no alembic.ini {places}; {way_out}")
 
 
-_ENV_KEYS: dict[str, type | tuple[type, ...]] = {
-    "url": str,
-    "source": str,
-    "tenants": list,
-    "match": str,
-    "concurrency": int,
-    "alembic": str,
-    "version_table": str,
-    "history_table": str,
-    "unmanaged": str,
-    "env_py": str,
-    "waves": list,
-    "retries": int,
-    "retry_backoff": (int, float),
-    "retry_backoff_max": (int, float),
-    "lock_timeout": (int, float),
-    "maintenance_database": str,
-    "auth": str,
-    "odbc_connect": str,
-    "subscription": str,
-    "resource_group": str,
-    "server": str,
-    "pool": str,
-    "cloud": str,
-    "management_endpoint": str,
-    "pressure_limit": (int, float),
-    "pressure_interval": (int, float),
+@dataclass(frozen=True)
+class Key:
+    """One key of an ``[environments.NAME]`` table: its type, its default, the values it may take, and the
+    bound a number must respect. The checks that involve several keys are the ``_check_*`` functions below."""
+
+    types: type | tuple[type, ...]
+    default: Any = None
+    choices: tuple[str, ...] = ()  # the only values allowed (a str key)
+    minimum: float | None = None  # a number: at least this ("must be at least 1")
+    not_negative: bool = False
+
+
+# Every key an environment may have, in the order `unknown key` lists them (sorted). Defaults that depend on
+# other keys (retry backoff by dialect, the alembic.ini looked up, the URL of an Azure source) are resolved
+# by the checks, not here.
+KEYS: dict[str, Key] = {
+    "url": Key(str),
+    "source": Key(str, "static", choices=SOURCES),
+    "tenants": Key(list, []),
+    "match": Key(str, "*"),
+    "concurrency": Key(int, 4, minimum=1),
+    "alembic": Key(str),
+    "version_table": Key(str, "alembic_version"),
+    "history_table": Key(str, "tenants_history"),
+    "unmanaged": Key(str, "report", choices=UNMANAGED),
+    "env_py": Key(str, "connection", choices=ENV_PY),
+    "waves": Key(list, []),
+    "retries": Key(int, 3, not_negative=True),
+    "retry_backoff": Key((int, float), not_negative=True),
+    "retry_backoff_max": Key((int, float), not_negative=True),
+    "lock_timeout": Key((int, float), 0.0, not_negative=True),
+    "maintenance_database": Key(str, "postgres"),
+    "auth": Key(str, choices=AUTHS),
+    "odbc_connect": Key(str),
+    "subscription": Key(str),
+    "resource_group": Key(str),
+    "server": Key(str),
+    "pool": Key(str),
+    "cloud": Key(str, "public", choices=tuple(SQL_SUFFIX)),
+    "management_endpoint": Key(str),
+    "pressure_limit": Key((int, float)),
+    "pressure_interval": Key((int, float), 5.0),
+}
+# A choice's message where the bare list would not say what the values mean.
+_CHOICE_HELP = {
+    "unmanaged": 'unmanaged must be "report" (leave databases with tables but no version table alone) or '
+                 '"upgrade" (run the graph from base on them), not {value!r}',
 }
 
 
@@ -267,175 +288,206 @@ def load_settings(
     )
 
 
+class _Table:
+    """One ``[environments.NAME]`` table being checked: its values, and errors that name the file, the line of
+    the key and the environment."""
+
+    def __init__(self, name: str, table: dict[str, Any], path: Path, text: str, environ: dict[str, str]):
+        self.name, self.values, self.path, self.text, self.environ = name, dict(table), path, text, environ
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.values
+
+    def get(self, key: str) -> Any:
+        return self.values.get(key, KEYS[key].default)
+
+    def fail(self, message: str, key: str | None = None) -> ConfigError:
+        where = f"{self.path}:{_line_of(self.text, f'environments.{self.name}')}" if self.text \
+            else f"environment {self.name!r}"
+        line = _line_of(self.text, key, after=f"environments.{self.name}") if (self.text and key) else None
+        return ConfigError(f"{f'{self.path}:{line}' if line else where}: environments.{self.name}: {message}")
+
+    def substitute(self, key: str, value: str, encode: bool = True) -> tuple[str, tuple[str, ...]]:
+        return _substitute(value, lambda var: self.fail(
+            f"{key} uses ${{{var}}} but the environment variable {var} is not set; export it and retry", key),
+            self.environ, encode=encode)
+
+
 def _environment(
     name: str, table: dict[str, Any], base_dir: Path, path: Path, text: str, environ: dict[str, str]
 ) -> Environment:
-    where = f"{path}:{_line_of(text, f'environments.{name}')}" if text else f"environment {name!r}"
-
-    def fail(message: str, key: str | None = None) -> ConfigError:
-        line = _line_of(text, key, after=f"environments.{name}") if (text and key) else None
-        loc = f"{path}:{line}" if line else where
-        return ConfigError(f"{loc}: environments.{name}: {message}")
-
-    for key, value in table.items():
-        if key not in _ENV_KEYS:
-            known = ", ".join(sorted(_ENV_KEYS))
-            raise fail(f"unknown key {key!r} (known keys: {known})", key)
-        expected = _ENV_KEYS[key]
-        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
-            names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
-            raise fail(f"{key} must be a {names}, not {type(value).__name__}", key)
-
-    source = table.get("source", "static")
-    if source not in SOURCES:
-        raise fail(f"source must be one of {', '.join(SOURCES)}, not {source!r}", "source")
-    cloud = table.get("cloud", "public")
-    if cloud not in SQL_SUFFIX:
-        raise fail(f"cloud must be one of {', '.join(SQL_SUFFIX)}, not {cloud!r}", "cloud")
-    azure = source.startswith("azure-")
-    # The pool's coordinates may come from the process environment too (GitHub Actions variables), so one
-    # committed file serves every deployment. They are names, not secrets: substituted as they are and shown
-    # in messages.
-    table = dict(table)
-    for key in AZURE_KEYS:
-        if key in table:
-            table[key], _ = _substitute(table[key], lambda var, key=key: fail(
-                f"{key} uses ${{{var}}} but the environment variable {var} is not set; export it and retry", key),
-                environ, encode=False)
-    for key in ("subscription", "resource_group", "server") + (("pool",) if source == "azure-pool" else ()):
-        if azure and key not in table:
-            raise fail(f"source {source!r} needs {key!r} (the Azure {key.replace('_', ' ')})")
-    for key in AZURE_KEYS:
-        if not azure and key in table:
-            raise fail(f"{key!r} is only for the azure-pool and azure-server sources", key)
-        if key in table and not table[key].strip():
-            raise fail(f"{key!r} is empty", key)
-
-    secrets: tuple[str, ...] = ()
-    odbc_connect = None
-    if "odbc_connect" in table:
-        # Substituted raw (not percent-encoded): it is an ODBC string, not a URL.
-        odbc_connect, secrets = _substitute(table["odbc_connect"], lambda var: fail(
-            f"odbc_connect uses ${{{var}}} but the environment variable {var} is not set; export it and retry",
-            "odbc_connect"), environ, encode=False)
-        if "{tenant}" not in odbc_connect:
-            raise fail("odbc_connect must contain the {tenant} placeholder (Database={tenant})", "odbc_connect")
-        if "url" in table:
-            raise fail("give either 'url' or 'odbc_connect', not both", "odbc_connect")
-        raw_url = "mssql+pyodbc:///?odbc_connect={tenant}"
-    elif "url" in table:
-        raw_url = table["url"]
-    elif azure:
-        raw_url = AZURE_URL.format(server=table["server"], suffix=SQL_SUFFIX[cloud])
-    else:
-        raise fail("missing required key 'url' (a SQLAlchemy URL template with {tenant})")
-    url, url_secrets = _substitute(raw_url, lambda var: fail(
-        f"url uses ${{{var}}} but the environment variable {var} is not set; export it and retry", "url"
-    ), environ)
-    secrets += url_secrets
-    if "{tenant}" not in url:
-        raise fail("url must contain the {tenant} placeholder", "url")
-    try:
-        parsed = make_url(url.replace("{tenant}", "tenant"))
-        parsed.port  # noqa: B018 - a non-numeric port raises here, not at connect time
-    except (ArgumentError, ValueError) as err:
-        message = str(err)
-        for secret in secrets:
-            message = message.replace(secret, "***")
-        raise fail(f"url is not a valid SQLAlchemy URL: {message}", "url") from None
-    backend = parsed.get_backend_name()
+    t = _Table(name, table, path, text, environ)
+    _check_keys(t)
+    source, azure = t.get("source"), t.get("source").startswith("azure-")
+    _check_azure(t, source, azure)
+    url, raw_url, odbc_connect, secrets = _resolve_url(t, azure)
+    parsed = _parse_url(t, url, secrets)
     dialect = dialect_for(parsed)
     if azure and not dialect.azure_sql:
-        raise fail(f"source {source!r} needs an mssql URL, not {backend!r}", "url")
-
-    unmanaged = table.get("unmanaged", "report")
-    if unmanaged not in UNMANAGED:
-        raise fail(f"unmanaged must be \"report\" (leave databases with tables but no version table alone) or "
-                   f"\"upgrade\" (run the graph from base on them), not {unmanaged!r}", "unmanaged")
-
-    auth = table.get("auth")
-    if auth is not None and auth not in AUTHS:
-        raise fail(f"auth must be one of {', '.join(AUTHS)}, not {auth!r}", "auth")
+        raise t.fail(f"source {source!r} needs an mssql URL, not {parsed.get_backend_name()!r}", "url")
+    _check_choice(t, "unmanaged")
+    _check_choice(t, "auth")
     # SQL Server's rules (tenants.dialects.mssql.MSSQL.resolve_auth); any other dialect refuses `auth`.
-    auth = dialect.resolve_auth(auth, url=parsed, raw_url=raw_url if "url" in table else None,
+    auth = dialect.resolve_auth(t.get("auth"), url=parsed, raw_url=raw_url if "url" in t else None,
                                 odbc_connect=odbc_connect, is_variable=lambda value: bool(_VAR.fullmatch(value)),
-                                fail=fail)
-
-    if table.get("env_py", "connection") not in ENV_PY:
-        raise fail(f"env_py must be one of {', '.join(ENV_PY)}, not {table['env_py']!r}", "env_py")
-
-    if "pressure_limit" in table and not dialect.azure_sql:
-        raise fail("pressure_limit reads an Azure SQL elastic pool's load: it needs an mssql environment",
-                   "pressure_limit")
-    if "pressure_limit" in table and not 0 < table["pressure_limit"] <= 100:
-        raise fail("pressure_limit is a percentage: more than 0, at most 100", "pressure_limit")
-    if "pressure_interval" in table and table["pressure_interval"] <= 0:
-        raise fail("pressure_interval must be positive (seconds)", "pressure_interval")
-
-    tenants = tuple(_tenant_specs(table.get("tenants", []), lambda m: fail(m, "tenants")))
-    if source != "static" and "tenants" in table:
-        raise fail(f"'tenants' is only for source 'static'; source {source!r} uses 'match'", "tenants")
-    if source == "static" and not tenants:
-        raise fail("source 'static' needs a non-empty 'tenants' list", "tenants" if "tenants" in table else None)
-    if source == "server" and "match" not in table:
-        # No default: "every database on the server" would include other applications' databases.
-        raise fail("source 'server' needs 'match', a glob over database names (e.g. \"tenant_*\")")
-    if source == "server" and not dialect.lists_databases:
-        listable = " and ".join(name for name, d in DIALECTS.items() if d.lists_databases)
-        raise fail(f"source 'server' supports {listable} URLs, not {backend!r}", "source")
-
-    for key in ("concurrency",):
-        if key in table and table[key] < 1:
-            raise fail(f"{key} must be at least 1", key)
-    for key in ("retries", "retry_backoff", "retry_backoff_max", "lock_timeout"):
-        if key in table and table[key] < 0:
-            raise fail(f"{key} must not be negative", key)
-
-    searched: tuple[Path, ...] = ()
-    if "alembic" in table:
-        alembic_path = Path(table["alembic"])
-        if not alembic_path.is_absolute():
-            alembic_path = base_dir / alembic_path
-    else:
-        # Alembic's own convention first (alembic.ini in the current directory), then the one beside the
-        # configuration: a config kept elsewhere (/etc/tenants/prod.toml) drives the project it is run from.
-        searched = tuple(dict.fromkeys((Path.cwd().resolve() / "alembic.ini", base_dir / "alembic.ini")))
-        alembic_path = next((place for place in searched if place.is_file()), searched[0])
-
+                                fail=t.fail)
+    _check_choice(t, "env_py")
+    _check_pressure(t, dialect)
+    tenants = _check_source(t, source, parsed.get_backend_name(), dialect)
+    _check_bounds(t)
+    alembic_path, searched = _alembic_path(t, base_dir)
     return Environment(
         name=name,
         url=url,
         source=source,
         tenants=tenants,
-        match=table.get("match", "*"),
-        concurrency=table.get("concurrency", 4),
+        match=t.get("match"),
+        concurrency=t.get("concurrency"),
         alembic=alembic_path,
         alembic_searched=searched,
-        version_table=table.get("version_table", "alembic_version"),
-        history_table=table.get("history_table", "tenants_history"),
-        unmanaged=unmanaged,
-        env_py=table.get("env_py", "connection"),
-        waves=parse_waves(table.get("waves", []), lambda message: fail(message, "waves")),
-        retries=table.get("retries", 3),
+        version_table=t.get("version_table"),
+        history_table=t.get("history_table"),
+        unmanaged=t.get("unmanaged"),
+        env_py=t.get("env_py"),
+        waves=parse_waves(t.get("waves"), lambda message: t.fail(message, "waves")),
+        retries=t.get("retries"),
         # Azure SQL: Microsoft's guidance, about 5 s before the first retry, backing off to 60 s.
-        retry_backoff=float(table.get("retry_backoff", dialect.retry_backoff[0])),
-        retry_backoff_max=float(table.get("retry_backoff_max", dialect.retry_backoff[1])),
-        lock_timeout=float(table.get("lock_timeout", 0.0)),
-        maintenance_database=table.get("maintenance_database", "postgres"),
+        retry_backoff=float(t.values.get("retry_backoff", dialect.retry_backoff[0])),
+        retry_backoff_max=float(t.values.get("retry_backoff_max", dialect.retry_backoff[1])),
+        lock_timeout=float(t.get("lock_timeout")),
+        maintenance_database=t.get("maintenance_database"),
         auth=auth,
         odbc_connect=odbc_connect,
-        subscription=table.get("subscription"),
-        resource_group=table.get("resource_group"),
-        server=table.get("server"),
-        pool=table.get("pool"),
-        cloud=cloud,
-        management_endpoint=table.get("management_endpoint"),
-        concurrency_explicit="concurrency" in table,
-        pressure_limit=float(table["pressure_limit"]) if "pressure_limit" in table else None,
-        pressure_interval=float(table.get("pressure_interval", 5.0)),
+        subscription=t.get("subscription"),
+        resource_group=t.get("resource_group"),
+        server=t.get("server"),
+        pool=t.get("pool"),
+        cloud=t.get("cloud"),
+        management_endpoint=t.get("management_endpoint"),
+        concurrency_explicit="concurrency" in t,
+        pressure_limit=float(t.get("pressure_limit")) if "pressure_limit" in t else None,
+        pressure_interval=float(t.get("pressure_interval")),
         base_dir=base_dir,
         secrets=secrets,
     )
+
+
+def _check_keys(t: _Table) -> None:
+    """What :data:`KEYS` says of each key alone: known and of its type; then the source and cloud, which the
+    later checks depend on. (The other checks run in the order they always have, so that of several errors
+    the same one is reported first.)"""
+    for key, value in t.values.items():
+        if key not in KEYS:
+            raise t.fail(f"unknown key {key!r} (known keys: {', '.join(sorted(KEYS))})", key)
+        expected = KEYS[key].types
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+            names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
+            raise t.fail(f"{key} must be a {names}, not {type(value).__name__}", key)
+    for key in ("source", "cloud"):
+        _check_choice(t, key)
+
+
+def _check_bounds(t: _Table) -> None:
+    for key, spec in KEYS.items():
+        if key in t and spec.minimum is not None and t.values[key] < spec.minimum:
+            raise t.fail(f"{key} must be at least {spec.minimum}", key)
+        if key in t and spec.not_negative and t.values[key] < 0:
+            raise t.fail(f"{key} must not be negative", key)
+
+
+def _check_choice(t: _Table, key: str) -> None:
+    value = t.get(key)
+    if value is not None and value not in KEYS[key].choices:
+        help_ = _CHOICE_HELP.get(key, f"{key} must be one of {', '.join(KEYS[key].choices)}, not {{value!r}}")
+        raise t.fail(help_.format(value=value), key)
+
+
+def _check_azure(t: _Table, source: str, azure: bool) -> None:
+    """The pool's coordinates: required by the Azure sources, refused by the others. They may come from the
+    process environment too (GitHub Actions variables), so one committed file serves every deployment; they
+    are names, not secrets: substituted as they are and shown in messages."""
+    for key in AZURE_KEYS:
+        if key in t:
+            t.values[key], _ = t.substitute(key, t.values[key], encode=False)
+    for key in ("subscription", "resource_group", "server") + (("pool",) if source == "azure-pool" else ()):
+        if azure and key not in t:
+            raise t.fail(f"source {source!r} needs {key!r} (the Azure {key.replace('_', ' ')})")
+    for key in AZURE_KEYS:
+        if not azure and key in t:
+            raise t.fail(f"{key!r} is only for the azure-pool and azure-server sources", key)
+        if key in t and not t.values[key].strip():
+            raise t.fail(f"{key!r} is empty", key)
+
+
+def _resolve_url(t: _Table, azure: bool) -> tuple[str, str, str | None, tuple[str, ...]]:
+    """The URL template (``${VAR}`` substituted), the raw one, the ODBC string if any, and the secrets."""
+    secrets: tuple[str, ...] = ()
+    odbc_connect = None
+    if "odbc_connect" in t:
+        # Substituted raw (not percent-encoded): it is an ODBC string, not a URL.
+        odbc_connect, secrets = t.substitute("odbc_connect", t.values["odbc_connect"], encode=False)
+        if "{tenant}" not in odbc_connect:
+            raise t.fail("odbc_connect must contain the {tenant} placeholder (Database={tenant})", "odbc_connect")
+        if "url" in t:
+            raise t.fail("give either 'url' or 'odbc_connect', not both", "odbc_connect")
+        raw_url = "mssql+pyodbc:///?odbc_connect={tenant}"
+    elif "url" in t:
+        raw_url = t.values["url"]
+    elif azure:
+        raw_url = AZURE_URL.format(server=t.values["server"], suffix=SQL_SUFFIX[t.get("cloud")])
+    else:
+        raise t.fail("missing required key 'url' (a SQLAlchemy URL template with {tenant})")
+    url, more = t.substitute("url", raw_url)
+    secrets += more
+    if "{tenant}" not in url:
+        raise t.fail("url must contain the {tenant} placeholder", "url")
+    return url, raw_url, odbc_connect, secrets
+
+
+def _parse_url(t: _Table, url: str, secrets: tuple[str, ...]) -> URL:
+    try:
+        parsed = make_url(url.replace("{tenant}", "tenant"))
+        parsed.port  # noqa: B018 - a non-numeric port raises here, not at connect time
+    except (ArgumentError, ValueError) as err:
+        raise t.fail(f"url is not a valid SQLAlchemy URL: {scrub(str(err), secrets)}", "url") from None
+    return parsed
+
+
+def _check_pressure(t: _Table, dialect) -> None:
+    if "pressure_limit" in t and not dialect.azure_sql:
+        raise t.fail("pressure_limit reads an Azure SQL elastic pool's load: it needs an mssql environment",
+                     "pressure_limit")
+    if "pressure_limit" in t and not 0 < t.values["pressure_limit"] <= 100:
+        raise t.fail("pressure_limit is a percentage: more than 0, at most 100", "pressure_limit")
+    if "pressure_interval" in t and t.values["pressure_interval"] <= 0:
+        raise t.fail("pressure_interval must be positive (seconds)", "pressure_interval")
+
+
+def _check_source(t: _Table, source: str, backend: str, dialect) -> tuple[TenantSpec, ...]:
+    """What each source needs: static a list of tenants, server a `match` and a dialect that lists databases."""
+    tenants = tuple(_tenant_specs(t.get("tenants"), lambda m: t.fail(m, "tenants")))
+    if source != "static" and "tenants" in t:
+        raise t.fail(f"'tenants' is only for source 'static'; source {source!r} uses 'match'", "tenants")
+    if source == "static" and not tenants:
+        raise t.fail("source 'static' needs a non-empty 'tenants' list", "tenants" if "tenants" in t else None)
+    if source == "server" and "match" not in t:
+        # No default: "every database on the server" would include other applications' databases.
+        raise t.fail("source 'server' needs 'match', a glob over database names (e.g. \"tenant_*\")")
+    if source == "server" and not dialect.lists_databases:
+        listable = " and ".join(name for name, d in DIALECTS.items() if d.lists_databases)
+        raise t.fail(f"source 'server' supports {listable} URLs, not {backend!r}", "source")
+    return tenants
+
+
+def _alembic_path(t: _Table, base_dir: Path) -> tuple[Path, tuple[Path, ...]]:
+    """The alembic.ini to drive, and the places looked at when the environment names none."""
+    if "alembic" in t:
+        path = Path(t.values["alembic"])
+        return (path if path.is_absolute() else base_dir / path), ()
+    # Alembic's own convention first (alembic.ini in the current directory), then the one beside the
+    # configuration: a config kept elsewhere (/etc/tenants/prod.toml) drives the project it is run from.
+    searched = tuple(dict.fromkeys((Path.cwd().resolve() / "alembic.ini", base_dir / "alembic.ini")))
+    return next((place for place in searched if place.is_file()), searched[0]), searched
 
 
 def _tenant_specs(items: list[Any], fail) -> list[TenantSpec]:

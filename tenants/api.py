@@ -33,7 +33,7 @@ from tenants.engine.pins import Pin, read_pin
 from tenants.engine.pressure import ElasticPoolPressure, PressureGate
 from tenants.engine.revisions import Operation, Revisions
 from tenants.engine.unit import Job, unmanaged_reason
-from tenants.engine.waves import Wave, assign, empty_waves
+from tenants.waves import Wave, assign, empty_waves
 from tenants.errors import RevisionError, TenantNotFound, TenantsError, TenantUnreachable, UsageError
 from tenants.model import RunReport, State, Status, StatusReport, Tenant, TenantResult, TenantStatus
 from tenants.output import notify as webhooks
@@ -323,7 +323,7 @@ class PreparedRun:
             raise UsageError(f"--wave {wave}: this selection has {count} wave(s)")
 
     def empty_waves(self) -> list[tuple[int, Wave, str]]:
-        """The declared waves that take none of these tenants, and why (:func:`tenants.engine.waves.empty_waves`):
+        """The declared waves that take none of these tenants, and why (:func:`tenants.waves.empty_waves`):
         a canary wave that takes nobody is a rollout without a canary, which the caller should say."""
         return empty_waves(list(self.tenants), self.settings.environment.waves, self.narrowed)
 

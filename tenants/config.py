@@ -30,7 +30,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from tenants.dialects import DIALECTS, dialect_for
-from tenants.engine.waves import parse_waves
+from tenants.waves import parse_waves
 from tenants.errors import ConfigError, MissingVariable, UnknownEnvironment
 from tenants.secrets import scrub
 
@@ -95,7 +95,7 @@ class Environment:
     # outside Alembic, as MLflow's does).
     unmanaged: str = "report"
     env_py: str = "connection"  # what env.py gets in config.attributes["connection"] (tenants.engine.revisions)
-    waves: tuple = ()  # tenants.engine.waves.Wave, in order; () is one wave of everything
+    waves: tuple = ()  # tenants.waves.Wave, in order; () is one wave of everything
     retries: int = 3
     retry_backoff: float = 1.0  # seconds before the first retry; doubles up to retry_backoff_max
     retry_backoff_max: float = 30.0

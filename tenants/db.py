@@ -26,7 +26,7 @@ from tenants.dialects.base import dbapi_error
 from tenants.secrets import scrub
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tenants.sources.entra import TokenCache
+    from tenants.dialects.entra import TokenCache
 
 __all__ = [
     "Connector", "LockNotAcquired", "NoVersionTable", "TransientLockError", "describe_error", "has_lock",
@@ -63,7 +63,7 @@ class Connector:
 
     SQLite and SQL Server get an engine per tenant (a SQLite "server" is the file; pyodbc's connection
     string would need rewriting per tenant). With ``auth = "azure-ad"`` the SQL Server engines share one
-    Entra :class:`~tenants.sources.entra.TokenCache`, made on first use: one token request per token lifetime per
+    Entra :class:`~tenants.dialects.entra.TokenCache`, made on first use: one token request per token lifetime per
     process, whatever the number of tenants and connections.
     One ``Connector`` per process (each worker makes its own); it is never shared across processes.
     """
@@ -86,7 +86,7 @@ class Connector:
 
     def _make_token_cache(self) -> TokenCache:
         if self._tokens is None:
-            from tenants.sources.entra import TokenCache, credential_for, database_scope
+            from tenants.dialects.entra import TokenCache, credential_for, database_scope
 
             credential = self._credential or credential_for(self._cloud)
             self._tokens = TokenCache(credential, database_scope(self._cloud))

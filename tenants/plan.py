@@ -40,7 +40,7 @@ from tenants import api
 from tenants.config import Settings
 from tenants.engine.revisions import Revisions
 from tenants.engine.unit import unmanaged_reason
-from tenants.engine.waves import assign, empty_waves
+from tenants.waves import assign, empty_waves
 from tenants.output.text import fold
 from tenants.selection import Selection
 from tenants.sources import TenantSource
@@ -82,7 +82,7 @@ class Plan:
     # with the tenants of the wave that the upgrade changes. Empty when the environment declares no waves.
     waves: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # The declared waves that take no selected tenant, (position in `waves`, 1-based; name; why), so a canary
-    # that vanished is said, not silent. They get no number above (tenants.engine.waves.empty_waves).
+    # that vanished is said, not silent. They get no number above (tenants.waves.empty_waves).
     empty_waves: tuple[tuple[int, str, str], ...] = ()
 
     @property

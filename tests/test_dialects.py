@@ -1,5 +1,5 @@
 """The dialect layer on its own: the registry, error routing, and the one ODBC connection-string tokenizer
-(the cases of the two parsers it replaced: tenants.mssql's password regex and tenants.sources.entra's
+(the cases of the two parsers it replaced: tenants.mssql's password regex and tenants.dialects.entra's
 tokenizer)."""
 
 from __future__ import annotations

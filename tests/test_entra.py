@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.exc import DBAPIError
 
 from tenants.errors import ConfigError
-from tenants.sources.entra import (
+from tenants.dialects.entra import (
     CLOUDS,
     SQL_COPT_SS_ACCESS_TOKEN,
     TokenCache,
@@ -328,7 +328,7 @@ def test_credential_for_uses_the_cloud_authority(cloud, host, monkeypatch):
 
 
 def test_import_needs_neither_pyodbc_nor_azure_identity():
-    code = ("import sys, tenants.sources.entra; "
+    code = ("import sys, tenants.dialects.entra; "
             "loaded = [m for m in ('pyodbc', 'azure.identity', 'azure.core') if m in sys.modules]; "
             "print(loaded); sys.exit(1 if loaded else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from tenants.errors import ConfigError
-from tenants.sources import github_oidc
+from tenants.dialects import github_oidc
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_every_assertion_gets_a_fresh_github_token(token_endpoint):
 def test_credential_for_uses_it_in_actions_and_not_elsewhere(token_endpoint, monkeypatch):
     from azure.identity import ClientAssertionCredential, DefaultAzureCredential
 
-    from tenants.sources.entra import credential_for
+    from tenants.dialects.entra import credential_for
 
     url, seen = token_endpoint
     for key, value in environ(url).items():

@@ -205,7 +205,7 @@ def test_connector_gives_sql_server_connections_an_entra_token_from_one_cache(py
     from sqlalchemy import event
 
     from tenants.db import Connector
-    from tenants.sources.entra import token_struct
+    from tenants.dialects.entra import token_struct
 
     class Credential:
         calls: list[tuple[str, ...]] = []

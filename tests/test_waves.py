@@ -10,7 +10,7 @@ from conftest import ROOT, make_project
 
 from tenants import api
 from tenants.config import load_settings
-from tenants.engine.waves import Wave, assign
+from tenants.waves import Wave, assign
 from tenants.errors import ConfigError, UsageError
 from tenants.model import Status, Tenant
 from tenants.selection import Selection

@@ -38,7 +38,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tenants.sources.entra import TokenCache
+    from tenants.dialects.entra import TokenCache
 
 
 class LockNotAcquired(Exception):

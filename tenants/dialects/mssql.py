@@ -31,7 +31,7 @@ from tenants.dialects.base import Dialect, Fail, LockNotAcquired, TransientLockE
 from tenants.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tenants.sources.entra import TokenCache
+    from tenants.dialects.entra import TokenCache
 
 # Azure SQL's transient errors (Microsoft's list; see REFERENCE.md): reconfiguration and failover, busy
 # service, resource and worker limits of the database or elastic pool, transport faults, deadlock.
@@ -163,7 +163,7 @@ class MSSQL(Dialect):
         Timeout" keyword), and with ``tokens`` an Entra token for every new connection."""
         engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
         if tokens is not None:
-            from tenants.sources.entra import install_token_hook
+            from tenants.dialects.entra import install_token_hook
 
             install_token_hook(engine, tokens)
         return engine
@@ -215,7 +215,7 @@ class MSSQL(Dialect):
             raise fail("auth 'azure-ad' connects with an Entra token: the url must carry no user or password "
                        "(use auth = \"sql\" for SQL logins)", "url")
         if auth == "azure-ad":
-            from tenants.sources.entra import check_no_credentials
+            from tenants.dialects.entra import check_no_credentials
 
             try:  # UID/PWD/Authentication/Trusted_Connection in the query: the driver would refuse the token
                 check_no_credentials(url)
@@ -231,6 +231,3 @@ class MSSQL(Dialect):
         return auth
 
 
-def is_pyodbc_engine(engine: Engine) -> bool:
-    """Whether Entra tokens can be handed to ``engine``'s connections (SQL Server through pyodbc)."""
-    return engine.dialect.name == MSSQL.name and engine.dialect.driver == "pyodbc"

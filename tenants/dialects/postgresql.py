@@ -21,7 +21,7 @@ from sqlalchemy.pool import NullPool, Pool
 from tenants.dialects.base import Dialect, LockNotAcquired
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tenants.sources.entra import TokenCache
+    from tenants.dialects.entra import TokenCache
 
 # One advisory-lock key for every tenant: PostgreSQL scopes advisory locks to the current database, so the
 # same key in two tenant databases never collides, while two runs on the same tenant do.

@@ -22,7 +22,7 @@ from tenants.dialects.base import Dialect, LockNotAcquired
 from tenants.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tenants.sources.entra import TokenCache
+    from tenants.dialects.entra import TokenCache
 
 TABLES_SQL = "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
 

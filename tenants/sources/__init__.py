@@ -3,7 +3,7 @@
 A :class:`TenantSource` lists the tenants of an environment at run time: ``static`` (the names in the
 configuration, :mod:`tenants.sources.static`), ``server`` (every database on the server whose name matches a
 glob, so a tenant created yesterday is included today: :mod:`tenants.sources.server`), or an Azure SQL
-server or elastic pool (:mod:`tenants.sources.azure`, signing in with :mod:`tenants.sources.entra`). The
+server or elastic pool (:mod:`tenants.sources.azure`, signing in with :mod:`tenants.dialects.entra`). The
 selection that narrows what a source found is :mod:`tenants.selection`.
 """
 

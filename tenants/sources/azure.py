@@ -22,7 +22,7 @@ value is empty), so ``--tag tier=gold`` selects by a tag set in the portal, and 
 
 Clouds. The management endpoint and the token scope follow the environment's ``cloud`` (see
 :data:`MANAGEMENT_ENDPOINTS`), or ``management_endpoint`` when it is given (scope ``<endpoint>/.default``,
-e.g. Azure Stack). The credential defaults to :func:`tenants.sources.entra.credential_for` of the same cloud.
+e.g. Azure Stack). The credential defaults to :func:`tenants.dialects.entra.credential_for` of the same cloud.
 
 Errors. A 403 or 404 from the management API is a configuration problem (wrong subscription, resource group,
 server or pool name, or an identity without access): :class:`~tenants.errors.ConfigError`, naming the
@@ -43,7 +43,7 @@ per-database max, so a smaller cap means a smaller unit. Examples: 8-vCore pool 
 64-vCore pool -> 16; 4 vCores with a 0.5-vCore per-database max -> 4; 100-eDTU pool -> 2; 100 eDTU with a
 10-eDTU per-database max -> 5. A pool whose capacity is not reported gets 1.
 
-The client library is imported when used, like azure-identity in :mod:`tenants.sources.entra`: the demo fleet and
+The client library is imported when used, like azure-identity in :mod:`tenants.dialects.entra`: the demo fleet and
 PostgreSQL need neither.
 """
 
@@ -113,7 +113,7 @@ def management_endpoint(env: Environment) -> tuple[str, str]:
 class AzureSource:
     """The tenants of an ``azure-pool`` or ``azure-server`` environment (see the module docstring).
 
-    ``credential`` defaults to ``tenants.sources.entra.credential_for(env.cloud)``; ``transport`` (an azure-core
+    ``credential`` defaults to ``tenants.dialects.entra.credential_for(env.cloud)``; ``transport`` (an azure-core
     ``HttpTransport``) defaults to the SDK's own. Both exist for tests and for callers that already hold one.
     Nothing is contacted until :meth:`discover`.
     """
@@ -221,7 +221,7 @@ def _management_client(
         ) from err
     owned = credential is None
     if owned:
-        from tenants.sources.entra import credential_for
+        from tenants.dialects.entra import credential_for
 
         credential = credential_for(env.cloud)
     options: dict[str, Any] = {"base_url": endpoint, "credential_scopes": [scope]}

@@ -26,7 +26,6 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 
 from tenants.dialects import odbc
-from tenants.dialects.mssql import is_pyodbc_engine
 from tenants.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -218,7 +217,7 @@ def credential_for(cloud: str = "public", authority: str | None = None, **kwargs
             "(pip install 'tenants[azure]')"
         ) from err
     host = authority or getattr(AzureAuthorityHosts, _AUTHORITY_HOSTS[name])
-    from tenants.sources import github_oidc
+    from tenants.dialects import github_oidc
 
     if not kwargs and github_oidc.can_use():
         # In GitHub Actions with id-token: write: a fresh GitHub ID token per Entra assertion, so a run longer
@@ -249,3 +248,8 @@ def _check_odbc(conn_str: str, where: str) -> None:
     for attribute in odbc.attributes(conn_str):
         if attribute.key.lower() in _CREDENTIAL_KEYWORDS:
             raise _credential_error(attribute.key, where)
+
+
+def is_pyodbc_engine(engine) -> bool:
+    """Whether Entra tokens can be handed to ``engine``'s connections (SQL Server through pyodbc)."""
+    return engine.dialect.name == "mssql" and engine.dialect.driver == "pyodbc"

@@ -6,7 +6,7 @@ its connections half-way. Instead, :func:`github_credential` builds azure-identi
 ``ClientAssertionCredential`` with a function that asks GitHub for a *fresh* ID token each time Entra needs
 an assertion, so every token refresh works for as long as the job runs.
 
-It is used automatically (:func:`tenants.sources.entra.credential_for`) when the job can request ID tokens
+It is used automatically (:func:`tenants.dialects.entra.credential_for`) when the job can request ID tokens
 (``permissions: id-token: write`` sets ``ACTIONS_ID_TOKEN_REQUEST_URL`` and ``..._TOKEN``) and
 ``AZURE_CLIENT_ID`` and ``AZURE_TENANT_ID`` name the app with the federated credential.
 """

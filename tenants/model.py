@@ -7,7 +7,7 @@ every earlier form of the report (a key it lacks takes its default).
 
 :meth:`RunReport.combine` is the one place where reports become one report: the waves of one run
 (:mod:`tenants.api`), and the shard and canary reports of a deploy merged afterwards (:mod:`tenants.runlog`,
-``tenants report merge``). Rendering (tables, lines, JSON) lives in :mod:`tenants.output.text` as pure functions
+``tenants report merge``). Rendering (tables, lines, JSON) lives in :mod:`tenants.output` as pure functions
 over these objects.
 """
 
@@ -107,6 +107,16 @@ class Status(str, Enum):
 
 # A run is good when every tenant ended in one of these.
 GOOD = frozenset({Status.UPGRADED, Status.DOWNGRADED, Status.STAMPED, Status.UP_TO_DATE, Status.PINNED})
+
+# The order in which every output lists the tenants that did not end well (the job summary's table, the chat
+# notifications): worst first, so the first lines are the tenants that need a person, not the skipped ones.
+SEVERITY = {Status.FAILED: 0, Status.TIMED_OUT: 1, Status.UNKNOWN_REVISION: 2, Status.UNMANAGED: 2,
+            Status.LOCKED: 3, Status.THROTTLED: 4, Status.SKIPPED: 5}
+
+
+def worst_first(results: Iterable[TenantResult]) -> list[TenantResult]:
+    """``results`` in :data:`SEVERITY` order (a status it does not name last); stable, so ties keep theirs."""
+    return sorted(results, key=lambda r: SEVERITY.get(r.status, len(SEVERITY)))
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,11 @@ SEVERITY = {Status.FAILED: 0, Status.TIMED_OUT: 1, Status.UNKNOWN_REVISION: 2, S
             Status.LOCKED: 3, Status.THROTTLED: 4, Status.SKIPPED: 5}
 
 
+# What ``upgrade --from-report`` runs again by default (``--only``), in this order; ``unknown-revision`` and
+# ``unmanaged`` need a person first.
+RESUMABLE = (Status.FAILED, Status.TIMED_OUT, Status.SKIPPED, Status.LOCKED)
+
+
 def worst_first(results: Iterable[TenantResult]) -> list[TenantResult]:
     """``results`` in :data:`SEVERITY` order (a status it does not name last); stable, so ties keep theirs."""
     return sorted(results, key=lambda r: SEVERITY.get(r.status, len(SEVERITY)))

@@ -57,12 +57,10 @@ def mask_url(url: str | URL, secrets: tuple[str, ...] = ()) -> str:
         masked = parsed.render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         return "<unparseable URL>"
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret:
-            for form in (quote(secret, safe=""), quote_plus(secret), quote(quote(secret, safe=""), safe=""),
-                         secret):
-                masked = masked.replace(form, "***")
-    return masked
+    # In the URL a secret may be percent-encoded once (as SQLAlchemy renders it) or twice (an encoded secret
+    # inside odbc_connect, itself encoded in the query).
+    return scrub(masked, tuple(form for secret in secrets if secret for form in (
+        secret, quote(secret, safe=""), quote_plus(secret), quote(quote(secret, safe=""), safe=""))))
 
 
 def mask_webhook(url: str) -> str:

@@ -158,3 +158,16 @@ def test_webhook_secrets_scrub_every_echo_of_the_path():
     scrubbed = scrub(message, webhook_secrets(url))
     assert "abcdef0123" not in scrubbed and "s3cr3t" not in scrubbed
     assert scrubbed.startswith("403 for ***")
+
+
+def test_resume_only_is_the_resumable_statuses():
+    from tenants.output.job_summary import RESUME_ONLY
+
+    assert RESUME_ONLY == "failed,timed-out,skipped,locked"  # the default of upgrade --only
+
+
+def test_mask_url_scrubs_each_encoding_of_a_known_secret():
+    from tenants.secrets import mask_url
+
+    masked = mask_url("mssql+pyodbc://u@h/db?token=p%40ss&other=p%2540ss&raw=x", ("p@ss",))
+    assert "p%40ss" not in masked and "p%2540ss" not in masked and masked.count("***") == 2

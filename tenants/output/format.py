@@ -16,7 +16,7 @@ FOLD = 10  # tenant names listed per line before folding into "... and N more"
 
 # C0 and C1 control characters (what is left of them once one_line has turned whitespace into spaces): a driver's
 # error text can carry a NUL or a terminal escape sequence, which no reader of a summary or a chat message wants.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def rev(revision: str | None) -> str:
@@ -31,7 +31,7 @@ def heads(current: tuple[str, ...] | list[str]) -> str:
 
 def one_line(text: str) -> str:
     """``text`` on one line: every run of whitespace one space, control characters shown as U+FFFD."""
-    return _CONTROL.sub("\ufffd", " ".join(text.split()))
+    return CONTROL.sub("\ufffd", " ".join(text.split()))
 
 
 def cut(text: str, width: int) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import shlex
 
-from tenants.model import RunReport, TenantResult, counted, worst_first
+from tenants.model import RESUMABLE, RunReport, TenantResult, counted, worst_first
 from tenants.output import markdown as md
 from tenants.output.format import cut, one_line, outcome, plural, rev
 
@@ -26,7 +26,7 @@ MARKDOWN_LIMIT = 1_000_000
 CELL = 200  # characters of an error (or a name) in a Markdown table cell before it is cut with "…"
 SHOWN = 25  # rows of the "did not end well" table shown before the rest is folded into <details>
 PROBE_LINES = 5  # distinct pressure probe errors listed
-RESUME_ONLY = "failed,timed-out,skipped,locked"  # what a resume runs again; unknown-revision needs a person first
+RESUME_ONLY = ",".join(status.value for status in RESUMABLE)  # the --only of the resume command
 
 
 def _size(text: str) -> int:
@@ -147,7 +147,7 @@ def _failures(bad: list[TenantResult], budget: int) -> str:
     return "".join(out.parts) + "\n"
 
 
-def _fit(text: str, limit: int) -> str:
+def _fit_bytes(text: str, limit: int) -> str:
     """The last guard: cut at a character boundary so the text is at most ``limit`` bytes."""
     data = text.encode("utf-8")
     if len(data) <= limit:
@@ -174,6 +174,6 @@ def markdown_summary(report: RunReport, limit: int = MARKDOWN_LIMIT, *, report_f
     tail = _resume(report, report_file)
     bad = worst_first(report.failed)
     table = _failures(bad, limit - _size(head) - _size(tail))
-    return _fit((head + table + tail).rstrip("\n") + "\n", limit)
+    return _fit_bytes((head + table + tail).rstrip("\n") + "\n", limit)
 
 

@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 from tenants import __version__
 from tenants.errors import UsageError
 from tenants.model import RunReport, TenantResult, worst_first
-from tenants.output.format import cut, one_line, outcome, plural
+from tenants.output.format import CONTROL, cut, one_line, outcome, plural
 from tenants.secrets import mask_webhook, scrub, webhook_secrets
 
 __all__ = ["Target", "parse_target", "slack_payload", "teams_payload", "slack_message", "teams_message",
@@ -76,7 +76,6 @@ _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 _SLACK_HOSTS = ("hooks.slack.com",)
 _TEAMS_SUFFIXES = (".webhook.office.com", ".logic.azure.com", ".environment.api.powerplatform.com")
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _READ = 2048  # bytes of a response body read: enough for any error message, bounded whatever the server
 # The old Teams connector webhooks answer 200 and put a throttling or size error in the body.
 _TEAMS_BODY_ERROR = re.compile(r"HTTP error (\d{3})")
@@ -137,7 +136,7 @@ def parse_target(spec: str, *, kind: str | None = None, source: str = SOURCE) ->
     except ValueError:
         raise UsageError(f"{source} {masked}: not a valid URL: expected https://...") from None
     scheme = parts.scheme.lower()
-    if any(ch.isspace() for ch in text) or _CONTROL.search(text):
+    if any(ch.isspace() for ch in text) or CONTROL.search(text):
         raise UsageError(f"{source} {masked}: the URL contains spaces or control characters: quote it whole")
     if scheme == "http" and host in _LOOPBACK:
         pass  # a local server (the tests): nothing crosses the network
@@ -232,7 +231,7 @@ def _units(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
-def _fit(text: str, limit: int) -> str:
+def _fit_units(text: str, limit: int) -> str:
     """``text`` cut with "…" to at most ``limit`` UTF-16 code units."""
     if _units(text) <= limit:
         return text
@@ -285,7 +284,7 @@ def slack_payload(report: RunReport, link: str | None = None, note: str | None =
     """
     headline = _headline(report)
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": _fit(headline, SLACK_HEADER), "emoji": True}},
+        {"type": "header", "text": {"type": "plain_text", "text": _fit_units(headline, SLACK_HEADER), "emoji": True}},
         {"type": "section", "fields": [
             {"type": "mrkdwn", "text": f"*{label}*\n{_mrkdwn(value)}"}
             for label, value in _facts(report)
@@ -310,7 +309,7 @@ def _slack_link(link: str) -> str:
 def slack_message(text: str, link: str | None = None) -> dict[str, Any]:
     """A plain message (no run report to summarise, e.g. a deploy that failed before any tenant ran)."""
     blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": _mrkdwn(
-        _fit(one_line(text), SLACK_SECTION - 200))}}]
+        _fit_units(one_line(text), SLACK_SECTION - 200))}}]
     if link:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _slack_link(link)}})
     return {"text": _mrkdwn(cut(one_line(text), SLACK_HEADER)), "blocks": blocks}

@@ -5,13 +5,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from tenants.output import markdown as md
 from tenants.output.format import fold, plural
-from tenants.plan import Cohort, Plan
+
+if TYPE_CHECKING:  # types only: rendering needs none of the computation's imports (api, engine)
+    from tenants.plan import Cohort, Plan
 
 __all__ = ["plan_text", "plan_markdown", "plan_json", "EMPTY_WAVE"]
-
 
 
 def _headline(plan: Plan) -> str:

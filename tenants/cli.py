@@ -25,9 +25,11 @@ from tenants import plan as plan_module
 from tenants.config import Settings, load_settings
 from tenants.errors import TenantsError, UsageError
 from tenants.model import RunReport, TenantResult, counted
-from tenants.output import text as render
-from tenants.output.ci import junit_xml, markdown_summary, status_junit
+from tenants.output import terminal
+from tenants.output.job_summary import markdown_summary
+from tenants.output.junit import junit_xml, status_junit
 from tenants.output.notify import Target, ci_run_url, notify, parse_target
+from tenants.output.plan import plan_json, plan_markdown, plan_text
 from tenants.runlog import ReportWriter, write_json
 from tenants.selection import Selection, parse_shard
 
@@ -143,9 +145,9 @@ def list_(ctx: typer.Context, tenant: TenantOpt = [], exclude: ExcludeOpt = [], 
     obj: Context = ctx.obj
     tenants, skipped = api.discover_all(obj.settings(), _selection(tenant, exclude, tag, shard))
     if json:
-        typer.echo(render.tenants_json(tenants))
+        typer.echo(terminal.tenants_json(tenants))
     else:
-        obj.out.print(render.tenants_table(tenants))
+        obj.out.print(terminal.tenants_table(tenants))
     for name, why in skipped:  # databases discovery saw and leaves alone (Azure: master, not Online)
         typer.echo(f"not listed: {name}: {why}", err=True)
 
@@ -159,10 +161,10 @@ def status(ctx: typer.Context, tenant: TenantOpt = [], exclude: ExcludeOpt = [],
     obj: Context = ctx.obj
     report = api.status(obj.settings(), _selection(tenant, exclude, tag, shard))
     if json:
-        typer.echo(render.to_json(report.to_dict()))
+        typer.echo(terminal.to_json(report.to_dict()))
     else:
-        obj.out.print(render.status_table(report))
-        typer.echo(render.status_line(report))
+        obj.out.print(terminal.status_table(report))
+        typer.echo(terminal.status_line(report))
     raise typer.Exit(0 if report.ok else 1)
 
 
@@ -204,7 +206,7 @@ def history(
     obj: Context = ctx.obj
     rows = api.tenant_history(obj.settings(), tenant, limit)
     if json:
-        typer.echo(render.to_json({"tenant": tenant, "history": [
+        typer.echo(terminal.to_json({"tenant": tenant, "history": [
             {**row, "started_at": str(row["started_at"]), "finished_at": str(row["finished_at"])} for row in rows]}))
         return
     if not rows:
@@ -238,9 +240,9 @@ def verify(
     _check_report_path(junit, "--junit")
     verdict = api.verify(obj.settings(), _selection(tenant, exclude, tag, shard), run_report, strict=strict,
                          allow_offline=allow_offline)
-    for line in render.verify_lines(verdict.status, verdict.ran, allow_offline):
+    for line in terminal.verify_lines(verdict.status, verdict.ran, allow_offline):
         typer.echo(line)
-    typer.echo(render.status_line(verdict.status))
+    typer.echo(terminal.status_line(verdict.status))
     if junit is not None:
         junit.write_text(status_junit(verdict.status, allow_offline), encoding="utf-8")
     raise typer.Exit(0 if verdict.ok else 1)
@@ -271,7 +273,7 @@ def _run_and_render(obj: Context, run, total: int, report_path: Optional[Path], 
 
             def on_result(result: TenantResult) -> None:
                 record(result)
-                progress.console.print(render.result_line(result), markup=False, highlight=False)
+                progress.console.print(terminal.result_line(result), markup=False, highlight=False)
                 progress.advance(task)
 
             def on_warning(line: str) -> None:
@@ -282,7 +284,7 @@ def _run_and_render(obj: Context, run, total: int, report_path: Optional[Path], 
     else:
         def on_line(result: TenantResult) -> None:
             record(result)
-            typer.echo(render.result_line(result))
+            typer.echo(terminal.result_line(result))
 
         def on_warning(line: str) -> None:
             warned.append(line)
@@ -325,11 +327,11 @@ def _step_summary(markdown: str) -> None:
 def _finish(obj: Context, report: RunReport, report_path: Optional[Path], publish: Publish = Publish(),
             written: bool = False, warned: Optional[list[str]] = None) -> None:
     if report_path is not None and not written:
-        report_path.write_text(render.to_json(report.to_dict()) + "\n", encoding="utf-8")
+        report_path.write_text(terminal.to_json(report.to_dict()) + "\n", encoding="utf-8")
     _publish(report, str(report_path or "report.json"), publish)
-    obj.out.print(render.summary_table(report))
-    typer.echo(render.summary_line(report))
-    for line in render.failures(report):
+    obj.out.print(terminal.summary_table(report))
+    typer.echo(terminal.summary_line(report))
+    for line in terminal.failures(report):
         typer.echo(line)
     for name, why in report.skipped_databases:
         typer.echo(f"not migrated: {name} ({why})", err=True)
@@ -458,11 +460,11 @@ def plan(
     selection = _selection(tenant, exclude, tag, shard)
     result = plan_module.plan(obj.settings(), revision, selection, with_sql=sql)
     if output_format == "json":
-        typer.echo(render.to_json(plan_module.plan_json(result)))
+        typer.echo(terminal.to_json(plan_json(result)))
     elif output_format == "markdown":
-        typer.echo(plan_module.plan_markdown(result), nl=False)
+        typer.echo(plan_markdown(result), nl=False)
     else:
-        typer.echo(plan_module.plan_text(result), nl=False)
+        typer.echo(plan_text(result), nl=False)
     raise typer.Exit(0 if result.ok else 1)
 
 
@@ -511,7 +513,7 @@ def downgrade(
     else:
         report_obj, pin_state = api.downgrade(settings, plan), None
     for result in report_obj.results:
-        typer.echo(render.result_line(result))
+        typer.echo(terminal.result_line(result))
     if pin_state is None and report_obj.ok and not yes and sys.stdin.isatty() and typer.confirm(
             f"Pin {name} so fleet upgrades leave it at {plan.target or 'base'}?", default=True):
         pin_reason = typer.prompt("Reason")
@@ -562,7 +564,7 @@ def stamp(
     if not yes and sys.stdin.isatty() and not typer.confirm("Proceed?", default=False):
         typer.echo("cancelled; nothing changed", err=True)
         raise typer.Exit(1)
-    report_obj = prepared.run.run(api.RunOptions(max_failures=None), lambda r: typer.echo(render.result_line(r)))
+    report_obj = prepared.run.run(api.RunOptions(max_failures=None), lambda r: typer.echo(terminal.result_line(r)))
     _finish(obj, report_obj, report)
 
 

@@ -7,7 +7,7 @@ every earlier form of the report (a key it lacks takes its default).
 
 :meth:`RunReport.combine` is the one place where reports become one report: the waves of one run
 (:mod:`tenants.api`), and the shard and canary reports of a deploy merged afterwards (:mod:`tenants.runlog`,
-``tenants report merge``). Rendering (tables, lines, JSON) lives in :mod:`tenants.output.text` as pure functions
+``tenants report merge``). Rendering (tables, lines, JSON) lives in :mod:`tenants.output` as pure functions
 over these objects.
 """
 
@@ -109,6 +109,21 @@ class Status(str, Enum):
 
 # A run is good when every tenant ended in one of these.
 GOOD = frozenset({Status.UPGRADED, Status.DOWNGRADED, Status.STAMPED, Status.UP_TO_DATE, Status.PINNED})
+
+# The order in which every output lists the tenants that did not end well (the job summary's table, the chat
+# notifications): worst first, so the first lines are the tenants that need a person, not the skipped ones.
+SEVERITY = {Status.FAILED: 0, Status.TIMED_OUT: 1, Status.UNKNOWN_REVISION: 2, Status.UNMANAGED: 2,
+            Status.LOCKED: 3, Status.THROTTLED: 4, Status.SKIPPED: 5}
+
+
+# What ``upgrade --from-report`` runs again by default (``--only``), in this order; ``unknown-revision`` and
+# ``unmanaged`` need a person first.
+RESUMABLE = (Status.FAILED, Status.TIMED_OUT, Status.SKIPPED, Status.LOCKED)
+
+
+def worst_first(results: Iterable[TenantResult]) -> list[TenantResult]:
+    """``results`` in :data:`SEVERITY` order (a status it does not name last); stable, so ties keep theirs."""
+    return sorted(results, key=lambda r: SEVERITY.get(r.status, len(SEVERITY)))
 
 
 @dataclass(frozen=True)
@@ -455,3 +470,60 @@ class StatusReport:
             "tenants": [t.to_dict() for t in self.tenants],
             "offline": [{"tenant": name, "reason": why} for name, why in self.offline],
         }
+
+
+# --- the plan of an upgrade (tenants.plan computes it, tenants.output.plan renders it) ---------------------
+
+@dataclass(frozen=True)
+class Cohort:
+    """Tenants at the same revision, and what the upgrade applies to each of them."""
+
+    current: str  # the revision they are at ("base": none recorded; "a,b": several heads)
+    tenants: tuple[str, ...]  # in selection order
+    revisions: tuple[str, ...]  # to apply, in the order the upgrade applies them
+    sql: str | None = None  # the offline SQL for current -> target, with ``with_sql``
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an upgrade to ``target`` would do to each selected tenant; every tenant is in exactly one of
+    ``cohorts``, ``up_to_date``, ``unknown_revision``, ``unreachable``, ``unmanaged``, ``pinned`` or
+    ``locked``."""
+
+    environment: str
+    target: str  # resolved revision id, or "base"
+    head: str | None  # None: the graph has several heads
+    cohorts: tuple[Cohort, ...] = ()  # furthest behind first
+    new: tuple[str, ...] = ()  # no revision recorded (also in the "base" cohort)
+    up_to_date: tuple[str, ...] = ()  # at the target or past it: the upgrade leaves them alone
+    unknown_revision: tuple[tuple[str, str], ...] = ()  # (tenant, revision): not in the graph, refused
+    unreachable: tuple[tuple[str, str], ...] = ()  # (tenant, error), password-free
+    # (tenant, why): tables but no version table, a schema Alembic never recorded; the upgrade leaves them alone
+    # until they are stamped (only with the environment's default unmanaged = "report")
+    unmanaged: tuple[tuple[str, str], ...] = ()
+    pinned: tuple[str, ...] = ()  # need work, but pinned: a fleet upgrade leaves them alone
+    locked: tuple[str, ...] = ()  # always empty: locks are only known at run time (see the module docstring)
+    messages: tuple[tuple[str, str], ...] = ()  # (revision, first line of its docstring), each applied one
+    with_sql: bool = False
+    skipped_databases: tuple[tuple[str, str], ...] = ()  # seen by discovery, not tenants: (name, why)
+    # The environment's waves as `upgrade --wave N` numbers them (N = position + 1; empty waves dropped), each
+    # with the tenants of the wave that the upgrade changes. Empty when the environment declares no waves.
+    waves: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # The declared waves that take no selected tenant, (position in `waves`, 1-based; name; why), so a canary
+    # that vanished is said, not silent. They get no number above (tenants.waves.empty_waves).
+    empty_waves: tuple[tuple[int, str, str], ...] = ()
+
+    @property
+    def tenants(self) -> int:
+        """How many tenants were selected (``new`` ones are counted in their cohort)."""
+        return (sum(len(c.tenants) for c in self.cohorts) + len(self.up_to_date) + len(self.unknown_revision)
+                + len(self.unreachable) + len(self.unmanaged) + len(self.pinned) + len(self.locked))
+
+    @property
+    def to_upgrade(self) -> int:
+        return sum(len(c.tenants) for c in self.cohorts)
+
+    @property
+    def ok(self) -> bool:
+        """The plan covers every selected tenant: none is at an unknown revision, unreadable or unmanaged."""
+        return not (self.unknown_revision or self.unreachable or self.unmanaged)

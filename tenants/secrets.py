@@ -1,14 +1,22 @@
 """Secrets: the one place that knows how a password or token is kept out of everything the tool prints.
 
-A secret reaches the tool in a URL's password, inside an ODBC connection string, or as the value of a
-``${VAR}`` substituted into the configuration. :func:`url_secrets` lists a URL's secrets in every form they
-can be printed in (raw, percent-encoded); :func:`scrub` replaces them in any text; :func:`mask_url` is the
-only form of a URL the tool ever prints.
+A secret reaches the tool in a database URL's password, inside an ODBC connection string, as the value of a
+``${VAR}`` substituted into the configuration, or as a chat webhook's URL (whoever has it can post).
+
+- :func:`scrub` replaces known secrets in any text with ``***``: every message built from a driver's, a
+  server's or a library's text goes through it where it is made, with the secrets known there.
+- :func:`url_secrets` lists a database URL's secrets in every form they can be printed in (raw,
+  percent-encoded); :func:`mask_url` is the only form of a database URL the tool ever prints.
+- :func:`webhook_secrets` lists what of a webhook URL a server might echo back; :func:`mask_webhook` is the
+  only form of a webhook URL the tool ever prints (scheme and host).
+
+The renderers in :mod:`tenants.output` print report data that was scrubbed when it was made: they never see a
+secret, so they have nothing to scrub.
 """
 
 from __future__ import annotations
 
-from urllib.parse import quote, quote_plus
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -49,9 +57,32 @@ def mask_url(url: str | URL, secrets: tuple[str, ...] = ()) -> str:
         masked = parsed.render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         return "<unparseable URL>"
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret:
-            for form in (quote(secret, safe=""), quote_plus(secret), quote(quote(secret, safe=""), safe=""),
-                         secret):
-                masked = masked.replace(form, "***")
-    return masked
+    # In the URL a secret may be percent-encoded once (as SQLAlchemy renders it) or twice (an encoded secret
+    # inside odbc_connect, itself encoded in the query).
+    return scrub(masked, tuple(form for secret in secrets if secret for form in (
+        secret, quote(secret, safe=""), quote_plus(secret), quote(quote(secret, safe=""), safe=""))))
+
+
+def mask_webhook(url: str) -> str:
+    """A webhook URL as it may be shown: scheme and host (and a port, if any), the rest replaced by ``…``
+    (Slack's token and Teams' ``sig`` are in the path and query)."""
+    try:
+        parts = urlsplit(url.strip())
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "<webhook URL>"
+    if not parts.scheme or not host:
+        return "<webhook URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme.lower()}://{host}{f':{port}' if port else ''}/…"
+
+
+def webhook_secrets(url: str) -> tuple[str, ...]:
+    """Everything of a webhook URL past its host, in the forms a server might echo it back: for :func:`scrub`."""
+    parts = urlsplit(url)
+    found = {url, parts.path, parts.query, f"{parts.path}?{parts.query}"}
+    found |= {segment for segment in parts.path.split("/") if len(segment) >= 8}
+    found |= {value for _, value in parse_qsl(parts.query) if len(value) >= 8}
+    found |= {form for text in list(found) for form in (unquote(text), quote(text, safe=""))}
+    return tuple(text for text in found if len(text) > 1)

@@ -623,8 +623,8 @@ def _upgraded_pool(tmp_path, sqlite_config):
 
 def test_status_lists_databases_that_are_not_online_as_not_verified(tmp_path, sqlite_config):
     from tenants import api
-    from tenants.output.ci import status_junit
-    from tenants.output.text import status_line, verify_lines
+    from tenants.output.junit import status_junit
+    from tenants.output.terminal import status_line, verify_lines
     from tenants.selection import Selection, shard_of
 
     (tmp_path / "azure").mkdir()

@@ -13,7 +13,7 @@ from conftest import HEAD, ROOT
 
 from tenants.cli import app
 from tenants.model import Status, TenantResult
-from tenants.output.text import result_line
+from tenants.output.terminal import result_line
 
 DURATION = re.compile(r"\d+\.\d\ds")
 

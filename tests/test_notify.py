@@ -16,7 +16,8 @@ import pytest
 
 from tenants.errors import UsageError
 from tenants.model import GOOD, RunReport, Status, TenantResult
-from tenants.output.notify import SHOWN, Target, mask_url, notify, parse_target, slack_payload, teams_payload
+from tenants.output.notify import SHOWN, Target, notify, parse_target, slack_payload, teams_payload
+from tenants.secrets import mask_webhook
 
 HEAD = "0004_invoice_user_index"
 # A Slack-shaped secret path: none of it may ever appear in a warning.
@@ -387,8 +388,8 @@ def test_target_repr_and_mask_hide_the_secret():
     assert repr(target) == "Target(kind='slack', url='https://hooks.slack.com/…')"
     assert str(target) == repr(target)
     assert target.masked == "https://hooks.slack.com/…"
-    assert mask_url("https://user:pw@Example.com:8443/x") == "https://example.com:8443/…"
-    assert mask_url("not a url") == "<webhook URL>"
+    assert mask_webhook("https://user:pw@Example.com:8443/x") == "https://example.com:8443/…"
+    assert mask_webhook("not a url") == "<webhook URL>"
 
 
 # ------------------------------------------------------------------------------------------------- payloads

@@ -45,14 +45,15 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 from urllib.error import HTTPError, URLError
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import urlsplit
 
 from tenants import __version__
 from tenants.errors import UsageError
-from tenants.model import RunReport, Status, TenantResult
-from tenants.secrets import scrub
+from tenants.model import RunReport, TenantResult, worst_first
+from tenants.output.format import CONTROL, cut, one_line, outcome, plural
+from tenants.secrets import mask_webhook, scrub, webhook_secrets
 
-__all__ = ["Target", "parse_target", "mask_url", "slack_payload", "teams_payload", "slack_message", "teams_message",
+__all__ = ["Target", "parse_target", "slack_payload", "teams_payload", "slack_message", "teams_message",
            "notify", "ci_run_url", "KINDS", "SHOWN", "LINK_LABEL"]
 
 KINDS = ("slack", "teams")
@@ -75,30 +76,12 @@ _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 _SLACK_HOSTS = ("hooks.slack.com",)
 _TEAMS_SUFFIXES = (".webhook.office.com", ".logic.azure.com", ".environment.api.powerplatform.com")
 
-# Worst first, as in the job summary: the first lines are the tenants that need a person.
-_SEVERITY = {Status.FAILED: 0, Status.TIMED_OUT: 1, Status.UNKNOWN_REVISION: 2, Status.UNMANAGED: 2,
-             Status.LOCKED: 3, Status.THROTTLED: 4, Status.SKIPPED: 5}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _READ = 2048  # bytes of a response body read: enough for any error message, bounded whatever the server
 # The old Teams connector webhooks answer 200 and put a throttling or size error in the body.
 _TEAMS_BODY_ERROR = re.compile(r"HTTP error (\d{3})")
 
 
 # --------------------------------------------------------------------------------------------------- targets
-
-
-def mask_url(url: str) -> str:
-    """A webhook URL as it may be shown: scheme and host (and a port, if any), the rest replaced by ``…``."""
-    try:
-        parts = urlsplit(url.strip())
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        return "<webhook URL>"
-    if not parts.scheme or not host:
-        return "<webhook URL>"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{parts.scheme.lower()}://{host}{f':{port}' if port else ''}/…"
 
 
 @dataclass(frozen=True, repr=False)
@@ -110,7 +93,7 @@ class Target:
 
     @property
     def masked(self) -> str:
-        return mask_url(self.url)
+        return mask_webhook(self.url)
 
     def __repr__(self) -> str:  # a Target in a traceback or a log must not give the webhook away
         return f"Target(kind={self.kind!r}, url={self.masked!r})"
@@ -131,7 +114,7 @@ def parse_target(spec: str, *, kind: str | None = None, source: str = SOURCE) ->
     for an empty value, an unknown kind, a URL that is not https, or a host that does not say its kind.
     """
     if kind is not None and kind not in KINDS:
-        raise UsageError(f"{source}: unknown webhook kind {_cut(_one_line(kind), 20)!r}: use slack or teams")
+        raise UsageError(f"{source}: unknown webhook kind {cut(one_line(kind), 20)!r}: use slack or teams")
     text = spec.strip()
     named = kind
     prefix, colon, rest = text.partition(":")
@@ -141,19 +124,19 @@ def parse_target(spec: str, *, kind: str | None = None, source: str = SOURCE) ->
                              "drop one of them")
         named, text = prefix.lower(), rest.strip()
     elif colon and prefix.lower() not in ("http", "https") and "://" in rest:
-        raise UsageError(f"{source}: unknown webhook kind {_cut(_one_line(prefix), 20)!r}: "
+        raise UsageError(f"{source}: unknown webhook kind {cut(one_line(prefix), 20)!r}: "
                          "prefix the URL with slack: or teams:")
     if not text:
         raise UsageError(f"{source}: no webhook URL given: use slack:https://... or teams:https://...")
 
-    masked = mask_url(text)
+    masked = mask_webhook(text)
     try:
         parts = urlsplit(text)
         host, _ = parts.hostname, parts.port  # .port raises for a port that is not a number
     except ValueError:
         raise UsageError(f"{source} {masked}: not a valid URL: expected https://...") from None
     scheme = parts.scheme.lower()
-    if any(ch.isspace() for ch in text) or _CONTROL.search(text):
+    if any(ch.isspace() for ch in text) or CONTROL.search(text):
         raise UsageError(f"{source} {masked}: the URL contains spaces or control characters: quote it whole")
     if scheme == "http" and host in _LOOPBACK:
         pass  # a local server (the tests): nothing crosses the network
@@ -183,31 +166,14 @@ def _infer(host: str) -> str | None:
 # -------------------------------------------------------------------------------------------------- payloads
 
 
-def _one_line(text: str) -> str:
-    return _CONTROL.sub("\ufffd", " ".join(text.split()))
-
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def _fact(text: str | None, width: int = FACT) -> str:
-    return _cut(_one_line("?" if text is None else str(text)), width)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+    return cut(one_line("?" if text is None else str(text)), width)
 
 
 def _headline(report: RunReport) -> str:
     """✅ or ❌, what ran where, and how it ended: the line a phone's notification shows."""
-    total, bad = len(report.results), len(report.failed)
-    where = f"tenants {_fact(report.operation, 20)} on {_fact(report.environment, 60)}"
-    if not total:
-        return f"✅ {where}: no tenants selected"
-    if not bad:
-        return f"✅ {where}: {'the tenant' if total == 1 else f'all {total} tenants'} ended well"
-    return f"❌ {where}: {bad} of {_plural(total, 'tenant')} did not end well"
+    mark, how = outcome(report)
+    return f"{mark} tenants {_fact(report.operation, 20)} on {_fact(report.environment, 60)}: {how}"
 
 
 def _facts(report: RunReport) -> list[tuple[str, str]]:
@@ -216,7 +182,7 @@ def _facts(report: RunReport) -> list[tuple[str, str]]:
         target += " (the head)" if report.head == report.target else f" (head {_fact(report.head)})"
     duration = f"{report.duration:.1f} s at concurrency {report.concurrency}"
     if report.throttled:
-        duration += f"; throttled {_plural(report.throttled, 'time')}"
+        duration += f"; throttled {plural(report.throttled, 'time')}"
         if report.concurrency_changes:
             duration += f", lowered to {min(n for _, n in report.concurrency_changes)}"
     return [
@@ -237,11 +203,11 @@ def _counts(report: RunReport) -> str:
 
 
 def _bad(report: RunReport) -> list[TenantResult]:
-    return sorted(report.failed, key=lambda r: _SEVERITY.get(r.status, len(_SEVERITY)))
+    return worst_first(report.failed)
 
 
 def _error(result: TenantResult) -> str:
-    return _cut(_one_line(result.error), ERROR) if result.error else ""
+    return cut(one_line(result.error), ERROR) if result.error else ""
 
 
 def _more(n: int) -> str:
@@ -265,7 +231,7 @@ def _units(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
-def _fit(text: str, limit: int) -> str:
+def _fit_units(text: str, limit: int) -> str:
     """``text`` cut with "…" to at most ``limit`` UTF-16 code units."""
     if _units(text) <= limit:
         return text
@@ -283,7 +249,7 @@ def _mrkdwn(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _code(text: str) -> str:
+def _slack_code(text: str) -> str:
     # A backtick would end the code span early; a tenant name with one is shown with a look-alike.
     return f"`{_mrkdwn(text.replace('`', 'ˋ'))}`"
 
@@ -294,7 +260,7 @@ def _slack_failures(bad: list[TenantResult]) -> str:
     size = _units(lines[0])
     keep = _units(_more(len(bad))) + 3  # room kept for the "… and N more" line (newline and _italic_)
     for result in bad[:SHOWN]:
-        line = f"• {_code(_cut(_one_line(result.tenant), NAME))} {result.status.value}"
+        line = f"• {_slack_code(cut(one_line(result.tenant), NAME))} {result.status.value}"
         if result.error:
             line += f": {_mrkdwn(_error(result))}"
         if size + 1 + _units(line) + keep > SLACK_SECTION:
@@ -318,7 +284,7 @@ def slack_payload(report: RunReport, link: str | None = None, note: str | None =
     """
     headline = _headline(report)
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": _fit(headline, SLACK_HEADER), "emoji": True}},
+        {"type": "header", "text": {"type": "plain_text", "text": _fit_units(headline, SLACK_HEADER), "emoji": True}},
         {"type": "section", "fields": [
             {"type": "mrkdwn", "text": f"*{label}*\n{_mrkdwn(value)}"}
             for label, value in _facts(report)
@@ -328,7 +294,7 @@ def slack_payload(report: RunReport, link: str | None = None, note: str | None =
     if bad:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _slack_failures(bad)}})
     if note:  # what the caller knows beyond the report, e.g. which CI job failed
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _mrkdwn(_cut(_one_line(note), 1000))}})
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _mrkdwn(cut(one_line(note), 1000))}})
     if link:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _slack_link(link)}})
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _mrkdwn(_footer(report))}]})
@@ -343,10 +309,10 @@ def _slack_link(link: str) -> str:
 def slack_message(text: str, link: str | None = None) -> dict[str, Any]:
     """A plain message (no run report to summarise, e.g. a deploy that failed before any tenant ran)."""
     blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": _mrkdwn(
-        _fit(_one_line(text), SLACK_SECTION - 200))}}]
+        _fit_units(one_line(text), SLACK_SECTION - 200))}}]
     if link:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _slack_link(link)}})
-    return {"text": _mrkdwn(_cut(_one_line(text), SLACK_HEADER)), "blocks": blocks}
+    return {"text": _mrkdwn(cut(one_line(text), SLACK_HEADER)), "blocks": blocks}
 
 
 # Teams ---------------------------------------------------------------------------------------------------
@@ -379,7 +345,7 @@ def teams_payload(report: RunReport, link: str | None = None, note: str | None =
         body.append({"type": "TextBlock", "text": f"Did not end well ({len(bad)})", "weight": "Bolder",
                      "wrap": True, "separator": True})
         for result in bad[:SHOWN]:
-            inlines = [_run(_cut(_one_line(result.tenant), NAME), weight="Bolder"),
+            inlines = [_run(cut(one_line(result.tenant), NAME), weight="Bolder"),
                        _run(f" {result.status.value}", color="Attention")]
             if result.error:
                 inlines.append(_run(f": {_error(result)}", isSubtle=True))
@@ -387,14 +353,14 @@ def teams_payload(report: RunReport, link: str | None = None, note: str | None =
         if len(bad) > SHOWN:
             body.append(_rich(_run(_more(len(bad) - SHOWN), italic=True, isSubtle=True), spacing="Small"))
     if note:
-        body.append(_rich(_run(_cut(_one_line(note), 1000), weight="Bolder"), separator=True))
+        body.append(_rich(_run(cut(one_line(note), 1000), weight="Bolder"), separator=True))
     body.append(_rich(_run(_footer(report), size="Small", isSubtle=True), separator=True))
     return _teams_card(body, headline, link)
 
 
 def teams_message(text: str, link: str | None = None) -> dict[str, Any]:
     """A plain message as a Teams card (see :func:`slack_message`)."""
-    line = _cut(_one_line(text), 2000)
+    line = cut(one_line(text), 2000)
     return _teams_card([_rich(_run(line, weight="Bolder", color="Attention"))], line, link)
 
 
@@ -441,16 +407,6 @@ def _opener() -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(_NoRedirect)
 
 
-def _url_secrets(url: str) -> tuple[str, ...]:
-    """Everything of a webhook URL past its host, in the forms a server might echo it back."""
-    parts = urlsplit(url)
-    found = {url, parts.path, parts.query, f"{parts.path}?{parts.query}"}
-    found |= {segment for segment in parts.path.split("/") if len(segment) >= 8}
-    found |= {value for _, value in parse_qsl(parts.query) if len(value) >= 8}
-    found |= {form for text in list(found) for form in (unquote(text), quote(text, safe=""))}
-    return tuple(text for text in found if len(text) > 1)
-
-
 def _post(target: Target, body: bytes, timeout: float, opener: Any) -> str | None:
     """POST one payload; ``None`` when the webhook took it, else why not (not yet scrubbed)."""
     request = urllib.request.Request(target.url, data=body, method="POST", headers={
@@ -468,7 +424,7 @@ def _post(target: Target, body: bytes, timeout: float, opener: Any) -> str | Non
         finally:
             err.close()
         reason = err.reason or _phrase(err.code)
-        return f"HTTP {err.code} {reason}" + (f": {_cut(_one_line(detail), 200)}" if detail.strip() else "")
+        return f"HTTP {err.code} {reason}" + (f": {cut(one_line(detail), 200)}" if detail.strip() else "")
     except URLError as err:
         if isinstance(err.reason, TimeoutError):
             return f"no answer within {timeout:g} s"
@@ -478,7 +434,7 @@ def _post(target: Target, body: bytes, timeout: float, opener: Any) -> str | Non
     except (OSError, http.client.HTTPException) as err:
         return f"connection error: {type(err).__name__}: {err}"
     if target.kind == "teams" and (match := _TEAMS_BODY_ERROR.search(answer)):
-        return f"HTTP {match.group(1)} reported in the answer: {_cut(_one_line(answer), 200)}"
+        return f"HTTP {match.group(1)} reported in the answer: {cut(one_line(answer), 200)}"
     return None
 
 
@@ -524,6 +480,6 @@ def notify(report: RunReport | str, targets: Iterable[Target], *, timeout: float
             # run"). The type and message are kept so a bug here still gets reported.
             problem = f"unexpected error: {type(err).__name__}: {err}"
         if problem is not None:
-            problem = _cut(scrub(_one_line(problem), _url_secrets(target.url)), 300)
+            problem = cut(scrub(one_line(problem), webhook_secrets(target.url)), 300)
             warnings.append(f"notification to {target.kind} webhook {target.masked} failed: {problem}")
     return warnings

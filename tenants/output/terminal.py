@@ -1,4 +1,7 @@
-"""Pure functions from results to text: lines, rich tables, JSON-ready dicts. No I/O here."""
+"""What the CLI prints to a terminal or a CI log: one line per finished tenant, rich tables, summary and
+verify lines, JSON. Pure functions from results to text or a :class:`rich.table.Table`; no I/O here (the CLI
+prints them). The files for CI (JUnit, the job summary) are :mod:`tenants.output.junit` and
+:mod:`tenants.output.job_summary`; chat messages are :mod:`tenants.output.notify`."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from rich import box
 from rich.table import Table
 
 from tenants.model import RunReport, State, Status, StatusReport, Tenant, TenantResult
+from tenants.output.format import fold, heads, plural, rev
 
 _STYLE = {
     Status.UPGRADED: "green", Status.DOWNGRADED: "green", Status.STAMPED: "green", Status.UP_TO_DATE: "green",
@@ -16,13 +20,7 @@ _STYLE = {
     State.AT_HEAD: "green", State.BEHIND: "yellow", State.NEW: "yellow", State.UNKNOWN_REVISION: "red",
     State.UNREACHABLE: "red", State.UNMANAGED: "red",
 }
-FOLD = 10  # tenant names listed per summary row before folding into "... and N more"
 NOT_VERIFIED = "not-verified"  # an offline database in status and verify: its revision could not be read
-
-
-def rev(revision: str | None) -> str:
-    """A revision for people: ``base`` is none recorded; ``?`` is unknown (never read, or unreadable)."""
-    return "?" if revision is None else revision
 
 
 def result_line(result: TenantResult) -> str:
@@ -38,7 +36,7 @@ def result_line(result: TenantResult) -> str:
         line += f"  at {rev(result.to_revision)}"
     details = []
     if result.applied:
-        details.append(f"{len(result.applied)} revision{'s' if len(result.applied) != 1 else ''}")
+        details.append(plural(len(result.applied), "revision"))
     if result.attempts > 1:
         details.append(f"{result.attempts} attempts")
     details.append(f"{result.duration:.2f}s")
@@ -48,16 +46,10 @@ def result_line(result: TenantResult) -> str:
     return line
 
 
-def fold(names: list[str], limit: int = FOLD) -> str:
-    if len(names) <= limit:
-        return ", ".join(names)
-    return f"{', '.join(names[:limit])} ... and {len(names) - limit} more"
-
-
 def summary_line(report: RunReport) -> str:
     counts = ", ".join(f"{n} {status}" for status, n in report.counts.items()) or "nothing to do"
     total = len(report.results)
-    line = (f"{report.operation} to {rev(report.target)}: {total} tenant{'s' if total != 1 else ''}, {counts} "
+    line = (f"{report.operation} to {rev(report.target)}: {plural(total, 'tenant')}, {counts} "
             f"in {report.duration:.1f}s (concurrency {report.concurrency})")
     if report.throttled:
         lowest = min(n for _, n in report.concurrency_changes)
@@ -118,7 +110,7 @@ def status_table(report: StatusReport) -> Table:
     for t in report.tenants:
         table.add_row(
             t.tenant,
-            ",".join(t.current) or ("-" if t.state in (State.UNREACHABLE, State.UNMANAGED) else "base"),
+            "-" if not t.current and t.state in (State.UNREACHABLE, State.UNMANAGED) else heads(t.current),
             "" if t.behind is None else str(t.behind),
             f"[{_STYLE[t.state]}]{t.state.value}[/]" + (" [yellow](pinned)[/]" if t.pin else ""),
             t.error or t.pin or "",
@@ -137,7 +129,7 @@ def verify_lines(report: StatusReport, ran: set[str] | None = None, allow_offlin
         if t.state is State.AT_HEAD:
             continue
         if t.pin is not None:
-            lines.append(f"{'pinned':<16} {t.tenant}  at {','.join(t.current) or 'base'}; {t.pin}")
+            lines.append(f"{'pinned':<16} {t.tenant}  at {heads(t.current)}; {t.pin}")
             continue
         why = {
             State.BEHIND: f"at {','.join(t.current)}, {t.behind} revision(s) behind",

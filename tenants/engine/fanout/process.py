@@ -95,7 +95,7 @@ def _init_worker(job: Job, clock: Any, check_client: bool = False, log_ceiling: 
 def _check_client_while_busy(dbapi_connection, _record) -> None:
     """PostgreSQL 14+: have the server look for a vanished client every second even while a statement runs,
     so that a worker killed for the tenant timeout has its transaction rolled back at once, not when the
-    statement in progress ends (see tenants.engine.fanout.slots). Other drivers, and older servers, are left alone.
+    statement in progress ends (see the module docstring). Other drivers, and older servers, are left alone.
 
     A listener on the ``Pool`` class reaches every connection the worker opens, whichever engine opened it.
     """

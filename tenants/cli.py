@@ -99,7 +99,7 @@ def _quiet_logs(ctx: typer.Context) -> None:
     ``logging.disable`` is a ceiling over every logger that no logging configuration lifts, so it works
     whatever env.py configures, without changing what env.py sees (replacing ``fileConfig`` or hiding
     ``config.config_file_name`` would). The fan-out's workers copy this process's ceiling
-    (:func:`tenants.engine.fanout._init_worker`). Warnings and errors still get through.
+    (:func:`tenants.engine.fanout.process._init_worker`). Warnings and errors still get through.
     """
     previous = logging.root.manager.disable  # restored for a caller that runs the CLI in-process (tests)
     logging.disable(logging.INFO)

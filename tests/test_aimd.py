@@ -185,3 +185,35 @@ def test_the_pressure_probe_keeps_a_fleet_under_the_pool_limit(tmp_path):
     # The probe holds starts back; what its lagging readings (a real DMV is 15 s behind) still let through,
     # AIMD catches: every refusal is a throttle backed off from, none a failure.
     assert most <= 3 and refused == report.throttled
+
+
+def test_aimd_halves_on_a_throttle_down_to_its_floor_and_grows_by_one_after_limit_successes():
+    from tenants.engine.fanout.aimd import Aimd
+
+    aimd = Aimd(8, started=100.0)
+    assert aimd.limit == 8 and aimd.changes == [(0.0, 8)]
+    assert aimd.on_throttle(101.0) and aimd.limit == 4
+    assert aimd.on_throttle(102.0) and aimd.on_throttle(103.0) and aimd.limit == 1
+    assert not aimd.on_throttle(104.0) and aimd.limit == 1  # the floor
+    assert aimd.throttled == 4
+    assert [aimd.on_success(105.0)] == [True] and aimd.limit == 2  # one success at limit 1
+    assert [aimd.on_success(106.0), aimd.on_success(107.0)] == [False, True] and aimd.limit == 3
+    assert aimd.changes == [(0.0, 8), (1.0, 4), (2.0, 2), (3.0, 1), (5.0, 2), (7.0, 3)]
+
+
+def test_aimd_cuts_once_for_throttles_of_tenants_started_before_the_cut():
+    from tenants.engine.fanout.aimd import Aimd
+
+    aimd = Aimd(8)
+    epoch = aimd.epoch  # three tenants start
+    assert aimd.on_throttle(1.0, epoch) and not aimd.on_throttle(1.1, epoch) and not aimd.on_throttle(1.2, epoch)
+    assert aimd.limit == 4 and aimd.throttled == 3
+    assert aimd.on_throttle(2.0, aimd.epoch) and aimd.limit == 2  # one started after the cut: it reports new load
+
+
+def test_aimd_never_grows_past_its_ceiling():
+    from tenants.engine.fanout.aimd import Aimd
+
+    aimd = Aimd(2)
+    assert not any(aimd.on_success(float(t)) for t in range(10))
+    assert aimd.limit == 2 and aimd.changes == [(0.0, 2)]

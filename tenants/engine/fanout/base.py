@@ -1,0 +1,63 @@
+"""What every fan-out strategy shares: its result (:class:`FanOut`), the failure policy, and two helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from tenants.engine.unit import Job
+from tenants.model import Status, Tenant, TenantResult
+
+OnResult = Callable[[TenantResult], None]
+
+
+@dataclass(frozen=True)
+class FanOut:
+    """What a strategy returns: the results in tenant order, and how the run adapted to the database."""
+
+    results: list[TenantResult]
+    throttled: int = 0
+    concurrency_changes: tuple[tuple[float, int], ...] = ()
+    pressure_wait: float = 0.0  # seconds starts were held back by the pressure probe
+    pressure_errors: tuple[tuple[str, int], ...] = ()  # reads of the pool's load that failed: (line, times)
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """Stop starting new tenants once ``max_failures`` tenants failed; None keeps going through every tenant."""
+
+    max_failures: int | None = 1
+
+    def stop(self, failures: int) -> bool:
+        return self.max_failures is not None and failures >= self.max_failures
+
+
+class Strategy(Protocol):
+    concurrency: int
+
+    def run(self, tenants: list[Tenant], job: Job, policy: FailurePolicy, on_result: OnResult) -> FanOut:
+        ...
+
+
+# What the failure policy counts: a tenant that timed out did not get where it was going either.
+FAILURES = frozenset({Status.FAILED, Status.TIMED_OUT})
+
+
+def skipped(tenant: Tenant, why: str = "the failure policy stopped the run") -> TenantResult:
+    return TenantResult(tenant.name, Status.SKIPPED, error=f"not started: {why}")
+
+
+def merge(earlier: TenantResult | None, later: TenantResult) -> TenantResult:
+    """One result for a tenant that ran more than once (handed back throttled, then run again)."""
+    if earlier is None:
+        return later
+    return replace(
+        later,
+        from_revision=earlier.from_revision if earlier.from_revision is not None else later.from_revision,
+        to_revision=later.to_revision if later.to_revision is not None else earlier.to_revision,
+        applied=earlier.applied + later.applied,
+        attempts=earlier.attempts + later.attempts,
+        duration=earlier.duration + later.duration,
+        error=later.error if later.error is not None else earlier.error,
+    )

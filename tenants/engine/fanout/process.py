@@ -1,0 +1,203 @@
+"""The process strategy: tenants in worker processes, at most ``concurrency`` at once.
+
+:class:`~tenants.engine.fanout.serial.SerialStrategy` is the reference; :class:`ProcessStrategy` must produce
+the same results, faster.
+
+Why processes and not threads: Alembic's ``alembic.context`` and ``alembic.op`` are module-global proxies
+installed by ``EnvironmentContext.__enter__``; two migrations in two threads of one process corrupt each
+other. So each migration runs in its own worker process, one tenant at a time per worker. Each worker loads
+the revision graph once (in its initializer), not once per tenant.
+
+Workers are started with the ``forkserver`` method: a clean server process (modules preloaded) forks them, so
+they inherit neither the parent's threads (rich's live display, the executor's own threads) nor its open
+connections, and starting one costs a fork, not a fresh interpreter.
+
+Why each worker is an executor of its own (a *slot*), with a *clock* the parent reads: see
+:mod:`tenants.engine.fanout.slots`.
+
+The failure policy, AIMD and Ctrl-C draining are the scheduler's (:mod:`tenants.engine.fanout.scheduler`).
+
+Per-tenant timeout (``tenant_timeout``, the CLI's ``--tenant-timeout``): a tenant still running that many
+seconds after its worker started it (connecting, waiting for its lock, retries and its revisions all count;
+its wait in line and the parent's read of its revision do not) is stopped by SIGKILL of its worker process
+and reported ``timed-out``, a failure: it counts toward the failure policy like ``failed`` (by default the run
+then starts no new tenant; those in flight finish) and makes the run's exit code 1. The timeout is enforced
+while draining after Ctrl-C too. Only a worker process can be killed, so a run with a timeout always uses
+:class:`ProcessStrategy` (see :func:`tenants.engine.fanout.choose_strategy`), with one worker when the concurrency is 1.
+
+What happens to the timed-out tenant's transaction: the killed process's connections close, and the server
+rolls back the transaction of the revision in progress (env.py gives every revision its own); revisions
+already committed stay. So the tenant stays at its last completed revision, which the parent then reads back
+into the report (``to``), and a rerun resumes there. *When* the server rolls back depends on when it notices
+the connection is gone. SQLite: at once (the file locks die with the process; the next opener rolls the
+journal back). PostgreSQL: a backend waiting for its client notices at once, but one executing a statement
+notices only when the statement ends; so in a run with a timeout, the workers set
+``client_connection_check_interval`` (PostgreSQL 14+) to 1 s on their connections, and the server looks for a
+vanished client during long statements too and rolls back within a second or so. Before PostgreSQL 14, and on
+SQL Server, the statement in progress may run to its end, holding its locks, before the server finds the
+client gone and rolls back; the tenant's migration lock is freed at once (it lives on an idle connection of
+its own), so a rerun started meanwhile blocks on those locks until the old statement ends, then runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+
+from tenants.dialects import setup_worker
+from tenants.db import Connector, NoVersionTable, missing_file, read_version
+from tenants.engine.fanout.scheduler import Scheduler
+from tenants.engine.fanout.slots import PID, STARTED, Slot, Slots
+from tenants.engine.pressure import PressureGate
+from tenants.engine.revisions import Revisions
+from tenants.engine.unit import Job, precheck, run_tenant
+from tenants.model import Status, Tenant, TenantResult
+from tenants.secrets import scrub
+
+
+# --- worker process side -----------------------------------------------------------------------------------
+# Per-process state of a worker, set once by its initializer. This is the only module-level mutable state in
+# the package, and it exists only inside worker processes: it is what "load the revision graph once per
+# worker" means. The clock is the worker's slot's (see tenants.engine.fanout.slots).
+_worker: tuple[Job, Revisions, Connector, Any] | str | None = None  # or why the worker could not start
+
+# The clock's layout (PID, STARTED) is in tenants.engine.fanout.slots, which reads it.
+
+
+def _init_worker(job: Job, clock: Any, check_client: bool = False, log_ceiling: int = logging.NOTSET) -> None:
+    global _worker
+    # Ctrl-C in a terminal signals the whole process group. Workers ignore it so the tenant in progress
+    # finishes its revision; the parent decides (stop starting new tenants, drain, report).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("azure").setLevel(logging.ERROR)  # as in the CLI: our one-line errors say it
+    # The parent's logging.disable() ceiling (the CLI's: INFO without -v), which env.py's fileConfig does not
+    # lift: see tenants.cli._quiet_logs.
+    logging.disable(log_ceiling)
+    # check_client: a run with a tenant timeout, this process may be killed mid-statement (PostgreSQL then has
+    # the server watch for a vanished client: tenants.dialects.postgresql.check_client_while_busy).
+    setup_worker(check_client=check_client)
+    try:
+        _worker = (job, Revisions(job.alembic_ini, job.version_table), job.connector(), clock)
+    except Exception as err:  # noqa: BLE001 - an initializer that raises breaks the pool with no reason given
+        _worker = f"worker could not load the Alembic project: {type(err).__name__}: {err}"
+
+
+def _work(tenant: Tenant) -> TenantResult:
+    assert _worker is not None, "worker used before its initializer ran"
+    if isinstance(_worker, str):
+        return TenantResult(tenant.name, Status.FAILED, attempts=1, error=scrub(_worker, tenant.all_secrets))
+    job, revisions, connector, clock = _worker
+    clock[PID] = os.getpid()
+    clock[STARTED] = time.monotonic()  # the tenant timeout counts from here
+    try:
+        # Tenants reach a worker because the parent found they need work, or stopped reading after a streak
+        # of such tenants: go straight to the lock (the revision is read again under it anyway). A throttled
+        # tenant comes back to the parent, which lowers the concurrency (AIMD, see tenants.engine.fanout.aimd).
+        return run_tenant(tenant, job, revisions, connector, read_first=False, hand_back_throttled=True)
+    finally:
+        clock[STARTED] = 0.0  # before the result leaves: a worker done with its tenant is never killed for it
+
+
+def _where(tenant: Tenant, job: Job, connector: Connector) -> str | None:
+    """The revision a tenant is at now (``base``: none), read after its worker was killed; None if unreadable.
+
+    Its revision in progress is rolled back, or being rolled back: a read sees only what was committed.
+    """
+    try:
+        if not job.must_exist and missing_file(tenant.url):
+            return "base"  # killed before it created its file: reading must not create it either
+        with connector.engine(tenant.url, must_exist=job.must_exist) as engine, engine.connect() as conn:
+            try:
+                heads = read_version(conn, job.version_table)
+            except NoVersionTable:
+                heads = ()
+        return ",".join(heads) or "base"
+    except Exception:  # noqa: BLE001 - unknown is an honest answer
+        return None
+
+
+@dataclass
+class ProcessStrategy:
+    """At most ``concurrency`` tenants at once, each in a worker process.
+
+    The parent first reads tenants' revisions itself, from ``concurrency`` threads (:func:`precheck`: one
+    connection and one query each, no Alembic context, so threads are safe). Tenants already at the target
+    are done right there: a fleet at head never starts a worker process. Tenants with work to do stream to
+    the worker processes as they are found, so the workers start while the parent is still reading.
+
+    Once ``2 × concurrency`` tenants in a row needed work, the fleet is evidently being upgraded: the parent
+    stops reading and hands the rest straight to the workers, which read the revision themselves. Each read
+    in the parent costs a connection of its own (a few ms of server CPU each on PostgreSQL), which a tenant
+    that goes to a worker anyway would pay twice.
+
+    Protecting a shared pool (AIMD, as TCP does, :mod:`tenants.engine.fanout.aimd`): a tenant that hits a
+    throttling error (Azure SQL's worker or request limit of the elastic pool) comes back ``throttled``; the
+    parent halves the number of tenants it runs at once (the parent's own revision reads included) and queues
+    the tenant again. Throttles from tenants started before that cut do not cut again (they report the old
+    load). After as many successes in a row as the current limit, the limit grows back by one, up to
+    ``concurrency``. A tenant throttled more than ``retries`` times while running alone (limit 1) fails.
+
+    ``tenant_timeout`` (seconds): a tenant that runs longer in its worker is killed with it and reported
+    ``timed-out``; see the module docstring. Each run of a throttled tenant is timed on its own.
+    """
+
+    concurrency: int = 4
+    revisions: Revisions | None = None  # the parent's loaded graph, for the precheck
+    gate: PressureGate | None = None  # asked before each tenant starts: is the pool calm enough?
+    tenant_timeout: float | None = None  # None: no limit
+
+    def run(self, tenants, job, policy, on_result):
+        context = _forkserver()
+        revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
+        connector = job.connector()
+        threads = ThreadPoolExecutor(self.concurrency)  # the parent's reads: prechecks, and after a timeout
+        slots = Slots(partial(_spawn, context, job, self.tenant_timeout is not None), _work)
+        run = Scheduler(tenants, policy, on_result, concurrency=self.concurrency, retries=job.retries, slots=slots,
+                        threads=threads, read=partial(precheck, job=job, revisions=revisions, connector=connector),
+                        where=partial(_where, job=job, connector=connector), gate=self.gate,
+                        timeout=self.tenant_timeout)
+        try:
+            while run.start():
+                try:
+                    done = run.wait()
+                except KeyboardInterrupt:
+                    # First Ctrl-C: start nothing new, let the tenants in flight finish, report. A second one
+                    # propagates (the executors still wait for their workers).
+                    if not run.on_interrupt():
+                        raise
+                    continue
+                for future in done:
+                    run.on_done(future)
+        finally:
+            threads.shutdown(wait=True, cancel_futures=True)
+            slots.shutdown()
+            connector.dispose()
+        return run.outcome()
+
+
+def _forkserver() -> multiprocessing.context.BaseContext:
+    context = multiprocessing.get_context("forkserver")
+    # The forkserver imports these once and forks every worker from itself. "__main__" included: a
+    # worker would otherwise re-run the main script (the console script imports the CLI: typer, rich).
+    # (Only a main module that is a file: one read from stdin cannot be imported again, anywhere.)
+    main_file = getattr(sys.modules["__main__"], "__file__", None)
+    real_main = bool(main_file) and os.path.isfile(main_file)
+    preload = ["tenants.engine.fanout.process"]
+    context.set_forkserver_preload(["__main__", *preload] if real_main else preload)
+    return context
+
+
+def _spawn(context: multiprocessing.context.BaseContext, job: Job, check_client: bool) -> Slot:
+    """A new slot: a worker process in an executor of its own, and its clock."""
+    clock = context.RawArray("d", 2)
+    return Slot(ProcessPoolExecutor(1, mp_context=context, initializer=_init_worker,
+                                    initargs=(job, clock, check_client, logging.root.manager.disable)), clock)

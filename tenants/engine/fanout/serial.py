@@ -1,0 +1,67 @@
+"""The serial strategy: one tenant after another, in this process."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from tenants.engine.fanout.base import FAILURES, FanOut, skipped
+from tenants.engine.pressure import PressureGate
+from tenants.engine.revisions import Revisions
+from tenants.engine.unit import run_tenant
+from tenants.model import Status, TenantResult
+
+_INTERRUPTED = "interrupted (Ctrl-C) while migrating: its revision in progress rolled back; rerun to resume"
+
+
+@dataclass
+class SerialStrategy:
+    """One tenant after another, in this process: the reference the parallel strategy is tested against.
+
+    It has no tenant timeout: a tenant cannot be killed without killing this process. A run with a timeout
+    uses :class:`ProcessStrategy` instead, with one worker for concurrency 1 (:func:`choose_strategy`).
+    """
+
+    revisions: Revisions | None = None  # the parent's already-loaded graph, if it has one
+    concurrency: int = 1
+    gate: PressureGate | None = None  # wait while the pool is too busy before each tenant
+
+    def run(self, tenants, job, policy, on_result):
+        revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
+        connector = job.connector()
+        results, failures = [], 0
+        interrupted, waited = False, 0.0
+        try:
+            for tenant in tenants:
+                if not interrupted and self.gate is not None and not policy.stop(failures):
+                    try:
+                        waited += _wait_for(self.gate)
+                    except KeyboardInterrupt:
+                        interrupted = True
+                if interrupted:
+                    result = skipped(tenant, "interrupted (Ctrl-C)")
+                elif policy.stop(failures):
+                    result = skipped(tenant)
+                else:
+                    try:
+                        result = run_tenant(tenant, job, revisions, connector)
+                    except KeyboardInterrupt:
+                        # In this process Ctrl-C lands in the migration itself: its connection closes and
+                        # the server rolls the revision in progress back. Report it, start nothing else.
+                        interrupted = True
+                        result = TenantResult(tenant.name, Status.FAILED, attempts=1, error=_INTERRUPTED)
+                    failures += result.status in FAILURES
+                results.append(result)
+                on_result(result)
+        finally:
+            connector.dispose()
+        return FanOut(results, pressure_wait=waited,
+                      pressure_errors=self.gate.take_errors() if self.gate is not None else ())
+
+
+def _wait_for(gate: PressureGate) -> float:
+    """Block until the gate admits a start; the seconds waited."""
+    started = time.monotonic()
+    while not gate.admit():
+        time.sleep(gate.interval)
+    return time.monotonic() - started

@@ -1,0 +1,238 @@
+"""The process fan-out's scheduler, event by event, in milliseconds: no processes, no databases.
+
+Only the process boundary is faked: a slot's executor hands its tenant to the test instead of a worker
+process, and the test says how the tenant ends (a result, a dead worker). The parent's reads run inline.
+The real-process tests (test_engine_*, test_timeout, test_aimd) remain the end-to-end proof.
+"""
+
+from __future__ import annotations
+
+import signal
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+from types import SimpleNamespace
+
+import pytest
+
+from tenants.engine.fanout import FailurePolicy, slots
+from tenants.engine.fanout.scheduler import Scheduler
+from tenants.engine.fanout.slots import PID, STARTED, Slot, Slots
+from tenants.model import Status, Tenant, TenantResult
+
+
+class Workers:
+    """Every slot's worker process, faked: what each was given, and how many were started."""
+
+    def __init__(self, now, start=True):
+        self.now, self.start = now, start
+        self.spawned: list[Slot] = []
+        self.given: list[tuple[Tenant, Future, list]] = []
+
+    def spawn(self) -> Slot:
+        clock = [0.0, 0.0]
+        slot = Slot(FakeExecutor(self, clock), clock)
+        self.spawned.append(slot)
+        return slot
+
+    def pending(self):
+        return [(tenant, future, clock) for tenant, future, clock in self.given if not future.done()]
+
+
+class FakeExecutor:
+    """A slot's executor of one process: the worker writes its clock as it starts the tenant."""
+
+    def __init__(self, workers, clock):
+        self.workers, self.clock, self.shut = workers, clock, False
+
+    def submit(self, _fn, tenant):
+        if not self.workers.start:
+            raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+        future = Future()
+        self.clock[PID], self.clock[STARTED] = 4242, self.workers.now()
+        self.workers.given.append((tenant, future, self.clock))
+        return future
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        self.shut = True
+
+
+class InlineThreads:
+    """The parent's reads, run as they are submitted."""
+
+    def submit(self, fn, *args):
+        future = Future()
+        future.set_result(fn(*args))
+        return future
+
+
+KEEP_GOING = FailurePolicy(None)
+
+
+def scheduler(n=6, *, concurrency=2, policy=KEEP_GOING, read=lambda t: None, where=lambda t: "p1",
+              timeout=None, retries=1, start=True):
+    now = [100.0]  # a time.monotonic() reading: never 0.0, which a clock reads as "not started"
+    workers = Workers(lambda: now[0], start)
+    reported: list[TenantResult] = []
+    run = Scheduler([Tenant(f"t{i}", f"sqlite:///t{i}.db") for i in range(n)], policy, reported.append,
+                    concurrency=concurrency, retries=retries, slots=Slots(workers.spawn, lambda t: None),
+                    threads=InlineThreads(), read=read, where=where, timeout=timeout, clock=lambda: now[0])
+    return SimpleNamespace(run=run, workers=workers, reported=reported, now=now)
+
+
+def upgraded(name, attempt):
+    return TenantResult(name, Status.UPGRADED, "base", "p1", ("p1",), attempts=1, duration=1.0)
+
+
+def settle(s, outcome=upgraded):
+    """ProcessStrategy.run's loop, each tenant handed to a worker ending as ``outcome(name, attempt)`` says."""
+    attempts: dict[str, int] = {}
+    while s.run.start():
+        for tenant, future, clock in s.workers.pending():
+            attempts[tenant.name] = attempts.get(tenant.name, 0) + 1
+            s.now[0] += 1.0
+            try:
+                result = outcome(tenant.name, attempts[tenant.name])
+            except BaseException as err:  # noqa: BLE001 - the worker's end, handed to its future
+                future.set_exception(err)
+            else:
+                clock[STARTED] = 0.0
+                future.set_result(result)
+        for future in s.run.wait():
+            s.run.on_done(future)
+    return s.run.outcome()
+
+
+def past_the_prechecks(s):
+    """Start, and let the parent's first reads (all: needs work) hand their tenants to workers."""
+    assert s.run.start()
+    for future in s.run.wait():
+        s.run.on_done(future)
+    assert s.run.start()
+    return sorted(s.workers.pending(), key=lambda given: given[0].name)  # `wait` returns a set: any order
+
+
+def test_prechecks_finish_tenants_at_target_and_stop_after_2_x_concurrency_needing_work():
+    reads = []
+
+    def read(tenant):
+        reads.append(tenant.name)
+        return TenantResult(tenant.name, Status.UP_TO_DATE, "p1", "p1") if tenant.name in ("t0", "t1") else None
+
+    s = scheduler(12, read=read)
+    fan = settle(s)
+    assert [r.status for r in fan.results] == [Status.UP_TO_DATE] * 2 + [Status.UPGRADED] * 10
+    assert sorted(t.name for t, _, _ in s.workers.given) == sorted(f"t{i}" for i in range(2, 12))
+    assert reads == ["t0", "t1", "t2", "t3", "t4", "t5"]  # t2..t5: four in a row needed work, so stop reading
+    assert len(s.workers.spawned) == 2 and fan.throttled == 0 and fan.concurrency_changes == ()
+    assert sorted(r.tenant for r in s.reported[:2]) == ["t0", "t1"]  # reported as they finish, returned in order
+
+
+def test_a_throttle_halves_the_limit_once_per_epoch_and_the_tenant_runs_again():
+    def outcome(name, attempt):
+        if name in ("t1", "t2") and attempt == 1:  # started together, throttled together: one cut
+            return TenantResult(name, Status.THROTTLED, "base", None, attempts=1, duration=0.5, error="(10928)")
+        return upgraded(name, attempt)
+
+    s = scheduler(8, concurrency=4)
+    fan = settle(s, outcome)
+    assert [r.status for r in fan.results] == [Status.UPGRADED] * 8
+    assert fan.throttled == 2
+    assert [n for _, n in fan.concurrency_changes] == [4, 2, 3, 4]  # cut once, then grown back by successes
+    t1 = fan.results[1]
+    assert (t1.attempts, t1.duration, t1.from_revision, t1.applied) == (2, 1.5, "base", ("p1",))
+
+
+def test_a_tenant_throttled_while_running_alone_more_than_its_retries_fails():
+    def outcome(name, attempt):
+        return TenantResult(name, Status.THROTTLED, "base", None, attempts=1, error="(10928)")
+
+    fan = settle(scheduler(2, retries=2), outcome)
+    assert [r.status for r in fan.results] == [Status.FAILED, Status.FAILED]
+    assert all("(10928)" in r.error for r in fan.results)
+    assert fan.concurrency_changes[-1] == (fan.concurrency_changes[-1][0], 1)
+
+
+def test_a_worker_that_dies_fails_its_tenant_only_and_the_next_tenant_gets_a_new_process():
+    def outcome(name, attempt):
+        if name == "t1":
+            raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+        return upgraded(name, attempt)
+
+    s = scheduler(5)
+    fan = settle(s, outcome)
+    assert [r.status for r in fan.results] == [Status.UPGRADED, Status.FAILED] + [Status.UPGRADED] * 3
+    assert "the worker pool broke" in fan.results[1].error
+    assert len(s.workers.spawned) == 3 and [slot.pool.shut for slot in s.workers.spawned].count(True) == 1
+
+
+def test_workers_that_cannot_start_fail_every_tenant_after_three_tries():
+    s = scheduler(4, start=False)
+    fan = settle(s)
+    assert [r.status for r in fan.results] == [Status.FAILED] * 4
+    assert all("worker processes could not start" in r.error and r.attempts == 0 for r in fan.results)
+    assert len(s.workers.spawned) == 3
+
+
+def test_the_failure_policy_lets_tenants_in_flight_finish_and_skips_the_rest():
+    def outcome(name, attempt):
+        return TenantResult(name, Status.FAILED, "base", "base", attempts=1, error="boom") if name == "t0" \
+            else upgraded(name, attempt)
+
+    fan = settle(scheduler(5, policy=FailurePolicy(1)), outcome)
+    assert [r.status for r in fan.results] == [Status.FAILED, Status.UPGRADED] + [Status.SKIPPED] * 3
+    assert fan.results[2].error == "not started: the failure policy stopped the run"
+
+
+def test_ctrl_c_drains_the_tenants_in_flight_and_skips_the_rest_and_a_second_one_propagates():
+    s = scheduler(5)
+    assert len(past_the_prechecks(s)) == 2
+    assert s.run.on_interrupt() is True
+    for tenant, future, _ in s.workers.pending():
+        future.set_result(upgraded(tenant.name, 1))
+    assert s.run.on_interrupt() is False  # the caller re-raises it
+    for future in s.run.wait():
+        s.run.on_done(future)
+    assert not s.run.start()
+    fan = s.run.outcome()
+    assert [r.status for r in fan.results] == [Status.UPGRADED] * 2 + [Status.SKIPPED] * 3
+    assert fan.results[4].error == "not started: interrupted (Ctrl-C)"
+
+
+def test_a_tenant_past_its_timeout_is_killed_and_reported_at_the_revision_it_reached(monkeypatch):
+    kills = []
+    monkeypatch.setattr(slots, "os", SimpleNamespace(kill=lambda pid, sig: kills.append((pid, sig))))
+    s = scheduler(3, policy=FailurePolicy(1), timeout=5.0, where=lambda t: "p1")
+    (t0, f0, _), (t1, f1, c1) = past_the_prechecks(s)
+    s.now[0] += 6.0
+    c1[STARTED] = 0.0  # t1's worker is done with it: never killed for it
+    f1.set_result(upgraded(t1.name, 1))
+    for future in s.run.wait():  # kills t0's worker, then sees t1 done
+        s.run.on_done(future)
+    assert kills == [(4242, signal.SIGKILL)]
+    assert not s.run.starting()  # the kill counts toward the failure policy before t0's result is in
+    f0.set_exception(BrokenProcessPool("killed"))  # what the SIGKILL does to its future
+    while s.run.start():
+        for future in s.run.wait():
+            s.run.on_done(future)
+    fan = s.run.outcome()
+    assert [r.status for r in fan.results] == [Status.TIMED_OUT, Status.UPGRADED, Status.SKIPPED]
+    timed_out = fan.results[0]
+    assert (timed_out.to_revision, timed_out.duration, timed_out.attempts) == ("p1", 6.0, 1)
+    assert "timed out: still running 5s" in timed_out.error
+
+
+def test_a_worker_whose_pid_is_not_visible_yet_is_not_killed_but_looked_at_again_soon(monkeypatch):
+    kills = []
+    monkeypatch.setattr(slots, "os", SimpleNamespace(kill=lambda pid, sig: kills.append(pid)))
+    s = scheduler(1, timeout=5.0)
+    (_, _, clock), = past_the_prechecks(s)
+    clock[PID] = 0.0  # never kill(0): that is this whole process group
+    assert s.run.slots.kill_overdue(110.0, 5.0) == slots.POLL and kills == []
+    clock[PID] = 4242
+    assert s.run.slots.kill_overdue(110.0, 5.0) is None and kills == [4242]
+    assert s.run.slots.kill_overdue(110.0, None) is None
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_the_limit_never_exceeds_the_fleet(n):
+    assert scheduler(n, concurrency=8).run.aimd.limit == n

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 from time import monotonic
@@ -33,13 +33,13 @@ from tenants.engine.pins import Pin, read_pin
 from tenants.engine.pressure import ElasticPoolPressure, PressureGate
 from tenants.engine.revisions import Operation, Revisions
 from tenants.engine.unit import Job, unmanaged_reason
-from tenants.waves import Wave, assign, empty_waves
 from tenants.errors import RevisionError, TenantNotFound, TenantsError, TenantUnreachable, UsageError
 from tenants.model import RunReport, State, Status, StatusReport, Tenant, TenantResult, TenantStatus
 from tenants.output import notify as webhooks
 from tenants.runlog import ReadReport, header_of, read_report
 from tenants.selection import Selection
 from tenants.sources import TenantSource, discover_with_skipped, source_for
+from tenants.waves import Wave, assign, empty_waves
 
 
 class FailureLimit(Enum):
@@ -128,7 +128,7 @@ class TenantRead:
 
 def read_tenants(settings: Settings, tenants: list[Tenant]) -> list[TenantRead]:
     """Each tenant's :class:`TenantRead`, in order, read in threads: reads with no Alembic context, which is
-    what may run in threads (the concurrency rule: :mod:`tenants.engine.fanout`). A tenant at a revision
+    what may run in threads (the concurrency rule: :mod:`tenants.engine.fanout.process`). A tenant at a revision
     costs one connection and two queries (version, pin); a database without a version table one more (its
     tables). A SQLite file that does not exist yet is a new tenant, and is not opened (that would create it).
     Shared by ``status``, ``verify`` and ``plan``."""
@@ -706,7 +706,7 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
         unmanaged=env.unmanaged,
     )
     strategy = options.strategy or choose_strategy(concurrency, len(tenants), revisions, gate, options.tenant_timeout)
-    started_wall, started = datetime.now(timezone.utc), monotonic()
+    started_wall, started = datetime.now(UTC), monotonic()
 
     def report(results=(), fan_out=None) -> RunReport:
         return RunReport(
@@ -717,7 +717,7 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
             head=head,
             concurrency=strategy.concurrency,
             started_at=started_wall.isoformat(timespec="seconds"),
-            finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds") if fan_out else "",
+            finished_at=datetime.now(UTC).isoformat(timespec="seconds") if fan_out else "",
             duration=monotonic() - started if fan_out else 0.0,
             results=tuple(results),
             tool_version=__version__,

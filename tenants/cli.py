@@ -14,7 +14,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -48,8 +48,8 @@ class Context:
     """What the callback parsed, handed to every command through ``ctx.obj`` (no module-level state). A
     command's own options are its function's arguments, passed on as arguments: never stored here."""
 
-    config: Optional[str]
-    env: Optional[str]
+    config: str | None
+    env: str | None
     out: Console
     err: Console
 
@@ -61,8 +61,8 @@ class Context:
 class Publish:
     """Where a run goes besides the terminal: the command's --junit, --summary-markdown and --notify."""
 
-    junit: Optional[Path] = None
-    summary_markdown: Optional[Path] = None
+    junit: Path | None = None
+    summary_markdown: Path | None = None
     notify: tuple[Target, ...] = ()
 
 
@@ -76,9 +76,9 @@ def _console(stderr: bool = False) -> Console:
 @app.callback()
 def _main(
     ctx: typer.Context,
-    config: Annotated[Optional[str], typer.Option(
+    config: Annotated[str | None, typer.Option(
         "--config", "-c", envvar="TENANTS_CONFIG", help="Configuration file (default: ./tenants.toml).")] = None,
-    env: Annotated[Optional[str], typer.Option(
+    env: Annotated[str | None, typer.Option(
         "--env", "-e", envvar="TENANTS_ENV", help="Environment in the configuration (default: dev).")] = None,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Let INFO log lines through, e.g. Alembic's \"Running upgrade ...\" when env.py "
@@ -127,12 +127,12 @@ ExcludeOpt = Annotated[list[str], typer.Option(
 TagOpt = Annotated[list[str], typer.Option("--tag", help="Only tenants with this tag (repeatable).",
                                            show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-ShardOpt = Annotated[Optional[str], typer.Option(
+ShardOpt = Annotated[str | None, typer.Option(
     "--shard", metavar="K/N", help="Only shard K of N (a stable hash of the tenant name): N runners, K=1..N, "
     "cover the fleet exactly once.", show_default=False)]
 
 
-def _selection(tenant, exclude, tag, shard: Optional[str] = None) -> Selection:
+def _selection(tenant, exclude, tag, shard: str | None = None) -> Selection:
     return Selection(tuple(tenant or ()), tuple(exclude or ()), tuple(tag or ()),
                      parse_shard(shard) if shard is not None else None)
 
@@ -224,7 +224,7 @@ def history(
 def verify(
     ctx: typer.Context,
     tenant: TenantOpt = [], exclude: ExcludeOpt = [], tag: TagOpt = [], shard: ShardOpt = None,
-    run_report: Annotated[Optional[Path], typer.Option(
+    run_report: Annotated[Path | None, typer.Option(
         "--report", help="The run's report: tenants it does not list are named as created since the run began.",
         dir_okay=False, show_default=False)] = None,
     junit: JunitOpt = None,
@@ -248,7 +248,7 @@ def verify(
     raise typer.Exit(0 if verdict.ok else 1)
 
 
-def _run_and_render(obj: Context, run, total: int, report_path: Optional[Path], publish: Publish) -> None:
+def _run_and_render(obj: Context, run, total: int, report_path: Path | None, publish: Publish) -> None:
     """Stream results as they finish (a live bar on a terminal, a line each otherwise), then summarise.
 
     ``run(on_result, on_start, on_warning)`` runs it (:meth:`tenants.api.PreparedRun.run`). With ``--report``
@@ -324,8 +324,8 @@ def _step_summary(markdown: str) -> None:
                        err=True)
 
 
-def _finish(obj: Context, report: RunReport, report_path: Optional[Path], publish: Publish = Publish(),
-            written: bool = False, warned: Optional[list[str]] = None) -> None:
+def _finish(obj: Context, report: RunReport, report_path: Path | None, publish: Publish = Publish(),
+            written: bool = False, warned: list[str] | None = None) -> None:
     if report_path is not None and not written:
         report_path.write_text(terminal.to_json(report.to_dict()) + "\n", encoding="utf-8")
     _publish(report, str(report_path or "report.json"), publish)
@@ -343,21 +343,21 @@ def _finish(obj: Context, report: RunReport, report_path: Optional[Path], publis
     raise typer.Exit(0 if report.ok else 1)
 
 
-ReportOpt = Annotated[Optional[Path], typer.Option(
+ReportOpt = Annotated[Path | None, typer.Option(
     "--report", help="Write the run as JSON to this file, as it goes (fields: see README).", dir_okay=False)]
-JunitOpt = Annotated[Optional[Path], typer.Option(
+JunitOpt = Annotated[Path | None, typer.Option(
     "--junit", help="Write JUnit XML, one test case per tenant (CI test reporters name the failing ones).",
     dir_okay=False, show_default=False)]
 NotifyOpt = Annotated[list[str], typer.Option(
     "--notify", envvar="TENANTS_NOTIFY_URL", help="Post a summary to this incoming webhook when done "
     "(repeatable; slack:URL or teams:URL). A failing webhook is a warning, never a failed run.",
     show_default=False)]
-SummaryOpt = Annotated[Optional[Path], typer.Option(
+SummaryOpt = Annotated[Path | None, typer.Option(
     "--summary-markdown", help="Write a Markdown summary (under 1 MiB), e.g. for a CI job summary; "
     "$GITHUB_STEP_SUMMARY gets one too when set.", dir_okay=False, show_default=False)]
 
 
-def _check_report_path(report: Optional[Path], flag: str = "--report") -> None:
+def _check_report_path(report: Path | None, flag: str = "--report") -> None:
     """Fail before the run, not after it, when the file cannot be written. A file this check had to create is
     removed again: a run that then stops on other bad input must not leave an empty report behind (a later
     `report merge` or `--from-report` would take it for a report cut short)."""
@@ -381,25 +381,25 @@ def upgrade(
     ctx: typer.Context,
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
     tenant: TenantOpt = [], exclude: ExcludeOpt = [], tag: TagOpt = [],
-    concurrency: Annotated[Optional[int], typer.Option(
+    concurrency: Annotated[int | None, typer.Option(
         "--concurrency", "-j", min=1, help="Tenants migrated at once (default: the environment's, else 4).",
         show_default=False)] = None,
     keep_going: Annotated[bool, typer.Option(
         "--keep-going", help="Run every tenant whatever fails (default: stop starting new ones at the first "
         "failure).")] = False,
-    max_failures: Annotated[Optional[int], typer.Option(
+    max_failures: Annotated[int | None, typer.Option(
         "--max-failures", min=1, help="Stop starting new tenants after this many failures.",
         show_default=False)] = None,
-    retries: Annotated[Optional[int], typer.Option(
+    retries: Annotated[int | None, typer.Option(
         "--retries", min=0, help="Retries per tenant on transient errors (default: 3).", show_default=False)] = None,
-    wave: Annotated[Optional[int], typer.Option(
+    wave: Annotated[int | None, typer.Option(
         "--wave", min=1, help="Run only wave N of the environment's waves.", show_default=False)] = None,
-    tenant_timeout: Annotated[Optional[float], typer.Option(
+    tenant_timeout: Annotated[float | None, typer.Option(
         "--tenant-timeout", help="Seconds a tenant may take; past it its worker is killed (the server rolls "
         "its transaction back) and the tenant reported timed-out.", show_default=False)] = None,
     report: ReportOpt = None,
     shard: ShardOpt = None,
-    from_report: Annotated[Optional[Path], typer.Option(
+    from_report: Annotated[Path | None, typer.Option(
         "--from-report", help="Resume: only the tenants this report lists with a status in --only, and those "
         "it does not list.", exists=False, dir_okay=False, show_default=False)] = None,
     only: Annotated[str, typer.Option(
@@ -447,7 +447,7 @@ def plan(
     ctx: typer.Context,
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
     tenant: TenantOpt = [], exclude: ExcludeOpt = [], tag: TagOpt = [],
-    shard: Annotated[Optional[str], typer.Option("--shard", metavar="K/N", help="Only shard K of N.",
+    shard: Annotated[str | None, typer.Option("--shard", metavar="K/N", help="Only shard K of N.",
                                                  show_default=False)] = None,
     sql: Annotated[bool, typer.Option("--sql", help="Attach the offline SQL of each cohort.")] = False,
     output_format: FormatOpt = "text",
@@ -477,7 +477,7 @@ def downgrade(
     tenant: Annotated[list[str], typer.Option(
         "--tenant", "-t", help="The one tenant to downgrade (required).", show_default=False)] = [],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
-    pin_reason: Annotated[Optional[str], typer.Option(
+    pin_reason: Annotated[str | None, typer.Option(
         "--pin", metavar="REASON", help="Then pin the tenant with this reason, so fleet upgrades leave it "
         "alone (asked on a terminal otherwise).", show_default=False)] = None,
     report: ReportOpt = None,
@@ -501,13 +501,8 @@ def downgrade(
     for line in plan.descriptions:
         typer.echo(f"  - {line}")
     if not yes:
-        if not sys.stdin.isatty():
-            raise UsageError("refusing to downgrade without confirmation: stdin is not a terminal; pass --yes")
-        if not typer.confirm("Proceed?", default=False):
-            typer.echo("cancelled; nothing changed", err=True)
-            raise typer.Exit(1)
+        _confirm_downgrade()
     name = plan.tenant.name
-    release = f"(release with `tenants unpin -t {name}`)"
     if pin_reason is not None:
         report_obj, pin_state = api.downgrade_and_pin(settings, plan, pin_reason)  # pins first: see there
     else:
@@ -519,13 +514,27 @@ def downgrade(
         pin_reason = typer.prompt("Reason")
         api.pin(settings, name, pin_reason)
         pin_state = "pinned"
+    _say_pin(name, pin_state, pin_reason)
+    _finish(obj, report_obj, report)
+
+
+def _confirm_downgrade() -> None:
+    if not sys.stdin.isatty():
+        raise UsageError("refusing to downgrade without confirmation: stdin is not a terminal; pass --yes")
+    if not typer.confirm("Proceed?", default=False):
+        typer.echo("cancelled; nothing changed", err=True)
+        raise typer.Exit(1)
+
+
+def _say_pin(name: str, pin_state: str | None, reason: str | None) -> None:
+    """What became of the pin of a downgraded tenant (tenants.api.downgrade_and_pin), in one line."""
+    release = f"(release with `tenants unpin -t {name}`)"
     if pin_state == "pinned":
-        typer.echo(f"pinned {name}: {pin_reason.strip()} {release}")
+        typer.echo(f"pinned {name}: {(reason or '').strip()} {release}")
     elif pin_state == "released":
         typer.echo(f"{name}: nothing was undone, so the pin set for this downgrade is off again", err=True)
     elif pin_state == "kept":
         typer.echo(f"{name} stays pinned where its downgrade stopped {release}", err=True)
-    _finish(obj, report_obj, report)
 
 
 @app.command()
@@ -574,10 +583,10 @@ def sql(
     ctx: typer.Context,
     revision_range: Annotated[str, typer.Argument(
         metavar="[FROM:]TO", help="Target revision, optionally with a starting one.")] = "head",
-    tenant: Annotated[Optional[str], typer.Option(
+    tenant: Annotated[str | None, typer.Option(
         "--tenant", "-t", help="Start from this tenant's current revision (and use its URL).",
         show_default=False)] = None,
-    dialect: Annotated[Optional[str], typer.Option(
+    dialect: Annotated[str | None, typer.Option(
         "--dialect", help="Render for this dialect instead of the environment's: mssql (T-SQL with GO), "
         "postgresql, sqlite.", show_default=False)] = None,
 ) -> None:
@@ -619,9 +628,9 @@ def report_merge(
 @_command
 def report_notify(
     ctx: typer.Context,
-    reports: Annotated[Optional[list[Path]], typer.Argument(
+    reports: Annotated[list[Path] | None, typer.Argument(
         help="Reports of one run (shards are merged); none: post --message alone.", show_default=False)] = None,
-    message: Annotated[Optional[str], typer.Option(
+    message: Annotated[str | None, typer.Option(
         "--message", "-m", help="A line posted with the summary (e.g. which CI job failed); alone when there is "
         "no report (a deploy that failed before any tenant ran).", show_default=False)] = None,
     notify_urls: NotifyOpt = [],

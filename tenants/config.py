@@ -30,9 +30,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from tenants.dialects import DIALECTS, dialect_for
-from tenants.waves import parse_waves
 from tenants.errors import ConfigError, MissingVariable, UnknownEnvironment
 from tenants.secrets import scrub
+from tenants.waves import parse_waves
 
 DEFAULT_CONFIG = "tenants.toml"
 DEFAULT_ENV = "dev"

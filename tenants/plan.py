@@ -33,15 +33,14 @@ This module computes the :class:`Plan`; :mod:`tenants.output.plan` renders it (t
 
 from __future__ import annotations
 
-
 from tenants import api
 from tenants.config import Settings
 from tenants.engine.revisions import Revisions
 from tenants.engine.unit import unmanaged_reason
 from tenants.model import Cohort, Plan
-from tenants.waves import assign, empty_waves
 from tenants.selection import Selection
 from tenants.sources import TenantSource
+from tenants.waves import assign, empty_waves
 
 
 def plan(settings: Settings, revision: str = "head", selection: Selection = Selection(), *,

@@ -214,8 +214,8 @@ def test_pool_discovery_reads_every_page(tmp_path):
 def test_azure_tags_select_as_a_user_means_with_tag_and_waves(tmp_path):
     """Azure tags arrive as key=value: `--tag canary` and a wave's `tag = "canary"` take canary: true (any
     value but false/0/no/off), and `region=eu` takes exactly that value."""
-    from tenants.waves import Wave, assign
     from tenants.selection import Selection
+    from tenants.waves import Wave, assign
 
     env = azure_env(tmp_path)
     arm = FakeArm({POOL_DBS: [[

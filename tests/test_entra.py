@@ -20,7 +20,6 @@ from azure.core.credentials import AccessToken
 from sqlalchemy import create_engine, event
 from sqlalchemy.exc import DBAPIError
 
-from tenants.errors import ConfigError
 from tenants.dialects.entra import (
     CLOUDS,
     SQL_COPT_SS_ACCESS_TOKEN,
@@ -31,6 +30,7 @@ from tenants.dialects.entra import (
     install_token_hook,
     token_struct,
 )
+from tenants.errors import ConfigError
 
 TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.c2VjcmV0LXRva2VuLXBheWxvYWQ.c2lnbmF0dXJl"
 

@@ -9,8 +9,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from tenants.errors import ConfigError
 from tenants.dialects import github_oidc
+from tenants.errors import ConfigError
 
 
 @pytest.fixture

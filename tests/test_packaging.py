@@ -5,9 +5,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from setuptools import find_packages
-
 from conftest import ROOT
+from setuptools import find_packages
 
 
 def test_the_wheel_includes_every_subpackage():

@@ -14,8 +14,8 @@ from tenants import api
 from tenants.config import load_settings
 from tenants.engine.revisions import Revisions
 from tenants.errors import MultipleHeads, RevisionError, TenantNotFound
-from tenants.output.plan import plan_json, plan_markdown, plan_text
 from tenants.model import Cohort, Plan
+from tenants.output.plan import plan_json, plan_markdown, plan_text
 from tenants.plan import plan
 from tenants.selection import Selection
 from tenants.sources.static import StaticSource

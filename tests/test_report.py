@@ -13,11 +13,11 @@ from test_aimd import fake_pool_project
 from test_engine_sqlite import failing_project
 
 from tenants import api
+from tenants.api import merge_reports
 from tenants.config import load_settings
 from tenants.engine.fanout import ProcessStrategy
 from tenants.engine.pressure import PressureGate
 from tenants.model import RunReport, Status, TenantResult
-from tenants.api import merge_reports
 from tenants.runlog import ReportWriter, header_of, read_report
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import HEAD, ROOT, make_project
 
+from tenants.api import merge_reports, resume_names
 from tenants.errors import UsageError
 from tenants.model import Tenant
-from tenants.api import merge_reports, resume_names
 from tenants.runlog import read_report
 from tenants.selection import Selection, shard_of
 

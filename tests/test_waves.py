@@ -10,10 +10,10 @@ from conftest import ROOT, make_project
 
 from tenants import api
 from tenants.config import load_settings
-from tenants.waves import Wave, assign
 from tenants.errors import ConfigError, UsageError
 from tenants.model import Status, Tenant
 from tenants.selection import Selection
+from tenants.waves import Wave, assign
 
 
 def test_assign_takes_tag_then_percent_then_rest_stably():

@@ -7,16 +7,16 @@ Create Date: 2026-11-26 09:00:00
 The tenant's user accounts. Guarded: a tenant that already has the table or the index (created by hand,
 or restored) is left as it is.
 """
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 
 from tenants import guards
 
 revision: str = "0001_users"
-down_revision: Union[str, Sequence[str], None] = None
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | Sequence[str] | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

@@ -6,16 +6,16 @@ Create Date: 2026-11-26 09:10:00
 
 A foreign key to users; deleting a user deletes their invoices.
 """
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 
 from tenants import guards
 
 revision: str = "0002_invoices"
-down_revision: Union[str, Sequence[str], None] = "0001_users"
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | Sequence[str] | None = "0001_users"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

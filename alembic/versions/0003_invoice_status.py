@@ -8,7 +8,7 @@ The column arrives with a server default ('open') so existing rows are valid at 
 marks paid invoices 'paid'. Both steps are idempotent: the column is only added when missing, and the
 UPDATE only touches rows that still need it.
 """
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 
@@ -16,9 +16,9 @@ from alembic import op
 from tenants import guards
 
 revision: str = "0003_invoice_status"
-down_revision: Union[str, Sequence[str], None] = "0002_invoices"
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | Sequence[str] | None = "0002_invoices"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

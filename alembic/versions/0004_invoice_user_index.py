@@ -6,14 +6,14 @@ Create Date: 2026-11-26 09:30:00
 
 Serves "a customer's invoices, newest first".
 """
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 from tenants import guards
 
 revision: str = "0004_invoice_user_index"
-down_revision: Union[str, Sequence[str], None] = "0003_invoice_status"
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | Sequence[str] | None = "0003_invoice_status"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

@@ -26,7 +26,7 @@ import getpass
 import os
 import subprocess
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,7 @@ def git_commit(project_dir: Path) -> str | None:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)  # naive UTC: portable across the three dialects
+    return datetime.now(UTC).replace(tzinfo=None)  # naive UTC: portable across the three dialects
 
 
 @dataclass

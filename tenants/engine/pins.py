@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
@@ -63,7 +63,7 @@ def set_pin(engine: sa.Engine, reason: str, actor: str | None, name: str = TABLE
         table.create(conn, checkfirst=True)
         conn.execute(table.delete())
         conn.execute(table.insert().values(id=1, reason=reason, pinned_by=actor,
-                                           pinned_at=datetime.now(timezone.utc).replace(tzinfo=None)))
+                                           pinned_at=datetime.now(UTC).replace(tzinfo=None)))
 
 
 def clear_pin(engine: sa.Engine, name: str = TABLE) -> bool:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from tenants.model import GOOD, RunReport, State, Status, StatusReport, TenantResult
 from tenants.output.format import heads, one_line, rev
@@ -55,7 +55,7 @@ def _timestamp(started_at: str) -> str | None:
     except ValueError:
         return None
     if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment.strftime("%Y-%m-%dT%H:%M:%S")
 
 

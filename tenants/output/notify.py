@@ -113,22 +113,7 @@ def parse_target(spec: str, *, kind: str | None = None, source: str = SOURCE) ->
     Raises :class:`~tenants.errors.UsageError` (naming ``source`` and the way out, never the URL's path)
     for an empty value, an unknown kind, a URL that is not https, or a host that does not say its kind.
     """
-    if kind is not None and kind not in KINDS:
-        raise UsageError(f"{source}: unknown webhook kind {cut(one_line(kind), 20)!r}: use slack or teams")
-    text = spec.strip()
-    named = kind
-    prefix, colon, rest = text.partition(":")
-    if colon and prefix.lower() in KINDS:
-        if kind is not None and prefix.lower() != kind:
-            raise UsageError(f"{source}: the URL says {prefix.lower()}: but the configuration says {kind}: "
-                             "drop one of them")
-        named, text = prefix.lower(), rest.strip()
-    elif colon and prefix.lower() not in ("http", "https") and "://" in rest:
-        raise UsageError(f"{source}: unknown webhook kind {cut(one_line(prefix), 20)!r}: "
-                         "prefix the URL with slack: or teams:")
-    if not text:
-        raise UsageError(f"{source}: no webhook URL given: use slack:https://... or teams:https://...")
-
+    named, text = _kind_prefix(spec, kind, source)
     masked = mask_webhook(text)
     try:
         parts = urlsplit(text)
@@ -152,6 +137,27 @@ def parse_target(spec: str, *, kind: str | None = None, source: str = SOURCE) ->
         raise UsageError(f"{source} {masked}: cannot tell whether this is a Slack or a Teams webhook from its "
                          "host: prefix it with slack: or teams:")
     return Target(named, text)
+
+
+def _kind_prefix(spec: str, kind: str | None, source: str) -> tuple[str | None, str]:
+    """The kind a ``--notify`` value names (``slack:``/``teams:``, or the configuration's ``kind``), and the
+    URL after it."""
+    if kind is not None and kind not in KINDS:
+        raise UsageError(f"{source}: unknown webhook kind {cut(one_line(kind), 20)!r}: use slack or teams")
+    text = spec.strip()
+    named = kind
+    prefix, colon, rest = text.partition(":")
+    if colon and prefix.lower() in KINDS:
+        if kind is not None and prefix.lower() != kind:
+            raise UsageError(f"{source}: the URL says {prefix.lower()}: but the configuration says {kind}: "
+                             "drop one of them")
+        named, text = prefix.lower(), rest.strip()
+    elif colon and prefix.lower() not in ("http", "https") and "://" in rest:
+        raise UsageError(f"{source}: unknown webhook kind {cut(one_line(prefix), 20)!r}: "
+                         "prefix the URL with slack: or teams:")
+    if not text:
+        raise UsageError(f"{source}: no webhook URL given: use slack:https://... or teams:https://...")
+    return named, text
 
 
 def _infer(host: str) -> str | None:

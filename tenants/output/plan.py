@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+
 from tenants.model import Cohort, Plan
 from tenants.output import markdown as md
 from tenants.output.format import fold, plural
@@ -118,6 +119,13 @@ def plan_markdown(plan: Plan) -> str:
             else:
                 out += md.code_block(cohort.sql, "sql")
         out += ["", "</details>", ""]
+    out += _left_out_markdown(plan)
+    return "\n".join(out)
+
+
+def _left_out_markdown(plan: Plan) -> list[str]:
+    """The tenants the upgrade leaves alone or cannot plan, after the cohorts."""
+    out: list[str] = []
     for field, title, note in _FOLDED:
         names = getattr(plan, field)
         if names or field == "up_to_date":
@@ -130,7 +138,7 @@ def plan_markdown(plan: Plan) -> str:
             out += [f"- {md.code(name)} at {md.code(detail)}" if field == "unknown_revision"
                     else f"- {md.code(name)}: {md.text(detail)}" for name, detail in entries]
             out.append("")
-    return "\n".join(out)
+    return out
 
 
 def plan_json(plan: Plan) -> dict:

@@ -52,9 +52,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-
-from tenants.dialects import setup_worker
 from tenants.db import Connector, NoVersionTable, missing_file, read_version
+from tenants.dialects import setup_worker
 from tenants.engine.fanout.scheduler import Scheduler
 from tenants.engine.fanout.slots import PID, STARTED, Slot, Slots
 from tenants.engine.pressure import PressureGate
@@ -62,7 +61,6 @@ from tenants.engine.revisions import Revisions
 from tenants.engine.unit import Job, precheck, run_tenant
 from tenants.model import Status, Tenant, TenantResult
 from tenants.secrets import scrub
-
 
 # --- worker process side -----------------------------------------------------------------------------------
 # Per-process state of a worker, set once by its initializer. This is the only module-level mutable state in

@@ -46,6 +46,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from alembic import context, op
+from tenants.dialects import dialect_for
 
 # --- guarded steps ----------------------------------------------------------------------------------------
 
@@ -81,9 +82,8 @@ def drop_column(table_name: str, column_name: str, *, schema: str | None = None,
     as with ``op.drop_column``; offline, Alembic's constraint-dropping block stays inside the guarded batch.
     """
     def run(**flag: Any) -> None:
-        if not context.is_offline_mode() and op.get_bind().dialect.name == "sqlite":
-            # SQLite before 3.35 has no DROP COLUMN, and later ones refuse it for many columns (indexed, in
-            # a constraint): batch mode rebuilds the table there. Elsewhere it is the plain ALTER.
+        if not context.is_offline_mode() and dialect_for(op.get_bind().dialect.name).rebuilds_to_drop_column:
+            # SQLite: batch mode rebuilds the table (see tenants.dialects.sqlite). Elsewhere the plain ALTER.
             with op.batch_alter_table(table_name, schema=schema) as batch:
                 batch.drop_column(column_name, **kw)
         else:
@@ -112,9 +112,6 @@ def drop_index(index_name: str, table_name: str, *, schema: str | None = None, *
           run=lambda **flag: op.drop_index(index_name, table_name=table_name, schema=schema, **kw, **flag))
 
 
-# Offline, the dialects whose own IF [NOT] EXISTS syntax makes a step idempotent, per kind of object.
-# SQLite has it for tables and indexes but not columns; it renders plain DDL, like any dialect not listed.
-_IF_SYNTAX = {"postgresql": {"table", "column", "index"}}
 
 
 def _step(exists: Callable[[], bool], *, present: bool, tsql: str, flag: tuple[str, str],
@@ -129,12 +126,12 @@ def _step(exists: Callable[[], bool], *, present: bool, tsql: str, flag: tuple[s
         if exists() == present:
             run()
         return
-    dialect = context.get_context().dialect.name
-    if dialect == "mssql":
+    dialect = dialect_for(context.get_context().dialect.name)
+    if dialect.guards_in_tsql:
         _tsql_guarded(tsql, run)
     else:
         name, kind = flag
-        run(**({name: True} if kind in _IF_SYNTAX.get(dialect, ()) else {}))
+        run(**({name: True} if kind in dialect.if_exists_kinds else {}))
 
 
 def _tsql_guarded(condition: str, run: Callable[[], None]) -> None:
@@ -181,22 +178,6 @@ def _tsql_index(index: str, table: str, schema: str | None) -> str:
 
 # --- predicates ---------------------------------------------------------------------------------------------
 
-# PostgreSQL: one catalog query per question. SQLAlchemy's inspector answers the same, but reflecting a
-# table's indexes there costs several queries and much Python per call, and guards run for every tenant of
-# every revision (measured: ~25% of a fleet upgrade's client time). Other dialects use the inspector.
-_PG_REL = ("FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-           "WHERE c.relname = :table AND n.nspname = COALESCE(:schema, current_schema())")
-_PG = {
-    "table": f"SELECT EXISTS (SELECT 1 {_PG_REL} AND c.relkind IN ('r', 'p', 'v', 'm', 'f'))",
-    "column": f"SELECT EXISTS (SELECT 1 {_PG_REL} AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a "
-              "WHERE a.attrelid = c.oid AND a.attname = :name AND a.attnum > 0 AND NOT a.attisdropped))",
-    "index": f"SELECT EXISTS (SELECT 1 {_PG_REL} AND EXISTS (SELECT 1 FROM pg_catalog.pg_index x "
-             "JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = c.oid AND i.relname = :name))",
-    "foreign_key": f"SELECT EXISTS (SELECT 1 {_PG_REL} AND EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k "
-                   "WHERE k.conrelid = c.oid AND k.contype = 'f' AND k.conname = :name))",
-    "unique": f"SELECT EXISTS (SELECT 1 {_PG_REL} AND EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k "
-              "WHERE k.conrelid = c.oid AND k.contype = 'u' AND k.conname = :name))",
-}
 
 
 def _exists(kind: str, table: str, name: str | None, schema: str | None, offline: bool,
@@ -205,8 +186,9 @@ def _exists(kind: str, table: str, name: str | None, schema: str | None, offline
     if context.is_offline_mode():
         return offline  # no database to ask
     bind = op.get_bind()
-    if bind.dialect.name == "postgresql":
-        return bool(bind.execute(sa.text(_PG[kind]), {"table": table, "schema": schema, "name": name}).scalar())
+    query = dialect_for(bind.dialect.name).exists_sql.get(kind)
+    if query is not None:
+        return bool(bind.execute(sa.text(query), {"table": table, "schema": schema, "name": name}).scalar())
     # A fresh inspector every time: its caches would not see DDL run earlier in the same revision.
     inspector = sa.inspect(bind)
     return inspector.has_table(table, schema=schema) and found(inspector)

@@ -64,6 +64,16 @@ class Dialect:
     retry_backoff: ClassVar[tuple[float, float]] = (1.0, 30.0)  # defaults of retry_backoff, retry_backoff_max
     tables_sql: ClassVar[str | None] = None  # the database's own tables in one query; None: the inspector
 
+    # What the revision guards (tenants.guards) do on this dialect.
+    rebuilds_to_drop_column: ClassVar[bool] = False  # drop a column in batch mode (a table rebuild)
+    # Offline, the kinds of object whose own IF [NOT] EXISTS syntax makes a step idempotent; others render
+    # plain DDL.
+    if_exists_kinds: ClassVar[frozenset[str]] = frozenset()
+    guards_in_tsql: ClassVar[bool] = False  # offline, each guarded step is wrapped in IF <condition> BEGIN..END
+    # Online, one catalog query per question (table, column, index, foreign_key, unique) with :table, :schema
+    # and :name; a question not here is answered by SQLAlchemy's inspector.
+    exists_sql: ClassVar[dict[str, str]] = {}
+
     # Error classification, by SQLSTATE where the driver gives one, else by message. The defaults are the
     # SQL standard's (class 08: connection exception) and messages any driver's socket layer produces.
     sqlstate_attributes: ClassVar[tuple[str, ...]] = ("sqlstate",)  # the DB-API drivers' usual name

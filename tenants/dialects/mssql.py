@@ -150,6 +150,7 @@ TABLES_SQL = (
 
 class MSSQL(Dialect):
     name = "mssql"
+    guards_in_tsql = True  # T-SQL has no IF NOT EXISTS for most DDL: the guard is an IF around the batch
     placeholder_url = "mssql+pyodbc://@server/tenant?driver=ODBC+Driver+18+for+SQL+Server"
     can_lock = True
     azure_sql = True

@@ -39,8 +39,28 @@ DATABASES_SQL = "SELECT datname FROM pg_database WHERE datallowconn AND NOT dati
 _DRIVERS = ("psycopg", "psycopg2", "pg8000", "asyncpg")  # modules whose errors are PostgreSQL's
 
 
+# PostgreSQL: one catalog query per question. SQLAlchemy's inspector answers the same, but reflecting a
+# table's indexes there costs several queries and much Python per call, and guards run for every tenant of
+# every revision (measured: ~25% of a fleet upgrade's client time). Other dialects use the inspector.
+_REL = ("FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+           "WHERE c.relname = :table AND n.nspname = COALESCE(:schema, current_schema())")
+EXISTS_SQL = {
+    "table": f"SELECT EXISTS (SELECT 1 {_REL} AND c.relkind IN ('r', 'p', 'v', 'm', 'f'))",
+    "column": f"SELECT EXISTS (SELECT 1 {_REL} AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a "
+              "WHERE a.attrelid = c.oid AND a.attname = :name AND a.attnum > 0 AND NOT a.attisdropped))",
+    "index": f"SELECT EXISTS (SELECT 1 {_REL} AND EXISTS (SELECT 1 FROM pg_catalog.pg_index x "
+             "JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = c.oid AND i.relname = :name))",
+    "foreign_key": f"SELECT EXISTS (SELECT 1 {_REL} AND EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k "
+                   "WHERE k.conrelid = c.oid AND k.contype = 'f' AND k.conname = :name))",
+    "unique": f"SELECT EXISTS (SELECT 1 {_REL} AND EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k "
+              "WHERE k.conrelid = c.oid AND k.contype = 'u' AND k.conname = :name))",
+}
+
+
 class PostgreSQL(Dialect):
     name = "postgresql"
+    if_exists_kinds = frozenset({"table", "column", "index"})
+    exists_sql = EXISTS_SQL
     placeholder_url = "postgresql+psycopg://server/tenant"
     can_lock = True
     shares_engine = True

@@ -32,6 +32,10 @@ SIDECARS = (".lock", "-journal", "-wal", "-shm")
 
 class SQLite(Dialect):
     name = "sqlite"
+    # SQLite before 3.35 has no DROP COLUMN, and later ones refuse it for many columns (indexed, in a
+    # constraint): batch mode rebuilds the table. (It has IF NOT EXISTS for tables and indexes but not
+    # columns; offline it renders plain DDL.)
+    rebuilds_to_drop_column = True
     placeholder_url = "sqlite:///tenant.db"
     can_lock = True
     lists_databases = True

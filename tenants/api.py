@@ -34,7 +34,7 @@ from tenants.engine.pressure import ElasticPoolPressure, PressureGate
 from tenants.engine.revisions import Operation, Revisions
 from tenants.engine.unit import Job, unmanaged_reason
 from tenants.errors import RevisionError, TenantNotFound, TenantsError, TenantUnreachable, UsageError
-from tenants.model import RunReport, State, Status, StatusReport, Tenant, TenantResult, TenantStatus
+from tenants.model import RESUMABLE, RunReport, State, Status, StatusReport, Tenant, TenantResult, TenantStatus
 from tenants.output import notify as webhooks
 from tenants.runlog import ReadReport, header_of, read_report
 from tenants.selection import Selection
@@ -329,7 +329,7 @@ class PreparedRun:
 
 
 # A resumed upgrade runs again the tenants its report lists with one of these statuses (`--only`'s default).
-RESUME_STATUSES = ("failed", "timed-out", "skipped", "locked")
+RESUME_STATUSES = tuple(status.value for status in RESUMABLE)  # `--only`'s default: what a resume runs again
 
 
 def prepare_upgrade(settings: Settings, revision: str = "head", selection: Selection = Selection(),

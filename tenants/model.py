@@ -80,6 +80,13 @@ class Skipped(NamedTuple):
     offline: bool = False
     tags: tuple[str, ...] = ()
 
+
+def revision_of(heads: tuple[str, ...] | None) -> str | None:
+    """A tenant's recorded revisions as a report holds them: ``a,b`` for several heads, ``base`` for none
+    recorded (a new database), None for unknown (never read, or unreadable after a failure)."""
+    return None if heads is None else ",".join(heads) or "base"
+
+
 class Status(str, Enum):
     """How a run left one tenant (a :class:`TenantResult`): what it did, or why it did nothing."""
 
@@ -487,8 +494,7 @@ class Cohort:
 @dataclass(frozen=True)
 class Plan:
     """What an upgrade to ``target`` would do to each selected tenant; every tenant is in exactly one of
-    ``cohorts``, ``up_to_date``, ``unknown_revision``, ``unreachable``, ``unmanaged``, ``pinned`` or
-    ``locked``."""
+    ``cohorts``, ``up_to_date``, ``unknown_revision``, ``unreachable``, ``unmanaged`` or ``pinned``."""
 
     environment: str
     target: str  # resolved revision id, or "base"
@@ -502,7 +508,6 @@ class Plan:
     # until they are stamped (only with the environment's default unmanaged = "report")
     unmanaged: tuple[tuple[str, str], ...] = ()
     pinned: tuple[str, ...] = ()  # need work, but pinned: a fleet upgrade leaves them alone
-    locked: tuple[str, ...] = ()  # always empty: locks are only known at run time (see the module docstring)
     messages: tuple[tuple[str, str], ...] = ()  # (revision, first line of its docstring), each applied one
     with_sql: bool = False
     skipped_databases: tuple[tuple[str, str], ...] = ()  # seen by discovery, not tenants: (name, why)
@@ -517,7 +522,7 @@ class Plan:
     def tenants(self) -> int:
         """How many tenants were selected (``new`` ones are counted in their cohort)."""
         return (sum(len(c.tenants) for c in self.cohorts) + len(self.up_to_date) + len(self.unknown_revision)
-                + len(self.unreachable) + len(self.unmanaged) + len(self.pinned) + len(self.locked))
+                + len(self.unreachable) + len(self.unmanaged) + len(self.pinned))
 
     @property
     def to_upgrade(self) -> int:

@@ -21,7 +21,8 @@ start and target revisions. It is rendered for the environment's URL with the pl
 (``tenants sql`` does the same), so a revision that emits different SQL per tenant (it reads the URL or
 ``-x`` arguments) shows the placeholder tenant's version.
 
-``pinned`` lists the tenants that need work but carry a pin (tenants.engine.pins). ``locked`` is always empty. A lock
+``pinned`` lists the tenants that need work but carry a pin (tenants.engine.pins). Locked tenants are not planned
+(the JSON keeps an empty ``locked`` for its readers). A lock
 is only held while another run migrates the tenant, so "locked" is a snapshot that is stale by the time the
 planned run starts, and probing for it is not free: ``pg_try_advisory_lock`` or ``flock`` would take the
 lock for a moment and could make a concurrent run report the tenant ``locked``; a read-only probe

@@ -52,7 +52,7 @@ from tenants.db import (
 from tenants.engine.history import Recorder
 from tenants.engine.pins import read_pin
 from tenants.engine.revisions import MigrationConnection, Operation, Revisions
-from tenants.model import Status, Tenant, TenantResult
+from tenants.model import Status, Tenant, TenantResult, revision_of
 
 _DONE = {"upgrade": Status.UPGRADED, "downgrade": Status.DOWNGRADED, "stamp": Status.STAMPED}
 
@@ -202,7 +202,7 @@ def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
                         with contextlib.suppress(Exception):  # best effort: never masks the failure
                             recorder.applied_afterwards(engine, revisions.steps_between(job.operation, current,
                                                                                         after))
-                        recorder.failed(engine, _rev(after), job.target or "base",
+                        recorder.failed(engine, revision_of(after), job.target or "base",
                                         describe_error(err, tenant.all_secrets))
                     raise
                 # Only the tenant's own version table says where it is: an env.py that migrated another database
@@ -214,7 +214,7 @@ def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
                 if not _reached(after, job, applied):
                     error = _missed(current, after, job)
                     if recorder is not None and after is not None:
-                        recorder.failed(engine, _rev(after), job.target or "base", error)
+                        recorder.failed(engine, revision_of(after), job.target or "base", error)
                     raise _Outcome(Status.FAILED, after or (), error)
                 progress.applied = tuple(applied)
         except LockNotAcquired:
@@ -275,8 +275,8 @@ def _check(current: tuple[str, ...], job: Job, revisions: Revisions) -> None:
     if job.planned_from is not None and current != job.planned_from:
         raise _Outcome(
             Status.FAILED, current,
-            f"the tenant moved from {_rev(job.planned_from)} to {_rev(current)} since the plan was shown; nothing "
-            "done: run the command again to see the new plan",
+            f"the tenant moved from {revision_of(job.planned_from)} to {revision_of(current)} since the plan was "
+            "shown; nothing done: run the command again to see the new plan",
         )
     if not revisions.is_known(current):
         raise _Outcome(
@@ -305,14 +305,8 @@ def _missed(before: tuple[str, ...], after: tuple[str, ...] | None, job: Job) ->
     if after is None:
         return f"env.py returned but the tenant's version table {table} could not be read to check it reads {wanted}"
     return (f"env.py returned but the tenant's version table {table} {'still ' if after == before else ''}reads "
-            f"{_rev(after)}, not {wanted}: env.py migrated another database (it must use the connection or URL "
+            f"{revision_of(after)}, not {wanted}: env.py migrated another database (it must use the connection or URL "
             "tenants hands it) or uses another version_table")
-
-
-def _rev(heads: tuple[str, ...] | None) -> str | None:
-    if heads is None:
-        return None
-    return ",".join(heads) or "base"
 
 
 def _result(tenant, job, revisions, status, progress: _Progress, attempts, duration, error) -> TenantResult:
@@ -335,8 +329,8 @@ def _result(tenant, job, revisions, status, progress: _Progress, attempts, durat
     return TenantResult(
         tenant=tenant.name,
         status=status,
-        from_revision=_rev(before),
-        to_revision=_rev(after),
+        from_revision=revision_of(before),
+        to_revision=revision_of(after),
         applied=applied,
         attempts=attempts,
         duration=duration,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from tenants.model import RunReport
+from tenants.model import RunReport, revision_of
 
 FOLD = 10  # tenant names listed per line before folding into "... and N more"
 
@@ -26,7 +26,7 @@ def rev(revision: str | None) -> str:
 
 def heads(current: tuple[str, ...] | list[str]) -> str:
     """A tenant's current revisions for people: ``a,b`` for several heads, ``base`` for none recorded."""
-    return ",".join(current) or "base"
+    return revision_of(tuple(current)) or "base"
 
 
 def one_line(text: str) -> str:

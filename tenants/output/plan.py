@@ -25,7 +25,6 @@ _FOLDED = (
     ("up_to_date", "up to date", ""),  # at the target or past it: an upgrade never goes down
     ("new", "new", "no revision recorded: also in the base cohort"),
     ("pinned", "pinned", ""),
-    ("locked", "locked", ""),
 )
 _ITEMIZED = (
     ("unknown_revision", "unknown revision", "not in the graph: the upgrade refuses them"),
@@ -90,7 +89,7 @@ def plan_markdown(plan: Plan) -> str:
               f"{len(plan.up_to_date)} up to date"]
     counts += [f"{len(names)} {label}" for label, names in (
         ("new", plan.new), ("unknown revision", plan.unknown_revision), ("unreachable", plan.unreachable),
-        ("unmanaged", plan.unmanaged), ("pinned", plan.pinned), ("locked", plan.locked)) if names]
+        ("unmanaged", plan.unmanaged), ("pinned", plan.pinned)) if names]
     out += [f"{plural(plan.tenants, 'tenant')}: {', '.join(counts)}.", ""]
     if plan.waves:  # the order of the rollout: what a reviewer approves goes to these tenants first
         out += ["| wave | tenants to upgrade |", "|---:|---|"]
@@ -159,7 +158,7 @@ def plan_json(plan: Plan) -> dict:
             "unreachable": len(plan.unreachable),
             "unmanaged": len(plan.unmanaged),
             "pinned": len(plan.pinned),
-            "locked": len(plan.locked),
+            "locked": 0,  # kept for readers of schema_version 1: locks are known only at run time
         },
         "cohorts": [
             {"current": c.current, "tenants": list(c.tenants), "revisions": list(c.revisions), "sql": c.sql}
@@ -172,7 +171,7 @@ def plan_json(plan: Plan) -> dict:
         "unreachable": [{"tenant": n, "error": error} for n, error in plan.unreachable],
         "unmanaged": [{"tenant": n, "reason": why} for n, why in plan.unmanaged],
         "pinned": list(plan.pinned),
-        "locked": list(plan.locked),
+        "locked": [],  # idem (tenants.plan's docstring says why a plan cannot know them)
         "skipped_databases": [{"database": n, "reason": why} for n, why in plan.skipped_databases],
         "waves": [{"wave": i, "name": name, "tenants": list(names)} for i, (name, names) in enumerate(plan.waves, 1)],
         "empty_waves": [{"position": position, "name": name, "note": why}

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 from tenants.config import Environment
 from tenants.errors import ConfigError, DiscoveryError
 from tenants.model import Skipped, Tenant
+from tenants.secrets import scrub
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from azure.core.credentials import TokenCredential
@@ -315,9 +316,7 @@ def _scrub(text: str, env: Environment, err: Exception) -> str:
     authorization = (getattr(request, "headers", None) or {}).get("Authorization")
     if authorization:
         secrets += [authorization, authorization.partition(" ")[2]]
-    for secret in sorted(filter(None, secrets), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return _JWT.sub("***", text)
+    return _JWT.sub("***", scrub(text, tuple(secrets)))
 
 
 def _is_system(db: Any) -> bool:

@@ -182,7 +182,8 @@ def tenant_lock(engine: Engine, timeout: float) -> contextlib.AbstractContextMan
 
     The lock lives on its own connection, never on the one Alembic migrates with: a lock query on the
     migration connection would open a transaction there, and Alembic would then run every revision inside it
-    and never commit (see REFERENCE.md). If this process dies, the lock dies with its session.
+    and never commit (Alembic's ``begin_transaction`` defers to a transaction already open on the connection it
+    is given, and commits nothing itself then). If this process dies, the lock dies with its session.
     Raises :class:`LockNotAcquired` when another run holds it for longer than ``timeout`` seconds. Each
     dialect has its own primitive (:meth:`tenants.dialects.Dialect.lock`); a dialect without one yields no
     lock (the API refuses to migrate it, see :func:`has_lock`; plain alembic gets no lock there).

@@ -33,7 +33,8 @@ from tenants.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from tenants.dialects.entra import TokenCache
 
-# Azure SQL's transient errors (Microsoft's list; see REFERENCE.md): reconfiguration and failover, busy
+# Azure SQL's transient errors (Microsoft's "Troubleshoot transient connection errors" list and the error
+# numbers its client libraries retry): reconfiguration and failover, busy
 # service, resource and worker limits of the database or elastic pool, transport faults, deadlock.
 TRANSIENT_NUMBERS = frozenset({
     40613, 40501, 40197, 49918, 49919, 49920, 4060, 4221, 10928, 10929, 10936, 10053, 10054, 10060, 233, 64,

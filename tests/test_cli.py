@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import HEAD, ROOT
+from helpers import HEAD, ROOT, failing_project, make_project
 
 from tenants.cli import app
 from tenants.model import Status, TenantResult
@@ -75,8 +75,6 @@ def test_report_file_fields(cli, sqlite_config, tmp_path):
 
 
 def test_failed_tenant_exit_1_and_names_it(cli, sqlite_config, tmp_path):
-    from test_engine_sqlite import failing_project
-
     config = str(sqlite_config(["bad1", "ok1"], alembic=failing_project(tmp_path / "proj")))
     run = cli("--config", config, "-e", "test", "upgrade", "-j", "1")
     assert run.code == 1
@@ -240,8 +238,6 @@ def test_malformed_config_and_unknown_key_at_the_cli(cli, tmp_path):
 
 
 def test_several_heads_at_the_cli(cli, sqlite_config, tmp_path):
-    from conftest import make_project
-
     ini = make_project(tmp_path / "proj", {"r1": "pass"})
     (tmp_path / "proj" / "migrations" / "versions" / "b.py").write_text(
         "revision = 'r2'\ndown_revision = None\nbranch_labels = None\ndepends_on = None\n"
@@ -274,8 +270,6 @@ def test_unknown_revision_tenant_refuses_relative_downgrade_and_sql(cli, sqlite_
 
 
 def test_selection_and_policy_options(cli, sqlite_config, tmp_path):
-    from test_engine_sqlite import failing_project
-
     config = sqlite_config(names=())
     config.write_text(config.read_text().replace(
         "tenants = []", 'tenants = [{name = "bad1", tags = ["canary"]}, "bad2", {name = "c", tags = ["canary"]}, "d"]'
@@ -396,33 +390,11 @@ def test_verify_names_every_tenant_not_at_head_including_new_ones(cli, sqlite_co
     assert not (tmp_path / "db" / "newco.db").exists(), "verify reads only"
 
 
-def test_notify_posts_to_the_webhook_and_a_dead_one_is_only_a_warning(cli, sqlite_config, tmp_path):
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    received = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        config = str(sqlite_config())
-        port = server.server_address[1]
-        run = cli("--config", config, "-e", "test", "upgrade", "--notify", f"slack:http://127.0.0.1:{port}/T0/SECRET",
-                  "--notify", "teams:http://127.0.0.1:1/dead/SECRET2")
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_notify_posts_to_the_webhook_and_a_dead_one_is_only_a_warning(cli, sqlite_config, webhook):
+    config = str(sqlite_config())
+    run = cli("--config", config, "-e", "test", "upgrade", "--notify", "slack:" + webhook.url("/T0/SECRET"),
+              "--notify", "teams:http://127.0.0.1:1/dead/SECRET2")
+    received = [(path, json.loads(body)) for path, _, body in webhook.received]
     assert run.code == 0
     assert len(received) == 1 and received[0][0] == "/T0/SECRET" and "blocks" in received[0][1]
     warnings = [ln for ln in run.err.splitlines() if ln.startswith("tenants: warning: ")]
@@ -432,8 +404,6 @@ def test_notify_posts_to_the_webhook_and_a_dead_one_is_only_a_warning(cli, sqlit
 
 
 def test_tenant_timeout_flag(cli, sqlite_config, tmp_path):
-    from conftest import make_project
-
     ini = make_project(tmp_path / "proj", {"z1": """
         from alembic import context
         if 'slow' in context.config.get_main_option('sqlalchemy.url'):

@@ -29,7 +29,27 @@ def test_shards_cover_every_tenant_exactly_once_whatever_the_order():
     reversed_shards = [[t.name for t in Selection(shard=(k, 4)).apply(tenants[::-1][:500])] for k in range(1, 5)]
     assert all(set(r) <= set(s) for r, s in zip(reversed_shards, shards, strict=False))
 
-    assert shard_of("acme", 4) == shard_of("acme", 4)
+
+# shard_of must give the same answer in every process, on every machine, in every Python (shards of one deploy
+# run in separate jobs): pinned values, computed once, catch a salted or changed hash, which comparing
+# shard_of with itself in one process cannot.
+PINNED_SHARDS = {  # name: its shard for N = 2, 4, 8
+    "acme": (1, 1, 1), "globex": (2, 4, 8), "initech": (2, 4, 4), "hooli": (2, 4, 4), "umbrella": (1, 1, 1),
+    "tenant_0000": (2, 2, 6), "tenant_0001": (1, 1, 5), "tenant_0999": (1, 1, 1),
+}
+
+
+def test_shard_of_is_a_fixed_function_of_the_name():
+    assert {name: tuple(shard_of(name, n) for n in (2, 4, 8)) for name in PINNED_SHARDS} == PINNED_SHARDS
+
+
+def test_shard_of_is_the_same_in_another_interpreter_with_another_hash_seed():
+    code = ("from tenants.selection import shard_of\n"
+            f"print([[shard_of(n, k) for k in (2, 4, 8)] for n in {sorted(PINNED_SHARDS)!r}])")
+    for seed in ("1", "2"):
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed})
+        assert json.loads(run.stdout) == [list(PINNED_SHARDS[n]) for n in sorted(PINNED_SHARDS)]
 
 
 def test_shard_runs_merge_into_what_a_single_run_reports(cli, tmp_path):

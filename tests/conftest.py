@@ -8,9 +8,6 @@ the server is unreachable the PostgreSQL tests skip with the reason, unless ``TE
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +16,11 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from tenants.cli import main
+pytest.register_assert_rewrite("helpers")  # its asserts (payload shapes) explain themselves as a test's do
 
-ROOT = Path(__file__).resolve().parent.parent
-ALEMBIC_INI = ROOT / "alembic.ini"
-HEAD = "0004_invoice_user_index"
-DEMO_REVISIONS = ["0001_users", "0002_invoices", "0003_invoice_status", "0004_invoice_user_index"]
-PG_URL = os.environ.get("TENANTS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+from helpers import ALEMBIC_INI, PG_URL, admin, fleet_config, pg_dsn, serve_webhook  # noqa: E402
 
-
-def write_config(path: Path, body: str) -> Path:
-    path.write_text(textwrap.dedent(body), encoding="utf-8")
-    return path
+from tenants.cli import main  # noqa: E402
 
 
 @pytest.fixture
@@ -38,17 +28,18 @@ def sqlite_config(tmp_path: Path):
     """A config with a static fleet of SQLite tenants in tmp_path, driving the project's own revisions."""
 
     def make(names=("acme", "globex", "initech"), extra: str = "", alembic: Path = ALEMBIC_INI) -> Path:
-        tenants = ", ".join(f'"{n}"' for n in names)
-        return write_config(tmp_path / "tenants.toml", f"""
-            [environments.test]
-            url = "sqlite:///db/{{tenant}}.db"
-            tenants = [{tenants}]
-            alembic = "{alembic}"
-            retry_backoff = 0.01
-            {extra}
-        """)
+        return fleet_config(tmp_path / "tenants.toml", names, alembic=alembic, extra=extra)
 
     return make
+
+
+@pytest.fixture
+def webhook(monkeypatch):
+    """The loopback chat webhook (helpers.Webhook), running for the test; no proxy between it and the client."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with serve_webhook() as server:
+        yield server
 
 
 @dataclass
@@ -76,15 +67,23 @@ def cli(capsys, monkeypatch):
 
 # --- PostgreSQL ------------------------------------------------------------------------------------------
 
-def _pg_dsn(dbname: str = "postgres") -> str:
-    url = make_url(PG_URL).set(drivername="postgresql", database=dbname)
-    return url.render_as_string(hide_password=False)
+PG_FIXTURES = {"pg_available", "pg_fleet"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """A test that reaches PostgreSQL through a fixture must say so (``-m "not postgres"`` deselects it, a
+    runner without a server knows what it skips): collection fails on one that does not."""
+    unmarked = [item.nodeid for item in items
+                if PG_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("postgres") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests use a PostgreSQL fixture (" + ", ".join(sorted(PG_FIXTURES))
+                                + ") without @pytest.mark.postgres:\n  " + "\n  ".join(unmarked))
 
 
 @pytest.fixture(scope="session")
 def pg_available() -> None:
     try:
-        with psycopg.connect(_pg_dsn(), connect_timeout=3):
+        with psycopg.connect(pg_dsn(), connect_timeout=3):
             pass
     except psycopg.Error as err:
         if os.environ.get("TENANTS_REQUIRE_PG") == "1":
@@ -103,7 +102,7 @@ class PgFleet:
         return make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
 
     def query(self, name: str, sql: str):
-        with psycopg.connect(_pg_dsn(name), autocommit=True) as conn:
+        with psycopg.connect(pg_dsn(name), autocommit=True) as conn:
             return conn.execute(sql).fetchall()
 
     def version(self, name: str) -> str | None:
@@ -112,11 +111,6 @@ class PgFleet:
         except psycopg.errors.UndefinedTable:
             return None
         return rows[0][0] if rows else None
-
-
-def admin(sql: str) -> None:
-    with psycopg.connect(_pg_dsn(), autocommit=True) as conn:
-        conn.execute(sql)
 
 
 @pytest.fixture
@@ -133,71 +127,15 @@ def pg_fleet(pg_available, tmp_path: Path):
             created.append(name)
         url = make_url(PG_URL).set(database="{tenant}").render_as_string(hide_password=False)
         url = url.replace("%7Btenant%7D", "{tenant}")
+        path = tmp_path / f"{prefix}.toml"
         if source == "server":
-            where = f'source = "server"\nmatch = "{prefix}*"'
+            config = fleet_config(path, None, env="pg", url=url, alembic=alembic,
+                                  extra=f'source = "server"\nmatch = "{prefix}*"\n{extra}')
         else:
             listed = static_names if static_names is not None else names
-            where = "tenants = [" + ", ".join(f'"{x}"' for x in listed) + "]"
-        config = write_config(tmp_path / f"{prefix}.toml", f"""
-[environments.pg]
-url = "{url}"
-{where}
-alembic = "{alembic}"
-retry_backoff = 0.01
-{extra}
-""")
+            config = fleet_config(path, listed, env="pg", url=url, alembic=alembic, extra=extra)
         return PgFleet(prefix, names, config)
 
     yield make
     for name in created:
         admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-# --- throwaway Alembic projects ----------------------------------------------------------------------------
-
-def make_project(root: Path, revisions: dict[str, str], env_py: str | None = None) -> Path:
-    """An Alembic project of its own (not ours): ``alembic init``'s generic template, plus revisions.
-
-    ``revisions`` maps a revision id to the body of its upgrade() (the downgrade is ``pass``); they chain
-    in the given order. The generated env.py only knows ``sqlalchemy.url`` and builds its own engine, which
-    is exactly the "any Alembic project" case the engine must drive.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    subprocess.run([Path(sys.executable).parent / "alembic", "init", "migrations"], cwd=root, check=True,
-                   capture_output=True)
-    if env_py is not None:
-        (root / "migrations" / "env.py").write_text(textwrap.dedent(env_py), encoding="utf-8")
-    down = None
-    for i, (rev, body) in enumerate(revisions.items()):
-        (root / "migrations" / "versions" / f"{i:03d}_{rev}.py").write_text(
-            "import os, time\nimport sqlalchemy as sa\nfrom alembic import op\n\n"
-            f"revision = {rev!r}\ndown_revision = {down!r}\nbranch_labels = None\ndepends_on = None\n\n"
-            f"def upgrade():\n{textwrap.indent(textwrap.dedent(body).strip() or 'pass', '    ')}\n\n"
-            "def downgrade():\n    pass\n",
-            encoding="utf-8",
-        )
-        down = rev
-    return root / "alembic.ini"
-
-
-def guard_probe_project(root: Path, out: Path) -> Path:
-    """A project whose one revision asks every guard about the demo schema and writes the answers to ``out``."""
-    return make_project(root, {"probe": f"""
-        import json
-        from tenants import guards
-        answers = {{
-            "table": guards.has_table("users"), "no_table": guards.has_table("nope"),
-            "column": guards.has_column("users", "email"), "no_column": guards.has_column("users", "nope"),
-            "column_of_missing_table": guards.has_column("nope", "email"),
-            "index": guards.has_index("users", "ux_users_email"), "no_index": guards.has_index("users", "nope"),
-            "fk": guards.has_foreign_key("invoices", "fk_invoices_user_id_users"),
-            "no_fk": guards.has_foreign_key("invoices", "nope"),
-            "unique": guards.has_unique_constraint("invoices", "uq_invoices_number"),
-        }}
-        open({str(out)!r}, "w").write(json.dumps(answers))
-    """}, env_py=(ROOT / "alembic" / "env.py").read_text())
-
-
-GUARD_ANSWERS = {"table": True, "no_table": False, "column": True, "no_column": False,
-                 "column_of_missing_table": False, "index": True, "no_index": False, "fk": True, "no_fk": False,
-                 "unique": True}

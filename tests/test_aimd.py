@@ -3,47 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_project
+from helpers import Readings, fake_pool_project, fleet_config, settings_for
 
 from tenants import api
-from tenants.config import load_settings
 from tenants.engine.fanout import ProcessStrategy
 from tenants.model import Status
-
-
-def fake_pool_project(root: Path, counter: Path, capacity: int, hold: float = 0.05) -> Path:
-    """One revision that behaves like an elastic pool with room for ``capacity`` tenants at once: above it,
-    it fails the way Azure SQL does, with a real pyodbc error carrying native error 10928. A tenant admitted
-    holds its place for ``hold`` seconds."""
-    counter.write_text("0 0 0")  # in flight now, the most ever admitted at once, refusals
-    return make_project(root, {"p1": f"""
-        import fcntl, pyodbc
-
-        def change(delta):
-            with open({str(counter)!r}, "r+") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)
-                now, most, refused = map(int, f.read().split())
-                admitted = not (delta > 0 and now >= {capacity})
-                if admitted:
-                    now += delta
-                else:
-                    refused += 1
-                f.seek(0); f.truncate(); f.write(f"{{now}} {{max(most, now)}} {{refused}}")
-                return admitted
-
-        if not change(+1):
-            raise pyodbc.OperationalError("42000", "[42000] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]"
-                "Resource ID : 1. The request limit for the elastic pool is {capacity} and has been reached. "
-                "(10928) (SQLExecDirectW)")
-        try:
-            time.sleep({hold})
-            op.create_table('t1', sa.Column('id', sa.Integer, primary_key=True))
-        finally:
-            change(-1)
-    """}, env_py=(ROOT / "alembic" / "env.py").read_text())
 
 
 def test_a_fleet_started_at_8_on_a_pool_that_takes_3_finishes_with_nothing_failed(tmp_path):
@@ -51,11 +17,8 @@ def test_a_fleet_started_at_8_on_a_pool_that_takes_3_finishes_with_nothing_faile
     counter = tmp_path / "pool"
     ini = fake_pool_project(tmp_path / "proj", counter, capacity=3)
     names = [f"t{i:02d}" for i in range(50)]
-    config = tmp_path / "t.toml"
-    config.write_text('[environments.pool]\nurl = "sqlite:///db/{tenant}.db"\n'
-                      f'tenants = [{", ".join(repr(n).replace(chr(39), chr(34)) for n in names)}]\n'
-                      f'alembic = "{ini}"\nretry_backoff = 0.01\nretry_backoff_max = 0.05\n')
-    settings = load_settings(config, "pool", environ={})
+    config = fleet_config(tmp_path / "t.toml", names, env="pool", alembic=ini, extra="retry_backoff_max = 0.05")
+    settings = settings_for(config, "pool")
     report = api.upgrade(settings, options=api.RunOptions(strategy=ProcessStrategy(8)))
     assert report.counts == {"upgraded": 50}, [r for r in report.results if not r.ok][:3]
     assert report.throttled > 0
@@ -76,28 +39,13 @@ def test_a_tenant_throttled_at_concurrency_1_fails_after_its_retries(tmp_path):
     pytest.importorskip("pyodbc")
     counter = tmp_path / "pool"
     ini = fake_pool_project(tmp_path / "proj", counter, capacity=0)  # a pool that never has room
-    config = tmp_path / "t.toml"
-    config.write_text('[environments.pool]\nurl = "sqlite:///db/{tenant}.db"\ntenants = ["a", "b"]\n'
-                      f'alembic = "{ini}"\nretries = 2\nretry_backoff = 0.01\nretry_backoff_max = 0.02\n')
-    report = api.upgrade(load_settings(config, "pool", environ={}),
+    config = fleet_config(tmp_path / "t.toml", ["a", "b"], env="pool", alembic=ini,
+                          extra="retries = 2\nretry_backoff_max = 0.02")
+    report = api.upgrade(settings_for(config, "pool"),
                          options=api.RunOptions(strategy=ProcessStrategy(2), max_failures=None))
     assert [r.status for r in report.results] == [Status.FAILED, Status.FAILED]
     assert all("(10928)" in r.error for r in report.results)
     assert report.concurrency_changes[-1][1] == 1
-
-
-class Readings:
-    """A fake pressure source: plays back readings, counting reads."""
-
-    def __init__(self, *readings):
-        self.readings, self.reads = list(readings), 0
-
-    def read(self):
-        self.reads += 1
-        value = self.readings[min(self.reads, len(self.readings)) - 1]
-        if isinstance(value, Exception):
-            raise value
-        return value
 
 
 def test_pressure_gate_reads_at_most_every_interval_and_fails_open():
@@ -172,12 +120,9 @@ def test_the_pressure_probe_keeps_a_fleet_under_the_pool_limit(tmp_path):
             return {"workers": 40.0 + 15.0 * in_flight}
 
     names = [f"t{i:02d}" for i in range(20)]
-    config = tmp_path / "t.toml"
-    config.write_text('[environments.pool]\nurl = "sqlite:///db/{tenant}.db"\n'
-                      f'tenants = [{", ".join(chr(34) + n + chr(34) for n in names)}]\n'
-                      f'alembic = "{ini}"\nretry_backoff = 0.01\nretry_backoff_max = 0.05\n')
+    config = fleet_config(tmp_path / "t.toml", names, env="pool", alembic=ini, extra="retry_backoff_max = 0.05")
     gate = PressureGate(FakePool(), limit=60, interval=0.02)
-    report = api.upgrade(load_settings(config, "pool", environ={}),
+    report = api.upgrade(settings_for(config, "pool"),
                          options=api.RunOptions(strategy=ProcessStrategy(8, gate=gate)))
     assert report.counts == {"upgraded": 20}
     assert report.pressure_wait > 0

@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import HEAD
+from helpers import HEAD
 
 from tenants import api
 from tenants.config import load_settings

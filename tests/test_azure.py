@@ -22,7 +22,7 @@ from azure.core.pipeline.transport import HttpTransport
 # What azure-core's own RequestsTransport returns for the SDK's (azure.core.rest) requests.
 from azure.core.rest._requests_basic import RestRequestsTransportResponse
 from azure.mgmt.core.tools import get_arm_endpoints
-from conftest import write_config
+from helpers import write_config
 
 from tenants.config import load_settings
 from tenants.errors import ConfigError, DiscoveryError

@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
-from conftest import HEAD, ROOT
+import typer.main
+from helpers import HEAD, ROOT, failing_project, make_project
 
 from tenants.cli import app
 from tenants.model import Status, TenantResult
@@ -75,8 +77,6 @@ def test_report_file_fields(cli, sqlite_config, tmp_path):
 
 
 def test_failed_tenant_exit_1_and_names_it(cli, sqlite_config, tmp_path):
-    from test_engine_sqlite import failing_project
-
     config = str(sqlite_config(["bad1", "ok1"], alembic=failing_project(tmp_path / "proj")))
     run = cli("--config", config, "-e", "test", "upgrade", "-j", "1")
     assert run.code == 1
@@ -195,11 +195,21 @@ def test_result_line_is_exact():
     assert result_line(locked) == "locked           b  at 0001  (0.50s)  held"
 
 
+def command_paths(command: click.Command, path: tuple[str, ...] = ()) -> dict[str, click.Command]:
+    """Every command and group under ``command``, by its words after ``tenants`` ("report merge")."""
+    found: dict[str, click.Command] = {}
+    for name, sub in getattr(command, "commands", {}).items():
+        found[" ".join((*path, name))] = sub
+        found |= command_paths(sub, (*path, name))
+    return found
+
+
 def test_every_command_has_help_and_is_in_the_readme():
     readme = (ROOT / "README.md").read_text()
-    for command in app.registered_commands:
-        name = command.name or command.callback.__name__
-        assert command.callback.__doc__, f"{name} has no help text"
+    commands = command_paths(typer.main.get_command(app))
+    assert {"upgrade", "report", "report merge", "report notify"} <= set(commands)  # the walk reaches sub-commands
+    for name, command in commands.items():
+        assert command.help, f"tenants {name} has no help text"
         assert f"tenants {name}" in readme, f"`tenants {name}` is not documented in README.md"
 
 
@@ -240,8 +250,6 @@ def test_malformed_config_and_unknown_key_at_the_cli(cli, tmp_path):
 
 
 def test_several_heads_at_the_cli(cli, sqlite_config, tmp_path):
-    from conftest import make_project
-
     ini = make_project(tmp_path / "proj", {"r1": "pass"})
     (tmp_path / "proj" / "migrations" / "versions" / "b.py").write_text(
         "revision = 'r2'\ndown_revision = None\nbranch_labels = None\ndepends_on = None\n"
@@ -274,8 +282,6 @@ def test_unknown_revision_tenant_refuses_relative_downgrade_and_sql(cli, sqlite_
 
 
 def test_selection_and_policy_options(cli, sqlite_config, tmp_path):
-    from test_engine_sqlite import failing_project
-
     config = sqlite_config(names=())
     config.write_text(config.read_text().replace(
         "tenants = []", 'tenants = [{name = "bad1", tags = ["canary"]}, "bad2", {name = "c", tags = ["canary"]}, "d"]'
@@ -396,33 +402,11 @@ def test_verify_names_every_tenant_not_at_head_including_new_ones(cli, sqlite_co
     assert not (tmp_path / "db" / "newco.db").exists(), "verify reads only"
 
 
-def test_notify_posts_to_the_webhook_and_a_dead_one_is_only_a_warning(cli, sqlite_config, tmp_path):
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    received = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        config = str(sqlite_config())
-        port = server.server_address[1]
-        run = cli("--config", config, "-e", "test", "upgrade", "--notify", f"slack:http://127.0.0.1:{port}/T0/SECRET",
-                  "--notify", "teams:http://127.0.0.1:1/dead/SECRET2")
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_notify_posts_to_the_webhook_and_a_dead_one_is_only_a_warning(cli, sqlite_config, webhook):
+    config = str(sqlite_config())
+    run = cli("--config", config, "-e", "test", "upgrade", "--notify", "slack:" + webhook.url("/T0/SECRET"),
+              "--notify", "teams:http://127.0.0.1:1/dead/SECRET2")
+    received = [(path, json.loads(body)) for path, _, body in webhook.received]
     assert run.code == 0
     assert len(received) == 1 and received[0][0] == "/T0/SECRET" and "blocks" in received[0][1]
     warnings = [ln for ln in run.err.splitlines() if ln.startswith("tenants: warning: ")]
@@ -432,8 +416,6 @@ def test_notify_posts_to_the_webhook_and_a_dead_one_is_only_a_warning(cli, sqlit
 
 
 def test_tenant_timeout_flag(cli, sqlite_config, tmp_path):
-    from conftest import make_project
-
     ini = make_project(tmp_path / "proj", {"z1": """
         from alembic import context
         if 'slow' in context.config.get_main_option('sqlalchemy.url'):
@@ -526,6 +508,10 @@ def test_shard_partitions_list_status_and_verify(cli, sqlite_config):
     names = [f"t{i:02d}" for i in range(12)]
     config = str(sqlite_config(names))
     seen: dict[str, list[str]] = {"list": [], "status": [], "verify": []}
+    # Pinned (computed once): a hash salted per process would agree with itself in this one and still split a
+    # deploy's shard jobs differently.
+    assert {k: [n for n in names if shard_of(n, 3) == k] for k in (1, 2, 3)} == {
+        1: ["t00", "t01", "t03", "t04", "t05", "t07", "t08"], 2: ["t06", "t09"], 3: ["t02", "t10", "t11"]}
     for k in (1, 2, 3):
         listed = cli("--config", config, "-e", "test", "list", "--shard", f"{k}/3", "--json")
         status = cli("--config", config, "-e", "test", "status", "--shard", f"{k}/3", "--json")

@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import write_config
+from helpers import write_config
 
 from tenants.config import load_settings
 from tenants.errors import ConfigError, MissingVariable, UnknownEnvironment
@@ -385,7 +385,7 @@ def test_plain_alembic_finds_the_config_by_x_config_then_tenants_config_then_bes
     import subprocess
     import sys
 
-    from conftest import HEAD, ROOT
+    from helpers import HEAD, ROOT
 
     project = tmp_path / "proj"
     project.mkdir()

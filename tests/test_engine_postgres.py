@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import DEMO_REVISIONS, HEAD, ROOT, _pg_dsn, admin, make_project
+from helpers import DEMO_REVISIONS, HEAD, ROOT, admin, make_project, pg_dsn
 from sqlalchemy.exc import OperationalError
 
 from tenants import api
@@ -83,7 +83,7 @@ def test_locked_tenant_is_reported_locked(pg_fleet):
     fleet = pg_fleet(2)
     settings = settings_of(fleet)
     api.upgrade(settings, "0001_users")
-    with psycopg.connect(_pg_dsn(fleet.names[0]), autocommit=True) as holder:
+    with psycopg.connect(pg_dsn(fleet.names[0]), autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (PG_LOCK_KEY,))
         report = api.upgrade(settings, options=api.RunOptions(concurrency=2, max_failures=None))
     locked = report.results[0]
@@ -231,7 +231,7 @@ def test_database_dropped_in_the_middle_of_a_run(pg_fleet, tmp_path):
         from alembic import context
         victim = open({str(victim_holder)!r}).read()
         if context.config.get_main_option('sqlalchemy.url').endswith('000'):
-            with psycopg.connect('{_pg_dsn()}', autocommit=True) as admin:
+            with psycopg.connect('{pg_dsn()}', autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE "{{victim}}" WITH (FORCE)')
         op.execute('CREATE TABLE d1 (id int)')
     """}, env_py=(ROOT / "alembic" / "env.py").read_text())
@@ -280,7 +280,7 @@ def test_selection_on_server_source(pg_fleet):
 
 
 def test_guards_answer_from_the_live_schema(pg_fleet, tmp_path):
-    from conftest import GUARD_ANSWERS, guard_probe_project
+    from helpers import GUARD_ANSWERS, guard_probe_project
 
     fleet = pg_fleet(1)
     assert api.upgrade(settings_of(fleet)).ok

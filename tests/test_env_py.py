@@ -12,7 +12,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import make_project
+from helpers import make_project
 
 from tenants import api
 from tenants.config import load_settings

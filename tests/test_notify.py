@@ -1,28 +1,22 @@
 """tenants.output.notify: webhook targets, Slack and Teams payloads, and posting them to a real local HTTP server.
 
-The server is http.server on 127.0.0.1 in a thread, one per test, stopped at teardown; it records what it
-received and answers with whatever status, body and delay the test sets.
+The server is helpers.Webhook (the ``webhook`` fixture): http.server on 127.0.0.1 in a thread, one per test,
+stopped at teardown; it records what it received and answers with whatever status, body and delay the test sets.
 """
 
 from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from helpers import HEAD, SECRET_PARTS, SECRET_PATH, slack_texts, teams_card, teams_lines
 
 from tenants.errors import UsageError
 from tenants.model import GOOD, RunReport, Status, TenantResult
 from tenants.output.notify import SHOWN, Target, notify, parse_target, slack_payload, teams_payload
 from tenants.secrets import mask_webhook
-
-HEAD = "0004_invoice_user_index"
-# A Slack-shaped secret path: none of it may ever appear in a warning.
-SECRET_PATH = "/services/T0AAAAAAA/B0BBBBBBB/Xs3cr3tT0k3nXs3cr3tT0k3n"
-SECRET_PARTS = ("T0AAAAAAA", "B0BBBBBBB", "Xs3cr3tT0k3nXs3cr3tT0k3n", "/services")
 
 
 def make_report(results, **fields) -> RunReport:
@@ -47,66 +41,7 @@ def good_report() -> RunReport:
                         TenantResult("hooli", Status.UP_TO_DATE, HEAD, HEAD)])
 
 
-# ------------------------------------------------------------------------------------------- the local server
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Webhook
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self.server.received.append((self.path, dict(self.headers), body))
-        if self.server.delay:
-            self.server.release.wait(self.server.delay)  # released at teardown: the thread never outlives it
-        answer = self.server.answer.replace(b"{path}", self.path.encode())
-        try:
-            self.send_response(self.server.status)
-            for name, value in self.server.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-        except OSError:
-            pass  # the client gave up (the timeout test)
-
-    def log_message(self, format, *args) -> None:  # noqa: A002
-        pass
-
-
-class _Webhook(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.received: list[tuple[str, dict, bytes]] = []
-        self.status = 200
-        self.answer = b"ok"
-        self.headers: dict[str, str] = {}
-        self.delay = 0.0
-        self.release = threading.Event()
-
-    def url(self, path: str = SECRET_PATH) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{path}"
-
-    def handle_error(self, request, client_address) -> None:
-        pass  # a client that hung up is what some tests do on purpose
-
-    def payloads(self) -> list[dict]:
-        return [json.loads(body) for _, _, body in self.received]
-
-
-@pytest.fixture
-def webhook():
-    server = _Webhook()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+# --------------------------------------------------------------------------------------------- the local side
 
 
 @pytest.fixture(autouse=True)
@@ -126,36 +61,6 @@ def assert_no_secret(warnings: list[str]) -> None:
     for warning in warnings:
         for part in SECRET_PARTS:
             assert part not in warning, warning
-
-
-def slack_texts(payload: dict) -> str:
-    """Every text of a Slack message, joined: what a reader of the channel can see."""
-    texts = [payload["text"]]
-    for block in payload["blocks"]:
-        if "text" in block:
-            texts.append(block["text"]["text"])
-        texts += [field["text"] for field in block.get("fields", [])]
-        texts += [element["text"] for element in block.get("elements", [])]
-    return "\n".join(texts)
-
-
-def teams_card(payload: dict) -> dict:
-    assert payload["type"] == "message"
-    [attachment] = payload["attachments"]
-    assert attachment["contentType"] == "application/vnd.microsoft.card.adaptive"
-    card = attachment["content"]
-    assert card["type"] == "AdaptiveCard" and card["version"] == "1.4"
-    return card
-
-
-def teams_lines(card: dict) -> list[str]:
-    lines = []
-    for element in card["body"]:
-        if element["type"] == "RichTextBlock":
-            lines.append("".join(run["text"] for run in element["inlines"]))
-        else:
-            lines.append(element["text"])
-    return lines
 
 
 # ----------------------------------------------------------------------------------------- posting: received

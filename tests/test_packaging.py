@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from conftest import ROOT
+from helpers import ROOT
 from setuptools import find_packages
 
 

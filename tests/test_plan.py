@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from pathlib import Path
 
 import pytest
-from conftest import DEMO_REVISIONS, HEAD, ROOT, admin, make_project
+from helpers import DEMO_REVISIONS, HEAD, ROOT, admin, make_project, settings_for
 
 from tenants import api
 from tenants.config import load_settings
@@ -27,10 +26,6 @@ MESSAGES = (
     (R3, "add invoices.status with a default, backfilled from paid_at"),
     (R4, "index invoices by user and issue date"),
 )
-
-
-def settings_for(path: Path, env: str = "test"):
-    return load_settings(path, env, environ={})
 
 
 def mixed_fleet(sqlite_config, tmp_path):
@@ -289,6 +284,7 @@ def test_plan_folds_long_name_lists_and_escapes_markdown():
 
 # --- PostgreSQL ----------------------------------------------------------------------------------------------
 
+@pytest.mark.postgres
 def test_plan_postgres_mixed_fleet_and_an_unreachable_tenant(pg_fleet):
     fleet = pg_fleet(6, source="static")
     new, a, b, c, top, gone = fleet.names

@@ -8,13 +8,11 @@ import json
 import time
 
 import pytest
-from conftest import ROOT
+from helpers import Readings, fleet_config, settings_for
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from test_aimd import Readings
 
 from tenants import api
-from tenants.config import load_settings
 from tenants.db import Connector
 from tenants.engine.pressure import DENIED, DISTINCT, MORE, OPENED, POOL_STATS_SQL, ElasticPoolPressure, PressureGate
 
@@ -89,6 +87,7 @@ def gone(fleet, app: str) -> bool:
     return not logins(fleet, app)
 
 
+@pytest.mark.postgres
 def test_the_probe_reads_on_one_login_until_it_is_closed(pg_fleet):
     """A real login (PostgreSQL stands in for the pool's database; the query returns the server process)."""
     fleet, url = pool_database(pg_fleet, app := "tenants_probe_one_login")
@@ -107,6 +106,7 @@ def test_the_probe_reads_on_one_login_until_it_is_closed(pg_fleet):
     assert gone(fleet, app)
 
 
+@pytest.mark.postgres
 def test_a_run_in_waves_reads_the_pool_on_one_login_and_lets_it_go_at_the_end(pg_fleet, tmp_path, monkeypatch):
     fleet, url = pool_database(pg_fleet, app := "tenants_probe_one_run")
     made: list[PressureGate] = []
@@ -118,12 +118,10 @@ def test_a_run_in_waves_reads_the_pool_on_one_login_and_lets_it_go_at_the_end(pg
 
     monkeypatch.setattr(api, "_pressure_gate", gate_for)  # an mssql environment's probe, on PostgreSQL
     names = ["c1", "c2", "t1", "t2"]
-    entries = ", ".join(f'{{name = "{n}", tags = {json.dumps(["canary"] if n[0] == "c" else [])}}}' for n in names)
-    config = tmp_path / "t.toml"
-    config.write_text(f'[environments.w]\nurl = "sqlite:///db/{{tenant}}.db"\ntenants = [{entries}]\n'
-                      f'alembic = "{ROOT / "alembic.ini"}"\nwaves = [{{tag = "canary"}}, {{rest = true}}]\n')
+    config = fleet_config(tmp_path / "t.toml", names, env="w", tags={"c1": ["canary"], "c2": ["canary"]},
+                          extra='waves = [{tag = "canary"}, {rest = true}]')
     seen: list[tuple[int, ...]] = []
-    report = api.prepare_upgrade(load_settings(config, "w", environ={})).run(
+    report = api.prepare_upgrade(settings_for(config, "w")).run(
         api.RunOptions(concurrency=2), on_result=lambda result: seen.append(tuple(logins(fleet, app))))
     assert report.counts == {"upgraded": 4} and [w["ran"] for w in report.waves] == [True, True]
     assert len(made) == 1  # one probe for the whole run, every wave
@@ -142,13 +140,11 @@ def test_a_deploy_identity_without_view_server_state_is_told_once(cli, tmp_path,
 
     monkeypatch.setattr(ElasticPoolPressure, "read", read)  # the one thing SQL Server would do here
     monkeypatch.setenv("SQL_PW", "odbc-Secret-9")
-    tenants = ", ".join(f'{{name = "{n}", tags = {json.dumps(["canary"] if n[0] == "c" else [])}}}'
-                        for n in ("c1", "c2", "t1", "t2"))
-    config = tmp_path / "t.toml"
-    config.write_text('[environments.prod]\nurl = "mssql+pyodbc://deploy:${SQL_PW}@127.0.0.1:1/{tenant}'
-                      f'?driver=FreeTDS&TDS_Version=7.4"\nauth = "sql"\ntenants = [{tenants}]\nretries = 0\n'
-                      f'alembic = "{ROOT / "alembic.ini"}"\npressure_limit = 80\npressure_interval = 0.01\n'
-                      'waves = [{tag = "canary", max_failures = 9}, {rest = true, max_failures = 9}]\n')
+    config = fleet_config(
+        tmp_path / "t.toml", ("c1", "c2", "t1", "t2"), env="prod", tags={"c1": ["canary"], "c2": ["canary"]},
+        url="mssql+pyodbc://deploy:${SQL_PW}@127.0.0.1:1/{tenant}?driver=FreeTDS&TDS_Version=7.4",
+        extra='auth = "sql"\nretries = 0\npressure_limit = 80\npressure_interval = 0.01\n'
+              'waves = [{tag = "canary", max_failures = 9}, {rest = true, max_failures = 9}]')
     report, summary = tmp_path / "r.json", tmp_path / "summary.md"
     run = cli("--config", str(config), "-e", "prod", "upgrade", "-j", "2", "--report", str(report),
               "--summary-markdown", str(summary))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import HEAD, PG_URL
+from helpers import HEAD, PG_URL
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError

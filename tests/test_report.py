@@ -8,13 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import HEAD
-from test_aimd import fake_pool_project
-from test_engine_sqlite import failing_project
+from helpers import HEAD, failing_project, fake_pool_project, fleet_config, settings_for
 
 from tenants import api
 from tenants.api import merge_reports
-from tenants.config import load_settings
 from tenants.engine.fanout import ProcessStrategy
 from tenants.engine.pressure import PressureGate
 from tenants.model import RunReport, Status, TenantResult
@@ -26,12 +23,8 @@ def round_trip(report: RunReport) -> RunReport:
 
 
 def fleet(tmp_path: Path, names: list[str], tags: dict[str, list[str]], alembic: Path, waves: str = "") -> Path:
-    entries = ", ".join(f'{{name = "{n}", tags = {json.dumps(tags.get(n, []))}}}' for n in names)
-    config = tmp_path / "t.toml"
-    config.write_text(f'[environments.w]\nurl = "sqlite:///db/{{tenant}}.db"\ntenants = [{entries}]\n'
-                      f'alembic = "{alembic}"\nretry_backoff = 0.01\nretry_backoff_max = 0.05\n'
-                      + (f"waves = {waves}\n" if waves else ""))
-    return config
+    return fleet_config(tmp_path / "t.toml", names, env="w", tags=tags, alembic=alembic,
+                        extra="retry_backoff_max = 0.05\n" + (f"waves = {waves}\n" if waves else ""))
 
 
 def write_report(path: Path, report: RunReport) -> None:
@@ -44,7 +37,7 @@ def write_report(path: Path, report: RunReport) -> None:
 
 def test_a_single_run_reads_back_equal_from_json_and_from_its_report_file(sqlite_config, tmp_path):
     ini = failing_project(tmp_path / "proj")
-    settings = load_settings(sqlite_config(["ok1", "bad1", "ok2"], alembic=ini), "test", environ={})
+    settings = settings_for(sqlite_config(["ok1", "bad1", "ok2"], alembic=ini))
     path, writer = tmp_path / "run.json", []
     report = api.prepare_upgrade(settings).run(
         api.RunOptions(concurrency=1, max_failures=None), on_result=lambda result: writer[0].add(result),
@@ -80,7 +73,7 @@ def test_a_run_in_waves_keeps_every_waves_concurrency_changes_and_pressure_error
     per_wave: list[RunReport] = []
     run_wave = api._run
     monkeypatch.setattr(api, "_run", lambda *args, **kwargs: per_wave.append(run_wave(*args, **kwargs)) or per_wave[-1])
-    report = api.prepare_upgrade(load_settings(config, "w", environ={})).run(
+    report = api.prepare_upgrade(settings_for(config, "w")).run(
         api.RunOptions(strategy=ProcessStrategy(3, gate=PressureGate(probe, limit=80, interval=0))), on_result)
 
     assert report.counts == {"upgraded": 6}
@@ -311,7 +304,7 @@ CAPPED = {"bad_a1": "failed", "bad_a2": "failed", "ok_a": "upgraded", "ok_b": "u
 
 def test_max_failures_caps_a_run_in_waves_on_top_of_the_wave_budgets(tmp_path):
     ini = failing_project(tmp_path / "proj")
-    settings = load_settings(fleet(tmp_path, NAMES, TAGS, ini, WAVES), "w", environ={})
+    settings = settings_for(fleet(tmp_path, NAMES, TAGS, ini, WAVES), "w")
     capped = api.upgrade(settings, options=api.RunOptions(concurrency=1, max_failures=3))
     assert {r.tenant: r.status.value for r in capped.results} == CAPPED
     by = {r.tenant: r for r in capped.results}
@@ -343,7 +336,7 @@ def test_max_failures_and_keep_going_flags_with_waves(cli, tmp_path):
 def test_a_wave_over_its_budget_still_stops_the_rollout_under_max_failures(tmp_path):
     ini = failing_project(tmp_path / "proj")
     waves = '[{tag = "one", max_failures = 1}, {rest = true}]'
-    settings = load_settings(fleet(tmp_path, NAMES, TAGS, ini, waves), "w", environ={})
+    settings = settings_for(fleet(tmp_path, NAMES, TAGS, ini, waves), "w")
     report = api.upgrade(settings, options=api.RunOptions(concurrency=1, max_failures=10))
     assert [r.status.value for r in report.results[:3]] == ["failed", "failed", "skipped"]
     assert {r.status for r in report.results[3:]} == {Status.SKIPPED}

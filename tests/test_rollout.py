@@ -8,24 +8,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from conftest import HEAD, ROOT, make_project
+from helpers import HEAD, ROOT, fleet_config, make_project, slack_texts, teams_card, teams_lines
 
 from tenants.api import merge_reports, resume_names
 from tenants.errors import UsageError
 from tenants.model import Tenant
 from tenants.runlog import read_report
 from tenants.selection import Selection, shard_of
-
-
-def fleet_config(tmp_path: Path, names: list[str], alembic: Path = ROOT / "alembic.ini") -> Path:
-    config = tmp_path / "t.toml"
-    listed = ", ".join(f'"{n}"' for n in names)
-    config.write_text(f'[environments.f]\nurl = "sqlite:///db/{{tenant}}.db"\ntenants = [{listed}]\n'
-                      f'alembic = "{alembic}"\nretry_backoff = 0.01\n')
-    return config
 
 
 def test_shards_cover_every_tenant_exactly_once_whatever_the_order():
@@ -37,17 +28,38 @@ def test_shards_cover_every_tenant_exactly_once_whatever_the_order():
     # Independent of discovery order and of which other tenants exist.
     reversed_shards = [[t.name for t in Selection(shard=(k, 4)).apply(tenants[::-1][:500])] for k in range(1, 5)]
     assert all(set(r) <= set(s) for r, s in zip(reversed_shards, shards, strict=False))
-    assert shard_of("acme", 4) == shard_of("acme", 4)
+
+
+# shard_of must give the same answer in every process, on every machine, in every Python (shards of one deploy
+# run in separate jobs): pinned values, computed once, catch a salted or changed hash, which comparing
+# shard_of with itself in one process cannot.
+PINNED_SHARDS = {  # name: its shard for N = 2, 4, 8
+    "acme": (1, 1, 1), "globex": (2, 4, 8), "initech": (2, 4, 4), "hooli": (2, 4, 4), "umbrella": (1, 1, 1),
+    "tenant_0000": (2, 2, 6), "tenant_0001": (1, 1, 5), "tenant_0999": (1, 1, 1),
+}
+
+
+def test_shard_of_is_a_fixed_function_of_the_name():
+    assert {name: tuple(shard_of(name, n) for n in (2, 4, 8)) for name in PINNED_SHARDS} == PINNED_SHARDS
+
+
+def test_shard_of_is_the_same_in_another_interpreter_with_another_hash_seed():
+    code = ("from tenants.selection import shard_of\n"
+            f"print([[shard_of(n, k) for k in (2, 4, 8)] for n in {sorted(PINNED_SHARDS)!r}])")
+    for seed in ("1", "2"):
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed})
+        assert json.loads(run.stdout) == [list(PINNED_SHARDS[n]) for n in sorted(PINNED_SHARDS)]
 
 
 def test_shard_runs_merge_into_what_a_single_run_reports(cli, tmp_path):
     names = [f"t{i:02d}" for i in range(12)]
     single_dir, shard_dir = tmp_path / "single", tmp_path / "shards"
     single_dir.mkdir(), shard_dir.mkdir()
-    single = cli("--config", str(fleet_config(single_dir, names)), "-e", "f", "upgrade", "-j", "2",
+    single = cli("--config", str(fleet_config(single_dir / "t.toml", names, env="f")), "-e", "f", "upgrade", "-j", "2",
                  "--report", str(single_dir / "r.json"))
     assert single.code == 0
-    config = str(fleet_config(shard_dir, names))
+    config = str(fleet_config(shard_dir / "t.toml", names, env="f"))
     for k in range(1, 5):
         run = cli("--config", config, "-e", "f", "upgrade", "-j", "2", "--shard", f"{k}/4",
                   "--report", str(shard_dir / f"r{k}.json"))
@@ -63,7 +75,7 @@ def test_shard_runs_merge_into_what_a_single_run_reports(cli, tmp_path):
 
 
 def test_bad_shard_and_overlapping_reports_are_refused(cli, tmp_path):
-    config = str(fleet_config(tmp_path, ["a", "b"]))
+    config = str(fleet_config(tmp_path / "t.toml", ["a", "b"], env="f"))
     run = cli("--config", config, "-e", "f", "upgrade", "--shard", "5/4")
     assert (run.code, run.err.strip()) == (2, "tenants: error: --shard 5/4: expected K/N with 1 <= K <= N, "
                                                "e.g. --shard 2/4")
@@ -85,7 +97,7 @@ def test_a_killed_run_leaves_a_report_to_resume_from(tmp_path):
         op.create_table('one', sa.Column('id', sa.Integer, primary_key=True))
     """}, env_py=(ROOT / "alembic" / "env.py").read_text())
     names = [f"t{i:02d}" for i in range(16)]
-    config = fleet_config(tmp_path, names, alembic=ini)
+    config = fleet_config(tmp_path / "t.toml", names, env="f", alembic=ini)
     report = tmp_path / "run.json"
     cmd = [sys.executable, "-m", "tenants", "--config", str(config), "-e", "f", "upgrade", "-j", "2"]
     proc = subprocess.Popen([*cmd, "--report", str(report)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -141,15 +153,11 @@ def test_resume_names_and_only_validation(tmp_path):
         merge_reports([read, read_report(other)])
 
 
-def test_merged_shards_publish_one_summary_junit_and_notification(cli, tmp_path, monkeypatch):
+def test_merged_shards_publish_one_summary_junit_and_notification(cli, tmp_path, monkeypatch, webhook):
     # The deploy's verify and notify jobs: N shard reports become one job summary, one JUnit file and one
     # chat message that names the failed tenant, links to the run and says how to resume.
-    import threading
-
-    from test_notify import _Webhook, slack_texts, teams_card, teams_lines  # the loopback webhook server
-
     names = [f"t{i:02d}" for i in range(6)]
-    config = str(fleet_config(tmp_path, names))
+    config = str(fleet_config(tmp_path / "t.toml", names, env="f"))
     (tmp_path / "db").mkdir()
     (tmp_path / "db" / "t03.db").write_bytes(b"this is not a SQLite database" * 100)
     for k in (1, 2):
@@ -169,33 +177,24 @@ def test_merged_shards_publish_one_summary_junit_and_notification(cli, tmp_path,
     junit = (tmp_path / "junit.xml").read_text()
     assert junit.count("<testcase ") == 6 and junit.count("<failure ") == 1
 
-    server = _Webhook()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        for key, value in (("GITHUB_SERVER_URL", "https://github.com"), ("GITHUB_REPOSITORY", "acme/saas"),
-                           ("GITHUB_RUN_ID", "4242")):
-            monkeypatch.setenv(key, value)
-        run_url = "https://github.com/acme/saas/actions/runs/4242"
-        posted = cli("report", "notify", str(tmp_path / "r1.json"), str(tmp_path / "r2.json"),
-                     "--notify", "slack:" + server.url(), "--message", "failed jobs: apply, verify")
-        assert (posted.code, posted.out, posted.err) == (0, "posted to 1 of 1 webhook(s)\n", "")
-        text = slack_texts(server.payloads()[-1])
-        assert "1 of 6 tenants did not end well" in text and "t03" in text and f"<{run_url}|" in text
-        assert "failed jobs: apply, verify" in text
-        # A deploy that failed before any tenant ran has no report: a message, with the same link.
-        monkeypatch.setenv("TENANTS_NOTIFY_URL", "teams:" + server.url())
-        posted = cli("report", "notify", "--message", "deploy of production failed in job plan")
-        assert posted.code == 0
-        card = teams_card(server.payloads()[-1])
-        assert teams_lines(card) == ["deploy of production failed in job plan"]
-        assert card["actions"] == [{"type": "Action.OpenUrl", "title": "Open the run: summary, every tenant, "
-                                    "how to resume", "url": run_url}]
-    finally:
-        server.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    for key, value in (("GITHUB_SERVER_URL", "https://github.com"), ("GITHUB_REPOSITORY", "acme/saas"),
+                       ("GITHUB_RUN_ID", "4242")):
+        monkeypatch.setenv(key, value)
+    run_url = "https://github.com/acme/saas/actions/runs/4242"
+    posted = cli("report", "notify", str(tmp_path / "r1.json"), str(tmp_path / "r2.json"),
+                 "--notify", "slack:" + webhook.url(), "--message", "failed jobs: apply, verify")
+    assert (posted.code, posted.out, posted.err) == (0, "posted to 1 of 1 webhook(s)\n", "")
+    text = slack_texts(webhook.payloads()[-1])
+    assert "1 of 6 tenants did not end well" in text and "t03" in text and f"<{run_url}|" in text
+    assert "failed jobs: apply, verify" in text
+    # A deploy that failed before any tenant ran has no report: a message, with the same link.
+    monkeypatch.setenv("TENANTS_NOTIFY_URL", "teams:" + webhook.url())
+    posted = cli("report", "notify", "--message", "deploy of production failed in job plan")
+    assert posted.code == 0
+    card = teams_card(webhook.payloads()[-1])
+    assert teams_lines(card) == ["deploy of production failed in job plan"]
+    assert card["actions"] == [{"type": "Action.OpenUrl", "title": "Open the run: summary, every tenant, "
+                                "how to resume", "url": run_url}]
     monkeypatch.delenv("TENANTS_NOTIFY_URL")
     nowhere = cli("report", "notify", "--message", "x")
     assert (nowhere.code, nowhere.err) == (2, "tenants: error: report notify: no webhook; give --notify URL or set "

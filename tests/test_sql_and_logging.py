@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import make_project, write_config
+from helpers import make_project, write_config
 
 # An env.py that ignores the URL Alembic gives it: offline, it renders for its own (SQLite) database.
 OWN_URL_ENV_PY = """

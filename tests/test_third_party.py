@@ -25,7 +25,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import PG_URL, ROOT, write_config
+from helpers import PG_URL, ROOT, write_config
 from sqlalchemy import create_engine, inspect, pool
 from sqlalchemy.engine import make_url
 

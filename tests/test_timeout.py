@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_project
+from helpers import ROOT, make_project, settings_for, tables, version
 
 from tenants import api
 from tenants.config import load_settings
@@ -17,9 +17,6 @@ from tenants.errors import UsageError
 from tenants.model import Status
 
 TIMEOUT = 2.0
-
-
-from test_engine_sqlite import settings_for, tables, version  # noqa: E402 - the same helpers
 
 
 def slow_project(root: Path, marks: Path) -> Path:
@@ -160,6 +157,7 @@ def test_tenant_timeout_is_checked_before_any_tenant_is_touched(sqlite_config, t
     assert fast.counts == {"upgraded": 3}
 
 
+@pytest.mark.postgres
 def test_postgres_rolls_back_the_killed_tenants_transaction_at_once(pg_fleet, tmp_path):
     """pg_sleep(30) inside the revision's transaction: the server must not run it to its end for a dead client."""
     flag = tmp_path / "hang"

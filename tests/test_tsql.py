@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import sqlglot
-from conftest import ALEMBIC_INI, DEMO_REVISIONS, HEAD, ROOT, _pg_dsn, make_project, write_config
+from helpers import ALEMBIC_INI, DEMO_REVISIONS, HEAD, ROOT, make_project, pg_dsn, write_config
 from sqlglot import ErrorLevel, exp
 from sqlglot.errors import ParseError
 
@@ -324,5 +324,5 @@ def test_demo_revisions_over_a_hand_made_schema_and_back_on_postgresql(pg_fleet)
 
 
 def _pg_run(fleet, name: str, statement: str) -> None:
-    with psycopg.connect(_pg_dsn(name), autocommit=True) as conn:
+    with psycopg.connect(pg_dsn(name), autocommit=True) as conn:
         conn.execute(statement)

@@ -11,27 +11,17 @@ from pathlib import Path
 import psycopg
 import pytest
 import sqlglot
-from conftest import DEMO_REVISIONS, HEAD, write_config
+from helpers import DEMO_REVISIONS, HEAD, settings_for, tables, write_config
 from sqlalchemy.engine import make_url
 
 from tenants import api
 from tenants import plan as plan_module
-from tenants.config import load_settings
 from tenants.dialects.mssql import TABLES_SQL
 from tenants.errors import ConfigError
 from tenants.model import State, Status
 from tenants.selection import Selection
 
 CUSTOMER_TABLE = "CREATE TABLE customer_orders (id INTEGER PRIMARY KEY, total INTEGER)"
-
-
-def settings_for(path: Path, env: str = "test"):
-    return load_settings(path, env, environ={})
-
-
-def sqlite_tables(db: Path) -> set[str]:
-    with sqlite3.connect(db) as conn:
-        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
 def customer_db(path: Path) -> None:
@@ -52,7 +42,7 @@ def test_sqlite_database_with_tables_and_no_version_table_is_unmanaged_and_untou
     assert by_name["fresh"].status is Status.UPGRADED  # a database with nothing in it is new, as before
     assert not report.ok
     # untouched: no demo tables, no version table, no history table, the customer's row still there
-    assert sqlite_tables(tmp_path / "db" / "legacy.db") == {"customer_orders"}
+    assert tables(tmp_path / "db" / "legacy.db") == {"customer_orders"}
     status = {t.tenant: t for t in api.status(settings).tenants}
     assert status["legacy"].state is State.UNMANAGED and status["fresh"].state is State.AT_HEAD
 
@@ -71,7 +61,7 @@ def test_tool_tables_alone_do_not_make_a_database_unmanaged(sqlite_config, tmp_p
     """A tenant pinned before its first migration holds only the pin table: still new, not unmanaged."""
     settings = settings_for(sqlite_config(["early"]))
     api.pin(settings, "early", "onboarding call first")
-    assert sqlite_tables(tmp_path / "db" / "early.db") == {"tenants_pin"}
+    assert tables(tmp_path / "db" / "early.db") == {"tenants_pin"}
     row = api.status(settings).tenants[0]
     assert row.state is State.NEW and row.pin is not None
     api.unpin(settings, "early")
@@ -96,7 +86,7 @@ def test_unmanaged_upgrade_keeps_running_the_graph_from_base(sqlite_config, tmp_
     assert api.status(settings).tenants[0].state is State.NEW
     result = api.upgrade(settings).results[0]
     assert result.status is Status.UPGRADED and result.applied == tuple(DEMO_REVISIONS)
-    assert {"customer_orders", "users", "invoices"} <= sqlite_tables(tmp_path / "db" / "legacy.db")
+    assert {"customer_orders", "users", "invoices"} <= tables(tmp_path / "db" / "legacy.db")
 
 
 def test_unmanaged_setting_is_validated(sqlite_config):
@@ -124,7 +114,7 @@ def test_cli_upgrade_reports_unmanaged_exit_1_and_plan_shows_it(cli, sqlite_conf
         "unmanaged        legacy  (T)  1 table(s) (customer_orders) but no alembic_version table: a schema Alembic "
         "never recorded; not touched. Adopt it with `tenants stamp REVISION --tenant NAME` (the revision its schema "
         "matches), or set unmanaged = \"upgrade\" in the environment to run the graph from base on it")
-    assert sqlite_tables(tmp_path / "db" / "legacy.db") == {"customer_orders"}
+    assert tables(tmp_path / "db" / "legacy.db") == {"customer_orders"}
 
     status = cli("--config", config, "-e", "test", "status", "--json")
     assert status.code == 1
@@ -148,7 +138,7 @@ def test_stamp_all_yes_adopts_the_fleet_then_upgrade_is_a_no_op(cli, sqlite_conf
     again = cli("--config", config, "-e", "test", "upgrade", "--tenant", "a", "--tenant", "b")
     assert again.code == 0
     assert sorted(ln.split()[:2] for ln in again.out.splitlines()[:2]) == [["up-to-date", "a"], ["up-to-date", "b"]]
-    assert sqlite_tables(tmp_path / "db" / "a.db") == {"customer_orders", "alembic_version", "tenants_history"}
+    assert tables(tmp_path / "db" / "a.db") == {"customer_orders", "alembic_version", "tenants_history"}
 
 
 def test_stamp_by_tag_and_what_it_shows(cli, tmp_path):

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_project
+from helpers import ROOT, fleet_config, make_project
 
 from tenants import api
 from tenants.config import load_settings
@@ -29,11 +29,7 @@ def test_assign_takes_tag_then_percent_then_rest_stably():
 
 
 def waves_config(tmp_path: Path, names, tags, waves: str, alembic: Path) -> Path:
-    entries = ", ".join(f'{{name = "{n}", tags = {json.dumps(tags.get(n, []))}}}' for n in names)
-    config = tmp_path / "t.toml"
-    config.write_text(f'[environments.w]\nurl = "sqlite:///db/{{tenant}}.db"\ntenants = [{entries}]\n'
-                      f'alembic = "{alembic}"\nwaves = {waves}\n')
-    return config
+    return fleet_config(tmp_path / "t.toml", names, env="w", tags=tags, alembic=alembic, extra=f"waves = {waves}")
 
 
 def test_a_failing_canary_wave_stops_the_rollout(tmp_path):

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import typer.main
 import yaml
-from conftest import ROOT
+from helpers import ROOT
 
 from tenants.cli import app
 

@@ -32,7 +32,7 @@ from tenants.engine.fanout import FailurePolicy, Strategy, choose_strategy
 from tenants.engine.pins import Pin, read_pin
 from tenants.engine.pressure import ElasticPoolPressure, PressureGate
 from tenants.engine.revisions import Operation, Revisions
-from tenants.engine.unit import Job, unmanaged_reason
+from tenants.engine.unit import Job, unmanaged_reason, version_rows_problem
 from tenants.errors import RevisionError, TenantNotFound, TenantsError, TenantUnreachable, UsageError
 from tenants.model import RESUMABLE, RunReport, State, Status, StatusReport, Tenant, TenantResult, TenantStatus
 from tenants.output import notify as webhooks
@@ -182,6 +182,9 @@ def status(settings: Settings, selection: Selection = Selection(), source: Tenan
             return TenantStatus(tenant.name, State.NEW, (), len(revisions.pending_upgrade((), head)), pin=note)
         if not revisions.is_known(current):
             return TenantStatus(tenant.name, State.UNKNOWN_REVISION, current, pin=note)
+        rows = version_rows_problem(current, revisions, env.version_table, tenant.name)
+        if rows is not None:  # never at head, whatever the rows say (tenants.engine.unit)
+            return TenantStatus(tenant.name, State.UNKNOWN_REVISION, current, error=rows, pin=note)
         behind = len(revisions.pending_upgrade(current, head))
         return TenantStatus(tenant.name, State.AT_HEAD if behind == 0 else State.BEHIND, current, behind, pin=note)
 

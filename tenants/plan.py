@@ -37,7 +37,7 @@ from __future__ import annotations
 from tenants import api
 from tenants.config import Settings
 from tenants.engine.revisions import Revisions
-from tenants.engine.unit import unmanaged_reason
+from tenants.engine.unit import unmanaged_reason, version_rows_problem
 from tenants.model import Cohort, Plan
 from tenants.selection import Selection
 from tenants.sources import TenantSource
@@ -70,6 +70,10 @@ def plan(settings: Settings, revision: str = "head", selection: Selection = Sele
         current, pin = read.current, read.pin
         if not revisions.is_known(current):
             unknown.append((tenant.name, ",".join(current)))
+            continue
+        rows = version_rows_problem(current, revisions, env.version_table, tenant.name)
+        if rows is not None:  # the upgrade refuses it too: listed with why, never up to date
+            unknown.append((tenant.name, f"{','.join(current)} ({rows})"))
             continue
         if current not in pending:
             pending[current] = tuple(revisions.pending_upgrade(current, target))

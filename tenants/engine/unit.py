@@ -180,12 +180,12 @@ def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
     with connector.engine(tenant.url, must_exist=job.must_exist) as engine, MigrationConnection(engine) as conn:
         if read_first:
             progress.saw(_read(conn, job))
-            _check(progress.after, job, revisions)
+            _check(progress.after, job, revisions, tenant.name)
         try:
             with tenant_lock(engine, job.lock_timeout):  # raises LockNotAcquired on entry, nowhere else
                 current = _read(conn, job)  # the truth, now that nobody else can move it
                 progress.saw(current)
-                _check(current, job, revisions)
+                _check(current, job, revisions, tenant.name)
                 if job.operation == "upgrade":  # only tenants with work get here: the no-op path stays one query
                     pin = read_pin(conn)
                     if pin is not None:
@@ -248,6 +248,31 @@ def unmanaged_reason(tables: list[str], version_table: str) -> str:
             "or set unmanaged = \"upgrade\" in the environment to run the graph from base on it")
 
 
+def version_rows_problem(current: tuple[str, ...], revisions: Revisions, version_table: str, tenant: str
+                         ) -> str | None:
+    """Why the rows of a version table are not a position Alembic accepts, in one line; None when they are.
+
+    Several rows are a position only as the heads of separate branches (Alembic's own rule: it refuses an
+    upgrade from rows that overlap). A row that is below another row (``head`` and an old revision, after a
+    hand edit or a restore) or the same row twice is no position at all: every revision looks applied, so
+    without this check the no-op path would read the tenant as at the target (issue 11). Such a tenant is
+    reported ``unknown-revision``, as one whose revision is not in the graph is: its place in the graph is
+    unknown, and it is not touched. Rows on parallel branches below a merge stay a valid position (the
+    upgrade applies the merge). ``current`` must be in the graph (:meth:`Revisions.is_known`).
+    """
+    if len(current) < 2:
+        return None
+    below = [(rev, other) for rev in current for other in current
+             if rev != other and rev in revisions.ancestors(other)]
+    if not below and len(set(current)) == len(current):
+        return None
+    why = (f"{below[0][0]} is below {below[0][1]}" if below
+           else f"{next(rev for rev in current if current.count(rev) > 1)} is there twice")
+    return (f"version table {version_table} has {len(current)} rows ({', '.join(current)}) and {why}, which "
+            f"Alembic refuses; not touched: keep the one row the schema matches, e.g. "
+            f"`alembic -x tenant={tenant} stamp --purge REVISION`")
+
+
 def _read_raw(conn, job: Job) -> tuple[str, ...]:
     try:
         return read_version(conn, job.version_table)
@@ -270,7 +295,7 @@ def _read_after(engine: Engine, conn, job: Job) -> tuple[str, ...] | None:
             return None
 
 
-def _check(current: tuple[str, ...], job: Job, revisions: Revisions) -> None:
+def _check(current: tuple[str, ...], job: Job, revisions: Revisions, tenant: str) -> None:
     """Stop the attempt early when there is nothing (safe) to do."""
     if job.planned_from is not None and current != job.planned_from:
         raise _Outcome(
@@ -284,6 +309,9 @@ def _check(current: tuple[str, ...], job: Job, revisions: Revisions) -> None:
             f"recorded revision {','.join(current)} is not in the revision graph (changed out of band?); "
             "not touched",
         )
+    rows = version_rows_problem(current, revisions, job.version_table, tenant)
+    if rows is not None:  # "nothing pending" from such rows would mean nothing: never read it as at the target
+        raise _Outcome(Status.UNKNOWN_REVISION, current, rows)
     if job.operation == "upgrade" and not revisions.pending_upgrade(current, job.target):
         raise _Outcome(Status.UP_TO_DATE, current)
     if job.operation == "downgrade" and not revisions.pending_downgrade(current, job.target):
@@ -354,7 +382,7 @@ def precheck(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
     try:
         with connector.engine(tenant.url, must_exist=job.must_exist) as engine, engine.connect() as conn:
             progress.saw(_read(conn, job))
-        _check(progress.after, job, revisions)
+        _check(progress.after, job, revisions, tenant.name)
     except _Outcome as outcome:
         return _result(tenant, job, revisions, outcome.status, progress, 1, time.monotonic() - started,
                        outcome.error)

@@ -134,7 +134,7 @@ def verify_lines(report: StatusReport, ran: set[str] | None = None, allow_offlin
         why = {
             State.BEHIND: f"at {','.join(t.current)}, {t.behind} revision(s) behind",
             State.NEW: f"no revision recorded, {t.behind} revision(s) behind",
-            State.UNKNOWN_REVISION: f"at {','.join(t.current)}, which is not in the revision graph",
+            State.UNKNOWN_REVISION: t.error or f"at {','.join(t.current)}, which is not in the revision graph",
             State.UNREACHABLE: t.error or "unreachable",
             State.UNMANAGED: t.error or "tables but no version table",
         }[t.state]

@@ -33,7 +33,15 @@ from tenants.engine.pins import Pin, read_pin
 from tenants.engine.pressure import ElasticPoolPressure, PressureGate
 from tenants.engine.revisions import Operation, Revisions
 from tenants.engine.unit import Job, unmanaged_reason, version_rows_problem
-from tenants.errors import RevisionError, TenantNotFound, TenantsError, TenantUnreachable, UsageError
+from tenants.errors import (
+    ReportError,
+    ReportMismatch,
+    RevisionError,
+    TenantNotFound,
+    TenantsError,
+    TenantUnreachable,
+    UsageError,
+)
 from tenants.model import RESUMABLE, RunReport, State, Status, StatusReport, Tenant, TenantResult, TenantStatus
 from tenants.output import notify as webhooks
 from tenants.runlog import ReadReport, header_of, read_report
@@ -337,7 +345,8 @@ RESUME_STATUSES = tuple(status.value for status in RESUMABLE)  # `--only`'s defa
 
 def prepare_upgrade(settings: Settings, revision: str = "head", selection: Selection = Selection(),
                     source: TenantSource | None = None, concurrency: int | None = None,
-                    resume_from: Path | None = None, only: Iterable[str] = RESUME_STATUSES) -> PreparedRun:
+                    resume_from: Path | None = None, only: Iterable[str] = RESUME_STATUSES, force: bool = False
+                    ) -> PreparedRun:
     """Validate an upgrade (graph, revision, discovery, selection) without touching any tenant.
 
     An ``azure-pool`` environment without ``concurrency`` gets one derived from the pool's size
@@ -345,13 +354,16 @@ def prepare_upgrade(settings: Settings, revision: str = "head", selection: Selec
     given: then the pool is not even asked.
 
     ``resume_from``, the report of an earlier run (finished or cut short), resumes it: of the selection, only
-    the tenants it lists with a status in ``only`` and those it does not list (:func:`resume_names`).
+    the tenants it lists with a status in ``only`` and those it does not list (:func:`resume_names`). It must
+    be the report of this same upgrade (:func:`check_resume`; ``force`` takes one of another anyway).
     """
     resume = read_report(resume_from) if resume_from is not None else None
     _require_lock(settings)
     revisions = load_revisions(settings)
     head = upgrade_head(revisions, revision)
     target = revisions.resolve(revision)
+    if resume is not None:
+        check_resume(resume, settings.environment.name, target, head, force)
     tenants, skipped = discover_all(settings, selection, source)
     if (concurrency is None and settings.environment.source == "azure-pool"
             and not settings.environment.concurrency_explicit):
@@ -375,6 +387,37 @@ def upgrade_head(revisions: Revisions, revision: str) -> str | None:
 def single_head(revisions: Revisions) -> str | None:
     """The graph's head, or None when it has several."""
     return revisions.heads[0] if len(revisions.heads) == 1 else None
+
+
+def check_resume(report: ReadReport, environment: str, target: str | None, head: str | None,
+                 force: bool = False) -> None:
+    """Refuse to resume from a report of another run than this upgrade: a resume skips the tenants its report
+    lists as done, so a report of another environment, of a downgrade or a stamp, of another target or of an
+    older revision graph (another head) would leave tenants behind while the run exits 0 (issue 11).
+    ``force`` takes such a report anyway (the operator knows better). A report of a run that stopped before
+    any tenant ran (:func:`failed_run`) has nothing to resume, with or without ``force``."""
+    fields = report.fields
+    if fields.get("error"):
+        raise ReportMismatch(f"{report.path}: that run stopped before any tenant ran ({fields['error']}); there is "
+                             "nothing to resume from it: run the upgrade again without --from-report")
+    missing = [key for key in ("environment", "operation", "target", "head") if key not in fields]
+    if missing:
+        raise ReportError(f"{report.path}: not a report to resume from (no {', '.join(missing)})")
+    ours = {"environment": environment, "operation": "upgrade", "target": target or "base", "head": head}
+    differ = [f"{key} {fields[key]!r} (this run: {value!r})" for key, value in ours.items() if fields[key] != value]
+    if differ and not force:
+        raise ReportMismatch(f"{report.path}: a report of another run: {', '.join(differ)}; resume from this "
+                             "upgrade's own report, or pass --force to take this one anyway")
+
+
+def failed_run(settings: Settings, operation: Operation, revision: str, error: TenantsError) -> RunReport:
+    """The report of a run that stopped before any tenant ran (discovery failed): no tenant, ``error`` said,
+    never ``ok`` or ``complete``. Written to ``--report`` so that the file says what happened (not an empty or a
+    stale one) and ``--from-report`` refuses it clearly (:func:`check_resume`)."""
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    return RunReport(run_id=uuid.uuid4().hex, environment=settings.environment.name, operation=operation,
+                     target=revision, head=None, concurrency=0, started_at=now, finished_at=now, duration=0.0,
+                     tool_version=__version__, complete=False, error=str(error))
 
 
 def resume_names(report: ReadReport, only: set[str], discovered: list[str]) -> list[str]:

@@ -66,6 +66,47 @@ class Publish:
     notify: tuple[Target, ...] = ()
 
 
+class Files:
+    """The files a run was asked to write (--report, --junit, --summary-markdown). A full disk or an unwritable
+    file is not a failed fleet (issue 11): a write that fails is one warning on stderr, at once, and the run goes
+    on. At the end (:func:`_exit`) the run's own exit code stands; only a run that ended well exits 1, with a
+    line saying the run was good and which file is missing, since the caller asked for it."""
+
+    def __init__(self) -> None:
+        self.failed: dict[str, tuple[Path, str]] = {}  # flag -> (path, why)
+        self._warned: set[str] = set()
+
+    def write(self, flag: str, path: Path | None, text: str) -> None:
+        if path is None:
+            return
+        try:
+            path.write_text(text, encoding="utf-8")
+        except OSError as err:
+            self.fail(flag, path, err)
+
+    def fail(self, flag: str, path: Path, err: OSError, final: bool = True) -> None:
+        """``final``: the file is missing at the end (not a streamed write a later one may still make good)."""
+        why = err.strerror or str(err)
+        if flag not in self._warned:
+            self._warned.add(flag)
+            typer.echo(f"tenants: warning: {flag} {path}: cannot write it: {why}; the run goes on", err=True)
+        if final:
+            self.failed[flag] = (path, why)
+
+
+def _exit(report: RunReport, files: Files) -> None:
+    """The run's exit code; a run that ended well but could not write a file it was asked for exits 1, saying
+    both."""
+    if files.failed and report.ok:
+        counts = ", ".join(f"{n} {status}" for status, n in report.counts.items()) or "no tenants"
+        missing = " and ".join(f"{flag} {path}" for flag, (path, _) in files.failed.items())
+        why = "; ".join(dict.fromkeys(why for _, why in files.failed.values()))
+        typer.echo(f"tenants: error: the run ended well ({counts}) but {missing} could not be written: {why}",
+                   err=True)
+        raise typer.Exit(1)
+    raise typer.Exit(0 if report.ok else 1)
+
+
 def _console(stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     # Not a terminal (CI logs, pipes, tests): no colour, and wide enough that tables do not wrap.
@@ -243,9 +284,13 @@ def verify(
     for line in terminal.verify_lines(verdict.status, verdict.ran, allow_offline):
         typer.echo(line)
     typer.echo(terminal.status_line(verdict.status))
-    if junit is not None:
-        junit.write_text(status_junit(verdict.status, allow_offline), encoding="utf-8")
-    raise typer.Exit(0 if verdict.ok else 1)
+    files = Files()
+    files.write("--junit", junit, status_junit(verdict.status, allow_offline))
+    if files.failed and verdict.ok:
+        path, why = files.failed["--junit"]
+        typer.echo(f"tenants: error: the fleet verified well but --junit {path} could not be written: {why}",
+                   err=True)
+    raise typer.Exit(0 if verdict.ok and not files.failed else 1)
 
 
 def _run_and_render(obj: Context, run, total: int, report_path: Path | None, publish: Publish) -> None:
@@ -255,16 +300,10 @@ def _run_and_render(obj: Context, run, total: int, report_path: Path | None, pub
     the report is written as the run goes (tenants.runlog): a killed run leaves one to resume from. A warning
     the run gives as it goes is on stderr at once, and not again at the end.
     """
-    writer: list[ReportWriter] = []
     warned: list[str] = []  # said as the run went: not again at the end
-
-    def on_start(header: dict) -> None:
-        if report_path is not None:
-            writer.append(ReportWriter(report_path, header))
-
-    def record(result: TenantResult) -> None:
-        if writer:
-            writer[0].add(result)
+    files = Files()
+    streamed = _StreamedReport(report_path, files)
+    on_start, record = streamed.start, streamed.add
 
     if sys.stdout.isatty():
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -291,9 +330,36 @@ def _run_and_render(obj: Context, run, total: int, report_path: Path | None, pub
             typer.echo(_warning(line), err=True)
 
         report = run(on_line, on_start, on_warning)
-    if writer:
-        writer[0].close(report)
-    _finish(obj, report, report_path, publish, written=bool(writer), warned=warned)
+    streamed.close(report)
+    _finish(obj, report, report_path, publish, written=streamed.writer is not None, warned=warned, files=files)
+
+
+class _StreamedReport:
+    """``--report`` written as the run goes (:class:`tenants.runlog.ReportWriter`, which never raises); a write
+    that fails is warned once through ``files``, and the run goes on."""
+
+    def __init__(self, path: Path | None, files: Files) -> None:
+        self.path, self.files = path, files
+        self.writer: ReportWriter | None = None
+
+    def start(self, header: dict) -> None:
+        if self.path is not None:
+            self.writer = ReportWriter(self.path, header)
+            self._check(final=False)
+
+    def add(self, result: TenantResult) -> None:
+        if self.writer is not None:
+            self.writer.add(result)
+            self._check(final=False)
+
+    def close(self, report: RunReport) -> None:
+        if self.writer is not None:
+            self.writer.close(report)
+            self._check(final=True)
+
+    def _check(self, final: bool) -> None:
+        if self.writer is not None and self.writer.error is not None:
+            self.files.fail("--report", self.writer.path, self.writer.error, final=final)
 
 
 def _warning(line: str) -> str:
@@ -301,13 +367,12 @@ def _warning(line: str) -> str:
     return f"tenants: warning: pressure_limit: {line}"
 
 
-def _publish(report: RunReport, report_file: str, publish: Publish) -> None:
+def _publish(report: RunReport, report_file: str, publish: Publish, files: Files) -> None:
     """The run for people and CI: JUnit, the Markdown summary (to a file and $GITHUB_STEP_SUMMARY), webhooks."""
     if publish.junit is not None:
-        publish.junit.write_text(junit_xml(report), encoding="utf-8")
+        files.write("--junit", publish.junit, junit_xml(report))
     markdown = markdown_summary(report, report_file=report_file)
-    if publish.summary_markdown is not None:
-        publish.summary_markdown.write_text(markdown, encoding="utf-8")
+    files.write("--summary-markdown", publish.summary_markdown, markdown)
     for warning in notify(report, publish.notify, link=ci_run_url(os.environ)) if publish.notify else ():
         typer.echo(f"tenants: warning: {warning}", err=True)
     _step_summary(markdown)
@@ -325,10 +390,11 @@ def _step_summary(markdown: str) -> None:
 
 
 def _finish(obj: Context, report: RunReport, report_path: Path | None, publish: Publish = Publish(),
-            written: bool = False, warned: list[str] | None = None) -> None:
+            written: bool = False, warned: list[str] | None = None, files: Files | None = None) -> None:
+    files = files or Files()
     if report_path is not None and not written:
-        report_path.write_text(terminal.to_json(report.to_dict()) + "\n", encoding="utf-8")
-    _publish(report, str(report_path or "report.json"), publish)
+        _write_report(report_path, report, files)
+    _publish(report, str(report_path or "report.json"), publish, files)
     obj.out.print(terminal.summary_table(report))
     typer.echo(terminal.summary_line(report))
     for line in terminal.failures(report):
@@ -338,9 +404,16 @@ def _finish(obj: Context, report: RunReport, report_path: Path | None, publish: 
     for line, times in report.pressure_errors:
         if line not in (warned or ()):
             typer.echo(_warning(counted(line, times)), err=True)
-    if report_path is not None:
+    if report_path is not None and "--report" not in files.failed:
         typer.echo(f"report written to {report_path}", err=True)
-    raise typer.Exit(0 if report.ok else 1)
+    _exit(report, files)
+
+
+def _write_report(path: Path, report: RunReport, files: Files) -> None:
+    try:
+        write_json(path, report.to_dict())
+    except OSError as err:
+        files.fail("--report", path, err)
 
 
 ReportOpt = Annotated[Path | None, typer.Option(
@@ -375,6 +448,19 @@ def _check_report_path(report: Path | None, flag: str = "--report") -> None:
         report.unlink(missing_ok=True)
 
 
+def _check_not_resumed(report: Path | None, from_report: Path | None) -> None:
+    """Refuse ``--report`` naming the file ``--from-report`` resumes. Handling it instead would mean either
+    overwriting the earlier run's lines with the resumed run's (the tenants done before vanish from the file,
+    and the next resume runs them again) or writing two runs as one report under one run id, start time and
+    duration (a report that says more than is known). A resumed run's report is its own file."""
+    if report is None or from_report is None:
+        return
+    if report.resolve() == from_report.resolve() or (report.exists() and from_report.exists()
+                                                      and report.samefile(from_report)):
+        raise UsageError(f"--report {report} is the report --from-report resumes: the resumed run would overwrite "
+                         "it; write the resumed run's report to another file")
+
+
 @app.command()
 @_command
 def upgrade(
@@ -404,6 +490,9 @@ def upgrade(
         "it does not list.", exists=False, dir_okay=False, show_default=False)] = None,
     only: Annotated[str, typer.Option(
         "--only", help="With --from-report: the statuses to run again.")] = ",".join(api.RESUME_STATUSES),
+    force: Annotated[bool, typer.Option(
+        "--force", help="With --from-report: resume from a report of another environment, operation, target or "
+        "revision-graph head (refused otherwise).")] = False,
     junit: JunitOpt = None,
     summary_markdown: SummaryOpt = None,
     notify_urls: NotifyOpt = [],
@@ -412,6 +501,7 @@ def upgrade(
     obj: Context = ctx.obj
     if keep_going and max_failures is not None:
         raise UsageError("--keep-going and --max-failures contradict each other: use one")
+    _check_not_resumed(report, from_report)
     for path, flag in ((report, "--report"), (junit, "--junit"), (summary_markdown, "--summary-markdown")):
         _check_report_path(path, flag)
     # bad input stops here, before any tenant
@@ -422,9 +512,14 @@ def upgrade(
     options = api.RunOptions(concurrency=concurrency, retries=retries, tenant_timeout=tenant_timeout, wave=wave,
                              max_failures=limit)
     # Validate everything (report, revision, discovery, selection) before the first tenant is touched.
-    prepared = api.prepare_upgrade(settings, revision, _selection(tenant, exclude, tag, shard),
-                                   concurrency=concurrency, resume_from=from_report,
-                                   only={s.strip() for s in only.split(",") if s.strip()})
+    try:
+        prepared = api.prepare_upgrade(settings, revision, _selection(tenant, exclude, tag, shard),
+                                       concurrency=concurrency, resume_from=from_report,
+                                       only={s.strip() for s in only.split(",") if s.strip()}, force=force)
+    except TenantsError as err:
+        if report is not None and err.exit_code != 2:  # a runtime failure (discovery): the report says so
+            _write_report(report, api.failed_run(settings, "upgrade", revision, err), Files())
+        raise
     if prepared.resumed_from is not None:
         typer.echo(f"resuming from {from_report}: {len(prepared.tenants)} tenant(s) to run again", err=True)
     if not prepared.tenants:
@@ -616,12 +711,16 @@ def report_merge(
     for path, flag in ((output, "--output"), (junit, "--junit"), (summary_markdown, "--summary-markdown")):
         _check_report_path(path, flag)
     merged = api.merge_reports(reports)
-    write_json(output, merged.to_dict())
-    _publish(merged, str(output), Publish(junit, summary_markdown))
+    files = Files()
+    try:
+        write_json(output, merged.to_dict())
+    except OSError as err:
+        files.fail("--output", output, err)
+    _publish(merged, str(output), Publish(junit, summary_markdown), files)
     counts = ", ".join(f"{n} {status}" for status, n in merged.counts.items()) or "no tenants"
     typer.echo(f"merged {len(reports)} report(s), {len(merged.results)} tenants: {counts}"
                + ("" if merged.complete else " (some reports were cut short)"))
-    raise typer.Exit(0 if merged.ok else 1)
+    _exit(merged, files)
 
 
 @report_app.command("notify")

@@ -59,3 +59,14 @@ class TenantUnreachable(TenantsError):
     """A single named tenant could not be read (a runtime failure, not bad input: exit code 1)."""
 
     exit_code = 1
+
+
+class ReportError(UsageError):
+    """A report file (``--from-report``, ``verify --report``, ``report merge``) is not a readable tenants report:
+    unreadable, not JSON, or a field missing or of the wrong type. The message names the file and what is wrong."""
+
+
+class ReportMismatch(ReportError):
+    """``upgrade --from-report`` names a report of another run than this one would be (environment, operation,
+    target or revision-graph head), or of a run that stopped before any tenant ran; ``--force`` takes it anyway
+    where that is meaningful."""

@@ -200,6 +200,7 @@ class RunReport:
     waves: tuple[dict, ...] = ()  # per wave: name, tenants, summary, failures, budget, ran, ok
     complete: bool = True  # False: read back from a report cut short (a killed run), or merged with one
     shards: tuple[str, ...] = ()  # a merged report: the report files it was merged from
+    error: str | None = None  # the run stopped before any tenant ran (discovery failed): why (api.failed_run)
 
     def __post_init__(self) -> None:
         # Plain tuples and the JSON's precision whatever was passed; a pressure error given as a bare line
@@ -213,7 +214,7 @@ class RunReport:
 
     @property
     def ok(self) -> bool:
-        return self.complete and all(r.ok for r in self.results)
+        return self.complete and self.error is None and all(r.ok for r in self.results)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -250,6 +251,8 @@ class RunReport:
             data["shards"] = list(self.shards)
         if self.shards or not self.complete:
             data["complete"] = self.complete
+        if self.error is not None:
+            data["error"] = self.error
         return data
 
     @classmethod
@@ -270,7 +273,7 @@ class RunReport:
             pressure_errors=tuple(uncounted(line) for line in data.get("pressure_errors") or ()),
             skipped_databases=tuple((d["database"], d["reason"]) for d in data.get("skipped_databases") or ()),
             waves=tuple(data.get("waves") or ()), complete=data.get("complete", True),
-            shards=tuple(data.get("shards") or ()),
+            shards=tuple(data.get("shards") or ()), error=data.get("error"),
         )
 
     @classmethod
@@ -323,6 +326,7 @@ class RunReport:
             pressure_errors=_tally(e for p in parts for e in p.pressure_errors),
             skipped_databases=tuple(dict.fromkeys(d for p in parts for d in p.skipped_databases)),
             waves=waves, complete=all(p.complete for p in parts), shards=tuple(s for p in parts for s in p.shards),
+            error="; ".join(dict.fromkeys(p.error for p in parts if p.error)) or None,
         )
 
 

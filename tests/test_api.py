@@ -25,6 +25,7 @@ def _settings(sqlite_config, names=("acme", "globex", "initech"), extra: str = "
 
 def _report(path: Path, statuses: dict[str, str], environment: str = "test") -> Path:
     write_json(path, {"schema_version": 1, "environment": environment, "operation": "upgrade", "target": HEAD,
+                      "head": HEAD,
                       "tenants": [{"tenant": name, "status": status} for name, status in statuses.items()]})
     return path
 

@@ -105,7 +105,7 @@ def test_failed_tenant_exit_1_and_names_it(cli, sqlite_config, tmp_path):
     (["upgrade", "--keep-going", "--max-failures", "2"],
      "tenants: error: --keep-going and --max-failures contradict each other: use one"),
     (["upgrade", "--concurrency", "0"], None),
-    (["upgrade", "--frobnicate"], "tenants: error: No such option: --frobnicate (see `tenants upgrade --help`)"),
+    (["upgrade", "--zzzz"], "tenants: error: No such option: --zzzz (see `tenants upgrade --help`)"),
     (["stamp", "head"], "tenants: error: stamp needs --tenant NAME, --tag TAG or --all: it records a revision "
                         "without running its migrations, so it never picks its tenants by default"),
     (["stamp", "head", "--all"], "tenants: error: refusing to stamp 3 tenant(s) chosen by --all/--tag/--exclude "

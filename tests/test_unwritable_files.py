@@ -92,3 +92,20 @@ def test_a_read_only_directory_keeps_the_streamed_report_and_warns(sqlite_config
     assert (f"tenants: error: the run ended well (3 upgraded) but --report {report} could not be written: "
             "Permission denied") in run.err
     assert read_report(report).statuses() == {n: "upgraded" for n in ("acme", "globex", "initech")}
+
+
+def test_stamp_with_its_report_on_a_full_disk_still_stamps_and_says_the_run_was_good(sqlite_config, tmp_path, cli):
+    run = cli("--config", str(sqlite_config()), "--env", "test", "stamp", "0001_users", "-t", "acme",
+              "--report", str(FULL))
+    assert run.code == 1 and version(tmp_path / "db" / "acme.db") == "0001_users"
+    assert run.err.splitlines()[-1] == (f"tenants: error: the run ended well (1 stamped) but --report {FULL} could "
+                                        f"not be written: {NOSPC}")
+
+
+def test_report_merge_to_a_full_disk_is_one_line_not_an_internal_error(sqlite_config, tmp_path, cli):
+    config = str(sqlite_config())
+    cli("--config", config, "--env", "test", "upgrade", "--report", str(tmp_path / "r.json"))
+    run = cli("report", "merge", str(tmp_path / "r.json"), "--output", str(FULL))
+    assert run.code == 1 and "internal error" not in run.err
+    assert run.err.splitlines()[-1] == (f"tenants: error: the run ended well (3 upgraded) but --output {FULL} could "
+                                        f"not be written: {NOSPC}")

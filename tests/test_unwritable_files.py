@@ -109,3 +109,13 @@ def test_report_merge_to_a_full_disk_is_one_line_not_an_internal_error(sqlite_co
     assert run.code == 1 and "internal error" not in run.err
     assert run.err.splitlines()[-1] == (f"tenants: error: the run ended well (3 upgraded) but --output {FULL} could "
                                         f"not be written: {NOSPC}")
+
+
+def test_verify_of_a_good_fleet_with_its_junit_on_a_full_disk_says_the_fleet_verified(sqlite_config, cli):
+    config = str(sqlite_config())
+    cli("--config", config, "--env", "test", "upgrade")
+    run = cli("--config", config, "--env", "test", "verify", "--junit", str(FULL))
+    assert run.code == 1 and "internal error" not in run.err
+    assert run.err.splitlines() == [
+        f"tenants: warning: --junit {FULL}: cannot write it: {NOSPC}; the run goes on",
+        f"tenants: error: the fleet verified well but --junit {FULL} could not be written: {NOSPC}"]

@@ -6,7 +6,9 @@ by that dialect's module (:mod:`~tenants.dialects.sqlite`, :mod:`~tenants.dialec
 compares dialect names. A dialect owns:
 
 * its engine (:meth:`Dialect.make_engine`) and whether one engine serves every tenant of a server
-  (:attr:`Dialect.shares_engine`, see :class:`tenants.db.Connector`);
+  (:attr:`Dialect.shares_engine`, see :class:`tenants.db.Connector`), with each connection set up as the
+  environment's :class:`Sessions` says (DDL lock timeout, keepalives, statement timeouts) where the database
+  has the setting;
 * the per-tenant lock (:meth:`Dialect.lock`). It lives with the dialect because each database offers a
   different primitive (advisory lock, application lock, none at all for a file), and what they share is the
   contract: held on a connection of its own, never the migration connection, released by the server or the

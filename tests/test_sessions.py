@@ -13,6 +13,7 @@ import pytest
 from helpers import ROOT, fleet_config, make_project, pg_dsn, settings_for
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from tenants import api
 from tenants.db import Connector, is_transient
@@ -121,13 +122,29 @@ def test_postgresql_sessions_carry_the_settings(pg_available):
 
 
 @pytest.mark.postgres
+def test_a_session_idle_in_a_transaction_is_ended_by_the_server_and_that_is_transient(pg_available):
+    url = make_url(pg_dsn()).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    connector = Connector(sessions=Sessions(idle_in_transaction_timeout=0.5))
+    try:
+        with connector.engine(url) as engine, engine.connect() as conn:
+            conn.execute(text("SELECT 1"))  # a transaction is open, and nothing more comes
+            time.sleep(1.5)
+            with pytest.raises(DBAPIError) as raised:
+                conn.execute(text("SELECT 1"))
+    finally:
+        connector.dispose()
+    assert is_transient(raised.value), raised.value
+
+
+@pytest.mark.postgres
 def test_upgrade_migrates_with_the_lock_timeout_and_discovery_reads_with_a_deadline(pg_fleet, tmp_path: Path):
     project = make_project(tmp_path / "p", {"r1": f"op.execute(\"CREATE TABLE seen AS {SHOW}\")"}, env_py=ENV_PY)
-    fleet = pg_fleet(1, alembic=project, extra="ddl_lock_timeout = 2.5\nidle_in_transaction_timeout = 60")
+    fleet = pg_fleet(2, alembic=project, extra="ddl_lock_timeout = 2.5\nidle_in_transaction_timeout = 60")
     settings = settings_for(fleet.config, "pg")
-    report = api.upgrade(settings)
+    report = api.upgrade(settings, options=api.RunOptions(concurrency=2))  # in worker processes
     assert report.ok, report.results
-    assert fleet.query(fleet.names[0], "SELECT * FROM seen") == [("2500ms", "1min", "0")]
+    for name in fleet.names:
+        assert fleet.query(name, "SELECT * FROM seen") == [("2500ms", "1min", "0")]
     listing = ServerSource(settings.environment)._query("SELECT current_setting('statement_timeout')")
     assert listing == ["30s"]
 

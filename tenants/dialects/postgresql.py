@@ -71,9 +71,12 @@ class PostgreSQL(Dialect):
     sqlstate_attributes = ("sqlstate", "pgcode")  # psycopg 3 (and asyncpg), psycopg2
     # SQLSTATEs worth a retry on a fresh connection, besides connection exceptions (class 08): the server
     # shutting down or starting up (57P01-57P03), too many connections (53300), deadlock (40P01),
-    # serialization failure (40001) and lock timeout (55P03). A database that does not exist (3D000) is not
-    # transient: it was dropped or never created.
-    transient_states = frozenset({"57P01", "57P02", "57P03", "53300", "40P01", "40001", "55P03"})
+    # serialization failure (40001), lock timeout (55P03: a DDL statement gave up after `ddl_lock_timeout`
+    # behind someone's table lock, and its revision rolled back) and a session ended for sitting idle in a
+    # transaction (25P03, `idle_in_transaction_timeout`: the client went quiet). A statement timeout (57014)
+    # is not retried: the same statement would run as long again. A database that does not exist (3D000) is
+    # not transient: it was dropped or never created.
+    transient_states = frozenset({"57P01", "57P02", "57P03", "53300", "40P01", "40001", "55P03", "25P03"})
     transient_text = (
         *Dialect.transient_text, "server closed the connection", "terminating connection",
         "the database system is (starting up|shutting down)", "consuming input failed", "too many clients",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import ROOT, fleet_config, make_project, pg_dsn, settings_for
+from helpers import ALEMBIC_INI, HEAD, ROOT, fleet_config, make_project, pg_dsn, settings_for
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -19,7 +19,9 @@ from tenants import api
 from tenants.db import Connector, is_transient
 from tenants.dialects import Sessions, dialect_for
 from tenants.dialects.mssql import diagnose, session_setup
-from tenants.model import Status
+from tenants.engine.revisions import Revisions
+from tenants.engine.unit import Job, precheck
+from tenants.model import Status, Tenant
 from tenants.sources.server import ServerSource
 
 ENV_PY = (ROOT / "alembic" / "env.py").read_text()
@@ -147,6 +149,24 @@ def test_upgrade_migrates_with_the_lock_timeout_and_discovery_reads_with_a_deadl
         assert fleet.query(name, "SELECT * FROM seen") == [("2500ms", "1min", "0")]
     listing = ServerSource(settings.environment)._query("SELECT current_setting('statement_timeout')")
     assert listing == ["30s"]
+
+
+@pytest.mark.postgres
+def test_a_precheck_that_stalls_gives_up_after_read_timeout(pg_fleet):
+    fleet = pg_fleet(1, source="static")
+    name = fleet.names[0]
+    assert api.upgrade(settings_for(fleet.config, "pg"), "0001_users").ok
+    holder = psycopg.connect(pg_dsn(name))
+    holder.execute("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE")  # the version read now waits
+    connector = Connector(sessions=Sessions(ddl_lock_timeout=0, read_timeout=1))
+    job = Job(operation="upgrade", target=HEAD, alembic_ini=str(ALEMBIC_INI))
+    try:
+        started = time.monotonic()
+        assert precheck(Tenant(name, fleet.url(name)), job, Revisions(ALEMBIC_INI), connector) is None
+        assert time.monotonic() - started < 5  # the worker reads again, with retries, and reports
+    finally:
+        connector.dispose()
+        holder.close()
 
 
 # --- a migration queued behind a customer's lock -------------------------------------------------------------

@@ -224,7 +224,9 @@ def test_ddl_that_never_gets_its_lock_fails_and_customers_wait_at_most_about_the
     probe = threading.Thread(target=customer)
     probe.start()
     try:
+        started = time.monotonic()
         report = api.upgrade(settings_for(fleet.config, "pg"))
+        elapsed = time.monotonic() - started
     finally:
         done.set()
         probe.join()
@@ -233,4 +235,5 @@ def test_ddl_that_never_gets_its_lock_fails_and_customers_wait_at_most_about_the
     assert result.status is Status.FAILED and result.attempts == 3
     assert "lock timeout" in result.error
     assert fleet.version(name) == "r1"  # r2 rolled back each time
-    assert waits and max(waits) < 2.0, max(waits)  # ddl_lock_timeout = 1 s, never the whole run
+    # ddl_lock_timeout = 1 s: a customer's query waits about that at most, never the whole run (3 attempts)
+    assert waits and max(waits) < 2.5 < elapsed, (max(waits), elapsed)

@@ -736,6 +736,7 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
         alembic_ini=str(env.alembic),
         version_table=env.version_table,
         env_py=env.env_py,
+        sessions=env.sessions,
         retries=env.retries if options.retries is None else options.retries,
         retry_backoff=env.retry_backoff,
         retry_backoff_max=env.retry_backoff_max,

@@ -29,7 +29,7 @@ from urllib.parse import quote
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from tenants.dialects import DIALECTS, dialect_for
+from tenants.dialects import DIALECTS, Sessions, dialect_for
 from tenants.errors import ConfigError, MissingVariable, UnknownEnvironment
 from tenants.secrets import scrub
 from tenants.waves import parse_waves
@@ -100,6 +100,13 @@ class Environment:
     retry_backoff: float = 1.0  # seconds before the first retry; doubles up to retry_backoff_max
     retry_backoff_max: float = 30.0
     lock_timeout: float = 0.0  # seconds to wait for a tenant's lock before reporting it `locked`
+    # How every connection guards its waits (tenants.dialects.Sessions; seconds, 0: off). ddl_lock_timeout's
+    # default is the dialect's (30 s on PostgreSQL and SQL Server, off on SQLite).
+    ddl_lock_timeout: float | None = None
+    network_timeout: float = 60.0
+    idle_in_transaction_timeout: float = 300.0
+    statement_timeout: float = 0.0
+    read_timeout: float = 30.0
     maintenance_database: str = "postgres"  # where `source = "server"` lists pg_database
     # SQL Server / Azure SQL: how connections authenticate (azure-ad: an Entra token per connection; sql:
     # user and password in the URL, from ${VAR}; odbc: `odbc_connect`, a raw ODBC connection string).
@@ -117,6 +124,12 @@ class Environment:
     pressure_interval: float = 5.0  # seconds between two reads of the pool's load
     secrets: tuple[str, ...] = field(default=(), repr=False)  # every substituted ${VAR} value: never printed
     base_dir: Path = field(default_factory=Path.cwd)  # relative SQLite paths and `alembic` resolve here
+
+    @property
+    def sessions(self) -> Sessions:
+        """The connection settings of this environment, as plain data for the engines of every process."""
+        return Sessions(self.ddl_lock_timeout, self.network_timeout, self.idle_in_transaction_timeout,
+                        self.statement_timeout, self.read_timeout)
 
     @property
     def dialect(self) -> str:
@@ -207,6 +220,11 @@ KEYS: dict[str, Key] = {
     "retry_backoff": Key((int, float), not_negative=True),
     "retry_backoff_max": Key((int, float), not_negative=True),
     "lock_timeout": Key((int, float), 0.0, not_negative=True),
+    "ddl_lock_timeout": Key((int, float), not_negative=True),
+    "network_timeout": Key((int, float), 60.0, not_negative=True),
+    "idle_in_transaction_timeout": Key((int, float), 300.0, not_negative=True),
+    "statement_timeout": Key((int, float), 0.0, not_negative=True),
+    "read_timeout": Key((int, float), 30.0, not_negative=True),
     "maintenance_database": Key(str, "postgres"),
     "auth": Key(str, choices=AUTHS),
     "odbc_connect": Key(str),
@@ -219,6 +237,7 @@ KEYS: dict[str, Key] = {
     "pressure_limit": Key((int, float)),
     "pressure_interval": Key((int, float), 5.0),
 }
+_SESSION_KEYS = ("network_timeout", "idle_in_transaction_timeout", "statement_timeout", "read_timeout")
 # A choice's message where the bare list would not say what the values mean.
 _CHOICE_HELP = {
     "unmanaged": 'unmanaged must be "report" (leave databases with tables but no version table alone) or '
@@ -355,6 +374,8 @@ def _environment(
         retry_backoff=float(t.values.get("retry_backoff", dialect.retry_backoff[0])),
         retry_backoff_max=float(t.values.get("retry_backoff_max", dialect.retry_backoff[1])),
         lock_timeout=float(t.get("lock_timeout")),
+        ddl_lock_timeout=float(t.values.get("ddl_lock_timeout", dialect.ddl_lock_timeout)),
+        **{key: float(t.get(key)) for key in _SESSION_KEYS},
         maintenance_database=t.get("maintenance_database"),
         auth=auth,
         odbc_connect=odbc_connect,

@@ -21,15 +21,15 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
-from tenants.dialects import LockNotAcquired, TransientLockError, dialect_for, dialect_of_error
-from tenants.dialects.base import dbapi_error
+from tenants.dialects import LockNotAcquired, Sessions, TransientLockError, dialect_for, dialect_of_error
+from tenants.dialects.base import DEFAULT_SESSIONS, dbapi_error
 from tenants.secrets import scrub
 
 if TYPE_CHECKING:  # pragma: no cover
     from tenants.dialects.entra import TokenCache
 
 __all__ = [
-    "Connector", "LockNotAcquired", "NoVersionTable", "TransientLockError", "describe_error", "has_lock",
+    "Connector", "LockNotAcquired", "NoVersionTable", "Sessions", "TransientLockError", "describe_error", "has_lock",
     "is_missing_table", "is_throttling", "is_transient", "make_engine", "missing_file", "permission_denied",
     "read_version", "schema_tables", "sqlstate_of", "tenant_lock",
 ]
@@ -39,14 +39,16 @@ class NoVersionTable(Exception):
     """The tenant database has no version table yet: it is ``new``."""
 
 
-def make_engine(url: str, *, must_exist: bool = False, tokens: TokenCache | None = None) -> Engine:
+def make_engine(url: str, *, must_exist: bool = False, tokens: TokenCache | None = None,
+                sessions: Sessions = DEFAULT_SESSIONS) -> Engine:
     """An engine for one tenant database, made by its dialect (:meth:`tenants.dialects.Dialect.make_engine`).
 
     SQLite: transactional DDL and ``must_exist`` (see :mod:`tenants.dialects.sqlite`); PostgreSQL: a connect
-    timeout; SQL Server: a login timeout and, with ``tokens``, an Entra token for every new connection.
+    timeout, keepalives and the session settings of ``sessions``; SQL Server: a login timeout, the lock and
+    query timeouts and, with ``tokens``, an Entra token for every new connection.
     """
     parsed = make_url(url)
-    return dialect_for(parsed).make_engine(parsed, must_exist=must_exist, tokens=tokens)
+    return dialect_for(parsed).make_engine(parsed, must_exist=must_exist, tokens=tokens, sessions=sessions)
 
 
 class Connector:
@@ -66,12 +68,19 @@ class Connector:
     Entra :class:`~tenants.dialects.entra.TokenCache`, made on first use: one token request per token lifetime per
     process, whatever the number of tenants and connections.
     One ``Connector`` per process (each worker makes its own); it is never shared across processes.
+
+    Every connection is set up as ``sessions`` says (:class:`~tenants.dialects.Sessions`: DDL lock timeout,
+    keepalives, idle-in-transaction timeout). ``engine(url, reads=True)`` is for the tool's own short reads
+    (the parent's prechecks): its connections also get a statement timeout, so one stalled tenant cannot hold
+    a precheck thread forever; a migration's statements get none unless the environment asks for one.
     """
 
     _SHARED = "__tenant__"  # the database name in a shared engine's URL: never connected to
 
-    def __init__(self, auth: str | None = None, cloud: str = "public", credential=None) -> None:
-        self._engines: dict[str, Engine] = {}
+    def __init__(self, auth: str | None = None, cloud: str = "public", credential=None,
+                 sessions: Sessions = DEFAULT_SESSIONS) -> None:
+        self._engines: dict[tuple[str, bool], Engine] = {}
+        self._sessions = sessions
         self._database: ContextVar[str | None] = ContextVar("tenants_database", default=None)
         self._auth, self._cloud = auth, cloud
         self._credential = credential  # an azure-core TokenCredential; default: DefaultAzureCredential
@@ -93,21 +102,22 @@ class Connector:
         return self._tokens
 
     @contextlib.contextmanager
-    def engine(self, url: str, *, must_exist: bool = False) -> Iterator[Engine]:
+    def engine(self, url: str, *, must_exist: bool = False, reads: bool = False) -> Iterator[Engine]:
         parsed = make_url(url)
         dialect = dialect_for(parsed)
+        sessions = self._sessions.reading() if reads else self._sessions
         if not dialect.shares_engine:
             tokens = self._token_cache() if dialect.azure_sql else None
-            engine = dialect.make_engine(parsed, must_exist=must_exist, tokens=tokens)
+            engine = dialect.make_engine(parsed, must_exist=must_exist, tokens=tokens, sessions=sessions)
             try:
                 yield engine
             finally:
                 engine.dispose()
             return
         key = parsed.set(database=self._SHARED).render_as_string(hide_password=False)
-        engine = self._engines.get(key)
+        engine = self._engines.get((key, reads))
         if engine is None:
-            engine = self._engines[key] = dialect.make_engine(make_url(key))
+            engine = self._engines[key, reads] = dialect.make_engine(make_url(key), sessions=sessions)
             dialect.route_connections(engine, lambda: self._database.get() or self._SHARED)
         token = self._database.set(parsed.database)
         try:

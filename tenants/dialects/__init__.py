@@ -11,7 +11,7 @@ from types import MappingProxyType
 
 from sqlalchemy.engine import URL, make_url
 
-from tenants.dialects.base import AnyDriver, Dialect, LockNotAcquired, TransientLockError
+from tenants.dialects.base import AnyDriver, Dialect, LockNotAcquired, Sessions, TransientLockError
 from tenants.dialects.mssql import MSSQL
 from tenants.dialects.postgresql import PostgreSQL
 from tenants.dialects.sqlite import SQLite
@@ -51,6 +51,6 @@ def setup_worker(*, check_client: bool) -> None:
 
 
 __all__ = [
-    "DIALECTS", "Dialect", "LockNotAcquired", "TransientLockError", "dialect_for", "dialect_of_error",
+    "DIALECTS", "Dialect", "LockNotAcquired", "Sessions", "TransientLockError", "dialect_for", "dialect_of_error",
     "placeholder_urls", "setup_worker",
 ]

@@ -6,7 +6,9 @@ by that dialect's module (:mod:`~tenants.dialects.sqlite`, :mod:`~tenants.dialec
 compares dialect names. A dialect owns:
 
 * its engine (:meth:`Dialect.make_engine`) and whether one engine serves every tenant of a server
-  (:attr:`Dialect.shares_engine`, see :class:`tenants.db.Connector`);
+  (:attr:`Dialect.shares_engine`, see :class:`tenants.db.Connector`), with each connection set up as the
+  environment's :class:`Sessions` says (DDL lock timeout, keepalives, statement timeouts) where the database
+  has the setting;
 * the per-tenant lock (:meth:`Dialect.lock`). It lives with the dialect because each database offers a
   different primitive (advisory lock, application lock, none at all for a file), and what they share is the
   contract: held on a connection of its own, never the migration connection, released by the server or the
@@ -29,6 +31,7 @@ import contextlib
 import functools
 import re
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -52,6 +55,38 @@ class TransientLockError(Exception):
 Fail = Callable[..., Exception]  # config's `fail(message, key)`: the error to raise, naming file and line
 
 
+@dataclass(frozen=True)
+class Sessions:
+    """How the tool's connections protect themselves and the customer's database (the environment keys of the
+    same names, see :mod:`tenants.config`). Plain data: it travels to every worker process inside the job.
+
+    Every wait gets a deadline: a DDL statement waits at most ``ddl_lock_timeout`` for a table lock (then it
+    fails with a transient error, its revision rolls back and the tenant is retried, so a customer's queries
+    never queue behind it for longer); a connection that goes silent is given up after about
+    ``network_timeout`` (TCP keepalives and ``tcp_user_timeout``); a session left idle inside a transaction is
+    ended by the server after ``idle_in_transaction_timeout``; each statement is cut after
+    ``statement_timeout``. The last one is off for migrations (a long migration is legitimate) and set to
+    ``read_timeout`` for the tool's own short reads (:meth:`reading`). Seconds; 0 turns one off. Each dialect
+    applies what its database offers (:meth:`Dialect.make_engine`).
+    """
+
+    ddl_lock_timeout: float | None = None  # None: the dialect's default (Dialect.ddl_lock_timeout)
+    network_timeout: float = 60.0
+    idle_in_transaction_timeout: float = 300.0
+    statement_timeout: float = 0.0
+    read_timeout: float = 30.0
+
+    def reading(self) -> Sessions:
+        """The settings of a connection that only reads (prechecks, discovery): every statement has a deadline."""
+        return replace(self, statement_timeout=self.read_timeout)
+
+    def lock_timeout(self, dialect: Dialect) -> float:
+        return dialect.ddl_lock_timeout if self.ddl_lock_timeout is None else self.ddl_lock_timeout
+
+
+DEFAULT_SESSIONS = Sessions()
+
+
 class Dialect:
     """A SQLAlchemy backend as the tool sees it; the defaults are those of a backend it has no module for."""
 
@@ -63,6 +98,8 @@ class Dialect:
     azure_sql: ClassVar[bool] = False  # Azure SQL: azure-* sources, `auth`, Entra tokens, pressure_limit
     retry_backoff: ClassVar[tuple[float, float]] = (1.0, 30.0)  # defaults of retry_backoff, retry_backoff_max
     tables_sql: ClassVar[str | None] = None  # the database's own tables in one query; None: the inspector
+    # Default of `ddl_lock_timeout` (seconds; 0: wait as long as the database lets a statement wait).
+    ddl_lock_timeout: ClassVar[float] = 0.0
 
     # What the revision guards (tenants.guards) do on this dialect.
     rebuilds_to_drop_column: ClassVar[bool] = False  # drop a column in batch mode (a table rebuild)
@@ -87,9 +124,11 @@ class Dialect:
 
     # --- engines -----------------------------------------------------------------------------------------
 
-    def make_engine(self, url: URL, *, must_exist: bool = False, tokens: TokenCache | None = None) -> Engine:
+    def make_engine(self, url: URL, *, must_exist: bool = False, tokens: TokenCache | None = None,
+                    sessions: Sessions = DEFAULT_SESSIONS) -> Engine:
         """An engine for one tenant database (``NullPool``: a connection is opened for the tenant and closed
-        with it). ``must_exist`` and ``tokens`` concern only the dialects that use them."""
+        with it), its connections set up as ``sessions`` says where the dialect can. ``must_exist`` and
+        ``tokens`` concern only the dialects that use them."""
         return create_engine(url, poolclass=NullPool)
 
     def route_connections(self, engine: Engine, database: Callable[[], str]) -> None:

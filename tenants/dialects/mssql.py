@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from tenants.dialects.base import Dialect, Fail, LockNotAcquired, TransientLockError
+from tenants.dialects.base import DEFAULT_SESSIONS, Dialect, Fail, LockNotAcquired, Sessions, TransientLockError
 from tenants.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,10 +35,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # Azure SQL's transient errors (Microsoft's "Troubleshoot transient connection errors" list and the error
 # numbers its client libraries retry): reconfiguration and failover, busy
-# service, resource and worker limits of the database or elastic pool, transport faults, deadlock.
+# service, resource and worker limits of the database or elastic pool, transport faults, deadlock; and 1222,
+# "lock request time out period exceeded": a DDL statement gave up waiting behind someone's lock after
+# `ddl_lock_timeout` (SET LOCK_TIMEOUT), its revision rolled back, and a later attempt may find the table free.
 TRANSIENT_NUMBERS = frozenset({
     40613, 40501, 40197, 49918, 49919, 49920, 4060, 4221, 10928, 10929, 10936, 10053, 10054, 10060, 233, 64,
-    1205,
+    1205, 1222,
 })
 # The subset that means "the pool is saturated": the fan-out backs off (fewer tenants at once), not just
 # this tenant.
@@ -117,6 +119,32 @@ GET_APPLOCK = (
 RELEASE_APPLOCK = f"EXEC sp_releaseapplock @Resource = N'{LOCK_RESOURCE}', @LockOwner = 'Session';"
 
 
+# --- each connection's settings --------------------------------------------------------------------------
+
+def session_setup(lock_timeout: float, statement_timeout: float) -> Callable[..., None]:
+    """A ``connect`` listener for :class:`tenants.dialects.Sessions` on SQL Server.
+
+    ``SET LOCK_TIMEOUT`` (milliseconds; the server's default, -1, waits forever) bounds how long a DDL statement
+    waits for a table lock: error 1222 then, transient. pyodbc's query timeout (the connection's ``timeout``
+    attribute, seconds) bounds every statement from the client side: off for migrations by default, set for
+    the tool's own reads. Silent connections need nothing here: ODBC Driver 18 sends TCP keepalives by default
+    (``KeepAlive=30``, ``KeepAliveInterval=1``). SQL Server has no idle-in-transaction timeout; Azure SQL's
+    gateway closes sessions idle for about 30 minutes.
+    """
+
+    def setup(dbapi_connection, _record) -> None:
+        if statement_timeout > 0:
+            dbapi_connection.timeout = max(1, round(statement_timeout))
+        if lock_timeout > 0:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(f"SET LOCK_TIMEOUT {round(lock_timeout * 1000)}")
+            finally:
+                cursor.close()
+
+    return setup
+
+
 # --- offline T-SQL that is safe to run twice ----------------------------------------------------------------
 
 def idempotent_script(sql: str, version_table: str = "alembic_version") -> str:
@@ -160,10 +188,15 @@ class MSSQL(Dialect):
     missing_table_states = frozenset({"42S02"})  # ODBC's "base table or view not found"
     missing_table_text = (*Dialect.missing_table_text, "invalid object name")
 
-    def make_engine(self, url: URL, *, must_exist: bool = False, tokens: TokenCache | None = None) -> Engine:
+    ddl_lock_timeout = 30.0
+
+    def make_engine(self, url: URL, *, must_exist: bool = False, tokens: TokenCache | None = None,
+                    sessions: Sessions = DEFAULT_SESSIONS) -> Engine:
         """pyodbc's login timeout at 30 s (Microsoft's advice for Azure SQL; the driver has no "Connection
-        Timeout" keyword), and with ``tokens`` an Entra token for every new connection."""
+        Timeout" keyword), each connection set up by :func:`session_setup`, and with ``tokens`` an Entra token
+        for every new connection."""
         engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
+        event.listen(engine, "connect", session_setup(sessions.lock_timeout(self), sessions.statement_timeout))
         if tokens is not None:
             from tenants.dialects.entra import install_token_hook
 

@@ -9,6 +9,7 @@ vanished client (:meth:`PostgreSQL.setup_worker`).
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool, Pool
 
-from tenants.dialects.base import Dialect, LockNotAcquired
+from tenants.dialects.base import DEFAULT_SESSIONS, Dialect, LockNotAcquired, Sessions
 
 if TYPE_CHECKING:  # pragma: no cover
     from tenants.dialects.entra import TokenCache
@@ -37,6 +38,7 @@ TABLES_SQL = (
 DATABASES_SQL = "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
 
 _DRIVERS = ("psycopg", "psycopg2", "pg8000", "asyncpg")  # modules whose errors are PostgreSQL's
+_LIBPQ = ("psycopg", "psycopg2")  # drivers that take libpq's connection parameters (keepalives, options)
 
 
 # PostgreSQL: one catalog query per question. SQLAlchemy's inspector answers the same, but reflecting a
@@ -69,9 +71,12 @@ class PostgreSQL(Dialect):
     sqlstate_attributes = ("sqlstate", "pgcode")  # psycopg 3 (and asyncpg), psycopg2
     # SQLSTATEs worth a retry on a fresh connection, besides connection exceptions (class 08): the server
     # shutting down or starting up (57P01-57P03), too many connections (53300), deadlock (40P01),
-    # serialization failure (40001) and lock timeout (55P03). A database that does not exist (3D000) is not
-    # transient: it was dropped or never created.
-    transient_states = frozenset({"57P01", "57P02", "57P03", "53300", "40P01", "40001", "55P03"})
+    # serialization failure (40001), lock timeout (55P03: a DDL statement gave up after `ddl_lock_timeout`
+    # behind someone's table lock, and its revision rolled back) and a session ended for sitting idle in a
+    # transaction (25P03, `idle_in_transaction_timeout`: the client went quiet). A statement timeout (57014)
+    # is not retried: the same statement would run as long again. A database that does not exist (3D000) is
+    # not transient: it was dropped or never created.
+    transient_states = frozenset({"57P01", "57P02", "57P03", "53300", "40P01", "40001", "55P03", "25P03"})
     transient_text = (
         *Dialect.transient_text, "server closed the connection", "terminating connection",
         "the database system is (starting up|shutting down)", "consuming input failed", "too many clients",
@@ -79,11 +84,50 @@ class PostgreSQL(Dialect):
     )
     missing_table_states = frozenset({"42P01"})  # undefined_table
 
-    def make_engine(self, url: URL, *, must_exist: bool = False, tokens: TokenCache | None = None) -> Engine:
-        if "connect_timeout" in url.query:
-            return create_engine(url, poolclass=NullPool)
-        # Without it, a tenant behind a silent firewall holds a worker for the OS's TCP timeout (minutes).
-        return create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10})
+    ddl_lock_timeout = 30.0
+
+    def make_engine(self, url: URL, *, must_exist: bool = False, tokens: TokenCache | None = None,
+                    sessions: Sessions = DEFAULT_SESSIONS) -> Engine:
+        return create_engine(url, poolclass=NullPool, connect_args=self.connect_args(url, sessions))
+
+    def connect_args(self, url: URL, sessions: Sessions) -> dict[str, object]:
+        """libpq's connection parameters for ``sessions``; a parameter the URL sets itself is left to it.
+
+        * ``connect_timeout`` 10 s: without it, a tenant behind a silent firewall holds a worker for the OS's
+          TCP timeout (minutes).
+        * TCP keepalives and ``tcp_user_timeout``: a connection whose peer went silent (a black-holed packet,
+          a NAT that forgot the flow) fails after about ``network_timeout`` instead of hanging forever, idle
+          (keepalive probes: half of it idle, then 3 probes over the other half) or with data unacknowledged
+          (``tcp_user_timeout``).
+        * The session's settings in the startup packet (``options=-c name=value``): in force before the first
+          statement, env.py's included, for no round trip; ``SET`` would cost one per connection. (Behind
+          PgBouncer, add ``options`` to its ``ignore_startup_parameters``, or set these keys to 0.)
+        """
+        if url.get_driver_name() not in _LIBPQ and url.get_driver_name():
+            return {}
+        wanted: dict[str, object] = {"connect_timeout": 10}
+        if sessions.network_timeout > 0:
+            seconds = sessions.network_timeout
+            wanted.update(keepalives=1, keepalives_idle=max(1, round(seconds / 2)),
+                          keepalives_interval=max(1, round(seconds / 6)), keepalives_count=3,
+                          tcp_user_timeout=round(seconds * 1000))
+        args = {key: value for key, value in wanted.items() if key not in url.query}
+        options = self.startup_options(url.query.get("options"), sessions)
+        if options:
+            args["options"] = options
+        return args
+
+    def startup_options(self, given: str | tuple[str, ...] | None, sessions: Sessions) -> str | None:
+        """The URL's own ``options`` followed by ``-c name=value`` for each session setting it does not set."""
+        given = " ".join(given) if isinstance(given, tuple) else (given or "")
+        settings = {
+            "lock_timeout": sessions.lock_timeout(self),
+            "idle_in_transaction_session_timeout": sessions.idle_in_transaction_timeout,
+            "statement_timeout": sessions.statement_timeout,
+        }
+        extra = [f"-c {name}={round(seconds * 1000)}" for name, seconds in settings.items()
+                 if seconds > 0 and not re.search(rf"(?<![\w.]){name}\s*=", given)]
+        return " ".join([given, *extra]).strip() or None
 
     def route_connections(self, engine: Engine, database: Callable[[], str]) -> None:
         # A ``do_connect`` listener: SQLAlchemy's documented hook for changing connection arguments.

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import NullPool
 
-from tenants.dialects.base import Dialect, LockNotAcquired
+from tenants.dialects.base import DEFAULT_SESSIONS, Dialect, LockNotAcquired, Sessions
 from tenants.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +43,8 @@ class SQLite(Dialect):
     transient_text = (*Dialect.transient_text, "database is locked")
     missing_table_text = (*Dialect.missing_table_text, "no such table")  # pysqlite's errors carry no SQLSTATE
 
-    def make_engine(self, url: URL, *, must_exist: bool = False, tokens: TokenCache | None = None) -> Engine:
+    def make_engine(self, url: URL, *, must_exist: bool = False, tokens: TokenCache | None = None,
+                    sessions: Sessions = DEFAULT_SESSIONS) -> Engine:
         """pysqlite's default transaction handling does not emit BEGIN before DDL, which would make every
         CREATE/ALTER autocommit and break "one transaction per revision". The two listeners below are
         SQLAlchemy's documented recipe: turn the driver's own handling off and emit BEGIN ourselves, so DDL is

@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
@@ -41,6 +41,7 @@ from tenants.db import (
     Connector,
     LockNotAcquired,
     NoVersionTable,
+    Sessions,
     describe_error,
     is_throttling,
     is_transient,
@@ -87,6 +88,8 @@ class Job:
     # (for graphs whose first revision expects tables created outside Alembic). See tenants.config.
     unmanaged: str = "report"
     env_py: str = "connection"  # what env.py is handed (tenants.engine.revisions): connection | engine | url
+    # Every connection's deadlines (DDL lock timeout, keepalives, ...): tenants.config's Environment.sessions.
+    sessions: Sessions = field(default_factory=Sessions)
 
     def own_tables(self) -> tuple[str, ...]:
         """Tables the tool itself may have created in a tenant: they do not make a database unmanaged."""
@@ -102,7 +105,7 @@ class Job:
 
     def connector(self) -> Connector:
         """The connection factory of one process for this job (its own engines and token cache)."""
-        return Connector(self.auth, self.cloud)
+        return Connector(self.auth, self.cloud, sessions=self.sessions)
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Seconds before retry number ``attempt`` (1-based): exponential, capped, half fixed and half random
@@ -380,7 +383,8 @@ def precheck(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
         return None
     progress = _Progress()
     try:
-        with connector.engine(tenant.url, must_exist=job.must_exist) as engine, engine.connect() as conn:
+        with connector.engine(tenant.url, must_exist=job.must_exist, reads=True) as engine, \
+                engine.connect() as conn:
             progress.saw(_read(conn, job))
         _check(progress.after, job, revisions, tenant.name)
     except _Outcome as outcome:

@@ -40,7 +40,9 @@ class ServerSource:
         """The first column of ``sql`` on the server's maintenance database, without that database."""
         env = self.environment
         url = env.tenant_url(env.maintenance_database)
-        engine = make_engine(url)
+        # A read of the tool's own: a statement timeout (read_timeout) besides the connect timeout and
+        # keepalives, so a stalled server fails discovery instead of hanging the run before it starts.
+        engine = make_engine(url, sessions=env.sessions.reading())
         attempt = 0
         try:
             while True:

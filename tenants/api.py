@@ -143,13 +143,13 @@ def read_tenants(settings: Settings, tenants: list[Tenant]) -> list[TenantRead]:
     env = settings.environment
     must_exist = _must_exist(settings)
     own = (env.version_table, env.history_table, pins.TABLE)
-    connector = Connector(env.auth, env.cloud)
+    connector = Connector(env.auth, env.cloud, sessions=env.sessions)
 
     def one(tenant: Tenant) -> TenantRead:
         if not must_exist and missing_file(tenant.url):
             return TenantRead()
         try:
-            with connector.engine(tenant.url, must_exist=must_exist) as engine, engine.connect() as conn:
+            with connector.engine(tenant.url, must_exist=must_exist, reads=True) as engine, engine.connect() as conn:
                 tables: list[str] = []
                 try:
                     current = read_version(conn, env.version_table)
@@ -647,7 +647,7 @@ def _on_tenant(settings: Settings, tenant: Tenant, action, what: str, if_not_cre
     if if_not_created is not _NOT_CREATED and not _must_exist(settings) and missing_file(tenant.url):
         return if_not_created
     env = settings.environment
-    connector = Connector(env.auth, env.cloud)
+    connector = Connector(env.auth, env.cloud, sessions=env.sessions)
     try:
         with connector.engine(tenant.url, must_exist=_must_exist(settings)) as engine:
             return action(engine)

@@ -242,15 +242,19 @@ def _noting_signals(note: Callable[[int, object], None]) -> Iterator[None]:
 
 
 def _start_forkserver() -> None:
-    """Start the forkserver now, with SIGINT and SIGTERM blocked: it inherits them blocked (and so do the
-    workers it forks), so a Ctrl-C while it imports (the first second of a run) neither kills it with a
-    traceback nor a worker before its initializer runs. Here they are delivered once unblocked."""
-    blocked = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    """Start the forkserver now, with SIGINT and SIGTERM ignored: a process inherits ignored signals through
+    exec (not blocked ones: the child's mask is reset), and Python keeps them ignored, so the forkserver ignores
+    them from its first instruction, and every worker it forks from its birth. A Ctrl-C while the forkserver
+    imports (the first second of a run) so kills neither it (with a traceback) nor a worker before its
+    initializer runs (every tenant "failed: the worker pool broke"); this process notes it and the run skips
+    the tenants. The price: a signal in the few milliseconds of the fork and exec is lost here (press again)."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in signals}
     try:
         multiprocessing.forkserver.ensure_running()
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _forkserver() -> multiprocessing.context.BaseContext:

@@ -673,7 +673,8 @@ class Interrupts:
     def __call__(self, signum: int, frame: object) -> None:
         self.note(signum)
         if len(self.received) == 1 and not self.quiet:
-            raise KeyboardInterrupt
+            # Its text names the signal for the report (tenants.engine.fanout.serial); Ctrl-C's is empty.
+            raise KeyboardInterrupt("" if signum == signal.SIGINT else signal.Signals(signum).name)
 
     def note(self, signum: int) -> None:
         self.received.append(signum)

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import ROOT, make_project, settings_for, version
+from helpers import ROOT, fleet_config, make_project, settings_for, version
 
 from tenants import api
 from tenants.selection import Selection
@@ -201,3 +201,21 @@ def test_downgrade_pin_interrupted_by_sigterm_leaves_no_pin_on_a_tenant_it_did_n
     assert "interrupted (SIGTERM) while migrating" in out  # a serial run: the signal lands in the revision
     assert version(tmp_path / "db" / "acme.db") == "d2"
     assert api.status(settings, Selection(tenants=("acme",))).tenants[0].pin is None
+
+
+def test_ctrl_c_in_a_wave_starts_no_later_wave(sqlite_config, tmp_path):
+    ini = make_project(tmp_path / "proj", {"s1": SLOW.format(gate=str(tmp_path / "gate"))},
+                       env_py=(ROOT / "alembic" / "env.py").read_text())
+    config = fleet_config(tmp_path / "t.toml", ["c1", "c2", "t0", "t1", "t2"],
+                          tags={"c1": ["canary"], "c2": ["canary"]}, alembic=ini,
+                          extra='waves = [{tag = "canary"}, {rest = true}]')
+    report = tmp_path / "r.json"
+    proc = _start(config, "upgrade", "-j", "2", "--report", str(report), env={"TENANTS_TEST_SLEEP": "1.5"})
+    _wait_for(tmp_path, "gate*", 2, proc)  # the canaries
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (out, err)
+    tenants = {t["tenant"]: t for t in json.loads(report.read_text())["tenants"]}
+    assert tenants["c1"]["status"] == tenants["c2"]["status"] == "upgraded"  # drained: the wave went well
+    assert {tenants[f"t{i}"]["error"] for i in range(3)} == {"not started: interrupted (Ctrl-C)"}
+    assert len(list(tmp_path.glob("gate*"))) == 2

@@ -64,7 +64,7 @@ from typing import Any
 
 from tenants.db import Connector, NoVersionTable, missing_file, read_version
 from tenants.dialects import setup_worker
-from tenants.engine.fanout.base import skipped
+from tenants.engine.fanout.base import interrupted_already, skipped
 from tenants.engine.fanout.orphans import die_with_parent
 from tenants.engine.fanout.scheduler import Scheduler, drain_grace
 from tenants.engine.fanout.slots import CLOCK_SIZE, PID, STARTED, STOP, Slot, Slots
@@ -182,6 +182,8 @@ class ProcessStrategy:
                         threads=threads, read=partial(precheck, job=job, revisions=revisions, connector=connector),
                         where=partial(_where, job=job, connector=connector), gate=self.gate,
                         timeout=self.tenant_timeout, drain=self.drain)
+        if (signum := interrupted_already()) is not None:  # a wave after an interrupted one
+            run.on_interrupt(signum)
         with _noting_signals(run.on_signal):
             try:
                 _start_forkserver()

@@ -33,7 +33,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 
 from tenants.engine.fanout.aimd import Aimd
-from tenants.engine.fanout.base import FAILURES, FailurePolicy, FanOut, OnResult, merge, skipped
+from tenants.engine.fanout.base import FAILURES, FailurePolicy, FanOut, OnResult, merge, signal_name, skipped
 from tenants.engine.fanout.slots import Flight, Slot, Slots
 from tenants.engine.pressure import PressureGate
 from tenants.model import Status, Tenant, TenantResult
@@ -76,10 +76,6 @@ def drain_grace(signum: int, environ: Mapping[str, str] = os.environ) -> float |
     if environ.get("GITHUB_ACTIONS") == "true":
         return ACTIONS_GRACE
     return TERM_GRACE if signum == signal.SIGTERM else None
-
-
-def signal_name(signum: int) -> str:
-    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
 _TIMED_OUT = ("timed out: still running {:g}s after it started (--tenant-timeout): its worker process was "

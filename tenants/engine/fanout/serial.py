@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from tenants.engine.fanout.base import FAILURES, FanOut, skipped
+from tenants.engine.fanout.base import FAILURES, FanOut, interrupted_already, signal_name, skipped
 from tenants.engine.pressure import PressureGate
 from tenants.engine.revisions import Revisions
 from tenants.engine.unit import run_tenant
@@ -30,7 +30,9 @@ class SerialStrategy:
         revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
         connector = job.connector()
         results, failures = [], 0
-        interrupted, waited, why = False, 0.0, "Ctrl-C"
+        before = interrupted_already()  # a wave after an interrupted one starts nothing
+        interrupted, waited = before is not None, 0.0
+        why = signal_name(before) if before is not None else "Ctrl-C"
         try:
             for tenant in tenants:
                 if not interrupted and self.gate is not None and not policy.stop(failures):

@@ -219,3 +219,21 @@ def test_ctrl_c_in_a_wave_starts_no_later_wave(sqlite_config, tmp_path):
     assert tenants["c1"]["status"] == tenants["c2"]["status"] == "upgraded"  # drained: the wave went well
     assert {tenants[f"t{i}"]["error"] for i in range(3)} == {"not started: interrupted (Ctrl-C)"}
     assert len(list(tmp_path.glob("gate*"))) == 2
+
+
+def test_a_cancelled_github_job_is_reported_before_the_runners_sigterm(sqlite_config, tmp_path):
+    """GitHub cancels a job with SIGINT, then SIGTERM about 7.5 s later, then SIGKILL: in Actions the tenants in
+    flight get a shorter grace, so the run is stopped, read back and written up before the SIGTERM."""
+    config = _slow_fleet(sqlite_config, tmp_path)
+    report, step_summary = tmp_path / "r.json", tmp_path / "step_summary.md"
+    env = {"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(step_summary), "TENANTS_DRAIN_GRACE": ""}
+    proc = _start(config, "upgrade", "-j", "2", "--report", str(report), env=env)
+    _wait_for(tmp_path, "gate*", 2, proc)
+    started = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - started < 7.5
+    assert proc.returncode == 130, (out, err)
+    stopped, skipped = _by_status(report)
+    assert len(stopped) == len(skipped) == 2
+    assert "interrupted (Ctrl-C)" in step_summary.read_text()

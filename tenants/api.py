@@ -546,19 +546,40 @@ def downgrade_and_pin(settings: Settings, plan: DowngradePlan, reason: str, opti
             return read_pin(conn)
 
     pinned_before = _on_tenant(settings, plan.tenant, read, "cannot read its pin") is not None
-    if not pinned_before:
-        _set_pin(settings, plan.tenant, reason)
-    report = downgrade(settings, plan, options)
-    if report.ok:
-        if pinned_before:
-            _set_pin(settings, plan.tenant, reason)
-        return report, "pinned"
     if pinned_before:
-        return report, "unchanged"
-    if not any(result.applied for result in report.results):
-        _clear_pin(settings, plan.tenant)
-        return report, "released"
-    return report, "kept"
+        report = downgrade(settings, plan, options)
+        if report.ok:
+            _set_pin(settings, plan.tenant, reason)
+        return report, "pinned" if report.ok else "unchanged"
+    _set_pin(settings, plan.tenant, reason)
+    report = None
+    try:
+        report = downgrade(settings, plan, options)
+    finally:
+        # Also when it was interrupted (Ctrl-C, SIGTERM: KeyboardInterrupt, issue 11), whatever it had got to:
+        # a tenant nothing was undone on must not stay pinned.
+        if (report is None or not report.ok) and _nothing_undone(settings, plan, report):
+            _clear_pin(settings, plan.tenant)
+            released = True
+        else:
+            released = False
+    if report.ok:
+        return report, "pinned"
+    return report, "released" if released else "kept"
+
+
+def _nothing_undone(settings: Settings, plan: DowngradePlan, report: RunReport | None) -> bool:
+    """Whether the downgrade undid nothing. A tenant stopped mid-way (interrupted, timed out: its revisions are
+    unknown to the report) is read back: nothing if it is still where the plan saw it; unreadable: something."""
+    if report is not None:
+        if any(result.applied for result in report.results):
+            return False
+        if not any(r.status is Status.TIMED_OUT or (r.error or "").startswith("interrupted") for r in report.results):
+            return True  # it ran to its end (locked, or the tenant moved since the plan): it undid nothing
+    try:
+        return _current(plan.tenant, settings) == plan.current
+    except TenantsError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,15 @@ local). Exit codes: 0 all good, 1 some tenant failed, was skipped, locked or is 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import re
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -330,6 +334,7 @@ def _run_and_render(obj: Context, run, total: int, report_path: Path | None, pub
             typer.echo(_warning(line), err=True)
 
         report = run(on_line, on_start, on_warning)
+    Interrupts.finishing()
     streamed.close(report)
     _finish(obj, report, report_path, publish, written=streamed.writer is not None, warned=warned, files=files)
 
@@ -602,6 +607,7 @@ def downgrade(
         report_obj, pin_state = api.downgrade_and_pin(settings, plan, pin_reason)  # pins first: see there
     else:
         report_obj, pin_state = api.downgrade(settings, plan), None
+    Interrupts.finishing()
     for result in report_obj.results:
         typer.echo(terminal.result_line(result))
     if pin_state is None and report_obj.ok and not yes and sys.stdin.isatty() and typer.confirm(
@@ -744,13 +750,72 @@ def report_notify(
     typer.echo(f"posted to {len(targets) - len(warnings)} of {len(targets)} webhook(s)")
 
 
+class Interrupts:
+    """The handler of SIGINT and SIGTERM for a whole command: SIGTERM (what a cancelled CI job, ``kill`` or a
+    container stop sends) is handled like Ctrl-C, and the command exits ``128 + signal``: 130, or 143.
+
+    The first signal raises KeyboardInterrupt, as Ctrl-C does by default: it stops what is going on (discovery,
+    a serial run's tenant in progress). The process fan-out installs a handler of its own for its duration
+    (tenants.engine.fanout.process), which tells this one through :meth:`note`. Later signals, and any once the
+    run is over and its report, summary, JUnit and notifications are being written (:meth:`finishing`), are
+    only noted: an interrupted run's results are worth writing, and a cancelled GitHub job sends SIGINT, then
+    SIGTERM 7.5 s later (then SIGKILL).
+
+    Exit code: an interrupted command exits 130 (SIGINT) or 143 (SIGTERM), whatever its tenants did, like a
+    shell's: the run did not do what it was asked, and CI shows it as stopped rather than as a failed fleet.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.quiet = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.note(signum)
+        if len(self.received) == 1 and not self.quiet:
+            # Its text names the signal for the report (tenants.engine.fanout.serial); Ctrl-C's is empty.
+            raise KeyboardInterrupt("" if signum == signal.SIGINT else signal.Signals(signum).name)
+
+    def note(self, signum: int) -> None:
+        self.received.append(signum)
+
+    def exit_code(self, code: int) -> int:
+        return 128 + self.received[0] if self.received else code
+
+    @staticmethod
+    def finishing() -> None:
+        """The run is over: signals from now on are only noted (the process's handler, if it is ours)."""
+        handler = signal.getsignal(signal.SIGTERM)
+        if isinstance(handler, Interrupts):
+            handler.quiet = True
+
+
+@contextlib.contextmanager
+def _handling(interrupts: Interrupts) -> Iterator[None]:
+    """``interrupts`` handles SIGINT and SIGTERM meanwhile (only the main thread can install handlers)."""
+    # Started with Ctrl-C ignored (`nohup`, a background job): it stays ignored; SIGTERM is still ours.
+    ours = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not signal.SIG_IGN]
+    if threading.current_thread() is not threading.main_thread():
+        ours = []
+    previous = {sig: signal.signal(sig, interrupts) for sig in ours}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            # Interrupted: this process is on its way out with 128 + signal; one more signal must not turn that
+            # into a KeyboardInterrupt at the interpreter's exit (a third Ctrl-C is harmless).
+            handler = signal.SIG_IGN if interrupts.received else handler
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point. Usage errors are one line, like every other bad input."""
     # azure-identity logs multi-line warnings (every credential it tried) on failure; our one line says it.
     logging.getLogger("azure").setLevel(logging.ERROR)
     command = typer.main.get_command(app)
+    interrupts = Interrupts()
     try:
-        code = command.main(args=argv, prog_name="tenants", standalone_mode=False)
+        with _handling(interrupts):
+            code = command.main(args=argv, prog_name="tenants", standalone_mode=False)
     except typer.TyperException as err:  # Typer's (vendored click) usage errors: bad option, missing argument
         message = err.format_message()
         if message:  # empty: `tenants` alone, which has printed the help already
@@ -762,7 +827,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(err.exit_code)
     except typer.Abort:
         typer.echo("tenants: aborted", err=True)
-        sys.exit(130)
+        sys.exit(interrupts.exit_code(130))
     except BrokenPipeError:  # `tenants list | head -1`
         sys.stderr.close()
         sys.exit(1)
@@ -770,4 +835,4 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"tenants: internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                    " (please report it)", err=True)
         sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+    sys.exit(interrupts.exit_code(code if isinstance(code, int) else 0))

@@ -73,7 +73,7 @@ def test_ctrl_c_lets_tenants_in_flight_finish_and_skips_the_rest(sqlite_config, 
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1, (out, err)
+    assert proc.returncode == 130, (out, err)  # interrupted: 128 + SIGINT, whatever the tenants did
     statuses = [t["status"] for t in json.loads(report.read_text())["tenants"]]
     assert statuses.count("upgraded") == 2, out
     assert statuses.count("skipped") == 6

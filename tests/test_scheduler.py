@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from tenants.engine.fanout import FailurePolicy, slots
-from tenants.engine.fanout.scheduler import Scheduler
+from tenants.engine.fanout.scheduler import READ_BACK, Scheduler, drain_grace
 from tenants.engine.fanout.slots import PID, STARTED, Slot, Slots
 from tenants.model import Status, Tenant, TenantResult
 
@@ -29,7 +29,7 @@ class Workers:
         self.given: list[tuple[Tenant, Future, list]] = []
 
     def spawn(self) -> Slot:
-        clock = [0.0, 0.0]
+        clock = [0.0, 0.0, 0.0]
         slot = Slot(FakeExecutor(self, clock), clock)
         self.spawned.append(slot)
         return slot
@@ -183,19 +183,71 @@ def test_the_failure_policy_lets_tenants_in_flight_finish_and_skips_the_rest():
     assert fan.results[2].error == "not started: the failure policy stopped the run"
 
 
-def test_ctrl_c_drains_the_tenants_in_flight_and_skips_the_rest_and_a_second_one_propagates():
+def test_ctrl_c_drains_the_tenants_in_flight_and_skips_the_rest():
     s = scheduler(5)
     assert len(past_the_prechecks(s)) == 2
-    assert s.run.on_interrupt() is True
+    s.run.on_interrupt(signal.SIGINT)
     for tenant, future, _ in s.workers.pending():
         future.set_result(upgraded(tenant.name, 1))
-    assert s.run.on_interrupt() is False  # the caller re-raises it
     for future in s.run.wait():
         s.run.on_done(future)
     assert not s.run.start()
     fan = s.run.outcome()
     assert [r.status for r in fan.results] == [Status.UPGRADED] * 2 + [Status.SKIPPED] * 3
     assert fan.results[4].error == "not started: interrupted (Ctrl-C)"
+
+
+def test_a_second_signal_kills_the_tenants_in_flight_and_reads_back_where_they_stopped(monkeypatch):
+    kills = []
+    monkeypatch.setattr(slots, "os", SimpleNamespace(kill=lambda pid, sig: kills.append((pid, sig))))
+    s = scheduler(5, where=lambda t: "p0")
+    assert len(past_the_prechecks(s)) == 2
+    s.run.on_signal(signal.SIGTERM)  # what the handler does: noted, acted on by the loop
+    s.run.on_signal(signal.SIGINT)
+    s.run.on_signal(signal.SIGINT)  # a third: harmless
+    assert s.run.wait() == set()
+    assert kills == [(4242, signal.SIGKILL)] * 2 and s.run.halted
+    for _, future, _ in s.workers.pending():
+        future.set_exception(BrokenProcessPool("killed"))  # what the SIGKILL does to its future
+    fan = settle(s)
+    assert [r.status for r in fan.results] == [Status.FAILED] * 2 + [Status.SKIPPED] * 3
+    assert fan.results[0].to_revision == "p0"
+    assert fan.results[0].error.startswith("interrupted (SIGTERM) while migrating: its worker process was killed")
+    assert fan.results[4].error == "not started: interrupted (SIGTERM)"
+
+
+def test_the_grace_ends_the_drain_and_a_read_back_that_hangs_is_given_up(monkeypatch):
+    monkeypatch.setattr(slots, "os", SimpleNamespace(kill=lambda pid, sig: None))
+    s = scheduler(3, concurrency=3)
+    s.run.drain = lambda signum: 5.0
+    assert len(past_the_prechecks(s)) == 3
+    s.run.threads = NeverThreads()
+    s.run.on_signal(signal.SIGINT)
+    assert s.run.wait() == set() and not s.run.halted
+    s.now[0] += 5.0
+    (_, running, _), *coming_up = s.workers.pending()
+    for _, _, clock in coming_up:
+        clock[PID] = clock[STARTED] = 0.0  # a worker still coming up (no pid yet): dropped, its tenant skipped
+    s.run.wait()
+    assert s.run.halted
+    running.set_exception(BrokenProcessPool("killed"))
+    for future in s.run.wait():
+        s.run.on_done(future)
+    assert s.run.start()  # the read of where t0 stopped, which never ends
+    s.now[0] += READ_BACK
+    s.run.wait()
+    assert not s.run.start()
+    fan = s.run.outcome()
+    [stopped] = [r for r in fan.results if r.status is Status.FAILED]
+    assert [r.status for r in fan.results].count(Status.SKIPPED) == 2
+    assert stopped.to_revision is None and stopped.error.startswith("interrupted (Ctrl-C) while migrating")
+
+
+class NeverThreads:
+    """Reads that never end (a dead connection)."""
+
+    def submit(self, fn, *args):
+        return Future()
 
 
 def test_a_tenant_past_its_timeout_is_killed_and_reported_at_the_revision_it_reached(monkeypatch):
@@ -236,3 +288,11 @@ def test_a_worker_whose_pid_is_not_visible_yet_is_not_killed_but_looked_at_again
 @pytest.mark.parametrize("n", [1, 3])
 def test_the_limit_never_exceeds_the_fleet(n):
     assert scheduler(n, concurrency=8).run.aimd.limit == n
+
+
+def test_the_drain_grace_is_short_in_github_actions_and_configurable():
+    assert drain_grace(signal.SIGINT, {}) is None  # a person at the terminal presses Ctrl-C again
+    assert drain_grace(signal.SIGTERM, {}) == 20.0
+    assert drain_grace(signal.SIGINT, {"GITHUB_ACTIONS": "true"}) < 7.5  # before the runner's SIGTERM
+    assert drain_grace(signal.SIGTERM, {"TENANTS_DRAIN_GRACE": "2.5"}) == 2.5
+    assert drain_grace(signal.SIGTERM, {"TENANTS_DRAIN_GRACE": "none"}) is None

@@ -10,8 +10,9 @@ Where each part lives, in the order a reader may want them:
 - ``process``: :class:`ProcessStrategy`, its loop, and the worker process side; why processes (and not
   threads), why ``forkserver``, how a tenant timeout kills a worker and what the server then rolls back.
 - ``scheduler``: the state of one process fan-out and one method per event (a precheck done, a tenant done,
-  throttled, its worker died, it timed out, Ctrl-C); the failure policy and Ctrl-C draining.
+  throttled, its worker died, it timed out, a signal); the failure policy, and signals: drain, grace, stop.
 - ``slots``: the worker processes, one executor each (why), and which tenant each is on; the kill.
+- ``orphans``: how the forkserver and the workers die with the parent, whatever kills it.
 - ``aimd``: how many tenants may run at once while the pool throttles (pure).
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -42,6 +43,17 @@ class Strategy(Protocol):
 
 # What the failure policy counts: a tenant that timed out did not get where it was going either.
 FAILURES = frozenset({Status.FAILED, Status.TIMED_OUT})
+
+
+def signal_name(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def interrupted_already() -> int | None:
+    """The signal that interrupted this command already, as the CLI's handler (``tenants.cli.Interrupts``, which
+    lists what it ``received``) saw it: a later wave of an interrupted run starts nothing."""
+    received = getattr(signal.getsignal(signal.SIGTERM), "received", None)
+    return received[0] if received else None
 
 
 def skipped(tenant: Tenant, why: str = "the failure policy stopped the run") -> TenantResult:

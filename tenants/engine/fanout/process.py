@@ -15,7 +15,13 @@ connections, and starting one costs a fork, not a fresh interpreter.
 Why each worker is an executor of its own (a *slot*), with a *clock* the parent reads: see
 :mod:`tenants.engine.fanout.slots`.
 
-The failure policy, AIMD and Ctrl-C draining are the scheduler's (:mod:`tenants.engine.fanout.scheduler`).
+The failure policy, AIMD and signals (Ctrl-C, SIGTERM: drain, then stop) are the scheduler's
+(:mod:`tenants.engine.fanout.scheduler`); this loop installs the handler that notes them, for the run's
+duration. Workers and the forkserver ignore SIGINT and SIGTERM (a terminal, or a CI runner, signals the whole
+process group): the parent decides, and stops a worker with SIGKILL.
+
+No process of a run outlives it, whatever kills the parent (SIGKILL included): see
+:mod:`tenants.engine.fanout.orphans`.
 
 Per-tenant timeout (``tenant_timeout``, the CLI's ``--tenant-timeout``): a tenant still running that many
 seconds after its worker started it (connecting, waiting for its lock, retries and its revisions all count;
@@ -41,21 +47,27 @@ its own), so a rerun started meanwhile blocks on those locks until the old state
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import sys
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from tenants.db import Connector, NoVersionTable, missing_file, read_version
 from tenants.dialects import setup_worker
-from tenants.engine.fanout.scheduler import Scheduler
-from tenants.engine.fanout.slots import PID, STARTED, Slot, Slots
+from tenants.engine.fanout.base import interrupted_already, skipped
+from tenants.engine.fanout.orphans import die_with_parent
+from tenants.engine.fanout.scheduler import Scheduler, drain_grace
+from tenants.engine.fanout.slots import CLOCK_SIZE, PID, STARTED, STOP, Slot, Slots
 from tenants.engine.pressure import PressureGate
 from tenants.engine.revisions import Revisions
 from tenants.engine.unit import Job, precheck, run_tenant
@@ -73,9 +85,12 @@ _worker: tuple[Job, Revisions, Connector, Any] | str | None = None  # or why the
 
 def _init_worker(job: Job, clock: Any, check_client: bool = False, log_ceiling: int = logging.NOTSET) -> None:
     global _worker
-    # Ctrl-C in a terminal signals the whole process group. Workers ignore it so the tenant in progress
-    # finishes its revision; the parent decides (stop starting new tenants, drain, report).
+    # Ctrl-C in a terminal signals the whole process group, and a CI runner may SIGTERM it too. Workers ignore
+    # both so the tenant in progress finishes its revision; the parent decides (stop starting new tenants,
+    # drain, stop them with SIGKILL, report). And a worker dies with its forkserver, which dies with the parent.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent()
     logging.getLogger("azure").setLevel(logging.ERROR)  # as in the CLI: our one-line errors say it
     # The parent's logging.disable() ceiling (the CLI's: INFO without -v), which env.py's fileConfig does not
     # lift: see tenants.cli._quiet_logs.
@@ -95,6 +110,8 @@ def _work(tenant: Tenant) -> TenantResult:
         return TenantResult(tenant.name, Status.FAILED, attempts=1, error=scrub(_worker, tenant.all_secrets))
     job, revisions, connector, clock = _worker
     clock[PID] = os.getpid()
+    if clock[STOP]:  # the run was interrupted before this worker got to its tenant: the parent reports it
+        return skipped(tenant, "interrupted")
     clock[STARTED] = time.monotonic()  # the tenant timeout counts from here
     try:
         # Tenants reach a worker because the parent found they need work, or stopped reading after a streak
@@ -152,34 +169,94 @@ class ProcessStrategy:
     revisions: Revisions | None = None  # the parent's loaded graph, for the precheck
     gate: PressureGate | None = None  # asked before each tenant starts: is the pool calm enough?
     tenant_timeout: float | None = None  # None: no limit
+    # Seconds the tenants in flight may finish in after the first signal (None: no limit), per signal.
+    drain: Callable[[int], float | None] = field(default=drain_grace, repr=False)
 
     def run(self, tenants, job, policy, on_result):
         context = _forkserver()
         revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
         connector = job.connector()
-        threads = ThreadPoolExecutor(self.concurrency)  # the parent's reads: prechecks, and after a timeout
+        threads = DaemonThreads()  # the parent's reads: prechecks, and after a timeout or a stop
         slots = Slots(partial(_spawn, context, job, self.tenant_timeout is not None), _work)
         run = Scheduler(tenants, policy, on_result, concurrency=self.concurrency, retries=job.retries, slots=slots,
                         threads=threads, read=partial(precheck, job=job, revisions=revisions, connector=connector),
                         where=partial(_where, job=job, connector=connector), gate=self.gate,
-                        timeout=self.tenant_timeout)
-        try:
-            while run.start():
-                try:
-                    done = run.wait()
-                except KeyboardInterrupt:
-                    # First Ctrl-C: start nothing new, let the tenants in flight finish, report. A second one
-                    # propagates (the executors still wait for their workers).
-                    if not run.on_interrupt():
-                        raise
-                    continue
-                for future in done:
-                    run.on_done(future)
-        finally:
-            threads.shutdown(wait=True, cancel_futures=True)
-            slots.shutdown()
-            connector.dispose()
+                        timeout=self.tenant_timeout, drain=self.drain)
+        if (signum := interrupted_already()) is not None:  # a wave after an interrupted one
+            run.on_interrupt(signum)
+        with _noting_signals(run.on_signal):
+            try:
+                _start_forkserver()
+                while run.start():
+                    for future in run.wait():
+                        run.on_done(future)
+            finally:
+                slots.shutdown()
+                connector.dispose()
         return run.outcome()
+
+
+class DaemonThreads(Executor):
+    """The parent's reads, each in a daemon thread of its own: a read stuck in a dead connection is given up
+    (a stopped run, see the scheduler) without anything waiting for it, at shutdown or at the interpreter's
+    exit (a ``ThreadPoolExecutor`` joins its threads there). The scheduler bounds how many run at once."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as err:  # noqa: BLE001 - handed to whoever waits for it
+                future.set_exception(err)
+
+        threading.Thread(target=run, name="tenants-read", daemon=True).start()
+        return future
+
+
+@contextlib.contextmanager
+def _noting_signals(note: Callable[[int, object], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM only noted (``note``) for the run's duration, then the previous handlers again.
+
+    A previous handler with a ``note(signum)`` method (the CLI's, which chooses the exit code) is told too.
+    Only the main thread can install handlers: elsewhere the process keeps its own (Ctrl-C then raises
+    KeyboardInterrupt in the main thread, which is not this one)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: object) -> None:
+        note(signum, frame)
+        told = getattr(previous[signum], "note", None)
+        if told is not None:
+            told(signum)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+def _start_forkserver() -> None:
+    """Start the forkserver now, with SIGINT and SIGTERM ignored: a process inherits ignored signals through
+    exec (not blocked ones: the child's mask is reset), and Python keeps them ignored, so the forkserver ignores
+    them from its first instruction, and every worker it forks from its birth. A Ctrl-C while the forkserver
+    imports (the first second of a run) so kills neither it (with a traceback) nor a worker before its
+    initializer runs (every tenant "failed: the worker pool broke"); this process notes it and the run skips
+    the tenants. The price: a signal in the few milliseconds of the fork and exec is lost here (press again)."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in signals}
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _forkserver() -> multiprocessing.context.BaseContext:
@@ -189,13 +266,14 @@ def _forkserver() -> multiprocessing.context.BaseContext:
     # (Only a main module that is a file: one read from stdin cannot be imported again, anywhere.)
     main_file = getattr(sys.modules["__main__"], "__file__", None)
     real_main = bool(main_file) and os.path.isfile(main_file)
-    preload = ["tenants.engine.fanout.process"]
+    # orphans first: it makes the forkserver die with this process (see there).
+    preload = ["tenants.engine.fanout.orphans", "tenants.engine.fanout.process"]
     context.set_forkserver_preload(["__main__", *preload] if real_main else preload)
     return context
 
 
 def _spawn(context: multiprocessing.context.BaseContext, job: Job, check_client: bool) -> Slot:
     """A new slot: a worker process in an executor of its own, and its clock."""
-    clock = context.RawArray("d", 2)
+    clock = context.RawArray("d", CLOCK_SIZE)
     return Slot(ProcessPoolExecutor(1, mp_context=context, initializer=_init_worker,
                                     initargs=(job, clock, check_client, logging.root.manager.disable)), clock)

@@ -3,7 +3,17 @@
 :class:`~tenants.engine.fanout.process.ProcessStrategy` owns the processes and threads; its loop asks the
 scheduler to start what may start (:meth:`Scheduler.start`), waits (:meth:`Scheduler.wait`), and hands each
 finished future back (:meth:`Scheduler.on_done`), which names the event: a precheck done, a tenant done,
-throttled, its worker died, it timed out, the read after a timeout done. Ctrl-C is :meth:`Scheduler.on_interrupt`.
+throttled, its worker died, it timed out, the read after a timeout done. A signal is :meth:`Scheduler.on_interrupt`.
+
+Signals (Ctrl-C's SIGINT, and SIGTERM: what a cancelled CI job or ``kill`` sends). The handler only notes the
+signal (:meth:`Scheduler.on_signal`); the loop acts on it when it wakes (it wakes at least every
+``SIGNAL_POLL`` seconds). Nothing is ever interrupted mid-step: an exception raised by a handler inside an
+executor's ``submit`` or ``shutdown`` leaves it holding a lock or joining forever (pressing Ctrl-C three or four
+times used to deadlock the exit, issue 11). The first signal: start nothing new, tell workers still coming up
+not to start their tenant, and let the tenants in flight finish for a grace period (:func:`drain_grace`). A
+second signal, or the end of the grace: stop them (:meth:`Scheduler.on_halt`), by SIGKILL of their workers:
+the server rolls each one's revision in progress back; where each stopped is read back within
+``READ_BACK`` seconds, else reported unknown. A third signal changes nothing.
 
 Failure policy: after ``max_failures`` failed (or timed-out) tenants no new tenant is started; tenants already
 running are left to finish (a worker is never killed mid-DDL for the policy: the server would roll the
@@ -13,15 +23,17 @@ reported ``skipped``.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 
 from tenants.engine.fanout.aimd import Aimd
-from tenants.engine.fanout.base import FAILURES, FailurePolicy, FanOut, OnResult, merge, skipped
+from tenants.engine.fanout.base import FAILURES, FailurePolicy, FanOut, OnResult, merge, signal_name, skipped
 from tenants.engine.fanout.slots import Flight, Slot, Slots
 from tenants.engine.pressure import PressureGate
 from tenants.model import Status, Tenant, TenantResult
@@ -36,6 +48,36 @@ _POOL_BROKE = ("the worker pool broke (a worker process died: killed? out of mem
 _MAX_BREAKS = 3
 _NO_WORKERS = ("worker processes could not start (3 died in a row before starting a tenant); nothing was run for "
                "this tenant. From a script, guard it with `if __name__ == \"__main__\":`; or use concurrency 1")
+_STOPPED = ("interrupted ({}) while migrating: its worker process was killed and the server rolls the revision in "
+            "progress back (its connection died); rerun to resume")
+SIGNAL_POLL = 0.2  # seconds: how soon the loop acts on a signal
+READ_BACK = 2.0  # seconds: how long the reads of where stopped tenants are may take before they are unknown
+# Grace for the tenants in flight after the first signal, in GitHub Actions: a cancelled job gets SIGINT, then
+# SIGTERM about 7.5 s later, then SIGKILL: stop them, read them back and write the reports before that.
+ACTIONS_GRACE = 4.0
+TERM_GRACE = 20.0  # elsewhere, after SIGTERM (under Kubernetes' default 30 s before its SIGKILL)
+
+
+def drain_grace(signum: int, environ: Mapping[str, str] = os.environ) -> float | None:
+    """Seconds the tenants in flight may take to finish after the first signal; None: as long as they need.
+
+    ``TENANTS_DRAIN_GRACE`` (seconds; ``none``: no limit) decides. Otherwise: in GitHub Actions
+    (``GITHUB_ACTIONS=true``) :data:`ACTIONS_GRACE` for any signal; elsewhere :data:`TERM_GRACE` after SIGTERM,
+    and no limit after Ctrl-C (a person at the terminal presses it again to stop them).
+    """
+    configured = environ.get("TENANTS_DRAIN_GRACE", "").strip().lower()
+    if configured:
+        if configured in ("none", "inf", "infinite"):
+            return None
+        try:
+            return max(0.0, float(configured))
+        except ValueError:
+            pass  # a typo must not cost the drain: the default applies
+    if environ.get("GITHUB_ACTIONS") == "true":
+        return ACTIONS_GRACE
+    return TERM_GRACE if signum == signal.SIGTERM else None
+
+
 _TIMED_OUT = ("timed out: still running {:g}s after it started (--tenant-timeout): its worker process was "
               "killed and the server rolls the revision in progress back (its connection died); rerun to resume")
 
@@ -51,7 +93,8 @@ class Scheduler:
     def __init__(self, tenants: list[Tenant], policy: FailurePolicy, on_result: OnResult, *, concurrency: int,
                  retries: int, slots: Slots, threads: Executor, read: Callable[[Tenant], TenantResult | None],
                  where: Callable[[Tenant], str | None], gate: PressureGate | None = None,
-                 timeout: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 drain: Callable[[int], float | None] = drain_grace) -> None:
         self.policy, self.on_result, self.concurrency, self.retries = policy, on_result, concurrency, retries
         self.slots, self.threads, self.read, self.where = slots, threads, read, where
         self.gate, self.timeout, self.clock = gate, timeout, clock
@@ -69,6 +112,13 @@ class Scheduler:
         self.breaks = 0  # workers that died before starting a single tenant, in a row with no result in between
         self.prechecking, self.interrupted, self.held = True, False, False
         self.pressure_wait = 0.0
+        self.drain = drain
+        self.signals: list[int] = []  # noted by the handler, in order; the loop acts on them
+        self.handled = 0  # of self.signals
+        self.why = "Ctrl-C"  # the first signal, for the report
+        self.halted = False  # the tenants in flight were stopped
+        self.grace_until: float | None = None  # when the tenants in flight are stopped (after the first signal)
+        self.read_back_until: float | None = None  # when the reads of stopped tenants are given up
 
     # --- starting -------------------------------------------------------------------------------------------
     def starting(self) -> bool:
@@ -114,29 +164,71 @@ class Scheduler:
     def wait(self) -> set[Future]:
         """Kill the tenants past their timeout, then wait until something finishes (or the next timeout is due,
         or, held back by the pressure probe, its next reading)."""
+        self.take_signals()
         due = self.slots.kill_overdue(self.clock(), self.timeout)
         paused = self.clock()
         pending = [*self.checks, *self.slots.in_flight, *self.autopsies]
+        wake = min(w for w in (due, self._deadline(), SIGNAL_POLL,
+                               self.gate.interval if self.held and self.gate is not None else None) if w is not None)
         if pending:
-            wake = self.gate.interval if self.held and self.gate is not None else None
-            wake = due if wake is None else wake if due is None else min(wake, due)
             done, _ = wait(pending, timeout=wake, return_when=FIRST_COMPLETED)
         else:
-            time.sleep(self.gate.interval if self.gate is not None else 0)
+            time.sleep(wake if self.gate is not None else 0)
             done = set()
         if self.held:
             self.pressure_wait += self.clock() - paused
-        return done
+        self.take_signals()
+        # A signal handled just now may have given some up (stopped: reported already).
+        return {f for f in done if f in self.checks or f in self.autopsies or f in self.slots.in_flight}
+
+    def _deadline(self) -> float | None:
+        """Seconds until the grace or the read-back deadline runs out, if one runs."""
+        until = self.read_back_until if self.halted else self.grace_until
+        return None if until is None else max(0.0, until - self.clock())
 
     # --- events ---------------------------------------------------------------------------------------------
-    def on_interrupt(self) -> bool:
-        """Ctrl-C. The first: start nothing new, let the tenants in flight finish (the timeout still applies),
-        report; True. A second one: False, the caller lets it propagate (the executors still wait for their
-        workers)."""
-        if self.interrupted:
-            return False
-        self.interrupted = True
-        return True
+    def on_signal(self, signum: int, frame: object = None) -> None:
+        """The signal handler: it only notes the signal (see the module docstring); :meth:`take_signals` acts."""
+        self.signals.append(signum)
+
+    def take_signals(self) -> None:
+        """Act on the signals noted since last time, and on the deadlines they set."""
+        while self.handled < len(self.signals):
+            self.handled += 1
+            self.on_interrupt(self.signals[self.handled - 1])
+        if self.halted:
+            if self.read_back_until is not None and self.clock() >= self.read_back_until:
+                self.on_read_back_late()
+        elif self.grace_until is not None and self.clock() >= self.grace_until:
+            self.on_halt()
+
+    def on_interrupt(self, signum: int = signal.SIGINT) -> None:
+        """A signal. The first: start nothing new, let the tenants in flight finish within the grace (the timeout
+        still applies), report. The second: stop them (:meth:`on_halt`). More: nothing more to do."""
+        if not self.interrupted:
+            self.interrupted, self.why = True, signal_name(signum)
+            grace = self.drain(signum)
+            self.grace_until = None if grace is None else self.clock() + grace
+            self.slots.hold()  # a worker still coming up hands its tenant back skipped
+        elif not self.halted:
+            self.on_halt()
+
+    def on_halt(self) -> None:
+        """Stop the tenants in flight: kill their workers (each reported, with where it stopped, when its future
+        breaks); a tenant whose worker never started it is skipped, and so is one whose read was in flight."""
+        self.interrupted = self.halted = True
+        now = self.clock()
+        for flight in self.slots.halt(now):
+            self._finish(merge(self.partial.pop(flight.tenant.name, None), self._skipped(flight.tenant)))
+        self.unchecked.extendleft(reversed(self.checks.values()))  # reported skipped by outcome()
+        self.checks.clear()  # their threads are daemons: nobody waits for them (see process.DaemonThreads)
+        self.read_back_until = now + READ_BACK
+
+    def on_read_back_late(self) -> None:
+        """The reads of where stopped (or timed-out) tenants are took too long: they are at an unknown revision."""
+        for result in self.autopsies.values():
+            self._finish(replace(result, to_revision=None))
+        self.autopsies.clear()
 
     def on_done(self, future: Future) -> None:
         """A future finished: dispatch on what it was."""
@@ -164,7 +256,9 @@ class Scheduler:
         try:
             result = merge(earlier, future.result())
         except BrokenProcessPool:
-            if flight.slot.killed_after is not None:
+            if flight.slot.halted:
+                self.on_stopped(flight, earlier)
+            elif flight.slot.killed_after is not None:
                 self.on_timed_out(flight, earlier)
             else:
                 self.on_worker_died(flight, earlier)
@@ -174,6 +268,9 @@ class Scheduler:
             self._finish(merge(earlier, TenantResult(flight.tenant.name, Status.FAILED, attempts=1, error=error)))
             return
         self.breaks = 0
+        if result.status is Status.SKIPPED:  # its worker saw the run interrupted before starting it
+            self._finish(merge(earlier, self._skipped(flight.tenant)))
+            return
         if result.status is Status.THROTTLED:
             self.on_throttled(flight, result)
             return
@@ -212,6 +309,12 @@ class Scheduler:
                             error=_TIMED_OUT.format(self.timeout))
         self.autopsies[self.threads.submit(self.where, flight.tenant)] = merge(earlier, late)
 
+    def on_stopped(self, flight: Flight, earlier: TenantResult | None) -> None:
+        """Killed because the run was stopped. Where did it stop? Read it, as after a timeout."""
+        stopped = TenantResult(flight.tenant.name, Status.FAILED, attempts=1, duration=flight.slot.killed_after or 0.0,
+                               error=_STOPPED.format(self.why))
+        self.autopsies[self.threads.submit(self.where, flight.tenant)] = merge(earlier, stopped)
+
     def on_timed_out_read(self, result: TenantResult, revision: str | None) -> None:
         """The revision a timed-out tenant stopped at was read back (None: unreadable)."""
         self._finish(replace(result, to_revision=revision))
@@ -219,17 +322,20 @@ class Scheduler:
     # --- the end --------------------------------------------------------------------------------------------
     def outcome(self) -> FanOut:
         """Report the tenants never started, and the run: results in tenant order."""
-        why = "interrupted (Ctrl-C)" if self.interrupted else "the failure policy stopped the run"
         for tenant in [*self.ready, *self.unchecked]:
             if self.breaks >= _MAX_BREAKS:
                 left = TenantResult(tenant.name, Status.FAILED, error=_NO_WORKERS)
             else:
-                left = skipped(tenant, why)
+                left = self._skipped(tenant)
             self._finish(merge(self.partial.pop(tenant.name, None), left))
         self.results.sort(key=lambda r: self.order[r.tenant])
         aimd = self.aimd
         return FanOut(self.results, aimd.throttled, tuple(aimd.changes) if aimd.throttled else (), self.pressure_wait,
                       self.gate.take_errors() if self.gate is not None else ())
+
+    def _skipped(self, tenant: Tenant) -> TenantResult:
+        why = f"interrupted ({self.why})" if self.interrupted else "the failure policy stopped the run"
+        return skipped(tenant, why)
 
     def _finish(self, result: TenantResult) -> None:
         self.failures += result.status in FAILURES

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from tenants.engine.fanout.base import FAILURES, FanOut, skipped
+from tenants.engine.fanout.base import FAILURES, FanOut, interrupted_already, signal_name, skipped
 from tenants.engine.pressure import PressureGate
 from tenants.engine.revisions import Revisions
 from tenants.engine.unit import run_tenant
 from tenants.model import Status, TenantResult
 
-_INTERRUPTED = "interrupted (Ctrl-C) while migrating: its revision in progress rolled back; rerun to resume"
+_INTERRUPTED = "interrupted ({}) while migrating: its revision in progress rolled back; rerun to resume"
 
 
 @dataclass
@@ -30,26 +30,29 @@ class SerialStrategy:
         revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
         connector = job.connector()
         results, failures = [], 0
-        interrupted, waited = False, 0.0
+        before = interrupted_already()  # a wave after an interrupted one starts nothing
+        interrupted, waited = before is not None, 0.0
+        why = signal_name(before) if before is not None else "Ctrl-C"
         try:
             for tenant in tenants:
                 if not interrupted and self.gate is not None and not policy.stop(failures):
                     try:
                         waited += _wait_for(self.gate)
-                    except KeyboardInterrupt:
-                        interrupted = True
+                    except KeyboardInterrupt as err:
+                        interrupted, why = True, _signal(err)
                 if interrupted:
-                    result = skipped(tenant, "interrupted (Ctrl-C)")
+                    result = skipped(tenant, f"interrupted ({why})")
                 elif policy.stop(failures):
                     result = skipped(tenant)
                 else:
                     try:
                         result = run_tenant(tenant, job, revisions, connector)
-                    except KeyboardInterrupt:
-                        # In this process Ctrl-C lands in the migration itself: its connection closes and
-                        # the server rolls the revision in progress back. Report it, start nothing else.
-                        interrupted = True
-                        result = TenantResult(tenant.name, Status.FAILED, attempts=1, error=_INTERRUPTED)
+                    except KeyboardInterrupt as err:
+                        # In this process Ctrl-C (or SIGTERM, see tenants.cli.Interrupts) lands in the migration
+                        # itself: its connection closes and the server rolls the revision in progress back.
+                        # Report it, start nothing else.
+                        interrupted, why = True, _signal(err)
+                        result = TenantResult(tenant.name, Status.FAILED, attempts=1, error=_INTERRUPTED.format(why))
                     failures += result.status in FAILURES
                 results.append(result)
                 on_result(result)
@@ -57,6 +60,11 @@ class SerialStrategy:
             connector.dispose()
         return FanOut(results, pressure_wait=waited,
                       pressure_errors=self.gate.take_errors() if self.gate is not None else ())
+
+
+def _signal(interrupt: KeyboardInterrupt) -> str:
+    """Which signal it was: the CLI raises KeyboardInterrupt("SIGTERM") for SIGTERM; Ctrl-C's has no text."""
+    return str(interrupt) or "Ctrl-C"
 
 
 def _wait_for(gate: PressureGate) -> float:

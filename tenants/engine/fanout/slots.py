@@ -24,10 +24,12 @@ from typing import Any
 
 from tenants.model import Tenant, TenantResult
 
-# A slot's clock: a multiprocessing RawArray("d", 2). The worker writes [pid, time.monotonic() when it started
-# its tenant, 0.0 when it is done with it]; the parent reads it. (CLOCK_MONOTONIC is one clock for every
-# process of the machine, so the two sides compare readings.)
-PID, STARTED = 0, 1
+# A slot's clock: a multiprocessing RawArray("d", 3). The worker writes [pid, time.monotonic() when it started
+# its tenant, 0.0 when it is done with it]; the parent reads them. (CLOCK_MONOTONIC is one clock for every
+# process of the machine, so the two sides compare readings.) The parent writes STOP (1.0) when the run was
+# interrupted: a worker that has not started its tenant yet (a process still starting) hands it back skipped.
+PID, STARTED, STOP = 0, 1, 2
+CLOCK_SIZE = 3
 POLL = 0.1  # a tenant submitted whose worker has not started it yet (a new process): look again this soon
 
 
@@ -38,6 +40,7 @@ class Slot:
     pool: ProcessPoolExecutor
     clock: Any
     killed_after: float | None = None  # set when the parent killed it: seconds its tenant had run
+    halted: bool = False  # killed because the run was stopped (a second signal, or the drain's grace ran out)
 
     def started(self) -> float | None:
         """When the worker started the tenant it is on (time.monotonic()), or None."""
@@ -52,6 +55,18 @@ class Slot:
         with contextlib.suppress(ProcessLookupError):  # it died of itself meanwhile
             os.kill(pid, signal.SIGKILL)
         return True
+
+    def hold(self) -> None:
+        """Tell its worker not to start the tenant it was handed, if it has not yet (see STOP)."""
+        self.clock[STOP] = 1.0
+
+    def terminate(self) -> None:
+        """SIGKILL its process, whose pid is not in the clock yet (it never started a tenant)."""
+        # The executor's own table of its processes: the only place the pid of a process still starting is.
+        processes = getattr(self.pool, "_processes", None) or {}
+        for process in list(processes.values()):
+            with contextlib.suppress(Exception):  # gone already
+                process.kill()
 
     def ever_started(self) -> bool:
         """Whether its process got as far as starting a tenant (a pid is written then, never cleared)."""
@@ -129,6 +144,30 @@ class Slots:
             due = left if due is None else min(due, left)
         return due
 
+    def hold(self) -> None:
+        """The run was interrupted: workers that have not started their tenant yet hand it back skipped."""
+        for flight in self.in_flight.values():
+            flight.slot.hold()
+
+    def halt(self, now: float) -> list[Flight]:
+        """Stop every tenant in flight at once: kill the workers of those running (their futures break, each
+        reported when it does) and drop those whose worker never started them (returned: never started)."""
+        unstarted = []
+        for future, flight in list(self.in_flight.items()):
+            slot = flight.slot
+            if slot.killed_after is not None:
+                continue  # killed already (the timeout): its future breaks
+            started = slot.started()
+            slot.halted = True
+            if started is not None and slot.kill(now - started):
+                continue
+            # Never started (or its process is still coming up): nothing to roll back, nothing to read back.
+            del self.in_flight[future]
+            slot.terminate()
+            self.discard(slot)
+            unstarted.append(flight)
+        return unstarted
+
     def shutdown(self) -> None:
         for slot in self.live:
-            slot.pool.shutdown(wait=True)
+            slot.pool.shutdown(wait=not slot.halted)

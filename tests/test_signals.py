@@ -151,16 +151,24 @@ def test_ctrl_c_while_the_forkserver_still_imports_skips_every_tenant(sqlite_con
         "    time.sleep(2)\n")
     report = tmp_path / "r.json"
     pythonpath = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = _start(config, "upgrade", "-j", "2", "--report", str(report), env={"PYTHONPATH": pythonpath})
+    # A worker that comes up right as the signal lands may have started its tenant: that one drains (finishes its
+    # revision, 3 s here) as on any first Ctrl-C; every other tenant is skipped.
+    proc = _start(config, "upgrade", "-j", "2", "--report", str(report),
+                  env={"PYTHONPATH": pythonpath, "TENANTS_TEST_SLEEP": "3"})
     _wait_for(tmp_path, "forkserver*", 1, proc)
+    # The parent ignores signals for the few milliseconds of the forkserver's fork and exec (see
+    # tenants.engine.fanout.process._start_forkserver): a signal then is lost. Send it once the parent is surely
+    # past that, still within the forkserver's 2 s of imports.
+    time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err and "worker pool broke" not in out
     tenants = json.loads(report.read_text())["tenants"]
-    assert [t["status"] for t in tenants] == ["skipped"] * 4
-    assert {t["error"] for t in tenants} == {"not started: interrupted (Ctrl-C)"}
-    assert not list(tmp_path.glob("gate*"))
+    started = len(list(tmp_path.glob("gate*")))
+    assert sorted(t["status"] for t in tenants) == ["skipped"] * (4 - started) + ["upgraded"] * started
+    assert started <= 2  # at most the two workers' first tenants
+    assert {t["error"] for t in tenants if t["status"] == "skipped"} == {"not started: interrupted (Ctrl-C)"}
 
 
 def test_no_process_of_the_run_survives_a_sigkill_of_the_parent(sqlite_config, tmp_path):

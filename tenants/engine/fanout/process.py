@@ -130,7 +130,7 @@ def _where(tenant: Tenant, job: Job, connector: Connector) -> str | None:
     try:
         if not job.must_exist and missing_file(tenant.url):
             return "base"  # killed before it created its file: reading must not create it either
-        with connector.engine(tenant.url, must_exist=job.must_exist) as engine, engine.connect() as conn:
+        with connector.engine(tenant.url, must_exist=job.must_exist, reads=True) as engine, engine.connect() as conn:
             try:
                 heads = read_version(conn, job.version_table)
             except NoVersionTable:

@@ -32,7 +32,7 @@ from tenants.engine.fanout import FailurePolicy, Strategy, choose_strategy
 from tenants.engine.pins import Pin, read_pin
 from tenants.engine.pressure import ElasticPoolPressure, PressureGate
 from tenants.engine.revisions import Operation, Revisions
-from tenants.engine.unit import Job, unmanaged_reason, version_rows_problem
+from tenants.engine.unit import Job, own_tables, unmanaged_reason, version_rows_problem
 from tenants.errors import (
     ReportError,
     ReportMismatch,
@@ -142,7 +142,7 @@ def read_tenants(settings: Settings, tenants: list[Tenant]) -> list[TenantRead]:
     Shared by ``status``, ``verify`` and ``plan``."""
     env = settings.environment
     must_exist = _must_exist(settings)
-    own = (env.version_table, env.history_table, pins.TABLE)
+    own = own_tables(env.version_table, env.history_table)
     connector = Connector(env.auth, env.cloud, sessions=env.sessions)
 
     def one(tenant: Tenant) -> TenantRead:

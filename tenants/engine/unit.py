@@ -51,6 +51,7 @@ from tenants.db import (
     tenant_lock,
 )
 from tenants.engine.history import Recorder
+from tenants.engine.pins import TABLE as PIN_TABLE
 from tenants.engine.pins import read_pin
 from tenants.engine.revisions import MigrationConnection, Operation, Revisions
 from tenants.model import Status, Tenant, TenantResult, revision_of
@@ -92,10 +93,7 @@ class Job:
     sessions: Sessions = field(default_factory=Sessions)
 
     def own_tables(self) -> tuple[str, ...]:
-        """Tables the tool itself may have created in a tenant: they do not make a database unmanaged."""
-        from tenants.engine.pins import TABLE as PIN_TABLE
-
-        return (self.version_table, self.history_table, PIN_TABLE)
+        return own_tables(self.version_table, self.history_table)
 
     def recorder(self) -> Recorder | None:
         if self.run_id is None:
@@ -239,6 +237,11 @@ def _read(conn, job: Job) -> tuple[str, ...]:
             if tables:
                 raise _Outcome(Status.UNMANAGED, (), unmanaged_reason(tables, job.version_table)) from None
         return ()
+
+
+def own_tables(version_table: str, history_table: str) -> tuple[str, ...]:
+    """Tables the tool itself may have created in a tenant: they do not make a database unmanaged."""
+    return (version_table, history_table, PIN_TABLE)
 
 
 def unmanaged_reason(tables: list[str], version_table: str) -> str:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from sqlalchemy import create_engine
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
@@ -45,7 +45,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class LockNotAcquired(Exception):
-    """Another run holds this tenant's lock (internal: the unit of work turns it into status ``locked``)."""
+    """Another run holds this tenant's lock (internal: the unit of work turns it into status ``locked``).
+
+    ``holder`` says who, where the database can tell (its session, and the run id it carries as its
+    application name); None when it cannot."""
+
+    def __init__(self, holder: str | None = None) -> None:
+        super().__init__(holder or "the tenant's lock is held")
+        self.holder = holder
 
 
 class TransientLockError(Exception):
@@ -75,6 +82,10 @@ class Sessions:
     idle_in_transaction_timeout: float = 300.0
     statement_timeout: float = 0.0
     read_timeout: float = 30.0
+    # The name every session of a run carries (PostgreSQL's application_name, SQL Server's program_name):
+    # ``tenants <run id>``, so an operator can see which run holds a tenant, and a retry can tell a stale
+    # session of its own run from another run (see Dialect.lock). None: the driver's default.
+    application_name: str | None = None
 
     def reading(self) -> Sessions:
         """The settings of a connection that only reads (prechecks, discovery): every statement has a deadline."""
@@ -146,8 +157,9 @@ class Dialect:
     # --- the per-tenant lock -----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def lock(self, engine: Engine, timeout: float) -> Iterator[None]:
-        """Hold the tenant's exclusive migration lock for the block (see :func:`tenants.db.tenant_lock`).
+    def lock(self, conn: Connection, timeout: float, own: str | None = None) -> Iterator[None]:
+        """Hold the tenant's exclusive migration lock on ``conn`` for the block (see
+        :func:`tenants.db.tenant_lock`); ``own`` is this run's application name (:attr:`Sessions.application_name`).
 
         No lock here: the API refuses to migrate a dialect without one (:attr:`can_lock`); plain Alembic gets
         none either."""

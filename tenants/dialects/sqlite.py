@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import NullPool
 
 from tenants.dialects.base import DEFAULT_SESSIONS, Dialect, LockNotAcquired, Sessions
@@ -80,12 +80,13 @@ class SQLite(Dialect):
         return url
 
     @contextlib.contextmanager
-    def lock(self, engine: Engine, timeout: float) -> Iterator[None]:
+    def lock(self, conn: Connection, timeout: float, own: str | None = None) -> Iterator[None]:
         # SQLite has no named session locks; its own write lock is per transaction, and we commit per revision.
         # An OS advisory lock (flock) on a sidecar file spans the whole run on the tenant and, like a session
         # lock, is released by the kernel if the process dies. SQLite files are only reachable on this host, so
-        # a host-local lock is enough.
-        database = engine.url.database or ""
+        # a host-local lock is enough, and there is no network session to lose: the process that holds the lock
+        # is the one that holds the connection (the lock cannot outlive it, nor it the lock).
+        database = conn.engine.url.database or ""
         if database.startswith("file:"):
             database = database[len("file:"):]
         if not database or database == ":memory:":

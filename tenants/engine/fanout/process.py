@@ -181,7 +181,7 @@ class ProcessStrategy:
         run = Scheduler(tenants, policy, on_result, concurrency=self.concurrency, retries=job.retries, slots=slots,
                         threads=threads, read=partial(precheck, job=job, revisions=revisions, connector=connector),
                         where=partial(_where, job=job, connector=connector), gate=self.gate,
-                        timeout=self.tenant_timeout, drain=self.drain)
+                        timeout=self.tenant_timeout, drain=self.drain, done=job.done)
         if (signum := interrupted_already()) is not None:  # a wave after an interrupted one
             run.on_interrupt(signum)
         with _noting_signals(run.on_signal):

@@ -76,7 +76,7 @@ def canonical_sql(text: str | None) -> str | None:
     if text is None:
         return None
     parts = re.split(r"('(?:[^']|'')*')", text.strip())
-    return "".join(p if i % 2 else " ".join(p.split()) for i, p in enumerate(parts))
+    return "".join(p if i % 2 else re.sub(r"\s+", " ", p) for i, p in enumerate(parts))
 
 
 # --- the model ----------------------------------------------------------------------------------------------

@@ -502,3 +502,25 @@ def test_every_kind_of_difference_has_its_line_in_a_fixed_order():
     ]
     assert distance(expected, found) == 16
     assert expected.diff(found) == diff(expected, found)
+
+
+@pytest.mark.postgres
+@pytest.mark.psycopg2
+def test_postgresql_snapshot_through_psycopg2_is_the_same(pg_tenant, tmp_path):
+    """psycopg2 adapts the excluded names and parses the JSON document as psycopg does."""
+    url = pg_tenant(tmp_path)
+    assert snapshot_of(make_url(url).set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)) \
+        == snapshot_of(url) == PG_DEMO
+
+
+def test_excluded_tables_are_matched_without_regard_to_case(tmp_path):
+    url = sqlite_tenant(tmp_path, "acme")
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            every = schema_snapshot(conn)
+            upper = schema_snapshot(conn, tuple(name.upper() for name in (*EXCLUDE, "invoices")))
+    finally:
+        engine.dispose()
+    assert [t.name for t in every.tables] == ["alembic_version", "invoices", "tenants_history", "users"]
+    assert [t.name for t in upper.tables] == ["users"]

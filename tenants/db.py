@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from tenants.dialects import LockNotAcquired, Sessions, TransientLockError, dialect_for, dialect_of_error
 from tenants.dialects.base import DEFAULT_SESSIONS, dbapi_error
 from tenants.secrets import scrub
+from tenants.snapshot import Snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     from tenants.dialects.entra import TokenCache
@@ -31,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "Connector", "LockNotAcquired", "NoVersionTable", "Sessions", "TransientLockError", "describe_error", "has_lock",
     "is_missing_table", "is_throttling", "is_transient", "make_engine", "missing_file", "permission_denied",
-    "read_version", "schema_tables", "sqlstate_of", "tenant_lock",
+    "read_version", "schema_snapshot", "schema_tables", "sqlstate_of", "tenant_lock",
 ]
 
 
@@ -178,6 +179,21 @@ def schema_tables(conn: Connection, exclude: tuple[str, ...] = ()) -> list[str]:
         conn.rollback()
     skip = {name.lower() for name in exclude}
     return sorted(name for name in names if name.lower() not in skip)
+
+
+def schema_snapshot(conn: Connection, exclude: tuple[str, ...] = ()) -> Snapshot:
+    """The schema of the tenant's database as plain data (:class:`tenants.snapshot.Snapshot`): its default
+    schema's tables (columns, keys, indexes, constraints) and views, leaving out ``exclude`` (the version
+    table and the tool's own tables, :func:`tenants.engine.unit.own_tables`; compared case-insensitively).
+
+    One round trip on SQLite, PostgreSQL and SQL Server: each dialect has one catalog query that returns the
+    whole schema as one JSON document (:meth:`tenants.dialects.Dialect.snapshot`), because a snapshot is
+    taken of every tenant of a fleet and the inspector's query-per-table-per-kind would cost hundreds of round
+    trips each. Ends the transaction it opened, like :func:`schema_tables`."""
+    try:
+        return dialect_for(conn.dialect.name).snapshot(conn, exclude)
+    finally:
+        conn.rollback()
 
 
 # --- locks -------------------------------------------------------------------------------------------------

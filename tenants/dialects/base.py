@@ -40,6 +40,9 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
+from tenants.dialects.catalog import inspect_snapshot
+from tenants.snapshot import Snapshot
+
 if TYPE_CHECKING:  # pragma: no cover
     from tenants.dialects.entra import TokenCache
 
@@ -231,6 +234,18 @@ class Dialect:
             raise fail(f"auth is for SQL Server URLs; a {url.get_backend_name()} URL carries its credentials "
                        "itself", "auth")
         return None
+
+    # --- schema snapshot (issue 12) ----------------------------------------------------------------------
+
+    def snapshot(self, conn: Connection, exclude: Iterable[str] = ()) -> Snapshot:
+        """The schema of the connection's database (its default schema), leaving out the tables ``exclude``
+        names (case-insensitively): the version table and the tool's own tables. Use it through
+        :func:`tenants.db.schema_snapshot`, which ends the transaction.
+
+        SQLite, PostgreSQL and SQL Server read it with one catalog query (see
+        :mod:`tenants.dialects.catalog`); any other backend through SQLAlchemy's inspector, here: several
+        round trips per table, but correct wherever SQLAlchemy can reflect."""
+        return inspect_snapshot(conn, exclude)
 
 
 class AnyDriver(Dialect):

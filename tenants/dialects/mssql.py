@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -27,8 +27,10 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from tenants.dialects import catalog_mssql
 from tenants.dialects.base import DEFAULT_SESSIONS, Dialect, Fail, LockNotAcquired, Sessions, TransientLockError
 from tenants.errors import ConfigError
+from tenants.snapshot import Snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     from tenants.dialects.entra import TokenCache
@@ -322,4 +324,9 @@ class MSSQL(Dialect):
                        "not be written in the file", "url")
         return auth
 
+    # --- schema snapshot (issue 12) ----------------------------------------------------------------------
 
+    def snapshot(self, conn: Connection, exclude: Iterable[str] = ()) -> Snapshot:
+        """One query over ``sys.*`` for ``SCHEMA_ID()``, one JSON document by nested FOR JSON PATH
+        (see :mod:`tenants.dialects.catalog_mssql`)."""
+        return catalog_mssql.read_snapshot(conn, exclude)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine, event, text
@@ -19,7 +19,9 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool, Pool
 
+from tenants.dialects import catalog_postgresql
 from tenants.dialects.base import DEFAULT_SESSIONS, Dialect, LockNotAcquired, Sessions
+from tenants.snapshot import Snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     from tenants.dialects.entra import TokenCache
@@ -205,6 +207,13 @@ class PostgreSQL(Dialect):
     def setup_worker(self, *, check_client: bool) -> None:
         if check_client:
             event.listen(Pool, "connect", check_client_while_busy)
+
+    # --- schema snapshot (issue 12) ----------------------------------------------------------------------
+
+    def snapshot(self, conn: Connection, exclude: Iterable[str] = ()) -> Snapshot:
+        """One query over pg_catalog for ``current_schema()``, one JSON document (see
+        :mod:`tenants.dialects.catalog_postgresql`)."""
+        return catalog_postgresql.read_snapshot(conn, exclude)
 
 
 def _describe_holder(holder) -> str | None:

@@ -10,7 +10,7 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,8 +18,10 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import NullPool
 
+from tenants.dialects import catalog_sqlite
 from tenants.dialects.base import DEFAULT_SESSIONS, Dialect, LockNotAcquired, Sessions
 from tenants.errors import ConfigError
+from tenants.snapshot import Snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     from tenants.dialects.entra import TokenCache
@@ -130,3 +132,10 @@ class SQLite(Dialect):
 
     def owns_error(self, orig: BaseException) -> bool:
         return type(orig).__module__ == "sqlite3"
+
+    # --- schema snapshot (issue 12) ----------------------------------------------------------------------
+
+    def snapshot(self, conn: Connection, exclude: Iterable[str] = ()) -> Snapshot:
+        """One query over ``sqlite_master`` and the pragma functions, one JSON document; what SQLite
+        cannot tell is read from the CREATE statements (see :mod:`tenants.dialects.catalog_sqlite`)."""
+        return catalog_sqlite.read_snapshot(conn, exclude)

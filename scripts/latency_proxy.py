@@ -11,7 +11,7 @@ never wait for each other. The TCP handshake itself is not delayed (the proxy ac
 each login costs one more round trip for it, and TLS more.
 
 Counted on the client -> server stream, whose PostgreSQL framing is parsed (frontend protocol 3.0):
-- connections: connections accepted (logins, for a PostgreSQL client);
+- connections: connections accepted (logins, for a PostgreSQL client); open_connections is a gauge (open now);
 - messages: frontend messages. The first ones (startup packet, SSLRequest, GSSENCRequest, CancelRequest) have no
   type byte, only an int32 length; every later one is a type byte and an int32 length. `by_type` splits them
   (the untyped ones under their name: "startup", "ssl", "gssenc", "cancel");
@@ -121,12 +121,14 @@ class _Stats:
     def reset(self) -> None:
         with self.lock:
             self.connections = self.round_trips = self.tls_connections = 0
+            self.open = getattr(self, "open", 0)  # a gauge, not a counter: connections open now
             self.bytes_to_server = self.bytes_to_client = 0
             self.by_type: Counter[str] = Counter()
 
     def snapshot(self) -> dict:
         with self.lock:
-            return {"connections": self.connections, "messages": sum(self.by_type.values()),
+            return {"connections": self.connections, "open_connections": self.open,
+                    "messages": sum(self.by_type.values()),
                     "round_trips": self.round_trips, "tls_connections": self.tls_connections,
                     "bytes_to_server": self.bytes_to_server, "bytes_to_client": self.bytes_to_client,
                     "by_type": dict(sorted(self.by_type.items()))}
@@ -283,6 +285,14 @@ class LatencyProxy:
     async def _proxy(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         with self._stats.lock:
             self._stats.connections += 1
+            self._stats.open += 1
+        try:
+            await self._forward(client_reader, client_writer)
+        finally:
+            with self._stats.lock:
+                self._stats.open -= 1
+
+    async def _forward(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         conn = _Connection(self)
         try:
             server_reader, server_writer = await asyncio.open_connection(*self.upstream)

@@ -75,5 +75,6 @@ def merge(earlier: TenantResult | None, later: TenantResult, done: Status | None
         applied=earlier.applied + later.applied,
         attempts=earlier.attempts + later.attempts,
         duration=earlier.duration + later.duration,
-        error=later.error if later.error is not None else earlier.error,
+        # A tenant that ended well carries no error, whatever an earlier (throttled) attempt of it said.
+        error=later.error if later.error is not None or later.ok else earlier.error,
     )

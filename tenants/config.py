@@ -42,6 +42,9 @@ UNMANAGED = ("report", "upgrade")  # what an upgrade does with a database that h
 # What env.py is handed (tenants.engine.revisions): the migration connection (which also answers connect()), the
 # tenant's engine, or only sqlalchemy.url.
 ENV_PY = ("connection", "engine", "url")
+# Where the expected schema of each revision comes from (tenants.engine.expected, issue 12): built by running the
+# graph on a scratch database, or the consensus of the tenants recorded at each revision.
+EXPECTED_SCHEMA = ("build", "consensus")
 AZURE_KEYS = ("subscription", "resource_group", "server", "pool", "management_endpoint")
 # The SQL endpoint suffix of each Azure cloud (the server's host is SERVER.SUFFIX).
 SQL_SUFFIX = {"public": "database.windows.net", "usgov": "database.usgovcloudapi.net",
@@ -108,6 +111,12 @@ class Environment:
     statement_timeout: float = 0.0
     read_timeout: float = 30.0
     maintenance_database: str = "postgres"  # where `source = "server"` lists pg_database
+    # The expected schemas (tenants.engine.expected): "build" them on a scratch database (SQL Server: only in
+    # `reference_database`, else consensus), or "consensus" of the fleet; cached under `schema_cache` (None:
+    # $XDG_CACHE_HOME/tenants, else ~/.cache/tenants).
+    expected_schema: str = "build"
+    reference_database: str | None = None
+    schema_cache: Path | None = None
     # SQL Server / Azure SQL: how connections authenticate (azure-ad: an Entra token per connection; sql:
     # user and password in the URL, from ${VAR}; odbc: `odbc_connect`, a raw ODBC connection string).
     auth: str | None = None
@@ -226,6 +235,9 @@ KEYS: dict[str, Key] = {
     "statement_timeout": Key((int, float), 0.0, not_negative=True),
     "read_timeout": Key((int, float), 30.0, not_negative=True),
     "maintenance_database": Key(str, "postgres"),
+    "expected_schema": Key(str, "build", choices=EXPECTED_SCHEMA),
+    "reference_database": Key(str),
+    "schema_cache": Key(str),
     "auth": Key(str, choices=AUTHS),
     "odbc_connect": Key(str),
     "subscription": Key(str),
@@ -242,6 +254,8 @@ _SESSION_KEYS = ("network_timeout", "idle_in_transaction_timeout", "statement_ti
 _CHOICE_HELP = {
     "unmanaged": 'unmanaged must be "report" (leave databases with tables but no version table alone) or '
                  '"upgrade" (run the graph from base on them), not {value!r}',
+    "expected_schema": 'expected_schema must be "build" (run the revisions on a scratch database) or '
+                       '"consensus" (the largest group of tenants at each revision), not {value!r}',
 }
 
 
@@ -351,6 +365,7 @@ def _environment(
                                 odbc_connect=odbc_connect, is_variable=lambda value: bool(_VAR.fullmatch(value)),
                                 fail=t.fail)
     _check_choice(t, "env_py")
+    _check_expected_schema(t, dialect)
     _check_pressure(t, dialect)
     tenants = _check_source(t, source, parsed.get_backend_name(), dialect)
     _check_bounds(t)
@@ -377,6 +392,9 @@ def _environment(
         ddl_lock_timeout=float(t.values.get("ddl_lock_timeout", dialect.ddl_lock_timeout)),
         **{key: float(t.get(key)) for key in _SESSION_KEYS},
         maintenance_database=t.get("maintenance_database"),
+        expected_schema=t.get("expected_schema"),
+        reference_database=t.get("reference_database"),
+        schema_cache=base_dir / t.values["schema_cache"] if "schema_cache" in t else None,
         auth=auth,
         odbc_connect=odbc_connect,
         subscription=t.get("subscription"),
@@ -472,6 +490,19 @@ def _parse_url(t: _Table, url: str, secrets: tuple[str, ...]) -> URL:
     except (ArgumentError, ValueError) as err:
         raise t.fail(f"url is not a valid SQLAlchemy URL: {scrub(str(err), secrets)}", "url") from None
     return parsed
+
+
+def _check_expected_schema(t: _Table, dialect) -> None:
+    """The keys of the expected schemas (tenants.engine.expected): a reference database only where the tool
+    cannot make its own scratch database, and never an empty name or cache folder."""
+    _check_choice(t, "expected_schema")
+    for key in ("reference_database", "schema_cache"):
+        if key in t and not t.values[key].strip():
+            raise t.fail(f"{key!r} is empty", key)
+    if "reference_database" in t and not dialect.needs_reference_database:
+        raise t.fail("reference_database is for SQL Server, where the tool may not create databases; on this "
+                     "dialect it makes (and drops) a scratch database of its own: remove the key",
+                     "reference_database")
 
 
 def _check_pressure(t: _Table, dialect) -> None:

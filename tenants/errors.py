@@ -70,3 +70,10 @@ class ReportMismatch(ReportError):
     """``upgrade --from-report`` names a report of another run than this one would be (environment, operation,
     target or revision-graph head), or of a run that stopped before any tenant ran; ``--force`` takes it anyway
     where that is meaningful."""
+
+
+class ExpectedSchemaError(TenantsError):
+    """The expected schemas of the revisions could not be built on a scratch database (no right to create one,
+    a revision that fails there, a reference database that is not empty): a runtime failure, nothing touched."""
+
+    exit_code = 1

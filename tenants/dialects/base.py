@@ -62,6 +62,7 @@ class TransientLockError(Exception):
     """Taking the lock failed in a way worth a retry (SQL Server: deadlock victim while waiting)."""
 
 
+Connect = Callable[[URL], contextlib.AbstractContextManager[Engine]]  # an engine for a URL (scratch_database)
 Fail = Callable[..., Exception]  # config's `fail(message, key)`: the error to raise, naming file and line
 
 
@@ -114,6 +115,10 @@ class Dialect:
     tables_sql: ClassVar[str | None] = None  # the database's own tables in one query; None: the inspector
     # Default of `ddl_lock_timeout` (seconds; 0: wait as long as the database lets a statement wait).
     ddl_lock_timeout: ClassVar[float] = 0.0
+    # The expected schema of each revision (issue 12) is built on a scratch database only given the
+    # environment's `reference_database` (SQL Server: the tool may not create databases there); without it,
+    # consensus. Other dialects make their own scratch database and refuse the key.
+    needs_reference_database: ClassVar[bool] = False
 
     # What the revision guards (tenants.guards) do on this dialect.
     rebuilds_to_drop_column: ClassVar[bool] = False  # drop a column in batch mode (a table rebuild)
@@ -246,6 +251,18 @@ class Dialect:
         :mod:`tenants.dialects.catalog`); any other backend through SQLAlchemy's inspector, here: several
         round trips per table, but correct wherever SQLAlchemy can reflect."""
         return inspect_snapshot(conn, exclude)
+
+    def scratch_database(self, url: URL, *, connect: Connect, reference: str | None = None,
+                         maintenance: str | None = None) -> contextlib.AbstractContextManager[URL] | None:
+        """A context manager yielding the URL of an empty database of this dialect, to build the expected
+        schema of each revision on (:mod:`tenants.engine.expected`), and cleaning it up on exit; None when
+        this dialect has no scratch database to offer (then the expected schemas come from consensus).
+
+        ``url`` is a URL of the environment (its server, driver, credentials); ``connect(url)`` is a context
+        manager giving an engine for a URL (the tool's :class:`tenants.db.Connector`, Entra tokens included);
+        ``reference`` the environment's ``reference_database``; ``maintenance`` its ``maintenance_database``.
+        Each call is a fresh, empty database: the builder calls it again to reset (a branched graph)."""
+        return None
 
 
 class AnyDriver(Dialect):

@@ -28,7 +28,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from tenants.dialects import catalog_mssql
-from tenants.dialects.base import DEFAULT_SESSIONS, Dialect, Fail, LockNotAcquired, Sessions, TransientLockError
+from tenants.dialects.base import (
+    DEFAULT_SESSIONS,
+    Connect,
+    Dialect,
+    Fail,
+    LockNotAcquired,
+    Sessions,
+    TransientLockError,
+)
 from tenants.errors import ConfigError
 from tenants.snapshot import Snapshot
 
@@ -187,6 +195,32 @@ TABLES_SQL = (
     "WHERE o.type IN ('U', 'V') AND o.is_ms_shipped = 0"
 )
 
+# The reference database (issue 12, `reference_database`): the tool may not create databases on an Azure SQL
+# server (a new database lands outside the elastic pool, and is billed), so it builds the expected schemas in
+# a database the operator set aside. It carries a database-level extended property, REFERENCE_MARK, set on
+# first use: a database with objects and without it is refused, never emptied (a tenant named by mistake).
+REFERENCE_MARK = "tenants_reference"
+REFERENCE_MARK_SQL = "SELECT COUNT(*) FROM sys.extended_properties WHERE class = 0 AND name = N'tenants_reference'"
+SET_REFERENCE_MARK = (
+    "IF NOT EXISTS (SELECT 1 FROM sys.extended_properties WHERE class = 0 AND name = N'tenants_reference') "
+    "EXEC sys.sp_addextendedproperty @name = N'tenants_reference', "
+    "@value = N'scratch database of tenants: its default schema is emptied on every use'"
+)
+# Empty the default schema: every foreign key, then every view, then every table (user objects only). Other
+# schemas, and anything but tables and views (procedures, types, sequences), are left alone.
+CLEAR_SCHEMA = """
+DECLARE @sql nvarchar(max) = N'';
+SELECT @sql = @sql + N'ALTER TABLE ' + QUOTENAME(SCHEMA_NAME()) + N'.' + QUOTENAME(t.name)
+    + N' DROP CONSTRAINT ' + QUOTENAME(f.name) + N'; '
+FROM sys.foreign_keys AS f JOIN sys.tables AS t ON t.object_id = f.parent_object_id
+WHERE t.schema_id = SCHEMA_ID() AND t.is_ms_shipped = 0;
+SELECT @sql = @sql + N'DROP VIEW ' + QUOTENAME(SCHEMA_NAME()) + N'.' + QUOTENAME(v.name) + N'; '
+FROM sys.views AS v WHERE v.schema_id = SCHEMA_ID() AND v.is_ms_shipped = 0;
+SELECT @sql = @sql + N'DROP TABLE ' + QUOTENAME(SCHEMA_NAME()) + N'.' + QUOTENAME(t.name) + N'; '
+FROM sys.tables AS t WHERE t.schema_id = SCHEMA_ID() AND t.is_ms_shipped = 0;
+EXEC sys.sp_executesql @sql;
+"""
+
 
 class MSSQL(Dialect):
     name = "mssql"
@@ -200,6 +234,7 @@ class MSSQL(Dialect):
     missing_table_text = (*Dialect.missing_table_text, "invalid object name")
 
     ddl_lock_timeout = 30.0
+    needs_reference_database = True
 
     def make_engine(self, url: URL, *, must_exist: bool = False, tokens: TokenCache | None = None,
                     sessions: Sessions = DEFAULT_SESSIONS) -> Engine:
@@ -330,3 +365,34 @@ class MSSQL(Dialect):
         """One query over ``sys.*`` for ``SCHEMA_ID()``, one JSON document by nested FOR JSON PATH
         (see :mod:`tenants.dialects.catalog_mssql`)."""
         return catalog_mssql.read_snapshot(conn, exclude)
+
+    # --- scratch database (issue 12) ---------------------------------------------------------------------
+
+    def scratch_database(self, url: URL, *, connect: Connect, reference: str | None = None,
+                         maintenance: str | None = None) -> contextlib.AbstractContextManager[URL] | None:
+        """The environment's ``reference_database`` (``url`` points at it), emptied: every foreign key, view
+        and table of its default schema is dropped on entry and again on exit, and the database is marked
+        (:data:`REFERENCE_MARK`) on first use. A database holding any table or view that is not marked is
+        refused with a ConfigError, untouched. None without ``reference_database``: consensus."""
+        if reference is None:
+            return None
+        return self._reference(url, connect, reference)
+
+    @contextlib.contextmanager
+    def _reference(self, url: URL, connect: Connect, reference: str) -> Iterator[URL]:
+        with connect(url) as engine:
+            with engine.begin() as conn:
+                marked = conn.execute(text(REFERENCE_MARK_SQL)).scalar()
+                objects = list(conn.execute(text(TABLES_SQL)).scalars())
+                if objects and not marked:
+                    raise ConfigError(
+                        f"reference_database {reference!r} holds {len(objects)} table(s) or view(s) "
+                        f"({', '.join(sorted(objects)[:3])}...) and was not set aside for tenants: it would be "
+                        "emptied; name an empty database")
+                conn.execute(text(SET_REFERENCE_MARK))
+                conn.execute(text(CLEAR_SCHEMA))
+            try:
+                yield url
+            finally:
+                with engine.begin() as conn:
+                    conn.execute(text(CLEAR_SCHEMA))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -20,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool, Pool
 
 from tenants.dialects import catalog_postgresql
-from tenants.dialects.base import DEFAULT_SESSIONS, Dialect, LockNotAcquired, Sessions
+from tenants.dialects.base import DEFAULT_SESSIONS, Connect, Dialect, LockNotAcquired, Sessions
 from tenants.snapshot import Snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,6 +48,7 @@ LOCK_HOLDER_SQL = (
     "AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) "
     "AND ((l.classid::bigint << 32) | l.objid::bigint) = :k AND l.pid <> pg_backend_pid() LIMIT 1"
 )
+SCRATCH_PREFIX = "tenants_scratch_"  # the throwaway databases the expected schemas are built on (issue 12)
 DATABASES_SQL = "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
 
 # 53300's message, for a connection refused before a SQLSTATE could be read (libpq's startup failure).
@@ -214,6 +216,30 @@ class PostgreSQL(Dialect):
         """One query over pg_catalog for ``current_schema()``, one JSON document (see
         :mod:`tenants.dialects.catalog_postgresql`)."""
         return catalog_postgresql.read_snapshot(conn, exclude)
+
+    # --- scratch database (issue 12) ---------------------------------------------------------------------
+
+    def scratch_database(self, url: URL, *, connect: Connect, reference: str | None = None,
+                         maintenance: str | None = None) -> contextlib.AbstractContextManager[URL] | None:
+        """A throwaway database on the tenants' server: ``CREATE DATABASE tenants_scratch_<random>`` through the
+        maintenance database (the role needs CREATEDB), dropped on exit ``WITH (FORCE)`` (PostgreSQL 13+),
+        which ends any session env.py left on it."""
+        return self._scratch(url, connect, maintenance or "postgres")
+
+    @contextlib.contextmanager
+    def _scratch(self, url: URL, connect: Connect, maintenance: str) -> Iterator[URL]:
+        name = f"{SCRATCH_PREFIX}{secrets.token_hex(6)}"
+
+        def admin(sql: str) -> None:
+            with connect(url.set(database=maintenance)) as engine, \
+                    engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(text(sql))
+
+        admin(f'CREATE DATABASE "{name}"')
+        try:
+            yield url.set(database=name)
+        finally:
+            admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _describe_holder(holder) -> str | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import NullPool
 
 from tenants.dialects import catalog_sqlite
-from tenants.dialects.base import DEFAULT_SESSIONS, Dialect, LockNotAcquired, Sessions
+from tenants.dialects.base import DEFAULT_SESSIONS, Connect, Dialect, LockNotAcquired, Sessions
 from tenants.errors import ConfigError
 from tenants.snapshot import Snapshot
 
@@ -139,3 +141,18 @@ class SQLite(Dialect):
         """One query over ``sqlite_master`` and the pragma functions, one JSON document; what SQLite
         cannot tell is read from the CREATE statements (see :mod:`tenants.dialects.catalog_sqlite`)."""
         return catalog_sqlite.read_snapshot(conn, exclude)
+
+    # --- scratch database (issue 12) ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _scratch(self, url: URL) -> Iterator[URL]:
+        folder = tempfile.mkdtemp(prefix="tenants_scratch_")
+        try:
+            yield url.set(database=str(Path(folder) / "scratch.db"))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def scratch_database(self, url: URL, *, connect: Connect, reference: str | None = None,
+                         maintenance: str | None = None) -> contextlib.AbstractContextManager[URL] | None:
+        """A new file in a temporary folder, removed (with its lock and journal files) on exit."""
+        return self._scratch(url)

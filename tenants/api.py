@@ -31,12 +31,14 @@ from tenants.dialects import placeholder_urls
 from tenants.engine import baseline as baseline_module
 from tenants.engine import history, pins
 from tenants.engine.adopt import AdoptReport, AdoptRow, AdoptState, match
+from tenants.engine.expected import Expected, expected_schemas
 from tenants.engine.fanout import FailurePolicy, Strategy, choose_strategy
 from tenants.engine.pins import Pin, read_pin
 from tenants.engine.pressure import ElasticPoolPressure, PressureGate
 from tenants.engine.revisions import Operation, Revisions
 from tenants.engine.unit import Job, own_tables, unmanaged_reason, version_rows_problem
 from tenants.errors import (
+    ExpectedSchemaError,
     ReportError,
     ReportMismatch,
     RevisionError,
@@ -687,7 +689,7 @@ def _look(settings: Settings, tenants: list[Tenant]) -> list[_Look]:
         connector.dispose()
 
 
-def _adopt_row(tenant: Tenant, look: _Look, expected, order: list[str]) -> AdoptRow:
+def _adopt_row(tenant: Tenant, look: _Look, expected: Expected, order: list[str]) -> AdoptRow:
     if look.error is not None:
         return AdoptRow(tenant.name, AdoptState.UNREACHABLE, why=look.error)
     if look.current is not None:
@@ -745,7 +747,7 @@ def _adopted(row: AdoptRow, result: TenantResult | None) -> AdoptRow:
 
 
 def prepare_adopt(settings: Settings, selection: Selection = Selection(), source: TenantSource | None = None,
-                  expected=None) -> AdoptPlan:
+                  expected: Expected | None = None) -> AdoptPlan:
     """Snapshot each selected unmanaged tenant and match it to a revision (:func:`tenants.engine.adopt.match`),
     touching nothing. ``expected`` (an :class:`tenants.engine.expected.Expected`) defaults to the expected
     schemas of the graph on this environment's dialect (built on a scratch database, or cached)."""
@@ -763,7 +765,7 @@ def prepare_adopt(settings: Settings, selection: Selection = Selection(), source
     return AdoptPlan(settings, revisions, tuple(tenants), rows, expected.source, fingerprints)
 
 
-def adopt(settings: Settings, selection: Selection = Selection(), yes: bool = False, expected=None,
+def adopt(settings: Settings, selection: Selection = Selection(), yes: bool = False, expected: Expected | None = None,
           options: RunOptions = RunOptions(max_failures=None)) -> AdoptReport:
     """``tenants adopt``: the dry run's report, or with ``yes`` each matched tenant stamped (see
     :class:`AdoptPlan`)."""
@@ -798,10 +800,15 @@ def baseline(settings: Settings, tenant: str, message: str) -> Path:
     return baseline_module.write_revision(revisions.script, snapshot, message.strip(), tenant)
 
 
-def _expected_schemas(settings: Settings, revisions: Revisions):
-    from tenants.engine.expected import expected_schemas  # issue 12 item 2
-
-    return expected_schemas(settings, revisions)
+def _expected_schemas(settings: Settings, revisions: Revisions) -> Expected:
+    """The reference adopt matches against. Consensus is no reference here: the tenants to adopt record no
+    revision to vote with, so an environment without a scratch database cannot adopt by schema."""
+    expected = expected_schemas(settings, revisions)
+    if not expected.by_revision:
+        raise ExpectedSchemaError(
+            f"environment {settings.env_name!r}: no expected schema to match against: adopt needs the graph built on "
+            "a scratch database (expected_schema = \"build\"; SQL Server: a reference_database), not consensus")
+    return expected
 
 
 DIALECT_URLS = placeholder_urls()  # `tenants sql --dialect NAME`: URLs that only pick the dialect

@@ -12,7 +12,8 @@ idempotent guards make harmless, while stamping it at the later one would skip a
 never ran. The others are listed (``same_schema``) so a reviewer sees the choice.
 
 A tenant that matches nothing gets the closest revision (the fewest differences, :func:`tenants.snapshot.distance`;
-the earliest on a tie) and the differences, one line each, as ``tenants drift`` prints them.
+the latest on a tie) and the differences, one line each, as ``tenants drift`` prints them: a tenant with
+0002's schema plus a column of 0003 is "closest 0002, extra column", not "closest 0001, extra table".
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Match:
     fingerprint: str  # the tenant's schema
     revision: str | None  # the (earliest) revision whose expected schema it is; None: no match
     same_schema: tuple[str, ...] = ()  # later revisions expecting that same schema (see the module docstring)
-    closest: str | None = None  # no match: the revision with the fewest differences
+    closest: str | None = None  # no match: the revision with the fewest differences (the latest on a tie)
     differences: tuple[str, ...] = ()  # no match: expected (closest) against found
 
 
@@ -65,7 +66,8 @@ def match(found: Snapshot, by_revision: Mapping[str, Snapshot], order: Iterable[
     if not candidates:
         return Match(fingerprint, None)
     lines = [(rev, diff(expected, found)) for rev, expected in candidates]
-    closest, differences = min(lines, key=lambda pair: len(pair[1]))  # min keeps the first: the earliest
+    fewest = min(len(found_lines) for _, found_lines in lines)
+    closest, differences = [pair for pair in lines if len(pair[1]) == fewest][-1]  # the latest on a tie
     return Match(fingerprint, None, closest=closest, differences=tuple(differences))
 
 

@@ -56,6 +56,10 @@ _CANDIDATES: dict[str, tuple[str, ...]] = {
     "JSON": ("sa.JSON()",), "UUID": ("sa.Uuid()",), "UNIQUEIDENTIFIER": ("sa.Uuid()",),
 }
 _NO_ACTION = "NO ACTION"
+# A partial index's predicate and included columns go by dialect-prefixed keywords; each dialect reads its own
+# and ignores the others', so the revision runs on any of them.
+_WHERE_KEYWORDS = ("postgresql_where", "sqlite_where", "mssql_where")
+_INCLUDE_KEYWORDS = ("postgresql_include", "mssql_include")
 
 SPELLED_NOTE = ("# guards.Spelled(\"...\"): no SQLAlchemy type renders this spelling on this database, so the "
                 "type is written as the catalog spells it.")
@@ -128,9 +132,9 @@ def _create_index(table: Table, index: Index) -> list[str]:
     columns = ", ".join(repr(c) if c.isidentifier() else f"sa.text({c!r})" for c in index.columns)
     kw = ", unique=True" if index.unique else ""
     if index.where:
-        kw += "".join(f", {d}_where=sa.text({index.where!r})" for d in ("postgresql", "sqlite", "mssql"))
+        kw += "".join(f", {key}=sa.text({index.where!r})" for key in _WHERE_KEYWORDS)
     if index.include:
-        kw += "".join(f", {d}_include={list(index.include)!r}" for d in ("postgresql", "mssql"))
+        kw += "".join(f", {key}={list(index.include)!r}" for key in _INCLUDE_KEYWORDS)
     return [f"guards.create_index({index.name!r}, {table.name!r}, [{columns}]{kw})"]
 
 

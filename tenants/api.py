@@ -49,13 +49,16 @@ from tenants.errors import (
 )
 from tenants.model import (
     RESUMABLE,
+    DriftReport,
     RunReport,
     State,
     Status,
     StatusReport,
     Tenant,
+    TenantDrift,
     TenantResult,
     TenantStatus,
+    Verdict,
     revision_of,
 )
 from tenants.output import notify as webhooks
@@ -219,31 +222,148 @@ def status(settings: Settings, selection: Selection = Selection(), source: Tenan
 @dataclass(frozen=True)
 class Verification:
     """What :func:`verify` found: the fleet's status read afresh, the tenants the run's report lists (None
-    without a report: then none is named as created since the run began), and the verdict, :attr:`ok`."""
+    without a report: then none is named as created since the run began), the schema check (``drift``, with
+    ``schema``; None without), and the verdict, :attr:`ok`."""
 
     status: StatusReport
     ran: frozenset[str] | None = None
     strict: bool = False
     allow_offline: bool = False
+    drift: DriftReport | None = None
 
     @property
     def ok(self) -> bool:
-        """Every tenant at head (a pinned one may be behind, unless ``strict``), and every database online
-        (unless ``allow_offline``: an offline one could not be read, so nobody can vouch for it)."""
+        """Every tenant at head (a pinned one may be behind, unless ``strict``), every database online
+        (unless ``allow_offline``: an offline one could not be read, so nobody can vouch for it), and with the
+        schema check every tenant's schema the expected one of its revision."""
         at_head = self.status.ok if self.strict else self.status.ok_but_pinned
-        return at_head and (self.allow_offline or not self.status.offline)
+        schemas = self.drift is None or self.drift.schemas_ok
+        return at_head and schemas and (self.allow_offline or not self.status.offline)
 
 
 def verify(settings: Settings, selection: Selection = Selection(), run_report: Path | None = None,
-           strict: bool = False, allow_offline: bool = False, source: TenantSource | None = None) -> Verification:
+           strict: bool = False, allow_offline: bool = False, source: TenantSource | None = None,
+           schema: bool = False) -> Verification:
     """After a deploy: discover the fleet afresh and check every tenant is at head (:func:`status`).
 
     ``run_report`` is the deploy's report (:mod:`tenants.runlog`), read first: a tenant it does not list was
     created since the run began. ``strict``: pinned tenants not at head fail too. ``allow_offline``: databases
-    that are not online are listed but do not fail.
+    that are not online are listed but do not fail. ``schema``: each tenant's schema must also be the expected
+    one of its recorded revision (:func:`drift`).
     """
     ran = frozenset(read_report(run_report).statuses()) if run_report is not None else None
-    return Verification(status(settings, selection, source), ran, strict, allow_offline)
+    checked = drift(settings, selection, source) if schema else None
+    return Verification(status(settings, selection, source), ran, strict, allow_offline, checked)
+
+
+@dataclass(frozen=True)
+class SchemaRead:
+    """A read-only look at one tenant's schema: its recorded revision and snapshot, or why it could not be
+    read. ``versioned`` is False when it has no version table; ``snapshot`` None for a SQLite tenant whose
+    file does not exist yet (new, not opened)."""
+
+    current: tuple[str, ...] = ()
+    versioned: bool = True
+    snapshot: Snapshot | None = None
+    error: str | None = None  # unreachable, password-free
+
+
+def read_schemas(settings: Settings, tenants: list[Tenant]) -> list[SchemaRead]:
+    """Each tenant's :class:`SchemaRead`, in order, read in threads as :func:`read_tenants` reads (no Alembic
+    context, the read deadline on every statement): one connection and two queries per tenant, the version
+    table and the snapshot (one catalog query, :func:`tenants.db.schema_snapshot`)."""
+    env = settings.environment
+    must_exist = _must_exist(settings)
+    own = own_tables(env.version_table, env.history_table)
+    connector = Connector(env.auth, env.cloud, sessions=env.sessions)
+
+    def one(tenant: Tenant) -> SchemaRead:
+        if not must_exist and missing_file(tenant.url):
+            return SchemaRead(versioned=False)
+        try:
+            with connector.engine(tenant.url, must_exist=must_exist, reads=True) as engine, engine.connect() as conn:
+                try:
+                    current, versioned = read_version(conn, env.version_table), True
+                except NoVersionTable:
+                    current, versioned = (), False
+                return SchemaRead(current, versioned, schema_snapshot(conn, own))
+        except Exception as err:  # noqa: BLE001 - an unreachable tenant is a state, not a crash
+            return SchemaRead(error=describe_error(err, tenant.all_secrets))
+
+    try:
+        with ThreadPoolExecutor(max(1, min(env.concurrency, len(tenants) or 1))) as pool:
+            return list(pool.map(one, tenants))
+    finally:
+        connector.dispose()
+
+
+def drift(settings: Settings, selection: Selection = Selection(), source: TenantSource | None = None,
+          expected: Expected | None = None) -> DriftReport:
+    """Each selected tenant's schema against the expected schema of its recorded revision (issue 12).
+
+    Reads every tenant (:func:`read_schemas`), then takes the expected schemas (``expected``, else
+    :func:`tenants.engine.expected.expected_schemas`: the cache, a scratch database, or the consensus of
+    what was just read). Reads only; a scratch database is the only thing created (and dropped)."""
+    env = settings.environment
+    revisions = load_revisions(settings)
+    tenants, _, offline = _discover(settings, selection, source, offline_named=True)
+    if env.reference_database is not None and any(t.name == env.reference_database for t in tenants):
+        raise UsageError(f"reference_database {env.reference_database!r} of environment {env.name!r} is also a "
+                         "tenant: the expected schemas are built in it (it is emptied); set aside a database "
+                         "that no tenant source finds")
+    reads = read_schemas(settings, tenants)
+    if expected is None:
+        voters = [(r.current, r.snapshot) for r in reads if r.snapshot is not None and r.versioned and r.current
+                  and revisions.is_known(r.current)]
+        expected = expected_schemas(settings, revisions, consensus_from=voters)
+    rows = tuple(_judge(t, r, revisions, expected, env.version_table) for t, r in zip(tenants, reads, strict=True))
+    votes = tuple((where, c.agreeing, c.total, c.tied) for where, c in sorted(expected.consensus.items()))
+    return DriftReport(env.name, single_head(revisions), expected.source, expected.dialect or env.dialect,
+                       len(expected.by_revision), rows, tuple(offline), votes)
+
+
+def _judge(tenant: Tenant, read: SchemaRead, revisions: Revisions, expected: Expected,
+           version_table: str) -> TenantDrift:
+    """One tenant's verdict (see :class:`~tenants.model.Verdict`)."""
+    name, current = tenant.name, read.current
+    if read.error is not None:
+        return TenantDrift(name, Verdict.UNKNOWN, reason=f"unreachable: {read.error}")
+    found = read.snapshot
+    if found is None:  # a SQLite file not created yet
+        return TenantDrift(name, Verdict.NEW)
+    fingerprint = found.fingerprint
+    if not read.versioned:
+        if not found.tables and not found.views:
+            return TenantDrift(name, Verdict.NEW, fingerprint=fingerprint)
+        return TenantDrift(name, Verdict.UNKNOWN, fingerprint=fingerprint,
+                           reason=f"unmanaged: {len(found.tables) + len(found.views)} table(s) or view(s) but no "
+                                  f"{version_table} table: adopt it at the revision its schema matches")
+    if not revisions.is_known(current):
+        return TenantDrift(name, Verdict.UNKNOWN, current, fingerprint,
+                           reason=f"unknown revision: {','.join(current)} is not in the revision graph")
+    rows = version_rows_problem(current, revisions, version_table, name)
+    if rows is not None:
+        return TenantDrift(name, Verdict.UNKNOWN, current, fingerprint, reason=f"unknown revision: {rows}")
+    want = expected.at(current)
+    if want is None:
+        return TenantDrift(name, Verdict.UNKNOWN, current, fingerprint, reason=_no_reference(current, expected))
+    differences = tuple(want.diff(found))
+    if differences:
+        return TenantDrift(name, Verdict.DRIFTED, current, fingerprint, differences)
+    return TenantDrift(name, Verdict.MATCH, current, fingerprint)
+
+
+def _no_reference(current: tuple[str, ...], expected: Expected) -> str:
+    """Why a known position has no expected schema, in one line."""
+    where = ",".join(sorted(current))
+    vote = expected.consensus.get(where)
+    if vote is not None and vote.fingerprint is None:
+        return (f"no expected schema at {where}: consensus tie between {len(vote.tied)} schemas of "
+                f"{vote.agreeing} tenant(s) each ({', '.join(vote.tied)})")
+    if len(current) > 1:
+        return f"no expected schema at {where}: several heads, not built"
+    return f"no expected schema at {where}: no tenant of the fleet to compare with" if expected.source == "consensus" \
+        else f"no expected schema at {where}"
 
 
 @dataclass(frozen=True)

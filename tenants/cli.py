@@ -31,8 +31,10 @@ from tenants.errors import TenantsError, UsageError
 from tenants.model import RunReport, TenantResult, counted
 from tenants.output import terminal
 from tenants.output.adopt import adopt_json, adopt_text
+from tenants.output.drift import drift_json, drift_lines, drift_markdown, drift_text
+from tenants.output.drift import summary_line as drift_summary
 from tenants.output.job_summary import markdown_summary
-from tenants.output.junit import junit_xml, status_junit
+from tenants.output.junit import drift_junit, junit_xml, status_junit
 from tenants.output.notify import Target, ci_run_url, notify, parse_target
 from tenants.output.plan import plan_json, plan_markdown, plan_text
 from tenants.runlog import ReportWriter, write_json
@@ -278,6 +280,9 @@ def verify(
     allow_offline: Annotated[bool, typer.Option(
         "--allow-offline", help="Databases that are not online (Azure: Paused, Scaling, ...) are listed as not "
         "verified but do not fail.")] = False,
+    schema: Annotated[bool, typer.Option(
+        "--schema", help="Also check each tenant's schema against the expected schema of its revision "
+        "(`tenants drift`): a drifted tenant fails.")] = False,
 ) -> None:
     """After a deploy: discover the fleet afresh and check every tenant is at head. Exit 1 naming each that
     is not, and why (pinned tenants are listed, and fail only with --strict), and each database that is not
@@ -285,12 +290,16 @@ def verify(
     obj: Context = ctx.obj
     _check_report_path(junit, "--junit")
     verdict = api.verify(obj.settings(), _selection(tenant, exclude, tag, shard), run_report, strict=strict,
-                         allow_offline=allow_offline)
+                         allow_offline=allow_offline, schema=schema)
     for line in terminal.verify_lines(verdict.status, verdict.ran, allow_offline):
         typer.echo(line)
     typer.echo(terminal.status_line(verdict.status))
+    if verdict.drift is not None:
+        for line in drift_lines(verdict.drift, matching=False, offline=False):  # verify_lines named those
+            typer.echo(line)
+        typer.echo(drift_summary(verdict.drift))
     files = Files()
-    files.write("--junit", junit, status_junit(verdict.status, allow_offline))
+    files.write("--junit", junit, status_junit(verdict.status, allow_offline, verdict.drift))
     if files.failed and verdict.ok:
         path, why = files.failed["--junit"]
         typer.echo(f"tenants: error: the fleet verified well but --junit {path} could not be written: {why}",
@@ -540,6 +549,36 @@ def upgrade(
 
 
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="text, markdown or json.")]
+
+
+@app.command()
+@_command
+def drift(
+    ctx: typer.Context,
+    tenant: TenantOpt = [], exclude: ExcludeOpt = [], tag: TagOpt = [], shard: ShardOpt = None,
+    output_format: FormatOpt = "text",
+    junit: JunitOpt = None,
+) -> None:
+    """Each tenant's schema against the expected schema of its recorded revision, tenants grouped by
+    fingerprint; each drifted one with its differences. Exit 1 on any drift (or a tenant that cannot be
+    checked), 0 when every tenant matches."""
+    obj: Context = ctx.obj
+    if output_format not in ("text", "markdown", "json"):
+        raise UsageError(f"--format {output_format}: use text, markdown or json")
+    _check_report_path(junit, "--junit")
+    report = api.drift(obj.settings(), _selection(tenant, exclude, tag, shard))
+    if output_format == "json":
+        typer.echo(terminal.to_json(drift_json(report)))
+    elif output_format == "markdown":
+        typer.echo(drift_markdown(report), nl=False)
+    else:
+        typer.echo(drift_text(report), nl=False)
+    files = Files()
+    files.write("--junit", junit, drift_junit(report))
+    if files.failed and report.ok:
+        path, why = files.failed["--junit"]
+        typer.echo(f"tenants: error: every schema matched but --junit {path} could not be written: {why}", err=True)
+    raise typer.Exit(0 if report.ok and not files.failed else 1)
 
 
 @app.command()

@@ -536,3 +536,115 @@ class Plan:
     def ok(self) -> bool:
         """The plan covers every selected tenant: none is at an unknown revision, unreadable or unmanaged."""
         return not (self.unknown_revision or self.unreachable or self.unmanaged)
+
+
+# --- schema drift (issue 12: tenants.api.drift computes it, tenants.output.drift renders it) ----------------
+
+class Verdict(str, Enum):
+    """What ``tenants drift`` says of one tenant's schema against the expected schema of its recorded revision."""
+
+    MATCH = "match"  # the schema is the expected one
+    NEW = "new"  # no revision recorded and no tables: nothing to compare, nothing wrong
+    DRIFTED = "drifted"  # the schema differs from the expected one (TenantDrift.differences say how)
+    UNKNOWN = "unknown"  # no verdict: unreachable, unmanaged, unknown revision, or no expected schema (reason)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class TenantDrift:
+    """One tenant: ``current`` its recorded heads (() none), ``fingerprint`` its schema's (None when not
+    read), ``differences`` from the expected schema to the one found (drifted), ``reason`` why there is no
+    verdict (unknown), password-free."""
+
+    tenant: str
+    verdict: Verdict
+    current: tuple[str, ...] = ()
+    fingerprint: str | None = None
+    differences: tuple[str, ...] = ()
+    reason: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"tenant": self.tenant, "verdict": self.verdict.value, "revision": ",".join(self.current) or "base",
+                "fingerprint": self.fingerprint, "differences": list(self.differences), "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class DriftGroup:
+    """Tenants with the same verdict, revision, fingerprint (so the same differences) and reason."""
+
+    verdict: Verdict
+    current: tuple[str, ...]
+    fingerprint: str | None
+    differences: tuple[str, ...]
+    reason: str | None
+    tenants: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict.value, "revision": ",".join(self.current) or "base",
+                "fingerprint": self.fingerprint, "differences": list(self.differences), "reason": self.reason,
+                "count": len(self.tenants), "tenants": list(self.tenants)}
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """Every selected tenant's schema against the expected schema of its recorded revision.
+
+    ``reference`` is where the expected schemas came from (``scratch``: built now on a scratch database of
+    ``dialect``; ``cache``: built earlier, read back; ``consensus``: the largest group of tenants at each
+    revision); ``revisions`` how many revisions have one; ``consensus`` (with that reference) how each
+    position was chosen, as ``(position, agreeing, total, tied fingerprints)``: a tie leaves the position
+    without an expected schema. ``offline``: databases discovery found but could not read (not verified)."""
+
+    environment: str
+    head: str | None
+    reference: str
+    dialect: str
+    revisions: int
+    tenants: tuple[TenantDrift, ...] = ()
+    offline: tuple[tuple[str, str], ...] = ()
+    consensus: tuple[tuple[str, int, int, tuple[str, ...]], ...] = ()
+
+    @property
+    def drifted(self) -> list[TenantDrift]:
+        return [t for t in self.tenants if t.verdict is Verdict.DRIFTED]
+
+    @property
+    def unknown(self) -> list[TenantDrift]:
+        return [t for t in self.tenants if t.verdict is Verdict.UNKNOWN]
+
+    @property
+    def schemas_ok(self) -> bool:
+        """Every tenant read matches its revision's expected schema (or is new)."""
+        return all(t.verdict in (Verdict.MATCH, Verdict.NEW) for t in self.tenants)
+
+    @property
+    def ok(self) -> bool:
+        """:attr:`schemas_ok`, and every database online (an offline one could not be checked)."""
+        return self.schemas_ok and not self.offline
+
+    def groups(self) -> list[DriftGroup]:
+        """Tenants grouped by (verdict, revision, fingerprint, differences, reason): 300 identical tenants are
+        one group. In verdict order (match, new, drifted, unknown), the largest group first, then by revision."""
+        found: dict[tuple, list[str]] = {}
+        for t in self.tenants:
+            found.setdefault((t.verdict, t.current, t.fingerprint, t.differences, t.reason), []).append(t.tenant)
+        order = list(Verdict)
+        keys = sorted(found, key=lambda k: (order.index(k[0]), -len(found[k]), k[1], k[2] or ""))
+        return [DriftGroup(*key, tuple(found[key])) for key in keys]
+
+    def to_dict(self) -> dict:
+        counts = Counter(t.verdict.value for t in self.tenants)
+        return {
+            "environment": self.environment,
+            "head": self.head,
+            "reference": {"source": self.reference, "dialect": self.dialect, "revisions": self.revisions,
+                          "consensus": [{"revision": where, "agreeing": agreeing, "total": total, "tied": list(tied)}
+                                        for where, agreeing, total, tied in self.consensus]},
+            "ok": self.ok,
+            "summary": {v.value: counts[v.value] for v in Verdict if counts[v.value]},
+            "groups": [g.to_dict() for g in self.groups()],
+            "tenants": [t.to_dict() for t in self.tenants],
+            "offline": [{"tenant": name, "reason": why} for name, why in self.offline],
+        }

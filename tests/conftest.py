@@ -21,6 +21,8 @@ pytest.register_assert_rewrite("helpers")  # its asserts (payload shapes) explai
 from helpers import ALEMBIC_INI, PG_URL, admin, fleet_config, pg_dsn, serve_webhook  # noqa: E402
 
 from tenants.cli import main  # noqa: E402
+from tenants.dialects.postgresql import PostgreSQL  # noqa: E402
+from tenants.dialects.sqlite import SQLite  # noqa: E402
 
 
 @pytest.fixture
@@ -40,6 +42,22 @@ def webhook(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with serve_webhook() as server:
         yield server
+
+
+@pytest.fixture
+def scratch_calls(monkeypatch):
+    """Counts the scratch databases each dialect is asked for (the public Dialect method, wrapped)."""
+    calls: list[str] = []
+    for cls in (SQLite, PostgreSQL):
+        original = cls.scratch_database
+
+        def counting(self, url, *, _original=original, **kwargs):
+            calls.append(self.name)
+            return _original(self, url, **kwargs)
+
+        monkeypatch.setattr(cls, "scratch_database", counting)
+    return calls
+
 
 
 @dataclass

@@ -14,7 +14,6 @@ from sqlalchemy.engine import make_url
 
 from tenants import api
 from tenants.dialects.postgresql import PostgreSQL
-from tenants.dialects.sqlite import SQLite
 from tenants.engine.expected import consensus, expected_schemas
 from tenants.errors import ExpectedSchemaError
 from tenants.snapshot import Column, Snapshot, Table
@@ -24,21 +23,6 @@ def _settings(tmp_path: Path, extra: str = "", alembic: Path = ROOT / "alembic.i
     cache = f'schema_cache = "{tmp_path / "cache"}"\n'
     return settings_for(fleet_config(tmp_path / "tenants.toml", ["acme"], alembic=alembic, extra=cache + extra,
                                      url=url or f"sqlite:///{tmp_path}/db/{{tenant}}.db"))
-
-
-@pytest.fixture
-def scratch_calls(monkeypatch):
-    """Counts the scratch databases each dialect is asked for (the public Dialect method, wrapped)."""
-    calls: list[str] = []
-    for cls in (SQLite, PostgreSQL):
-        original = cls.scratch_database
-
-        def counting(self, url, *, _original=original, **kwargs):
-            calls.append(self.name)
-            return _original(self, url, **kwargs)
-
-        monkeypatch.setattr(cls, "scratch_database", counting)
-    return calls
 
 
 def test_sqlite_expected_schemas_are_built_once_then_read_from_the_cache(tmp_path, scratch_calls):

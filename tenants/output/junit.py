@@ -29,10 +29,21 @@ import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 
-from tenants.model import GOOD, RunReport, State, Status, StatusReport, TenantResult
+from tenants.model import (
+    GOOD,
+    DriftReport,
+    RunReport,
+    State,
+    Status,
+    StatusReport,
+    TenantDrift,
+    TenantResult,
+    TenantStatus,
+    Verdict,
+)
 from tenants.output.format import heads, one_line, rev
 
-__all__ = ["junit_xml", "status_junit"]
+__all__ = ["drift_junit", "junit_xml", "status_junit"]
 
 # Characters XML 1.0 cannot carry at all, not even escaped (NUL, most C0 controls, lone surrogates):
 # ElementTree writes them as they are and the file would not parse. A driver's error text can hold them.
@@ -123,21 +134,23 @@ def junit_xml(report: RunReport) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def status_junit(report: StatusReport, allow_offline: bool = False) -> str:
-    """JUnit XML for ``tenants verify``: one test case per tenant, failing unless it is at head; one per
-    offline database (not read), failing, or skipped with ``allow_offline``."""
+def status_junit(report: StatusReport, allow_offline: bool = False, drift: DriftReport | None = None) -> str:
+    """JUnit XML for ``tenants verify``: one test case per tenant, failing unless it is at head (and, with
+    ``drift`` from ``verify --schema``, unless its schema matches its revision's); one per offline database
+    (not read), failing, or skipped with ``allow_offline``."""
     offline = len(report.offline)
+    schema = {t.tenant: t for t in drift.tenants} if drift is not None else {}
+    problems = {t.tenant: _problem(t, report.head, schema.get(t.tenant)) for t in report.tenants}
     suite = ET.Element("testsuite", name=f"tenants verify {report.environment}",
                        tests=str(len(report.tenants) + offline),
-                       failures=str(sum(t.state is not State.AT_HEAD for t in report.tenants)
-                                    + (0 if allow_offline else offline)), errors="0",
-                       skipped=str(offline if allow_offline else 0))
+                       failures=str(sum(p is not None for p in problems.values()) + (0 if allow_offline else offline)),
+                       errors="0", skipped=str(offline if allow_offline else 0))
     for t in report.tenants:
         case = ET.SubElement(suite, "testcase", classname=f"tenants.{report.environment}", name=t.tenant)
-        if t.state is not State.AT_HEAD:
-            message = _xml_text(one_line(t.error or f"{t.state.value}: at {heads(t.current)}, "
-                                                      f"head is {report.head}"))
-            failure = ET.SubElement(case, "failure", type=t.state.value, message=message)
+        if problems[t.tenant] is not None:
+            kind, text = problems[t.tenant]
+            message = _xml_text(one_line(text))
+            failure = ET.SubElement(case, "failure", type=kind, message=message)
             failure.text = message
     for name, why in report.offline:
         case = ET.SubElement(suite, "testcase", classname=f"tenants.{report.environment}", name=name)
@@ -147,6 +160,44 @@ def status_junit(report: StatusReport, allow_offline: bool = False) -> str:
         else:
             failure = ET.SubElement(case, "failure", type="not-verified", message=message)
             failure.text = message
+    root = ET.Element("testsuites", name="tenants")
+    root.append(suite)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _problem(t: TenantStatus, head: str, schema: TenantDrift | None) -> tuple[str, str] | None:
+    """(failure type, message) of a verified tenant, or None when it passes."""
+    if t.state is not State.AT_HEAD:
+        return t.state.value, t.error or f"{t.state.value}: at {heads(t.current)}, head is {head}"
+    if schema is not None and schema.verdict is Verdict.DRIFTED:
+        return "drifted", f"schema drifted from {heads(schema.current)}: " + "; ".join(schema.differences)
+    if schema is not None and schema.verdict is Verdict.UNKNOWN:
+        return "unknown", schema.reason or "schema unknown"
+    return None
+
+
+def drift_junit(report: DriftReport) -> str:
+    """JUnit XML for ``tenants drift``: one test case per tenant, failing when its schema drifted (the message
+    lists the differences) or has no verdict (unknown: why); one failing case per offline database."""
+    bad = [t for t in report.tenants if t.verdict in (Verdict.DRIFTED, Verdict.UNKNOWN)]
+    suite = ET.Element("testsuite", name=f"tenants drift {report.environment}",
+                       tests=str(len(report.tenants) + len(report.offline)),
+                       failures=str(len(bad) + len(report.offline)), errors="0", skipped="0")
+    for t in report.tenants:
+        case = ET.SubElement(suite, "testcase", classname=f"tenants.drift.{report.environment}", name=t.tenant)
+        if t.verdict is Verdict.DRIFTED:
+            failure = ET.SubElement(case, "failure", type="drifted", message=_xml_text(one_line(
+                f"at {heads(t.current)}: {len(t.differences)} difference(s) from the expected schema")))
+            failure.text = _xml_text("\n".join(t.differences))
+        elif t.verdict is Verdict.UNKNOWN:
+            message = _xml_text(one_line(t.reason or "unknown"))
+            failure = ET.SubElement(case, "failure", type="unknown", message=message)
+            failure.text = message
+    for name, why in report.offline:
+        case = ET.SubElement(suite, "testcase", classname=f"tenants.drift.{report.environment}", name=name)
+        message = _xml_text(one_line(f"not verified: {why}"))
+        failure = ET.SubElement(case, "failure", type="not-verified", message=message)
+        failure.text = message
     root = ET.Element("testsuites", name="tenants")
     root.append(suite)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

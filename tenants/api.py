@@ -28,7 +28,9 @@ from tenants.db import (
     schema_tables,
 )
 from tenants.dialects import placeholder_urls
+from tenants.engine import baseline as baseline_module
 from tenants.engine import history, pins
+from tenants.engine.adopt import AdoptReport, AdoptRow, AdoptState, match
 from tenants.engine.expected import Expected, expected_schemas
 from tenants.engine.fanout import FailurePolicy, Strategy, choose_strategy
 from tenants.engine.pins import Pin, read_pin
@@ -36,6 +38,7 @@ from tenants.engine.pressure import ElasticPoolPressure, PressureGate
 from tenants.engine.revisions import Operation, Revisions
 from tenants.engine.unit import Job, own_tables, unmanaged_reason, version_rows_problem
 from tenants.errors import (
+    ExpectedSchemaError,
     ReportError,
     ReportMismatch,
     RevisionError,
@@ -56,6 +59,7 @@ from tenants.model import (
     TenantResult,
     TenantStatus,
     Verdict,
+    revision_of,
 )
 from tenants.output import notify as webhooks
 from tenants.runlog import ReadReport, header_of, read_report
@@ -765,6 +769,168 @@ def stamp(settings: Settings, revision: str, selection: Selection = Selection(),
     return prepare_stamp(settings, revision, selection, everyone).run.run(options, on_result)
 
 
+# --- adopt (issue 12): stamp each unmanaged tenant at the revision its schema matches -------------------------
+
+@dataclass(frozen=True)
+class _Look:
+    """One tenant as adopt sees it: its recorded revision (None: no version table), and its schema's snapshot
+    when it has tables but no version table (unmanaged), or why it could not be read."""
+
+    current: tuple[str, ...] | None = None
+    snapshot: Snapshot | None = None
+    error: str | None = None
+
+
+def _look(settings: Settings, tenants: list[Tenant]) -> list[_Look]:
+    """Each tenant's :class:`_Look`, read in threads (reads only, as :func:`read_tenants`): the version table
+    with one query and, without one, the tables with a second and the snapshot with a third (one catalog
+    query, :func:`tenants.db.schema_snapshot`). A SQLite file that does not exist yet is not opened."""
+    env = settings.environment
+    must_exist = _must_exist(settings)
+    own = own_tables(env.version_table, env.history_table)
+    connector = Connector(env.auth, env.cloud, sessions=env.sessions)
+
+    def one(tenant: Tenant) -> _Look:
+        if not must_exist and missing_file(tenant.url):
+            return _Look()
+        try:
+            with connector.engine(tenant.url, must_exist=must_exist, reads=True) as engine, engine.connect() as conn:
+                try:
+                    return _Look(read_version(conn, env.version_table))
+                except NoVersionTable:
+                    return _Look(None, schema_snapshot(conn, own) if schema_tables(conn, own) else None)
+        except Exception as err:  # noqa: BLE001 - an unreachable tenant is a row, not a crash
+            return _Look(error=describe_error(err, tenant.all_secrets))
+
+    try:
+        with ThreadPoolExecutor(max(1, min(env.concurrency, len(tenants) or 1))) as pool:
+            return list(pool.map(one, tenants))
+    finally:
+        connector.dispose()
+
+
+def _adopt_row(tenant: Tenant, look: _Look, expected: Expected, order: list[str]) -> AdoptRow:
+    if look.error is not None:
+        return AdoptRow(tenant.name, AdoptState.UNREACHABLE, why=look.error)
+    if look.current is not None:
+        return AdoptRow(tenant.name, AdoptState.SKIPPED, why=f"managed already: it records {revision_of(look.current)}")
+    if look.snapshot is None:
+        return AdoptRow(tenant.name, AdoptState.SKIPPED, why="new: no tables (`tenants upgrade` creates its schema)")
+    return AdoptRow.of(tenant.name, match(look.snapshot, expected.by_revision, order))
+
+
+@dataclass(frozen=True)
+class AdoptPlan:
+    """What ``tenants adopt`` found, before anything is stamped: a row per selected tenant (:class:`AdoptRow`)."""
+
+    settings: Settings
+    revisions: Revisions
+    tenants: tuple[Tenant, ...]
+    rows: tuple[AdoptRow, ...]
+    source: str  # where the expected schemas came from (Expected.source)
+    fingerprints: dict[str, str]  # revision -> its expected schema's fingerprint, for those matched
+
+    def report(self) -> AdoptReport:
+        """The dry run's report: nothing changed."""
+        return AdoptReport(self.settings.env_name, self.rows, self.source)
+
+    def run(self, options: RunOptions = RunOptions(max_failures=None),
+            on_result: Callable[[TenantResult], None] | None = None) -> AdoptReport:
+        """Stamp each matched tenant at its revision, one stamp run per revision (graph order), each tenant under
+        its lock, where the unit of work checks again that it has no version table and the same schema
+        (:class:`tenants.engine.unit.Job` ``adopt``). Tenants that matched nothing are not in any run."""
+        run_id = options.run_id or uuid.uuid4().hex
+        options = replace(options, run_id=run_id)
+        by_name = {t.name: t for t in self.tenants}
+        results: dict[str, TenantResult] = {}
+        head = single_head(self.revisions)
+        for revision in self.revisions.in_order():
+            chosen = [by_name[r.tenant] for r in self.rows if r.state is AdoptState.MATCHED and r.revision == revision]
+            if chosen:
+                report = _run(self.settings, self.revisions, "stamp", revision, head, chosen, options, on_result,
+                              adopt=self.fingerprints[revision])
+                results.update((r.tenant, r) for r in report.results)
+        rows = tuple(_adopted(row, results.get(row.tenant)) for row in self.rows)
+        return AdoptReport(self.settings.env_name, rows, self.source, applied=True, run_id=run_id)
+
+
+def _adopted(row: AdoptRow, result: TenantResult | None) -> AdoptRow:
+    """A matched row after its stamp run: adopted, changed under the lock (skipped, untouched), or failed."""
+    if row.state is not AdoptState.MATCHED:
+        return row
+    if result is None:  # the run stopped before it (Ctrl-C)
+        return replace(row, state=AdoptState.FAILED, why="not started")
+    if result.status is Status.STAMPED:
+        return replace(row, state=AdoptState.ADOPTED)
+    state = AdoptState.CHANGED if result.status is Status.SKIPPED else AdoptState.FAILED
+    return replace(row, state=state, why=result.error or str(result.status))
+
+
+def prepare_adopt(settings: Settings, selection: Selection = Selection(), source: TenantSource | None = None,
+                  expected: Expected | None = None) -> AdoptPlan:
+    """Snapshot each selected unmanaged tenant and match it to a revision (:func:`tenants.engine.adopt.match`),
+    touching nothing. ``expected`` (an :class:`tenants.engine.expected.Expected`) defaults to the expected
+    schemas of the graph on this environment's dialect (built on a scratch database, or cached)."""
+    _require_lock(settings)
+    revisions = load_revisions(settings)
+    revisions.head()  # a graph without revisions, or with several heads, is bad input here too
+    tenants, _ = discover_all(settings, selection, source)
+    if expected is None:
+        expected = _expected_schemas(settings, revisions)
+    order = revisions.in_order()
+    rows = tuple(_adopt_row(t, look, expected, order)
+                 for t, look in zip(tenants, _look(settings, tenants), strict=True))
+    fingerprints = {row.revision: expected.by_revision[row.revision].fingerprint for row in rows
+                    if row.state is AdoptState.MATCHED and row.revision is not None}
+    return AdoptPlan(settings, revisions, tuple(tenants), rows, expected.source, fingerprints)
+
+
+def adopt(settings: Settings, selection: Selection = Selection(), yes: bool = False, expected: Expected | None = None,
+          options: RunOptions = RunOptions(max_failures=None)) -> AdoptReport:
+    """``tenants adopt``: the dry run's report, or with ``yes`` each matched tenant stamped (see
+    :class:`AdoptPlan`)."""
+    plan = prepare_adopt(settings, selection, expected=expected)
+    return plan.run(options) if yes else plan.report()
+
+
+def baseline(settings: Settings, tenant: str, message: str) -> Path:
+    """``tenants baseline --from-tenant NAME -m MESSAGE``: write an Alembic revision that creates ``tenant``'s
+    schema (its snapshot, rendered by :mod:`tenants.engine.baseline`), and return its path.
+
+    Alembic writes it (``ScriptDirectory.generate_revision``, through the project's ``script.py.mako``), so its id,
+    file name and ``down_revision`` are Alembic's: it goes on the current head, as ``alembic revision`` puts a new
+    revision, which makes it the first revision of a project that has none (the case it is for: a fleet whose
+    schema predates the graph). A graph with several heads is refused (merge them first).
+    """
+    if not message.strip():
+        raise UsageError("baseline needs -m \"...\": the revision's message (e.g. -m \"baseline\")")
+    revisions = load_revisions(settings)
+    if len(revisions.heads) > 1:
+        revisions.head()  # raises MultipleHeads, naming them and the way out
+    chosen = _one_tenant(settings, tenant)
+    own = own_tables(settings.environment.version_table, settings.environment.history_table)
+
+    def read(engine):
+        with engine.connect() as conn:
+            return schema_snapshot(conn, own)
+
+    snapshot = _on_tenant(settings, chosen, read, "cannot read its schema", if_not_created=Snapshot())
+    if not snapshot.tables and not snapshot.views:
+        raise UsageError(f"tenant {tenant!r} has no tables: nothing to baseline; name a tenant that has the schema")
+    return baseline_module.write_revision(revisions.script, snapshot, message.strip(), tenant)
+
+
+def _expected_schemas(settings: Settings, revisions: Revisions) -> Expected:
+    """The reference adopt matches against. Consensus is no reference here: the tenants to adopt record no
+    revision to vote with, so an environment without a scratch database cannot adopt by schema."""
+    expected = expected_schemas(settings, revisions)
+    if not expected.by_revision:
+        raise ExpectedSchemaError(
+            f"environment {settings.env_name!r}: no expected schema to match against: adopt needs the graph built on "
+            "a scratch database (expected_schema = \"build\"; SQL Server: a reference_database), not consensus")
+    return expected
+
+
 DIALECT_URLS = placeholder_urls()  # `tenants sql --dialect NAME`: URLs that only pick the dialect
 
 
@@ -868,13 +1034,14 @@ _OWN_GATE = object()  # _run's default: a pressure gate of its own for this call
 
 
 def _run(settings, revisions, operation: Operation, target, head, tenants, options: RunOptions, on_result,
-         planned_from: tuple[str, ...] | None = None, on_start=None, skipped=(), gate=_OWN_GATE):
+         planned_from: tuple[str, ...] | None = None, on_start=None, skipped=(), gate=_OWN_GATE,
+         adopt: str | None = None):
     """Run ``tenants`` with ``gate``, the run's pressure gate (None: no probe) when the caller owns one."""
     if gate is _OWN_GATE:
         gate = _pressure_gate(settings.environment, tenants) if options.strategy is None else None
         try:
             return _run(settings, revisions, operation, target, head, tenants, options, on_result,
-                        planned_from=planned_from, on_start=on_start, skipped=skipped, gate=gate)
+                        planned_from=planned_from, on_start=on_start, skipped=skipped, gate=gate, adopt=adopt)
         finally:
             if gate is not None:
                 gate.close()
@@ -906,6 +1073,7 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
         tool_version=__version__,
         history_table=env.history_table,
         unmanaged=env.unmanaged,
+        adopt=adopt,  # tenants adopt: the schema fingerprint to find again under the lock
     )
     strategy = options.strategy or choose_strategy(concurrency, len(tenants), revisions, gate, options.tenant_timeout)
     started_wall, started = datetime.now(UTC), monotonic()

@@ -30,6 +30,7 @@ from tenants.config import Settings, load_settings
 from tenants.errors import TenantsError, UsageError
 from tenants.model import RunReport, TenantResult, counted
 from tenants.output import terminal
+from tenants.output.adopt import adopt_json, adopt_text
 from tenants.output.drift import drift_json, drift_lines, drift_markdown, drift_text
 from tenants.output.drift import summary_line as drift_summary
 from tenants.output.job_summary import markdown_summary
@@ -715,6 +716,42 @@ def stamp(
         raise typer.Exit(1)
     report_obj = prepared.run.run(api.RunOptions(max_failures=None), lambda r: typer.echo(terminal.result_line(r)))
     _finish(obj, report_obj, report)
+
+
+@app.command()
+@_command
+def adopt(
+    ctx: typer.Context,
+    tenant: TenantOpt = [], exclude: ExcludeOpt = [], tag: TagOpt = [],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Stamp each matched tenant at its revision.")] = False,
+    output_format: Annotated[str, typer.Option("--format", "-f", help="text or json.")] = "text",
+) -> None:
+    """Adopt an existing fleet: match each `unmanaged` tenant's schema (tables, no version table) to the revision
+    whose expected schema it is. Dry run by default; --yes stamps each matched tenant there (history row
+    `adopted`). Tenants that match nothing are never touched. Exit 0 if every unmanaged tenant matched (or was
+    adopted), 1 otherwise."""
+    obj: Context = ctx.obj
+    if output_format not in ("text", "json"):
+        raise UsageError(f"--format {output_format}: use text or json")
+    plan = api.prepare_adopt(obj.settings(), _selection(tenant, exclude, tag))
+    report = plan.run() if yes else plan.report()
+    typer.echo(adopt_json(report) if output_format == "json" else adopt_text(report))
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+@_command
+def baseline(
+    ctx: typer.Context,
+    from_tenant: Annotated[str, typer.Option(
+        "--from-tenant", help="The tenant whose schema the revision creates.", show_default=False)],
+    message: Annotated[str, typer.Option("--message", "-m", help="The revision's message.", show_default=False)],
+) -> None:
+    """Write an Alembic revision that creates a tenant's schema (guarded, for review), on the current head: the
+    first revision of a fleet whose schema predates the graph. Then `tenants adopt --yes` stamps the fleet."""
+    obj: Context = ctx.obj
+    path = api.baseline(obj.settings(), from_tenant, message)
+    typer.echo(f"wrote {path}: review it, commit it, then `tenants adopt` matches the fleet to it")
 
 
 @app.command()

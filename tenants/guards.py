@@ -176,6 +176,21 @@ def _tsql_index(index: str, table: str, schema: str | None) -> str:
             f"AND object_id = OBJECT_ID({_tsql_object(table, schema)})")
 
 
+# --- types ---------------------------------------------------------------------------------------------------
+
+class Spelled(sa.types.UserDefinedType):
+    """A column type written as the database spells it (``Spelled("MONEY")``): for a type no SQLAlchemy type
+    renders that way on the tenant's dialect. ``tenants baseline`` writes it, and says so in the file."""
+
+    cache_ok = True
+
+    def __init__(self, spelling: str) -> None:
+        self.spelling = spelling
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return self.spelling
+
+
 # --- predicates ---------------------------------------------------------------------------------------------
 
 

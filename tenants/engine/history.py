@@ -7,6 +7,12 @@ revision and its row commit or roll back together, and a run killed mid-revision
 that fails is recorded afterwards, in a transaction of its own (its own transaction rolled back), with
 outcome ``failed`` and the error.
 
+``tenants adopt`` (issue 12) stamps a hand-managed tenant at the revision its schema matches: its row's
+outcome is ``adopted`` and its ``error`` column carries the note ``schema fingerprint <12 hex digits>`` (the
+schema that was matched, read under the lock). The note goes in that column rather than a new one: every
+tenant already has this table, and a new column would need an ALTER on each of them before a row could be
+written, or a reader that copes with both shapes. ``error`` is free text that only failed rows used.
+
 Rows carry: run id, operation, from and to revision, start and finish time (UTC), outcome, error, actor
 (``$GITHUB_ACTOR``, else the local user), the git commit of the revisions (``$GITHUB_SHA``, else ``git
 rev-parse HEAD`` in the Alembic project) and the tool's version.
@@ -92,6 +98,8 @@ class Recorder:
     git_commit: str | None
     tool_version: str
     started: datetime = field(default_factory=_now)
+    outcome: str = "applied"  # of the rows of revisions that moved: "adopted" for `tenants adopt`
+    note: str | None = None  # their error column (`tenants adopt`: the schema fingerprint); None for none
     _ready: bool = False
     recorded: list[tuple[str, str]] = field(default_factory=list)  # (from, to) of each row the callback wrote
 
@@ -105,7 +113,7 @@ class Recorder:
         finished = _now()
         moved = (",".join(sorted(step.source_revision_ids)) or "base",
                  ",".join(sorted(step.destination_revision_ids)) or "base")
-        connection.execute(self._row(table, *moved, finished, "applied", None))
+        connection.execute(self._row(table, *moved, finished, self.outcome, self.note))
         self.recorded.append(moved)
         self.started = finished  # the next revision starts where this one ended
 
@@ -121,7 +129,7 @@ class Recorder:
         with engine.begin() as connection:
             table.create(connection, checkfirst=True)
             for from_revision, to_revision in missing:
-                connection.execute(self._row(table, from_revision, to_revision, finished, "applied", None))
+                connection.execute(self._row(table, from_revision, to_revision, finished, self.outcome, self.note))
         self.recorded += missing
         self.started = finished
 

@@ -154,6 +154,10 @@ class Revisions:
             raise RevisionError(f"revision {revision!r} does not name exactly one revision; see `alembic history`")
         return found[0].revision
 
+    def in_order(self) -> list[str]:
+        """Every revision of the graph, each after the revisions below it (base first)."""
+        return [s.revision for s in reversed(list(self.script.walk_revisions()))]
+
     def is_known(self, current: tuple[str, ...]) -> bool:
         return all(self._lookup(rev) for rev in current)
 

@@ -49,6 +49,7 @@ from tenants.db import (
     is_transient,
     missing_file,
     read_version,
+    schema_snapshot,
     schema_tables,
     tenant_lock,
 )
@@ -93,6 +94,11 @@ class Job:
     env_py: str = "connection"  # what env.py is handed (tenants.engine.revisions): connection | engine | url
     # Every connection's deadlines (DDL lock timeout, keepalives, ...): tenants.config's Environment.sessions.
     sessions: Sessions = field(default_factory=Sessions)
+    # `tenants adopt` (a stamp): the fingerprint the tenant's schema had when it was matched to ``target``.
+    # Under the lock the tenant must still have no version table and still that schema (one more query), or
+    # it is not touched (``skipped``): someone may have changed it since the dry run. Its history row's
+    # outcome is ``adopted``, with the fingerprint (tenants.engine.history).
+    adopt: str | None = None
 
     def own_tables(self) -> tuple[str, ...]:
         return own_tables(self.version_table, self.history_table)
@@ -105,8 +111,11 @@ class Job:
     def recorder(self) -> Recorder | None:
         if self.run_id is None:
             return None
-        return Recorder(self.history_table, self.run_id, self.operation, self.actor, self.git_commit,
-                        self.tool_version)
+        recorder = Recorder(self.history_table, self.run_id, self.operation, self.actor, self.git_commit,
+                            self.tool_version)
+        if self.adopt is not None:
+            recorder.outcome, recorder.note = "adopted", f"schema fingerprint {self.adopt}"
+        return recorder
 
     def connector(self) -> Connector:
         """The connection factory of one process for this job (its own engines and token cache)."""
@@ -241,6 +250,8 @@ def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
                 progress.saw(current)
                 progress.settle(current, job, revisions)
                 _check(current, job, revisions, tenant.name)
+                if job.adopt is not None:
+                    _check_adopt(conn, current, job)
                 if job.operation == "upgrade":  # only tenants with work get here: the no-op path stays one query
                     pin = read_pin(conn)
                     if pin is not None:
@@ -286,6 +297,17 @@ def _migrate(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
         raise LockLost("the session holding the tenant's lock ended while env.py ran")
     if not _reached(after, job, applied):
         raise _Outcome(Status.FAILED, after or (), _missed(current, after, job))
+
+
+def _check_adopt(conn, current: tuple[str, ...], job: Job) -> None:
+    """`tenants adopt`, under the lock: the tenant is still unmanaged and its schema still the one matched."""
+    if current:
+        raise _Outcome(Status.SKIPPED, current, f"it records {','.join(current)} now (adopted or stamped since "
+                       "it was matched); not touched")
+    found = schema_snapshot(conn, job.own_tables()).fingerprint
+    if found != job.adopt:
+        raise _Outcome(Status.SKIPPED, current, f"its schema changed since it was matched (fingerprint {found}, "
+                       f"not {job.adopt}); not touched: run `tenants adopt` again to see where it is")
 
 
 def _record_failure(tenant: Tenant, job: Job, connector: Connector, progress: _Progress, error: str) -> None:

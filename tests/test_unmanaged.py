@@ -38,7 +38,7 @@ def test_sqlite_database_with_tables_and_no_version_table_is_unmanaged_and_untou
     by_name = {r.tenant: r for r in report.results}
     assert by_name["legacy"].status is Status.UNMANAGED
     assert "1 table(s) (customer_orders) but no alembic_version table" in by_name["legacy"].error
-    assert "tenants stamp REVISION --tenant NAME" in by_name["legacy"].error
+    assert "Adopt it with `tenants adopt`" in by_name["legacy"].error
     assert by_name["fresh"].status is Status.UPGRADED  # a database with nothing in it is new, as before
     assert not report.ok
     # untouched: no demo tables, no version table, no history table, the customer's row still there
@@ -112,8 +112,8 @@ def test_cli_upgrade_reports_unmanaged_exit_1_and_plan_shows_it(cli, sqlite_conf
     line = next(ln for ln in run.out.splitlines() if ln.startswith("unmanaged"))
     assert re.sub(r"\d+\.\d\ds", "T", line) == (
         "unmanaged        legacy  (T)  1 table(s) (customer_orders) but no alembic_version table: a schema Alembic "
-        "never recorded; not touched. Adopt it with `tenants stamp REVISION --tenant NAME` (the revision its schema "
-        "matches), or set unmanaged = \"upgrade\" in the environment to run the graph from base on it")
+        "never recorded; not touched. Adopt it with `tenants adopt` (finds the revision its schema matches, and stamps "
+        "it with --yes), or set unmanaged = \"upgrade\" in the environment to run the graph from base on it")
     assert tables(tmp_path / "db" / "legacy.db") == {"customer_orders"}
 
     status = cli("--config", config, "-e", "test", "status", "--json")

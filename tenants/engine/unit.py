@@ -347,8 +347,8 @@ def unmanaged_reason(tables: list[str], version_table: str) -> str:
     other = next((t for t in tables if t.lower().endswith("alembic_version")), None)
     hint = f" (it has {other}: is the environment's version_table right?)" if other else ""
     return (f"{len(tables)} table(s) ({shown}) but no {version_table} table{hint}: a schema Alembic never recorded; "
-            "not touched. Adopt it with `tenants stamp REVISION --tenant NAME` (the revision its schema matches), "
-            "or set unmanaged = \"upgrade\" in the environment to run the graph from base on it")
+            "not touched. Adopt it with `tenants adopt` (finds the revision its schema matches, and stamps it with "
+            "--yes), or set unmanaged = \"upgrade\" in the environment to run the graph from base on it")
 
 
 def version_rows_problem(current: tuple[str, ...], revisions: Revisions, version_table: str, tenant: str

@@ -159,3 +159,22 @@ def read_history(connection: sa.Connection, table_name: str = DEFAULT_TABLE, lim
     table = history_table(table_name)
     rows = connection.execute(sa.select(table).order_by(table.c.id.desc()).limit(limit)).mappings().all()
     return [dict(row) for row in reversed(rows)]
+
+
+def applied_by_run(connection: sa.Connection, run_id: str, table_name: str = DEFAULT_TABLE
+                   ) -> list[tuple[str, str, str]]:
+    """(operation, from, to) of each step ``run_id`` committed on this tenant, in order: what a run that lost
+    track of a tenant (its worker killed after a signal or for the timeout) really did there. Each ``applied``
+    row committed with its revision (``on_version_apply``), so the rows are exactly the revisions that stayed.
+    One query, in a transaction that is ended; [] when the tenant has no history table (or env.py does not pass
+    the callback on: then nothing can be said)."""
+    table = history_table(table_name)
+    try:
+        rows = connection.execute(
+            sa.select(table.c.operation, table.c.from_revision, table.c.to_revision)
+            .where(table.c.run_id == run_id, table.c.outcome == "applied").order_by(table.c.id)).all()
+    except sa.exc.DBAPIError:
+        return []  # no history table yet
+    finally:
+        connection.rollback()
+    return [tuple(row) for row in rows]

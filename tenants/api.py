@@ -7,7 +7,7 @@ bad input raises a :class:`~tenants.errors.TenantsError` and changes nothing.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -32,11 +32,11 @@ from tenants.engine import baseline as baseline_module
 from tenants.engine import history, pins
 from tenants.engine.adopt import AdoptReport, AdoptRow, AdoptState, match
 from tenants.engine.expected import Expected, expected_schemas
-from tenants.engine.fanout import FailurePolicy, Strategy, choose_strategy
+from tenants.engine.fanout import FAILURES, FailurePolicy, Strategy, choose_strategy
 from tenants.engine.pins import Pin, read_pin
 from tenants.engine.pressure import ElasticPoolPressure, PressureGate
 from tenants.engine.revisions import Operation, Revisions
-from tenants.engine.unit import Job, own_tables, unmanaged_reason, version_rows_problem
+from tenants.engine.unit import Job, own_tables, position_key, unmanaged_reason, version_rows_problem
 from tenants.errors import (
     ExpectedSchemaError,
     ReportError,
@@ -151,14 +151,16 @@ class TenantRead:
     pin: Pin | None = None
     tables: tuple[str, ...] = ()
     error: str | None = None  # unreachable, password-free
+    snapshot: Snapshot | None = None  # its schema, when asked for (read_tenants' ``snapshots``) and it has a revision
 
 
-def read_tenants(settings: Settings, tenants: list[Tenant]) -> list[TenantRead]:
+def read_tenants(settings: Settings, tenants: list[Tenant], *, snapshots: bool = False) -> list[TenantRead]:
     """Each tenant's :class:`TenantRead`, in order, read in threads: reads with no Alembic context, which is
     what may run in threads (the concurrency rule: :mod:`tenants.engine.fanout.process`). A tenant at a revision
     costs one connection and two queries (version, pin); a database without a version table one more (its
     tables). A SQLite file that does not exist yet is a new tenant, and is not opened (that would create it).
-    Shared by ``status``, ``verify`` and ``plan``."""
+    Shared by ``status``, ``verify`` and ``plan``. ``snapshots``: a tenant with a recorded revision also gets its
+    schema read (one more query: :func:`tenants.db.schema_snapshot`), for the drift check of ``plan``."""
     env = settings.environment
     must_exist = _must_exist(settings)
     own = own_tables(env.version_table, env.history_table)
@@ -176,7 +178,8 @@ def read_tenants(settings: Settings, tenants: list[Tenant]) -> list[TenantRead]:
                     current = ()
                     if env.unmanaged == "report":
                         tables = schema_tables(conn, own)
-                return TenantRead(current, read_pin(conn), tuple(tables))
+                snapshot = schema_snapshot(conn, own) if snapshots and current else None
+                return TenantRead(current, read_pin(conn), tuple(tables), snapshot=snapshot)
         except Exception as err:  # noqa: BLE001 - an unreachable tenant is a state, not a crash
             return TenantRead(error=describe_error(err, tenant.all_secrets))
 
@@ -380,6 +383,9 @@ class PreparedRun:
     concurrency: int | None = None  # derived from the elastic pool, when the environment sets none
     narrowed: bool = False  # the tenants are a selection (options or a resumed report), not the whole fleet
     resumed_from: Path | None = None  # the report a resumed upgrade took its tenants from (--from-report)
+    # check_schema = true: the expected schema of each revision, which every tenant with work is held to
+    # (tenants.engine.unit's _check_schema); None when the environment does not check schemas.
+    expected: Expected | None = None
 
     def run(self, options: RunOptions = RunOptions(),
             on_result: Callable[[TenantResult], None] | None = None,
@@ -433,10 +439,11 @@ class PreparedRun:
                 policy = wave.stop_after if cap is None else min(wave.stop_after, cap - failed)
             report = _run(self.settings, self.revisions, self.operation, self.target, self.head, tuple(tenants),
                           replace(options, max_failures=policy), on_result,
-                          on_start=on_start if not reports else None, skipped=self.skipped, gate=gate)
+                          on_start=on_start if not reports else None, skipped=self.skipped, gate=gate,
+                          expected=self.expected)
             reports.append(report)
             results.extend(report.results)
-            failures = sum(r.status in (Status.FAILED, Status.TIMED_OUT) for r in report.results)
+            failures = sum(r.status in FAILURES for r in report.results)
             failed += failures
             over = declared and failures > wave.budget
             outcomes.append({"wave": wave.name, "tenants": len(tenants), "ran": True, "ok": report.ok,
@@ -448,7 +455,7 @@ class PreparedRun:
                 stopped_by = f"the failure policy stopped the run ({failed} failed, max failures {cap})"
         if not reports:  # nothing selected
             return _run(self.settings, self.revisions, self.operation, self.target, self.head, (), options,
-                        on_result, on_start=on_start, skipped=self.skipped, gate=gate)
+                        on_result, on_start=on_start, skipped=self.skipped, gate=gate, expected=self.expected)
         order = {t.name: i for i, t in enumerate(self.tenants)}
         run = RunReport.combine(reports, sequential=True)  # every wave's figures, in one report
         return replace(run, results=tuple(sorted(results, key=lambda r: order.get(r.tenant, 0))),
@@ -509,8 +516,10 @@ def prepare_upgrade(settings: Settings, revision: str = "head", selection: Selec
     if resume is not None:
         names = set(resume_names(resume, set(only), [t.name for t in tenants]))
         tenants = [t for t in tenants if t.name in names]
+    expected = schema_reference(settings, revisions, source) if settings.environment.check_schema else None
     return PreparedRun(settings, revisions, "upgrade", target, head, tuple(tenants), tuple(skipped), concurrency,
-                       narrowed=selection != Selection() or resume is not None, resumed_from=resume_from)
+                       narrowed=selection != Selection() or resume is not None, resumed_from=resume_from,
+                       expected=expected)
 
 
 def upgrade_head(revisions: Revisions, revision: str) -> str | None:
@@ -607,6 +616,31 @@ def notify(targets: Sequence[webhooks.Target], reports: Sequence[Path | ReadRepo
         raise UsageError("report notify: give the run's report(s), or --message when there is none")
     subject = merge_reports(reports) if reports else message
     return webhooks.notify(subject, targets, link=link, note=message if reports else None)
+
+
+# --- check_schema (issue 12): the expected schemas an upgrade and a plan hold tenants to ----------------------
+
+def schema_reference(settings: Settings, revisions: Revisions, source: TenantSource | None = None) -> Expected:
+    """The expected schema of each revision for ``settings``' environment: the one call of
+    :func:`tenants.engine.expected.expected_schemas` for ``upgrade`` and ``plan`` (from its cache, or built on a
+    scratch database). Where neither is allowed it falls back to the consensus of the fleet: only then, and
+    lazily, is every tenant of the environment (not only the selection: one tenant would always agree with
+    itself) read, one catalog query each."""
+    def fleet() -> Iterator[tuple[tuple[str, ...], Snapshot]]:
+        tenants, _ = discover_all(settings, Selection(), source)
+        for read in read_tenants(settings, tenants, snapshots=True):
+            if read.snapshot is not None:
+                yield read.current, read.snapshot
+
+    return expected_schemas(settings, revisions, consensus_from=fleet())
+
+
+def job_schemas(expected: Expected) -> dict[str, Snapshot]:
+    """What crosses to the worker processes (:attr:`tenants.engine.unit.Job.expected`): plain data, each
+    position's expected schema keyed by :func:`tenants.engine.unit.position_key`."""
+    schemas = dict(expected.by_revision)
+    schemas.update((position_key(position), snapshot) for position, snapshot in expected.positions.items())
+    return schemas
 
 
 def _azure_client_args(source) -> dict:
@@ -1035,13 +1069,14 @@ _OWN_GATE = object()  # _run's default: a pressure gate of its own for this call
 
 def _run(settings, revisions, operation: Operation, target, head, tenants, options: RunOptions, on_result,
          planned_from: tuple[str, ...] | None = None, on_start=None, skipped=(), gate=_OWN_GATE,
-         adopt: str | None = None):
+         adopt: str | None = None, expected: Expected | None = None):
     """Run ``tenants`` with ``gate``, the run's pressure gate (None: no probe) when the caller owns one."""
     if gate is _OWN_GATE:
         gate = _pressure_gate(settings.environment, tenants) if options.strategy is None else None
         try:
             return _run(settings, revisions, operation, target, head, tenants, options, on_result,
-                        planned_from=planned_from, on_start=on_start, skipped=skipped, gate=gate, adopt=adopt)
+                        planned_from=planned_from, on_start=on_start, skipped=skipped, gate=gate, adopt=adopt,
+                        expected=expected)
         finally:
             if gate is not None:
                 gate.close()
@@ -1074,6 +1109,7 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
         history_table=env.history_table,
         unmanaged=env.unmanaged,
         adopt=adopt,  # tenants adopt: the schema fingerprint to find again under the lock
+        expected=job_schemas(expected) if expected is not None and operation == "upgrade" else None,
     )
     strategy = options.strategy or choose_strategy(concurrency, len(tenants), revisions, gate, options.tenant_timeout)
     started_wall, started = datetime.now(UTC), monotonic()

@@ -591,14 +591,17 @@ def plan(
                                                  show_default=False)] = None,
     sql: Annotated[bool, typer.Option("--sql", help="Attach the offline SQL of each cohort.")] = False,
     output_format: FormatOpt = "text",
+    schema: Annotated[bool, typer.Option(
+        "--schema", help="Also compare each tenant's schema with its revision's expected schema and list the "
+        "drifted ones first (always on when the environment sets check_schema = true).")] = False,
 ) -> None:
     """What an upgrade would do: tenants grouped by current revision, the revisions each group gets.
-    Exit 1 if a tenant is unreachable or at an unknown revision."""
+    Exit 1 if a tenant is unreachable, unmanaged or at an unknown revision, or drifted with check_schema = true."""
     obj: Context = ctx.obj
     if output_format not in ("text", "markdown", "json"):
         raise UsageError(f"--format {output_format}: use text, markdown or json")
     selection = _selection(tenant, exclude, tag, shard)
-    result = plan_module.plan(obj.settings(), revision, selection, with_sql=sql)
+    result = plan_module.plan(obj.settings(), revision, selection, with_sql=sql, schema=schema)
     if output_format == "json":
         typer.echo(terminal.to_json(plan_json(result)))
     elif output_format == "markdown":

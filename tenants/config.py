@@ -98,6 +98,9 @@ class Environment:
     # outside Alembic, as MLflow's does).
     unmanaged: str = "report"
     env_py: str = "connection"  # what env.py gets in config.attributes["connection"] (tenants.engine.revisions)
+    # Issue 12: before upgrading a tenant, compare its schema with the expected schema of its recorded revision
+    # (one catalog query, under its lock) and leave a tenant that differs alone, reported `drifted`.
+    check_schema: bool = False
     waves: tuple = ()  # tenants.waves.Wave, in order; () is one wave of everything
     retries: int = 3
     retry_backoff: float = 1.0  # seconds before the first retry; doubles up to retry_backoff_max
@@ -224,6 +227,7 @@ KEYS: dict[str, Key] = {
     "history_table": Key(str, "tenants_history"),
     "unmanaged": Key(str, "report", choices=UNMANAGED),
     "env_py": Key(str, "connection", choices=ENV_PY),
+    "check_schema": Key(bool, False),
     "waves": Key(list, []),
     "retries": Key(int, 3, not_negative=True),
     "retry_backoff": Key((int, float), not_negative=True),
@@ -383,6 +387,7 @@ def _environment(
         history_table=t.get("history_table"),
         unmanaged=t.get("unmanaged"),
         env_py=t.get("env_py"),
+        check_schema=t.get("check_schema"),
         waves=parse_waves(t.get("waves"), lambda message: t.fail(message, "waves")),
         retries=t.get("retries"),
         # Azure SQL: Microsoft's guidance, about 5 s before the first retry, backing off to 60 s.

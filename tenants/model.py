@@ -109,6 +109,11 @@ class Status(str, Enum):
     # Tables but no version table: a schema Alembic never recorded (an existing customer database). Never
     # touched by an upgrade, not good (exit 1) until a person adopts it with `tenants stamp`.
     UNMANAGED = "unmanaged"
+    # check_schema (issue 12): the tenant's schema differs from the expected schema of its recorded revision
+    # (an index dropped by hand, a column added by a hotfix), so the upgrade did not start it: the idempotent
+    # guards would skip what "already exists" and paper over the drift. Never touched; a failure for the
+    # failure policy (--max-failures), like `failed`; the error names the first differences.
+    DRIFTED = "drifted"
 
     def __str__(self) -> str:
         return self.value
@@ -120,11 +125,11 @@ GOOD = frozenset({Status.UPGRADED, Status.DOWNGRADED, Status.STAMPED, Status.UP_
 # The order in which every output lists the tenants that did not end well (the job summary's table, the chat
 # notifications): worst first, so the first lines are the tenants that need a person, not the skipped ones.
 SEVERITY = {Status.FAILED: 0, Status.TIMED_OUT: 1, Status.UNKNOWN_REVISION: 2, Status.UNMANAGED: 2,
-            Status.LOCKED: 3, Status.THROTTLED: 4, Status.SKIPPED: 5}
+            Status.DRIFTED: 2, Status.LOCKED: 3, Status.THROTTLED: 4, Status.SKIPPED: 5}
 
 
-# What ``upgrade --from-report`` runs again by default (``--only``), in this order; ``unknown-revision`` and
-# ``unmanaged`` need a person first.
+# What ``upgrade --from-report`` runs again by default (``--only``), in this order; ``unknown-revision``,
+# ``unmanaged`` and ``drifted`` need a person first (``--only drifted`` once the schema is repaired).
 RESUMABLE = (Status.FAILED, Status.TIMED_OUT, Status.SKIPPED, Status.LOCKED)
 
 
@@ -496,9 +501,23 @@ class Cohort:
 
 
 @dataclass(frozen=True)
+class Drifted:
+    """A tenant whose schema differs from the expected schema of its recorded revision (issue 12), as a plan
+    found it: what a reviewer must see before approving."""
+
+    tenant: str
+    current: str  # its recorded revision ("a,b": several heads)
+    differences: tuple[str, ...]  # tenants.snapshot.diff(expected, found), one line each
+    # check_schema = true and the upgrade has work for it: the upgrade will not start it (it reports `drifted`).
+    # Otherwise it is also in its cohort (the upgrade runs on it anyway), or up to date, or pinned.
+    refused: bool = False
+
+
+@dataclass(frozen=True)
 class Plan:
     """What an upgrade to ``target`` would do to each selected tenant; every tenant is in exactly one of
-    ``cohorts``, ``up_to_date``, ``unknown_revision``, ``unreachable``, ``unmanaged`` or ``pinned``."""
+    ``cohorts``, ``up_to_date``, ``unknown_revision``, ``unreachable``, ``unmanaged``, ``pinned``, or
+    ``drifted`` with ``refused`` set."""
 
     environment: str
     target: str  # resolved revision id, or "base"
@@ -521,12 +540,23 @@ class Plan:
     # The declared waves that take no selected tenant, (position in `waves`, 1-based; name; why), so a canary
     # that vanished is said, not silent. They get no number above (tenants.waves.empty_waves).
     empty_waves: tuple[tuple[int, str, str], ...] = ()
+    # The schema check (check_schema = true, or `plan --schema`): the tenants whose schema differs from their
+    # recorded revision's, in selection order, and where the expected schemas came from ("scratch", "cache",
+    # "consensus"); None: schemas were not checked.
+    drifted: tuple[Drifted, ...] = ()
+    schema_reference: str | None = None
 
     @property
     def tenants(self) -> int:
-        """How many tenants were selected (``new`` ones are counted in their cohort)."""
+        """How many tenants were selected (``new`` ones are counted in their cohort, drifted ones where they
+        are unless the upgrade refuses them)."""
         return (sum(len(c.tenants) for c in self.cohorts) + len(self.up_to_date) + len(self.unknown_revision)
-                + len(self.unreachable) + len(self.unmanaged) + len(self.pinned))
+                + len(self.unreachable) + len(self.unmanaged) + len(self.pinned) + len(self.refused))
+
+    @property
+    def refused(self) -> tuple[Drifted, ...]:
+        """The drifted tenants the upgrade will not start (check_schema = true)."""
+        return tuple(d for d in self.drifted if d.refused)
 
     @property
     def to_upgrade(self) -> int:
@@ -534,8 +564,9 @@ class Plan:
 
     @property
     def ok(self) -> bool:
-        """The plan covers every selected tenant: none is at an unknown revision, unreadable or unmanaged."""
-        return not (self.unknown_revision or self.unreachable or self.unmanaged)
+        """The plan covers every selected tenant: none is at an unknown revision, unreadable, unmanaged, or
+        drifted where the upgrade will refuse it."""
+        return not (self.unknown_revision or self.unreachable or self.unmanaged or self.refused)
 
 
 # --- schema drift (issue 12: tenants.api.drift computes it, tenants.output.drift renders it) ----------------

@@ -38,17 +38,20 @@ from tenants import api
 from tenants.config import Settings
 from tenants.engine.revisions import Revisions
 from tenants.engine.unit import unmanaged_reason, version_rows_problem
-from tenants.model import Cohort, Plan
+from tenants.model import Cohort, Drifted, Plan, Tenant, revision_of
 from tenants.selection import Selection
+from tenants.snapshot import diff
 from tenants.sources import TenantSource
 from tenants.waves import assign, empty_waves
 
 
 def plan(settings: Settings, revision: str = "head", selection: Selection = Selection(), *,
-         with_sql: bool = False, source: TenantSource | None = None) -> Plan:
+         with_sql: bool = False, source: TenantSource | None = None, schema: bool = False) -> Plan:
     """Group the selected tenants by current revision and say what an upgrade to ``revision`` applies to each.
 
-    Validates the graph, ``revision`` and the selection before reading any tenant; changes nothing.
+    Validates the graph, ``revision`` and the selection before reading any tenant; changes nothing. With
+    ``schema``, or when the environment sets ``check_schema = true``, each tenant's schema is also read and
+    compared with its recorded revision's expected schema (see :func:`_drift`).
     """
     env = settings.environment
     revisions = api.load_revisions(settings)
@@ -60,7 +63,11 @@ def plan(settings: Settings, revision: str = "head", selection: Selection = Sele
     pending: dict[tuple[str, ...], tuple[str, ...]] = {}
     new, up_to_date, unknown, unreachable, unmanaged = [], [], [], [], []
     pinned = []
-    for tenant, read in zip(tenants, api.read_tenants(settings, tenants), strict=True):
+    check = schema or env.check_schema
+    reads = api.read_tenants(settings, tenants, snapshots=check)
+    reference, drift = _drift(settings, revisions, tenants, reads, source, check)
+    refused = set()
+    for tenant, read in zip(tenants, reads, strict=True):
         if read.error is not None:
             unreachable.append((tenant.name, read.error))
             continue
@@ -83,18 +90,14 @@ def plan(settings: Settings, revision: str = "head", selection: Selection = Sele
         if pin is not None:  # would need work, but a fleet upgrade leaves it alone
             pinned.append(tenant.name)
             continue
+        if tenant.name in drift and env.check_schema:  # the upgrade would report it `drifted`, untouched
+            refused.add(tenant.name)
+            continue
         if not current:
             new.append(tenant.name)
         groups.setdefault(current, []).append(tenant.name)
 
-    url = env.tenant_url("tenant")  # picks the dialect; nothing connects
-    cohorts = []
-    for current in sorted(groups, key=lambda cur: (-len(pending[cur]), cur)):  # furthest behind first
-        sql = None
-        # Several current heads: offline SQL starts from one revision (`tenants sql` refuses them too).
-        if with_sql and len(current) <= 1:
-            sql = revisions.offline_sql(url, current[0] if current else None, target, "upgrade")
-        cohorts.append(Cohort(",".join(current) or "base", tuple(groups[current]), pending[current], sql))
+    cohorts = _cohorts(env.tenant_url("tenant"), revisions, target, groups, pending, with_sql)
 
     applied = dict.fromkeys(rev for c in cohorts for rev in c.revisions)
     changed = {name for names in groups.values() for name in names}
@@ -119,7 +122,43 @@ def plan(settings: Settings, revision: str = "head", selection: Selection = Sele
         skipped_databases=tuple(skipped),
         waves=waves,
         empty_waves=empty,
+        drifted=tuple(Drifted(name, revision_of(current) or "base", differences, name in refused)
+                      for name, (current, differences) in drift.items()),
+        schema_reference=reference,
     )
+
+
+def _cohorts(url: str, revisions: Revisions, target: str | None, groups: dict[tuple[str, ...], list[str]],
+             pending: dict[tuple[str, ...], tuple[str, ...]], with_sql: bool) -> list[Cohort]:
+    """The cohorts, furthest behind first; with SQL rendered for ``url`` (picks the dialect; nothing connects)."""
+    cohorts = []
+    for current in sorted(groups, key=lambda cur: (-len(pending[cur]), cur)):  # furthest behind first
+        sql = None
+        # Several current heads: offline SQL starts from one revision (`tenants sql` refuses them too).
+        if with_sql and len(current) <= 1:
+            sql = revisions.offline_sql(url, current[0] if current else None, target, "upgrade")
+        cohorts.append(Cohort(",".join(current) or "base", tuple(groups[current]), pending[current], sql))
+    return cohorts
+
+
+def _drift(settings: Settings, revisions: Revisions, tenants: list[Tenant], reads: list[api.TenantRead],
+           source: TenantSource | None, check: bool
+           ) -> tuple[str | None, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]]:
+    """The drift check (issue 12): where the expected schemas came from, and each tenant whose schema (read with
+    its revision, one more query) differs from its recorded revision's expected schema, with that revision and
+    the differences, in selection order.
+    A tenant at base, or at a position without an expected schema (not in the graph, a consensus tie), is not
+    compared: the upgrade does not check it either (:mod:`tenants.engine.unit`). Nothing when not ``check``."""
+    if not check:
+        return None, {}
+    expected = api.schema_reference(settings, revisions, source)
+    drift = {}
+    for tenant, read in zip(tenants, reads, strict=True):
+        want = expected.at(read.current) if read.snapshot is not None else None
+        differences = diff(want, read.snapshot) if want is not None and read.snapshot is not None else []
+        if differences:
+            drift[tenant.name] = (read.current, tuple(differences))
+    return expected.source, drift
 
 
 def _message(revisions: Revisions, rev: str) -> str:

@@ -365,7 +365,8 @@ def test_payloads_for_every_status_and_no_tenants():
                          for s in Status])
     lines = slack_payload(every)["blocks"][2]["text"]["text"].split("\n")
     assert [line.split("`")[1] for line in lines[1:]] == [
-        "t-failed", "t-timed-out", "t-unknown-revision", "t-unmanaged", "t-locked", "t-throttled", "t-skipped"]
+        "t-failed", "t-timed-out", "t-unknown-revision", "t-unmanaged", "t-drifted", "t-locked", "t-throttled",
+        "t-skipped"]
 
     empty = make_report([])
     assert slack_payload(empty)["text"].startswith("✅ tenants upgrade on prod-eu: no tenants selected")

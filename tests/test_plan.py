@@ -173,7 +173,8 @@ def test_plan_json_round_trips(sqlite_config, tmp_path):
         "head": HEAD,
         "ok": False,
         "summary": {"tenants": 4, "cohorts": 2, "to_upgrade": 2, "up_to_date": 1, "new": 1,
-                    "unknown_revision": 1, "unreachable": 0, "unmanaged": 0, "pinned": 0, "locked": 0},
+                    "unknown_revision": 1, "unreachable": 0, "unmanaged": 0, "pinned": 0, "drifted": 0,
+                    "locked": 0},
         "cohorts": [
             {"current": "base", "tenants": ["newco"], "revisions": DEMO_REVISIONS},
             {"current": R1, "tenants": ["acme"], "revisions": [R2, R3, R4]},
@@ -185,6 +186,8 @@ def test_plan_json_round_trips(sqlite_config, tmp_path):
         "unreachable": [],
         "unmanaged": [],
         "pinned": [],
+        "schema_reference": None,  # schemas not checked (no check_schema, no --schema)
+        "drifted": [],
         "locked": [],
         "skipped_databases": [],
         "waves": [],

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
@@ -58,6 +59,7 @@ from tenants.engine.pins import TABLE as PIN_TABLE
 from tenants.engine.pins import read_pin
 from tenants.engine.revisions import MigrationConnection, Operation, Revisions
 from tenants.model import Status, Tenant, TenantResult, revision_of
+from tenants.snapshot import Snapshot, diff
 
 _DONE = {"upgrade": Status.UPGRADED, "downgrade": Status.DOWNGRADED, "stamp": Status.STAMPED}
 
@@ -99,6 +101,9 @@ class Job:
     # it is not touched (``skipped``): someone may have changed it since the dry run. Its history row's
     # outcome is ``adopted``, with the fingerprint (tenants.engine.history).
     adopt: str | None = None
+    # check_schema (issue 12): the expected schema of each position, keyed by its revision ("a"; several heads
+    # "a,b", sorted), for an upgrade that checks each tenant's schema before migrating it. None: no check.
+    expected: Mapping[str, Snapshot] | None = field(default=None, compare=False)
 
     def own_tables(self) -> tuple[str, ...]:
         return own_tables(self.version_table, self.history_table)
@@ -256,6 +261,8 @@ def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
                     pin = read_pin(conn)
                     if pin is not None:
                         raise _Outcome(Status.PINNED, current, pin.describe())
+                if job.expected is not None:  # check_schema: before env.py, so no guard papers over drift
+                    _check_schema(conn, job, current)
                 _migrate(tenant, job, revisions, connector, engine, conn, current, progress)
         except LockNotAcquired as err:
             if not read_first:  # report where the tenant is, not "unknown"
@@ -308,6 +315,37 @@ def _check_adopt(conn, current: tuple[str, ...], job: Job) -> None:
     if found != job.adopt:
         raise _Outcome(Status.SKIPPED, current, f"its schema changed since it was matched (fingerprint {found}, "
                        f"not {job.adopt}); not touched: run `tenants adopt` again to see where it is")
+
+
+def _check_schema(conn, job: Job, current: tuple[str, ...]) -> None:
+    """check_schema (issue 12): under the lock, before env.py, the tenant's schema against the expected schema
+    of its recorded position; a difference ends the attempt ``drifted``, with nothing touched.
+
+    One catalog query (:func:`tenants.db.schema_snapshot`), paid only by a tenant with work: the no-op path never
+    gets here. A tenant at base is not checked: a new database has nothing to compare, and one with tables but no
+    version table is either stopped earlier (``unmanaged``) or deliberately run from base (unmanaged =
+    "upgrade"). A position without an expected schema (a consensus tie, heads never built) is not checked
+    either: there is no truth to hold the tenant to.
+    """
+    expected = job.expected.get(position_key(current)) if job.expected is not None and current else None
+    if expected is None:
+        return
+    differences = diff(expected, schema_snapshot(conn, job.own_tables()))
+    if differences:
+        raise _Outcome(Status.DRIFTED, current, drifted_reason(current, differences))
+
+
+def position_key(current: tuple[str, ...]) -> str:
+    """How :attr:`Job.expected` names a position: its revision, or its heads sorted and joined by commas."""
+    return ",".join(sorted(current))
+
+
+def drifted_reason(current: tuple[str, ...], differences: list[str], shown: int = 3) -> str:
+    """Why a tenant is ``drifted``, in one line: the first differences and the way out."""
+    more = f" (and {len(differences) - shown} more)" if len(differences) > shown else ""
+    return (f"schema differs from the expected schema of its recorded revision {revision_of(current)}: "
+            f"{'; '.join(differences[:shown])}{more}; not touched: repair the schema (`tenants plan --schema` "
+            "lists every difference), or set check_schema = false to upgrade it anyway")
 
 
 def _record_failure(tenant: Tenant, job: Job, connector: Connector, progress: _Progress, error: str) -> None:

@@ -12,14 +12,14 @@ status                                 JUnit
 upgraded, downgraded, stamped,         a passed ``<testcase>``
 up-to-date
 failed, unknown-revision, unmanaged,   ``<failure type="<status>" message="<the error>">``
-locked
+drifted, locked
 skipped                                ``<skipped message="<the error>">``
 =====================================  ==========================================================
 
 A locked tenant is a failure, not a skip: another run held it, so this run did not bring it to the target,
-and a viewer that counts skips as fine would show a green run. ``unknown-revision`` and ``unmanaged`` are
-failures too: the tenant was never touched and needs a person. Any other status that is not good
-(``throttled`` is never final, but a report can be edited) is a failure of that type. ``errors`` is always
+and a viewer that counts skips as fine would show a green run. ``unknown-revision``, ``unmanaged`` and
+``drifted`` are failures too: the tenant was never touched and needs a person. Any other status that is not
+good (``throttled`` is never final, but a report can be edited) is a failure of that type. ``errors`` is always
 0: a migration that raised is a failed tenant, and the tool itself failing produces no report at all.
 """
 

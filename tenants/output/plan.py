@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tenants.model import Cohort, Plan
+from tenants.model import Cohort, Drifted, Plan
 from tenants.output import markdown as md
 from tenants.output.format import fold, plural
 
@@ -42,11 +42,57 @@ def _no_sql(cohort: Cohort) -> str:
 
 EMPTY_WAVE = "an empty wave gets no number (upgrade --wave N counts the waves with tenants)"
 
+# --- the drift check (issue 12): first, because drifted tenants are what a reviewer must see before approving --
+
+DRIFTED = "schema differs from its recorded revision"
+SHOWN_DIFFERENCES = 10  # per tenant; `tenants plan --schema --format json` has them all
+
+
+def _fate(plan: Plan, drifted: Drifted) -> str:
+    """What the upgrade does with a drifted tenant."""
+    if drifted.refused:
+        return "the upgrade will not start it (check_schema = true)"
+    if drifted.tenant in plan.up_to_date:
+        return "at the target: the upgrade does not touch it"
+    if drifted.tenant in plan.pinned:
+        return "pinned: the upgrade leaves it alone"
+    return "the upgrade runs on it anyway (check_schema is off)"
+
+
+def _shown(drifted: Drifted) -> list[str]:
+    more = len(drifted.differences) - SHOWN_DIFFERENCES
+    return list(drifted.differences[:SHOWN_DIFFERENCES]) + ([f"... and {more} more"] if more > 0 else [])
+
+
+def _drifted_text(plan: Plan) -> list[str]:
+    if plan.schema_reference is None:
+        return []
+    lines = ["", f"Drifted ({len(plan.drifted)}): {DRIFTED} (expected schemas: {plan.schema_reference})"]
+    for drifted in plan.drifted:
+        lines.append(f"  {drifted.tenant} at {drifted.current}: {_fate(plan, drifted)}")
+        lines += [f"    - {line}" for line in _shown(drifted)]
+    return lines
+
+
+def _drifted_markdown(plan: Plan) -> list[str]:
+    if plan.schema_reference is None:
+        return []
+    out = [f"#### Drifted ({len(plan.drifted)}): {DRIFTED}", "",
+           f"Expected schemas: {md.code(plan.schema_reference)}." + ("" if plan.drifted else
+                                                                      " Every tenant read matches its revision."),
+           ""]
+    for drifted in plan.drifted:
+        out.append(f"- {md.code(drifted.tenant)} at {md.code(drifted.current)}: {md.text(_fate(plan, drifted))}")
+        out += [f"  - {md.text(line)}" for line in _shown(drifted)]
+    return out + ([""] if plan.drifted else [])
+
 
 def plan_text(plan: Plan) -> str:
     """Plain text for a terminal or a CI log; with SQL, each cohort's script follows it."""
     messages = dict(plan.messages)
-    lines = [_headline(plan)]
+    lines = [_headline(plan)] + _drifted_text(plan)
+    if plan.schema_reference is not None and (plan.waves or plan.empty_waves):
+        lines.append("")
     for i, (name, names) in enumerate(plan.waves, 1):
         lines.append(f"  wave {i} ({name}): {len(names)} to upgrade{': ' + fold(list(names)) if names else ''}")
     lines += [f"  waves[{position}] ({name}): {why}; {EMPTY_WAVE}" for position, name, why in plan.empty_waves]
@@ -89,8 +135,9 @@ def plan_markdown(plan: Plan) -> str:
               f"{len(plan.up_to_date)} up to date"]
     counts += [f"{len(names)} {label}" for label, names in (
         ("new", plan.new), ("unknown revision", plan.unknown_revision), ("unreachable", plan.unreachable),
-        ("unmanaged", plan.unmanaged), ("pinned", plan.pinned)) if names]
+        ("unmanaged", plan.unmanaged), ("pinned", plan.pinned), ("drifted", plan.drifted)) if names]
     out += [f"{plural(plan.tenants, 'tenant')}: {', '.join(counts)}.", ""]
+    out += _drifted_markdown(plan)
     if plan.waves:  # the order of the rollout: what a reviewer approves goes to these tenants first
         out += ["| wave | tenants to upgrade |", "|---:|---|"]
         out += [md.row(f"{i} {md.code(name)}", f"{len(names)}" + (f": {_names(names)}" if names else ""))
@@ -158,6 +205,7 @@ def plan_json(plan: Plan) -> dict:
             "unreachable": len(plan.unreachable),
             "unmanaged": len(plan.unmanaged),
             "pinned": len(plan.pinned),
+            "drifted": len(plan.drifted),
             "locked": 0,  # kept for readers of schema_version 1: locks are known only at run time
         },
         "cohorts": [
@@ -171,6 +219,11 @@ def plan_json(plan: Plan) -> dict:
         "unreachable": [{"tenant": n, "error": error} for n, error in plan.unreachable],
         "unmanaged": [{"tenant": n, "reason": why} for n, why in plan.unmanaged],
         "pinned": list(plan.pinned),
+        # The schema check (null: not checked): each drifted tenant with every difference, and whether the
+        # upgrade refuses it (check_schema = true).
+        "schema_reference": plan.schema_reference,
+        "drifted": [{"tenant": d.tenant, "revision": d.current, "differences": list(d.differences),
+                     "refused": d.refused} for d in plan.drifted],
         "locked": [],  # idem (tenants.plan's docstring says why a plan cannot know them)
         "skipped_databases": [{"database": n, "reason": why} for n, why in plan.skipped_databases],
         "waves": [{"wave": i, "name": name, "tenants": list(names)} for i, (name, names) in enumerate(plan.waves, 1)],

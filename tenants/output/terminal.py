@@ -17,6 +17,7 @@ _STYLE = {
     Status.UPGRADED: "green", Status.DOWNGRADED: "green", Status.STAMPED: "green", Status.UP_TO_DATE: "green",
     Status.FAILED: "red", Status.LOCKED: "yellow", Status.SKIPPED: "yellow", Status.UNKNOWN_REVISION: "red",
     Status.THROTTLED: "yellow", Status.TIMED_OUT: "red", Status.PINNED: "yellow", Status.UNMANAGED: "red",
+    Status.DRIFTED: "red",
     State.AT_HEAD: "green", State.BEHIND: "yellow", State.NEW: "yellow", State.UNKNOWN_REVISION: "red",
     State.UNREACHABLE: "red", State.UNMANAGED: "red",
 }

@@ -18,13 +18,14 @@ Where each part lives, in the order a reader may want them:
 
 from __future__ import annotations
 
-from tenants.engine.fanout.base import FailurePolicy, FanOut, OnResult, Strategy
+from tenants.engine.fanout.base import FAILURES, FailurePolicy, FanOut, OnResult, Strategy
 from tenants.engine.fanout.process import ProcessStrategy
 from tenants.engine.fanout.serial import SerialStrategy
 from tenants.engine.pressure import PressureGate
 from tenants.engine.revisions import Revisions
 
-__all__ = ["FailurePolicy", "FanOut", "OnResult", "ProcessStrategy", "SerialStrategy", "Strategy", "choose_strategy"]
+__all__ = ["FAILURES", "FailurePolicy", "FanOut", "OnResult", "ProcessStrategy", "SerialStrategy", "Strategy",
+           "choose_strategy"]
 
 
 def choose_strategy(concurrency: int, tenants: int, revisions: Revisions | None = None,

@@ -41,8 +41,9 @@ class Strategy(Protocol):
         ...
 
 
-# What the failure policy counts: a tenant that timed out did not get where it was going either.
-FAILURES = frozenset({Status.FAILED, Status.TIMED_OUT})
+# What the failure policy counts: a tenant that timed out did not get where it was going either, nor did one
+# whose schema has drifted from its revision (check_schema): both need a person before the fleet goes on.
+FAILURES = frozenset({Status.FAILED, Status.TIMED_OUT, Status.DRIFTED})
 
 
 def signal_name(signum: int) -> str:

@@ -47,7 +47,6 @@ its own), so a rerun started meanwhile blocks on those locks until the old state
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import multiprocessing.forkserver
@@ -56,7 +55,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -64,7 +63,7 @@ from typing import Any
 
 from tenants.db import Connector, NoVersionTable, missing_file, read_version
 from tenants.dialects import setup_worker
-from tenants.engine.fanout.base import interrupted_already, skipped
+from tenants.engine.fanout.base import noting_signals, skipped
 from tenants.engine.fanout.orphans import die_with_parent
 from tenants.engine.fanout.scheduler import Scheduler, drain_grace
 from tenants.engine.fanout.slots import CLOCK_SIZE, PID, STARTED, STOP, Slot, Slots
@@ -173,18 +172,22 @@ class ProcessStrategy:
     drain: Callable[[int], float | None] = field(default=drain_grace, repr=False)
 
     def run(self, tenants, job, policy, on_result):
-        context = _forkserver()
-        revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
-        connector = job.connector()
-        threads = DaemonThreads()  # the parent's reads: prechecks, and after a timeout or a stop
-        slots = Slots(partial(_spawn, context, job, self.tenant_timeout is not None), _work)
-        run = Scheduler(tenants, policy, on_result, concurrency=self.concurrency, retries=job.retries, slots=slots,
-                        threads=threads, read=partial(precheck, job=job, revisions=revisions, connector=connector),
-                        where=partial(_where, job=job, connector=connector), gate=self.gate,
-                        timeout=self.tenant_timeout, drain=self.drain)
-        if (signum := interrupted_already()) is not None:  # a wave after an interrupted one
-            run.on_interrupt(signum)
-        with _noting_signals(run.on_signal):
+        # Signals are noted from the first instruction (see base.noting_signals): one that lands while the run
+        # sets itself up, or came before it (an earlier wave, the parent's set-up), is taken when the scheduler
+        # is ready, before it starts anything.
+        with noting_signals() as noted:
+            context = _forkserver()
+            revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
+            connector = job.connector()
+            threads = DaemonThreads()  # the parent's reads: prechecks, and after a timeout or a stop
+            slots = Slots(partial(_spawn, context, job, self.tenant_timeout is not None), _work)
+            run = Scheduler(tenants, policy, on_result, concurrency=self.concurrency, retries=job.retries,
+                            slots=slots, threads=threads,
+                            read=partial(precheck, job=job, revisions=revisions, connector=connector),
+                            where=partial(_where, job=job, connector=connector), gate=self.gate,
+                            timeout=self.tenant_timeout, drain=self.drain)
+            run.signals = noted.received  # the handler appends to it from now on: the scheduler acts on them
+            run.take_signals()
             try:
                 _start_forkserver()
                 while run.start():
@@ -214,33 +217,6 @@ class DaemonThreads(Executor):
 
         threading.Thread(target=run, name="tenants-read", daemon=True).start()
         return future
-
-
-@contextlib.contextmanager
-def _noting_signals(note: Callable[[int, object], None]) -> Iterator[None]:
-    """SIGINT and SIGTERM only noted (``note``) for the run's duration, then the previous handlers again.
-
-    A previous handler with a ``note(signum)`` method (the CLI's, which chooses the exit code) is told too.
-    Only the main thread can install handlers: elsewhere the process keeps its own (Ctrl-C then raises
-    KeyboardInterrupt in the main thread, which is not this one)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum: int, frame: object) -> None:
-        note(signum, frame)
-        told = getattr(previous[signum], "note", None)
-        if told is not None:
-            told(signum)
-
-    for sig in previous:
-        signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
 def _start_forkserver() -> None:

@@ -13,6 +13,7 @@ from tenants.engine.unit import Job
 from tenants.model import Status, Tenant, TenantResult
 
 OnResult = Callable[[TenantResult], None]
+HALT_POLL = 0.5  # seconds: after a second signal, how often a serial migration's clean-up is interrupted again
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,17 @@ def signal_name(signum: int) -> str:
 
 
 class Noted:
-    """A handler of SIGINT and SIGTERM that notes them; ``raising``: the first signal of the command also raises
-    KeyboardInterrupt (its text names the signal, Ctrl-C's is empty), as Ctrl-C does by default.
+    """A handler of SIGINT and SIGTERM that notes them; ``raising``: each signal also raises KeyboardInterrupt
+    (its text names the signal, Ctrl-C's is empty), as Ctrl-C does by default, unless the command was
+    interrupted before this handler was installed.
+
+    Each, not only the first: a serial migration interrupted by the first signal unwinds through its
+    connections' clean-up (the tenant lock's release, a rollback, psycopg's cancel request), which waits for the
+    server; on a connection that went silent (black-holed) such a wait never ends (issue 11: "repeated Ctrl-C
+    ends the process promptly"). The second signal stops the migration's clean-up altogether, as it kills a
+    worker process in a process run: from then on every :data:`HALT_POLL` seconds (SIGALRM) until the block is
+    left, another KeyboardInterrupt ends whatever the clean-up waits for. Every KeyboardInterrupt lands inside
+    the migration's ``with`` block.
 
     ``received`` is every signal of the command so far: those the handler it replaced had noted (the CLI's,
     ``tenants.cli.Interrupts``, or an outer one of these), then its own. Each is passed on to that handler's
@@ -61,14 +71,25 @@ class Noted:
     """
 
     def __init__(self, previous: object = None, raising: bool = False) -> None:
-        self.previous, self.raising = previous, raising
+        self.previous = previous
         self.received: list[int] = list(getattr(previous, "received", ()))
+        self.raising = raising and not self.received
+        self.raised = 0
+        self.halting = False  # SIGALRM raises every HALT_POLL seconds (the second signal)
 
     def __call__(self, signum: int, frame: object) -> None:
-        first = not self.received
         self.note(signum)
-        if self.raising and first:
-            raise KeyboardInterrupt("" if signum == signal.SIGINT else signal.Signals(signum).name)
+        if self.raising:
+            self.raised += 1
+            if self.raised >= 2 and not self.halting and hasattr(signal, "setitimer"):
+                self.halting = True
+                signal.signal(signal.SIGALRM, self._halt)
+                signal.setitimer(signal.ITIMER_REAL, HALT_POLL, HALT_POLL)
+            raise KeyboardInterrupt(_text(signum))
+
+    def _halt(self, signum: int, frame: object) -> None:
+        if self.raising and self.received:
+            raise KeyboardInterrupt(_text(self.received[0]))
 
     def note(self, signum: int) -> None:
         self.received.append(signum)
@@ -108,8 +129,17 @@ def noting_signals(raising: bool = False) -> Iterator[Noted]:
     try:
         yield noted
     finally:
+        noted.raising = False  # from now on, a signal only lands outside the block
+        if noted.halting:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
         for sig, old in saved.items():
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+def _text(signum: int) -> str:
+    """A KeyboardInterrupt's text: the signal's name (Ctrl-C's is empty, as Python's own)."""
+    return "" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
 def skipped(tenant: Tenant, why: str = "the failure policy stopped the run") -> TenantResult:

@@ -57,7 +57,7 @@ class SerialStrategy:
                             # In this process Ctrl-C (or SIGTERM) lands in the migration itself: its connection
                             # closes and the server rolls the revision in progress back. Report it, start
                             # nothing else.
-                            interrupted, why = True, _signal(err)
+                            interrupted, why = True, signal_name(noted.first) if noted.first else _signal(err)
                             result = TenantResult(tenant.name, Status.FAILED, attempts=1,
                                                   error=_INTERRUPTED.format(why))
                         failures += result.status in FAILURES

@@ -17,7 +17,8 @@ Why each worker is an executor of its own (a *slot*), with a *clock* the parent 
 
 The failure policy, AIMD and signals (Ctrl-C, SIGTERM: drain, then stop) are the scheduler's
 (:mod:`tenants.engine.fanout.scheduler`); this loop installs the handler that notes them, for the run's
-duration. Workers and the forkserver ignore SIGINT and SIGTERM (a terminal, or a CI runner, signals the whole
+duration (from its first instruction: a signal while it sets itself up is acted on before anything starts).
+Workers and the forkserver ignore SIGINT and SIGTERM (a terminal, or a CI runner, signals the whole
 process group): the parent decides, and stops a worker with SIGKILL.
 
 No process of a run outlives it, whatever kills the parent (SIGKILL included): see
@@ -25,9 +26,11 @@ No process of a run outlives it, whatever kills the parent (SIGKILL included): s
 
 Per-tenant timeout (``tenant_timeout``, the CLI's ``--tenant-timeout``): a tenant still running that many
 seconds after its worker started it (connecting, waiting for its lock, retries and its revisions all count;
-its wait in line and the parent's read of its revision do not) is stopped by SIGKILL of its worker process
-and reported ``timed-out``, a failure: it counts toward the failure policy like ``failed`` (by default the run
-then starts no new tenant; those in flight finish) and makes the run's exit code 1. The timeout is enforced
+its wait in line does not) is stopped by SIGKILL of its worker process and reported ``timed-out``, a failure.
+The parent's read of its revision (the precheck) is held to the same timeout: one still going then is given
+up and the tenant reported ``timed-out`` with nothing changed (:meth:`Scheduler.give_up_late_reads`). Either
+way it counts toward the failure policy like ``failed`` (by default the run then starts no new tenant; those
+in flight finish) and makes the run's exit code 1. The timeout is enforced
 while draining after Ctrl-C too. Only a worker process can be killed, so a run with a timeout always uses
 :class:`ProcessStrategy` (see :func:`tenants.engine.fanout.choose_strategy`), with one worker when the concurrency is 1.
 

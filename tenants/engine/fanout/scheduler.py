@@ -3,7 +3,8 @@
 :class:`~tenants.engine.fanout.process.ProcessStrategy` owns the processes and threads; its loop asks the
 scheduler to start what may start (:meth:`Scheduler.start`), waits (:meth:`Scheduler.wait`), and hands each
 finished future back (:meth:`Scheduler.on_done`), which names the event: a precheck done, a tenant done,
-throttled, its worker died, it timed out, the read after a timeout done. A signal is :meth:`Scheduler.on_interrupt`.
+throttled, its worker died, it timed out, the read after a timeout done. A signal is :meth:`Scheduler.on_interrupt`;
+a precheck still going at the tenant timeout, :meth:`Scheduler.on_precheck_late`.
 
 Signals (Ctrl-C's SIGINT, and SIGTERM: what a cancelled CI job or ``kill`` sends). The handler only notes the
 signal (:meth:`Scheduler.on_signal`); the loop acts on it when it wakes (it wakes at least every
@@ -211,7 +212,9 @@ class Scheduler:
 
     # --- events ---------------------------------------------------------------------------------------------
     def on_signal(self, signum: int, frame: object = None) -> None:
-        """The signal handler: it only notes the signal (see the module docstring); :meth:`take_signals` acts."""
+        """What the signal handler does: note the signal (see the module docstring); :meth:`take_signals` acts.
+        (ProcessStrategy shares its handler's list as :attr:`signals` instead: the signals of the whole command,
+        those before this fan-out included.)"""
         self.signals.append(signum)
 
     def take_signals(self) -> None:

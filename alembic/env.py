@@ -93,7 +93,7 @@ def run_migrations_online() -> None:
     url, auth, cloud = _tenant()
     connector = Connector(auth, cloud)  # with auth = "azure-ad", an Entra token per connection
     try:
-        with connector.engine(url) as engine, tenant_lock(engine, timeout=0), engine.connect() as connection:
+        with connector.engine(url) as engine, engine.connect() as connection, tenant_lock(connection, timeout=0):
             _configure(connection=connection)
             with context.begin_transaction():
                 context.run_migrations()

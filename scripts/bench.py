@@ -16,6 +16,15 @@ The no-op ratio is printed twice: with the CLI (its interpreter start-up include
 
     /work/venv/bin/python scripts/bench.py --tenants 10       # quick check
     /work/venv/bin/python scripts/bench.py                    # 200 tenants, a few minutes
+    /work/venv/bin/python scripts/bench.py --tenants 40 --delay-ms 10   # through a 10 ms each-way link
+
+--delay-ms D puts scripts/latency_proxy.py (loopback; netem is not available on the dev machines) between the
+clients and the server, delaying every chunk by D ms each way, and compares, side by side: `tenants upgrade`
+with `xargs -P C psql -f` of the offline SQL, and the no-op pass with a raw one-query probe (psycopg: connect,
+SELECT version_num FROM alembic_version, close; C threads). For each it prints, from the proxy's counters (reset
+before each method): logins, client -> server round trips and frontend messages per tenant, and the latency
+floor those round trips imply (round trips x 2 D / C). The shell and in-process loops are not run then.
+Setup, resets and checks go to the server directly, never through the proxy.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from pathlib import Path
 import psycopg
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from latency_proxy import LatencyProxy  # scripts/latency_proxy.py: this script's directory is on sys.path
 from sqlalchemy.engine import make_url
 
 from alembic import command
@@ -79,9 +89,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--shell-sample", type=int, metavar="K",
                    help="time the shell loop on only K tenants and extrapolate linearly (default: all N)")
     p.add_argument("--skip-shell-loop", action="store_true", help="do not run the shell loop at all")
+    p.add_argument("--delay-ms", type=float, default=0.0, metavar="D",
+                   help="run the compared methods through a loopback proxy adding D ms each way (0: direct)")
     p.add_argument("--repeat", type=int, default=3, metavar="R",
                    help="repetitions of the fast methods (tenants, psql), interleaved; medians are compared (3)")
     args = p.parse_args()
+    if args.delay_ms < 0:
+        p.error("--delay-ms must not be negative")
     if args.tenants < 1 or args.concurrency < 1:
         p.error("--tenants and --concurrency must be at least 1")
     if not re.fullmatch(r"[a-z_][a-z0-9_]*", args.prefix):  # it is pasted into SQL and into a glob
@@ -140,13 +154,18 @@ class Server:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, server: Server, tmp: Path, names: list[str]) -> None:
-        self.args, self.server, self.tmp, self.names = args, server, tmp, names
+    def __init__(self, args: argparse.Namespace, server: Server, tmp: Path, names: list[str],
+                 proxy: LatencyProxy | None = None) -> None:
+        self.args, self.server, self.tmp, self.names, self.proxy = args, server, tmp, names, proxy
+        # What the timed methods connect to: the server, or the latency proxy in front of it (same credentials).
+        self.target = Server(server.url.set(host="127.0.0.1", port=proxy.port).render_as_string(
+            hide_password=False)) if proxy else server
         self.head = ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).get_current_head()
         self.reference: str | None = None  # schema fingerprint after the first `tenants upgrade`
         self.samples: dict[str, list[float]] = {}  # label -> seconds of each repetition
+        self.counts: dict[str, list[dict]] = {}  # label -> the proxy's counters of each repetition
         # The temporary directory is private (mkdtemp: mode 0700), so a password in this file stays local.
-        url = server.sa_url("TENANT").replace("/TENANT", "/{tenant}")  # render first: '{' would be escaped
+        url = self.target.sa_url("TENANT").replace("/TENANT", "/{tenant}")  # render first: '{' would be escaped
         self.toml = tmp / "tenants.toml"
         self.toml.write_text(  # json.dumps: a JSON string is a valid TOML basic string
             "[environments.bench]\n"
@@ -161,10 +180,27 @@ class Bench:
 
     def timed(self, label: str, fn) -> None:
         print(f"  {label} ...", end="", flush=True)
+        if self.proxy:
+            self.proxy.reset()
         started = time.perf_counter()
         fn()
         self.samples.setdefault(label, []).append(time.perf_counter() - started)
-        print(f" {self.samples[label][-1]:.2f}s", flush=True)
+        print(f" {self.samples[label][-1]:.2f}s", end="", flush=True)
+        if self.proxy:
+            counts = self.settled_counts()
+            self.counts.setdefault(label, []).append(counts)
+            n = len(self.names)
+            print(f"  ({counts['connections'] / n:.2f} logins, {counts['round_trips'] / n:.1f} round trips, "
+                  f"{counts['messages'] / n:.1f} messages per tenant)", end="")
+        print(flush=True)
+
+    def settled_counts(self) -> dict:
+        """The proxy's counters once the method's last connections have closed (their Terminate goes through
+        the proxy's delay after the client has returned); not part of the timed section."""
+        deadline = time.monotonic() + 10
+        while (counts := self.proxy.stats())["open_connections"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return counts
 
     def verify(self, label: str, dbs: list[str]) -> None:
         """Fail loudly unless every tenant records the head and has the same schema as every other method."""
@@ -235,13 +271,28 @@ class Bench:
         sql_file = self.tmp / "upgrade.sql"  # rendered once, outside the timed section
         if not sql_file.exists():
             sql_file.write_text(self.run(self.tenants_cli("sql", "base:head"), "tenants sql"), encoding="utf-8")
-        url = self.server.url
+        url = self.target.url
         psql = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", url.host or "127.0.0.1",
                 "-p", str(url.port or 5432), "-U", url.username or "postgres", "-d", "{}", "-f", str(sql_file)]
         env = {**os.environ, **({"PGPASSWORD": url.password} if url.password else {})}
         xargs = ["xargs", f"-P{self.args.concurrency}", "-I{}", *psql]
         self.timed(label, lambda: self.run(xargs, label, input="\n".join(self.names) + "\n", env=env))
         self.verify(label, self.names)
+
+
+    def probe(self, label: str) -> None:
+        """The raw floor of a no-op pass: per tenant one login and one query (the recorded revision), C at a
+        time, in this process. Every tenant must answer the head."""
+        def one(db: str) -> str:
+            with psycopg.connect(self.target.conninfo(db), autocommit=True) as conn:
+                return conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+
+        def probe_all() -> None:
+            with ThreadPoolExecutor(self.args.concurrency) as pool:
+                bad = [db for db, rev in zip(self.names, pool.map(one, self.names), strict=True) if rev != self.head]
+            if bad:
+                raise SystemExit(f"bench: {label}: {len(bad)} tenants not at head {self.head}, e.g. {bad[0]}")
+        self.timed(label, probe_all)
 
 
 def versions(server: Server) -> str:
@@ -282,6 +333,98 @@ def report(bench: Bench, args: argparse.Namespace, shell_label: str | None, shel
             print(f"{label:<60}{value:>10.2f}{goal:>12}  {'' if op is None else 'met' if met else 'NOT MET'}")
 
 
+def report_delayed(bench: Bench, args: argparse.Namespace) -> None:
+    """The methods compared through the proxy: time, and what the latency multiplies (the counters' medians)."""
+    t, n, c, d = bench.times, args.tenants, args.concurrency, args.delay_ms
+    per = {label: {key: statistics.median(run[key] for run in runs) / n
+                   for key in ("connections", "round_trips", "messages")} for label, runs in bench.counts.items()}
+    print(f"\nthrough the latency proxy: +{d:g} ms each way (a round trip costs {2 * d:g} ms), concurrency {c}")
+    print(f"{'method (median of the repetitions)':<60}{'seconds':>9}{'ms/tenant':>11}{'logins/t':>10}"
+          f"{'round trips/t':>15}{'messages/t':>12}{'latency floor ms/t':>20}  samples")
+    for label, seconds in t.items():
+        samples = " ".join(f"{x:.2f}" for x in bench.samples[label]) if len(bench.samples[label]) > 1 else ""
+        if label in per:
+            k = per[label]  # floor: the round trips' latency alone, C tenants at a time
+            counted = (f"{k['connections']:>10.2f}{k['round_trips']:>15.1f}{k['messages']:>12.1f}"
+                       f"{k['round_trips'] * 2 * d / c:>20.1f}")
+        else:
+            counted = f"{'-':>10}{'-':>15}{'-':>12}{'-':>20}"
+        print(f"{label:<60}{seconds:>9.2f}{seconds / n * 1000:>11.1f}{counted}  {samples}")
+    print("\nfrontend messages per tenant, by type (Q query, P/B/D/E/S extended protocol, X terminate; last run)")
+    for label, runs in bench.counts.items():
+        if not runs[-1]["by_type"]:
+            continue  # e.g. the start-up: no connection at all
+        types = " ".join(f"{name}={count / n:g}" for name, count in runs[-1]["by_type"].items())
+        print(f"  {label}: {types}")
+    if any(run["tls_connections"] for runs in bench.counts.values() for run in runs):
+        print("  (some connections used TLS: their messages and round trips could not be counted)")
+
+    up, psql = "tenants upgrade (empty -> head)", f"xargs -P{c} psql -f offline.sql"
+    noop, probe, startup = ("tenants upgrade (no-op: all at head)", PROBE_LABEL.format(c=c),
+                            "tenants start-up (tenants --help)")
+    ratios = [
+        (f"tenants upgrade / xargs -P{c} psql: time", t[up] / t[psql]),
+        (f"tenants upgrade / xargs -P{c} psql: round trips", _ratio(per[up], per[psql], "round_trips")),
+        (f"tenants upgrade / xargs -P{c} psql: logins", _ratio(per[up], per[psql], "connections")),
+        ("tenants no-op / probe: time", t[noop] / t[probe]),
+        ("tenants no-op minus start-up / probe: time", (t[noop] - t[startup]) / t[probe]),
+        ("tenants no-op / probe: round trips", _ratio(per[noop], per[probe], "round_trips")),
+        ("tenants no-op / probe: logins", _ratio(per[noop], per[probe], "connections")),
+    ]
+    print(f"\n{'ratio':<60}{'value':>10}")
+    for label, value in ratios:
+        print(f"{label:<60}{value:>10.2f}" if value is not None else f"{label:<60}{'n/a':>10}")
+
+
+def _ratio(a: dict, b: dict, key: str) -> float | None:
+    return a[key] / b[key] if b[key] else None
+
+
+PROBE_LABEL = "probe: psycopg connect + SELECT version_num ({c} threads)"
+
+
+def run_direct(bench: Bench, args: argparse.Namespace) -> None:
+    """Today's comparison, straight to the server: all the methods, then the report with its targets."""
+    names = bench.names
+    # The fast methods are repeated, interleaved, and compared by their medians; the slow loops run once.
+    for repetition in range(args.repeat):
+        if repetition:
+            bench.server.reset(names)
+        bench.tenants_upgrade("tenants upgrade (empty -> head)")
+        bench.tenants_upgrade("tenants upgrade (no-op: all at head)")
+        bench.library_noop("tenants no-op in-process (api.upgrade)")
+        bench.startup("tenants start-up (tenants --help)")
+        bench.server.reset(names)
+        bench.psql_fanout(f"xargs -P{args.concurrency} psql -f offline.sql")
+
+    shell_label, shell_factor = None, 1.0
+    if not args.skip_shell_loop:
+        k = args.shell_sample or args.tenants
+        shell_label, shell_factor = f"shell loop: alembic upgrade head (x{k})", args.tenants / k
+        bench.server.reset(names)
+        bench.shell_loop(shell_label, names[:k])
+
+    bench.server.reset(names)
+    bench.in_process_loop("in-process command.upgrade loop (empty -> head)")
+    bench.in_process_loop("in-process command.upgrade loop (no-op)")
+
+    report(bench, args, shell_label, shell_factor)
+
+
+def run_delayed(bench: Bench, args: argparse.Namespace) -> None:
+    """Through the latency proxy: tenants vs psql, the no-op vs the probe, interleaved, repeated."""
+    for repetition in range(args.repeat):
+        if repetition:
+            bench.server.reset(bench.names)
+        bench.tenants_upgrade("tenants upgrade (empty -> head)")
+        bench.tenants_upgrade("tenants upgrade (no-op: all at head)")
+        bench.probe(PROBE_LABEL.format(c=args.concurrency))
+        bench.startup("tenants start-up (tenants --help)")
+        bench.server.reset(bench.names)
+        bench.psql_fanout(f"xargs -P{args.concurrency} psql -f offline.sql")
+    report_delayed(bench, args)
+
+
 def _interrupt(_signum, _frame) -> None:
     raise KeyboardInterrupt
 
@@ -299,6 +442,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tenants-bench-"))
     created: list[str] = []
     started = time.perf_counter()
+    stack = contextlib.ExitStack()  # the latency proxy, if any: stopped before the databases are dropped
+    proxy: LatencyProxy | None = None
     try:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         print(f"bench: N={args.tenants} tenants, concurrency {args.concurrency}, nproc {cpus}")
@@ -309,38 +454,21 @@ def main() -> None:
             server.create(db)
             created.append(db)  # list.append is atomic: safe from the pool's threads
         server.each(names, create)
-        bench = Bench(args, server, tmp, names)
+        if args.delay_ms:
+            proxy = stack.enter_context(LatencyProxy((server.url.host or "127.0.0.1", server.url.port or 5432),
+                                                     delay_ms=args.delay_ms))
+            print(f"latency proxy: 127.0.0.1:{proxy.port} -> server, +{args.delay_ms:g} ms each way "
+                  "(the shell and in-process loops are not run)")
+        bench = Bench(args, server, tmp, names, proxy)
         print(f"head: {bench.head}; timing (each method starts from the same state):")
-
-        # The fast methods are repeated, interleaved, and compared by their medians; the slow loops run once.
-        for repetition in range(args.repeat):
-            if repetition:
-                bench.server.reset(names)
-            bench.tenants_upgrade("tenants upgrade (empty -> head)")
-            bench.tenants_upgrade("tenants upgrade (no-op: all at head)")
-            bench.library_noop("tenants no-op in-process (api.upgrade)")
-            bench.startup("tenants start-up (tenants --help)")
-            bench.server.reset(names)
-            bench.psql_fanout(f"xargs -P{args.concurrency} psql -f offline.sql")
-
-        shell_label, shell_factor = None, 1.0
-        if not args.skip_shell_loop:
-            k = args.shell_sample or args.tenants
-            shell_label, shell_factor = f"shell loop: alembic upgrade head (x{k})", args.tenants / k
-            bench.server.reset(names)
-            bench.shell_loop(shell_label, names[:k])
-
-        bench.server.reset(names)
-        bench.in_process_loop("in-process command.upgrade loop (empty -> head)")
-        bench.in_process_loop("in-process command.upgrade loop (no-op)")
-
-        report(bench, args, shell_label, shell_factor)
+        (run_delayed if proxy else run_direct)(bench, args)
     except KeyboardInterrupt:
         print("\nbench: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):  # a second Ctrl-C must not leave the databases behind
             signal.signal(sig, signal.SIG_IGN)
+        stack.close()
         shutil.rmtree(tmp, ignore_errors=True)
         if args.keep:
             print(f"kept {len(created)} databases {args.prefix}* (--keep)")

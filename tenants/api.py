@@ -765,7 +765,9 @@ def _fan_out(settings, revisions, operation: Operation, target, head, tenants, o
         alembic_ini=str(env.alembic),
         version_table=env.version_table,
         env_py=env.env_py,
-        sessions=env.sessions,
+        # Every session of the run carries its id: an operator sees who holds a tenant (pg_stat_activity,
+        # sys.dm_exec_sessions), and a retry tells a stale session of its own from another run's.
+        sessions=replace(env.sessions, application_name=f"tenants {run_id}"),
         retries=env.retries if options.retries is None else options.retries,
         retry_backoff=env.retry_backoff,
         retry_backoff_max=env.retry_backoff_max,

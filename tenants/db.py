@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from tenants.dialects import LockNotAcquired, Sessions, TransientLockError, dialect_for, dialect_of_error
 from tenants.dialects.base import DEFAULT_SESSIONS, dbapi_error
 from tenants.secrets import scrub
+from tenants.snapshot import Snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     from tenants.dialects.entra import TokenCache
@@ -31,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "Connector", "LockNotAcquired", "NoVersionTable", "Sessions", "TransientLockError", "describe_error", "has_lock",
     "is_missing_table", "is_throttling", "is_transient", "make_engine", "missing_file", "permission_denied",
-    "read_version", "schema_tables", "sqlstate_of", "tenant_lock",
+    "read_version", "schema_snapshot", "schema_tables", "sqlstate_of", "tenant_lock",
 ]
 
 
@@ -180,6 +181,21 @@ def schema_tables(conn: Connection, exclude: tuple[str, ...] = ()) -> list[str]:
     return sorted(name for name in names if name.lower() not in skip)
 
 
+def schema_snapshot(conn: Connection, exclude: tuple[str, ...] = ()) -> Snapshot:
+    """The schema of the tenant's database as plain data (:class:`tenants.snapshot.Snapshot`): its default
+    schema's tables (columns, keys, indexes, constraints) and views, leaving out ``exclude`` (the version
+    table and the tool's own tables, :func:`tenants.engine.unit.own_tables`; compared case-insensitively).
+
+    One round trip on SQLite, PostgreSQL and SQL Server: each dialect has one catalog query that returns the
+    whole schema as one JSON document (:meth:`tenants.dialects.Dialect.snapshot`), because a snapshot is
+    taken of every tenant of a fleet and the inspector's query-per-table-per-kind would cost hundreds of round
+    trips each. Ends the transaction it opened, like :func:`schema_tables`."""
+    try:
+        return dialect_for(conn.dialect.name).snapshot(conn, exclude)
+    finally:
+        conn.rollback()
+
+
 # --- locks -------------------------------------------------------------------------------------------------
 
 def has_lock(dialect: str) -> bool:
@@ -187,18 +203,27 @@ def has_lock(dialect: str) -> bool:
     return dialect_for(dialect).can_lock
 
 
-def tenant_lock(engine: Engine, timeout: float) -> contextlib.AbstractContextManager[None]:
-    """Hold the tenant's exclusive migration lock for the duration of the block.
+def tenant_lock(conn: Connection, timeout: float, own: str | None = None
+                ) -> contextlib.AbstractContextManager[None]:
+    """Hold the tenant's exclusive migration lock on ``conn`` for the duration of the block.
 
-    The lock lives on its own connection, never on the one Alembic migrates with: a lock query on the
-    migration connection would open a transaction there, and Alembic would then run every revision inside it
-    and never commit (Alembic's ``begin_transaction`` defers to a transaction already open on the connection it
-    is given, and commits nothing itself then). If this process dies, the lock dies with its session.
-    Raises :class:`LockNotAcquired` when another run holds it for longer than ``timeout`` seconds. Each
-    dialect has its own primitive (:meth:`tenants.dialects.Dialect.lock`); a dialect without one yields no
-    lock (the API refuses to migrate it, see :func:`has_lock`; plain alembic gets no lock there).
+    The lock lives on the connection the tenant is migrated with (issue 11), as a session-level lock
+    (PostgreSQL's advisory lock, SQL Server's session-owned app lock; a SQLite file lock is per process). So
+    losing the lock means losing that connection: the revision in progress fails and rolls back with it,
+    and no run can go on migrating a tenant whose lock another run has taken meanwhile. (On a connection of
+    its own, the lock's session could die unnoticed, a terminated backend or a NAT that forgot the flow, while
+    the migration went on, and a second run entered the tenant.) The lock query's transaction is ended
+    before the block, so Alembic still gets a connection with no transaction open and gives each revision
+    its own (its ``begin_transaction`` defers to an open transaction and would commit nothing itself).
+    If this process dies, the lock dies with its session.
+
+    ``own`` is this run's application name: a session of the same run still holding the lock (an earlier
+    attempt whose connection the client lost) is ended rather than waited for, where the database allows.
+    Raises :class:`LockNotAcquired` (with who holds it, where the database tells) when another run holds it
+    for longer than ``timeout`` seconds. Each dialect has its own primitive (:meth:`tenants.dialects.Dialect.lock`);
+    a dialect without one yields no lock (the API refuses to migrate it, see :func:`has_lock`).
     """
-    return dialect_for(engine.url).lock(engine, timeout)
+    return dialect_for(conn.dialect.name).lock(conn, timeout, own)
 
 
 # --- error classification ----------------------------------------------------------------------------------

@@ -233,29 +233,34 @@ def test_audit_trail_of_a_failure_half_way_through_without_on_version_apply(sqli
 # --- PostgreSQL: the tool's shared per-server engine, the advisory lock ------------------------------------
 
 PG_LOCK_PROBE = """
-    held = op.get_bind().execute(sa.text(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() "
-        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")).scalar()
+    held, here = op.get_bind().execute(sa.text(
+        "SELECT count(*), bool_or(pid = pg_backend_pid()) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")).one()
     if held != 1:
         raise RuntimeError("the tenant's lock is not held while env.py runs")
-    op.create_table("a", sa.Column("id", sa.Integer, primary_key=True), sa.Column("bind", sa.String(40)))
-    op.execute(sa.text("INSERT INTO a (bind) VALUES (:b)").bindparams(b=type(op.get_bind()).__name__))
+    op.create_table("a", sa.Column("id", sa.Integer, primary_key=True), sa.Column("bind", sa.String(40)),
+                    sa.Column("locked_here", sa.Boolean))
+    op.execute(sa.text("INSERT INTO a (bind, locked_here) VALUES (:b, :h)").bindparams(
+        b=type(op.get_bind()).__name__, h=here))
 """
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize(("env_py", "key", "bind"), [
-    (CONNECT_ON_WHAT_IS_HANDED_IN, None, "MigrationConnection"),
-    (ENGINE_ONLY, "engine", "Connection"),
-    (URL_ONLY, "url", "Connection"),
+@pytest.mark.parametrize(("env_py", "key", "bind", "locked_here"), [
+    (CONNECT_ON_WHAT_IS_HANDED_IN, None, "MigrationConnection", True),
+    (ENGINE_ONLY, "engine", "Connection", False),
+    (URL_ONLY, "url", "Connection", False),
 ], ids=["connect-on-what-is-handed-in", "engine", "url"])
-def test_each_recipe_on_postgres(pg_fleet, tmp_path, env_py, key, bind):
+def test_each_recipe_on_postgres(pg_fleet, tmp_path, env_py, key, bind, locked_here):
+    """The tenant's lock is held while env.py runs, whatever it is handed; on the connection it migrates with
+    when it is handed one (issue 11: losing the lock then fails the revision in progress)."""
     ini = make_project(tmp_path / "proj", {"r1": PG_LOCK_PROBE, "r2": SECOND}, env_py=env_py)
     fleet = pg_fleet(2, alembic=ini, extra=f'env_py = "{key}"' if key else "")
     report = api.upgrade(load_settings(fleet.config, "pg", environ={}), options=api.RunOptions(concurrency=2))
     assert [(r.status, r.applied, r.error) for r in report.results] == [(Status.UPGRADED, ("r1", "r2"), None)] * 2
     for name in fleet.names:
-        assert fleet.version(name) == "r2" and fleet.query(name, "SELECT bind FROM a") == [(bind,)]
+        assert fleet.version(name) == "r2" and fleet.query(name, "SELECT bind, locked_here FROM a") == [
+            (bind, locked_here)]
 
 
 @pytest.mark.postgres

@@ -193,10 +193,40 @@ def test_permission_denied_in_a_chain_and_not_otherwise(pyodbc):
 def test_app_lock_statements_are_valid_t_sql():
     get = mssql.GET_APPLOCK.replace(":timeout_ms", "5000")
     kinds = [type(s).__name__ for s in sqlglot.parse(get, read="tsql", error_level=sqlglot.ErrorLevel.RAISE)]
-    assert kinds == ["Set", "Declare", "Execute", "Select"]  # parsed for real, not kept as an opaque Command
+    # Parsed for real, not kept as an opaque Command. NOCOUNT is switched back off before the SELECT: the lock is
+    # taken on the migration connection, and Alembic checks the row count of its version-table UPDATE there.
+    assert kinds == ["Set", "Declare", "Execute", "Set", "Select"]
+    assert [s.sql("tsql") for s in sqlglot.parse(get, read="tsql")][3] == "SET NOCOUNT OFF"
     release = sqlglot.parse(mssql.RELEASE_APPLOCK, read="tsql", error_level=sqlglot.ErrorLevel.RAISE)
     assert [type(s).__name__ for s in release] == ["Execute"]
     assert "@LockOwner = 'Session'" in get and "@LockMode = 'Exclusive'" in get
+
+
+def test_lock_holder_query_is_valid_t_sql_and_names_the_session_and_its_program():
+    """Who holds a tenant's app lock: the session and its program_name (a run of tenants says `tenants <run
+    id>`), from the lock DMV joined to the sessions DMV, for this database and this resource only."""
+    (parsed,) = sqlglot.parse(mssql.LOCK_HOLDER_SQL, read="tsql", error_level=sqlglot.ErrorLevel.RAISE)
+    assert type(parsed).__name__ == "Select"
+    assert [c.alias_or_name for c in parsed.expressions] == ["session_id", "program_name", "login_time"]
+    tables = {t.name.lower() for t in parsed.find_all(sqlglot.exp.Table)}
+    assert tables == {"dm_tran_locks", "dm_exec_sessions"}
+    where = parsed.args["where"].sql("tsql")
+    assert "DB_ID()" in where and mssql.LOCK_RESOURCE in where and "@@SPID" in where
+
+
+def test_sql_server_sessions_carry_the_run_as_their_program_name():
+    """ODBC's APP keyword (pyodbc adds unknown keyword arguments to the connection string) sets program_name;
+    a URL that sets its own keeps it."""
+    from sqlalchemy.engine import make_url
+
+    from tenants.dialects import Sessions
+
+    named = Sessions(application_name="tenants 0123abcd")
+    dialect = mssql.MSSQL()
+    url = make_url("mssql+pyodbc://u:p@server/t1?driver=ODBC+Driver+18+for+SQL+Server")
+    assert dialect.connect_args(url, named) == {"timeout": 30, "APP": "tenants 0123abcd"}
+    assert dialect.connect_args(url, Sessions()) == {"timeout": 30}
+    assert dialect.connect_args(url.update_query_dict({"APP": "mine"}), named) == {"timeout": 30}
 
 
 def test_connector_gives_sql_server_connections_an_entra_token_from_one_cache(pyodbc):

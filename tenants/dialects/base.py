@@ -36,16 +36,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from sqlalchemy import create_engine
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
+
+from tenants.dialects.catalog import inspect_snapshot
+from tenants.snapshot import Snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     from tenants.dialects.entra import TokenCache
 
 
 class LockNotAcquired(Exception):
-    """Another run holds this tenant's lock (internal: the unit of work turns it into status ``locked``)."""
+    """Another run holds this tenant's lock (internal: the unit of work turns it into status ``locked``).
+
+    ``holder`` says who, where the database can tell (its session, and the run id it carries as its
+    application name); None when it cannot."""
+
+    def __init__(self, holder: str | None = None) -> None:
+        super().__init__(holder or "the tenant's lock is held")
+        self.holder = holder
 
 
 class TransientLockError(Exception):
@@ -75,6 +85,10 @@ class Sessions:
     idle_in_transaction_timeout: float = 300.0
     statement_timeout: float = 0.0
     read_timeout: float = 30.0
+    # The name every session of a run carries (PostgreSQL's application_name, SQL Server's program_name):
+    # ``tenants <run id>``, so an operator can see which run holds a tenant, and a retry can tell a stale
+    # session of its own run from another run (see Dialect.lock). None: the driver's default.
+    application_name: str | None = None
 
     def reading(self) -> Sessions:
         """The settings of a connection that only reads (prechecks, discovery): every statement has a deadline."""
@@ -146,8 +160,9 @@ class Dialect:
     # --- the per-tenant lock -----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def lock(self, engine: Engine, timeout: float) -> Iterator[None]:
-        """Hold the tenant's exclusive migration lock for the block (see :func:`tenants.db.tenant_lock`).
+    def lock(self, conn: Connection, timeout: float, own: str | None = None) -> Iterator[None]:
+        """Hold the tenant's exclusive migration lock on ``conn`` for the block (see
+        :func:`tenants.db.tenant_lock`); ``own`` is this run's application name (:attr:`Sessions.application_name`).
 
         No lock here: the API refuses to migrate a dialect without one (:attr:`can_lock`); plain Alembic gets
         none either."""
@@ -219,6 +234,18 @@ class Dialect:
             raise fail(f"auth is for SQL Server URLs; a {url.get_backend_name()} URL carries its credentials "
                        "itself", "auth")
         return None
+
+    # --- schema snapshot (issue 12) ----------------------------------------------------------------------
+
+    def snapshot(self, conn: Connection, exclude: Iterable[str] = ()) -> Snapshot:
+        """The schema of the connection's database (its default schema), leaving out the tables ``exclude``
+        names (case-insensitively): the version table and the tool's own tables. Use it through
+        :func:`tenants.db.schema_snapshot`, which ends the transaction.
+
+        SQLite, PostgreSQL and SQL Server read it with one catalog query (see
+        :mod:`tenants.dialects.catalog`); any other backend through SQLAlchemy's inspector, here: several
+        round trips per table, but correct wherever SQLAlchemy can reflect."""
+        return inspect_snapshot(conn, exclude)
 
 
 class AnyDriver(Dialect):

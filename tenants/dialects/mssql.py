@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from tenants.dialects import catalog_mssql
 from tenants.dialects.base import DEFAULT_SESSIONS, Dialect, Fail, LockNotAcquired, Sessions, TransientLockError
 from tenants.errors import ConfigError
+from tenants.snapshot import Snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     from tenants.dialects.entra import TokenCache
@@ -109,12 +111,21 @@ def diagnose(err: BaseException) -> Diagnosis:
 # the tenant database, taken on its own autocommit connection. The server waits up to @LockTimeout ms.
 # sp_getapplock returns 0 (granted), 1 (granted after waiting), -1 (timeout), -2 (cancelled), -3 (deadlock
 # victim), -999 (parameter or call error). NOCOUNT keeps the DECLARE/EXEC row counts out of the way of
-# the one result set pyodbc should see.
+# the one result set pyodbc should see, and is switched back off before it: this is the migration connection,
+# and Alembic checks the row count of its version-table UPDATE.
 LOCK_RESOURCE = "tenants-migrate"
 GET_APPLOCK = (
     "SET NOCOUNT ON; DECLARE @rc int; "
     f"EXEC @rc = sp_getapplock @Resource = N'{LOCK_RESOURCE}', @LockMode = 'Exclusive', "
-    "@LockOwner = 'Session', @LockTimeout = :timeout_ms; SELECT @rc AS rc;"
+    "@LockOwner = 'Session', @LockTimeout = :timeout_ms; SET NOCOUNT OFF; SELECT @rc AS rc;"
+)
+# Who holds it (needs VIEW DATABASE STATE; best effort): the session and the program name it connected with
+# (a run of this tool says ``tenants <run id>``, ODBC's APP keyword).
+LOCK_HOLDER_SQL = (
+    "SELECT TOP (1) s.session_id, s.program_name, s.login_time FROM sys.dm_tran_locks AS l "
+    "JOIN sys.dm_exec_sessions AS s ON s.session_id = l.request_session_id "
+    "WHERE l.resource_type = N'APPLICATION' AND l.resource_database_id = DB_ID() AND l.request_status = N'GRANT' "
+    f"AND l.resource_description LIKE N'%{LOCK_RESOURCE}%' AND l.request_session_id <> @@SPID"
 )
 RELEASE_APPLOCK = f"EXEC sp_releaseapplock @Resource = N'{LOCK_RESOURCE}', @LockOwner = 'Session';"
 
@@ -195,7 +206,7 @@ class MSSQL(Dialect):
         """pyodbc's login timeout at 30 s (Microsoft's advice for Azure SQL; the driver has no "Connection
         Timeout" keyword), each connection set up by :func:`session_setup`, and with ``tokens`` an Entra token
         for every new connection."""
-        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
+        engine = create_engine(url, poolclass=NullPool, connect_args=self.connect_args(url, sessions))
         event.listen(engine, "connect", session_setup(sessions.lock_timeout(self), sessions.statement_timeout))
         if tokens is not None:
             from tenants.dialects.entra import install_token_hook
@@ -203,22 +214,70 @@ class MSSQL(Dialect):
             install_token_hook(engine, tokens)
         return engine
 
+    def connect_args(self, url: URL, sessions: Sessions) -> dict[str, object]:
+        """pyodbc's keyword arguments: its login timeout, and ODBC's APP keyword (pyodbc adds keyword arguments
+        it does not know to the connection string), which sets the session's program_name to the run's
+        application name, unless the URL names its own."""
+        args: dict[str, object] = {"timeout": 30}
+        if sessions.application_name and "app" not in {key.lower() for key in url.query}:
+            args["APP"] = sessions.application_name
+        return args
+
     @contextlib.contextmanager
-    def lock(self, engine: Engine, timeout: float) -> Iterator[None]:
-        # sp_getapplock with a Session owner on its own autocommit connection (see GET_APPLOCK above).
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    def lock(self, conn: Connection, timeout: float, own: str | None = None) -> Iterator[None]:
+        # sp_getapplock with a Session owner on the migration connection itself (see GET_APPLOCK above, and
+        # tenants.db.tenant_lock for why there): a session-owned lock outlives the transaction the call ran in,
+        # which the rollback below ends so that Alembic gets a connection with none.
+        try:
             rc = conn.execute(text(GET_APPLOCK), {"timeout_ms": int(timeout * 1000)}).scalar()
+            if rc == -1 and own is not None and self._end_stale_session(conn, own):
+                rc = conn.execute(text(GET_APPLOCK), {"timeout_ms": 5000}).scalar()
             if rc == -1:  # timed out: another run holds it
-                raise LockNotAcquired()
+                raise LockNotAcquired(self._holder(conn))
             if rc == -3:  # chosen as deadlock victim while waiting: worth a retry
                 raise TransientLockError("sp_getapplock: chosen as deadlock victim (-3)")
             if rc is None or rc < 0:  # -2 cancelled, -999 parameter or call error
                 raise RuntimeError(f"sp_getapplock failed with {rc}")
-            try:
-                yield
-            finally:
-                with contextlib.suppress(SQLAlchemyError):
+        finally:
+            with contextlib.suppress(SQLAlchemyError):
+                conn.rollback()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(SQLAlchemyError):
+                if not conn.invalidated:
                     conn.execute(text(RELEASE_APPLOCK))
+                    conn.rollback()
+
+    @staticmethod
+    def _holder_row(conn: Connection):
+        """The session holding the tenant's app lock, or None (not visible: needs VIEW DATABASE STATE)."""
+        try:
+            return conn.execute(text(LOCK_HOLDER_SQL)).first()
+        except SQLAlchemyError:
+            conn.rollback()
+            return None
+
+    def _holder(self, conn: Connection) -> str | None:
+        row = self._holder_row(conn)
+        if row is None:
+            return None
+        who = f"session {row.session_id}"
+        return f"{row.program_name}, {who}" if row.program_name else who
+
+    def _end_stale_session(self, conn: Connection, own: str) -> bool:
+        """End a session of this very run that still holds the lock (an earlier attempt whose connection the
+        client lost and the server has not noticed): KILL, where the login may (Azure SQL Database: the server
+        admin; ``ALTER ANY CONNECTION`` elsewhere). True when it was ended."""
+        row = self._holder_row(conn)
+        if row is None or row.program_name != own:
+            return False
+        try:
+            conn.execute(text(f"KILL {int(row.session_id)}"))  # KILL takes no parameter; an int is safe
+        except SQLAlchemyError:
+            conn.rollback()
+            return False
+        return True
 
     def owns_error(self, orig: BaseException) -> bool:
         return is_pyodbc_error(orig)
@@ -265,4 +324,9 @@ class MSSQL(Dialect):
                        "not be written in the file", "url")
         return auth
 
+    # --- schema snapshot (issue 12) ----------------------------------------------------------------------
 
+    def snapshot(self, conn: Connection, exclude: Iterable[str] = ()) -> Snapshot:
+        """One query over ``sys.*`` for ``SCHEMA_ID()``, one JSON document by nested FOR JSON PATH
+        (see :mod:`tenants.dialects.catalog_mssql`)."""
+        return catalog_mssql.read_snapshot(conn, exclude)

@@ -11,15 +11,17 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool, Pool
 
+from tenants.dialects import catalog_postgresql
 from tenants.dialects.base import DEFAULT_SESSIONS, Dialect, LockNotAcquired, Sessions
+from tenants.snapshot import Snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     from tenants.dialects.entra import TokenCache
@@ -35,8 +37,21 @@ TABLES_SQL = (
     "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition "
     "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'"
 )
+# Who holds a tenant's lock: its session (pid, start) and the application name it carries (a run of this tool
+# says ``tenants <run id>``). pg_locks shows a bigint advisory key as classid (high half) and objid (low half).
+# Another role's session shows a pid only, without the pg_read_all_stats privilege.
+LOCK_HOLDER_SQL = (
+    "SELECT a.pid, a.application_name, a.backend_start FROM pg_catalog.pg_locks l "
+    "LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+    "AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) "
+    "AND ((l.classid::bigint << 32) | l.objid::bigint) = :k AND l.pid <> pg_backend_pid() LIMIT 1"
+)
 DATABASES_SQL = "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
 
+# 53300's message, for a connection refused before a SQLSTATE could be read (libpq's startup failure).
+_THROTTLE_TEXT = re.compile("too many clients|remaining connection slots are reserved|too many connections for",
+                            re.IGNORECASE)
 _DRIVERS = ("psycopg", "psycopg2", "pg8000", "asyncpg")  # modules whose errors are PostgreSQL's
 _LIBPQ = ("psycopg", "psycopg2")  # drivers that take libpq's connection parameters (keepalives, options)
 
@@ -106,6 +121,8 @@ class PostgreSQL(Dialect):
         if url.get_driver_name() not in _LIBPQ and url.get_driver_name():
             return {}
         wanted: dict[str, object] = {"connect_timeout": 10}
+        if sessions.application_name:
+            wanted["application_name"] = sessions.application_name[:63]  # the server truncates at 63 bytes
         if sessions.network_timeout > 0:
             seconds = sessions.network_timeout
             wanted.update(keepalives=1, keepalives_idle=max(1, round(seconds / 2)),
@@ -137,18 +154,40 @@ class PostgreSQL(Dialect):
         event.listen(engine, "do_connect", _choose_database)
 
     @contextlib.contextmanager
-    def lock(self, engine: Engine, timeout: float) -> Iterator[None]:
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            deadline = time.monotonic() + timeout
+    def lock(self, conn: Connection, timeout: float, own: str | None = None) -> Iterator[None]:
+        # A session-level advisory lock on the migration connection itself (see tenants.db.tenant_lock for
+        # why there). Session-level advisory locks ignore transactions: the rollback below ends the
+        # transaction the query opened, so Alembic gets a connection with none, and the lock stays.
+        deadline = time.monotonic() + timeout
+        stale_until: float | None = None
+        try:
             while not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar():
+                holder = conn.execute(text(LOCK_HOLDER_SQL), {"k": LOCK_KEY}).first()
+                if own is not None and holder is not None and holder.application_name == own:
+                    # A session of this very run: an earlier attempt on this tenant whose client side is gone
+                    # (a dropped or black-holed connection) but which the server has not noticed yet. It
+                    # would hold the lock until the server's keepalives give up; end it (the same role may
+                    # signal its own backends), which rolls back whatever it was doing, and take the lock once
+                    # it has exited (a few seconds at most, whatever the lock timeout).
+                    stale_until = stale_until or time.monotonic() + 5.0
+                    conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": holder.pid})
+                    if time.monotonic() < stale_until:
+                        time.sleep(0.05)
+                        continue
                 if time.monotonic() >= deadline:
-                    raise LockNotAcquired()
+                    raise LockNotAcquired(_describe_holder(holder))
                 time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-            try:
-                yield
-            finally:
-                with contextlib.suppress(SQLAlchemyError):
+        finally:
+            with contextlib.suppress(SQLAlchemyError):
+                conn.rollback()
+        try:
+            yield
+        finally:
+            # Closing the session would release it too; unlocking keeps a connection that lives on clean.
+            with contextlib.suppress(SQLAlchemyError):
+                if not conn.invalidated:
                     conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+                    conn.rollback()
 
     def list_databases(self, template_url: str, query: Callable[[str], list[str]]) -> list[str]:
         return query(DATABASES_SQL)
@@ -156,9 +195,36 @@ class PostgreSQL(Dialect):
     def owns_error(self, orig: BaseException) -> bool:
         return type(orig).__module__.split(".")[0] in _DRIVERS
 
+    def is_throttling(self, orig: BaseException) -> bool:
+        """Too many connections (53300: ``max_connections`` or a role's or database's connection limit reached)
+        says the server is saturated, as Azure SQL's resource errors do: the fan-out lowers its concurrency
+        instead of retrying every tenant at full concurrency (issue 11). It stays transient for callers that
+        only retry."""
+        if self.sqlstate(orig) == "53300":
+            return True
+        return bool(_THROTTLE_TEXT.search(str(orig)))
+
     def setup_worker(self, *, check_client: bool) -> None:
         if check_client:
             event.listen(Pool, "connect", check_client_while_busy)
+
+    # --- schema snapshot (issue 12) ----------------------------------------------------------------------
+
+    def snapshot(self, conn: Connection, exclude: Iterable[str] = ()) -> Snapshot:
+        """One query over pg_catalog for ``current_schema()``, one JSON document (see
+        :mod:`tenants.dialects.catalog_postgresql`)."""
+        return catalog_postgresql.read_snapshot(conn, exclude)
+
+
+def _describe_holder(holder) -> str | None:
+    if holder is None:  # released between the two queries, or not visible
+        return None
+    who = f"session {holder.pid}"
+    if holder.application_name:
+        who = f"{holder.application_name}, {who}"
+    if holder.backend_start is not None:
+        who += f", connected {holder.backend_start:%Y-%m-%d %H:%M:%S %Z}".rstrip()
+    return who
 
 
 def check_client_while_busy(dbapi_connection, _record) -> None:

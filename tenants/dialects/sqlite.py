@@ -10,16 +10,18 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import NullPool
 
+from tenants.dialects import catalog_sqlite
 from tenants.dialects.base import DEFAULT_SESSIONS, Dialect, LockNotAcquired, Sessions
 from tenants.errors import ConfigError
+from tenants.snapshot import Snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     from tenants.dialects.entra import TokenCache
@@ -80,12 +82,13 @@ class SQLite(Dialect):
         return url
 
     @contextlib.contextmanager
-    def lock(self, engine: Engine, timeout: float) -> Iterator[None]:
+    def lock(self, conn: Connection, timeout: float, own: str | None = None) -> Iterator[None]:
         # SQLite has no named session locks; its own write lock is per transaction, and we commit per revision.
         # An OS advisory lock (flock) on a sidecar file spans the whole run on the tenant and, like a session
         # lock, is released by the kernel if the process dies. SQLite files are only reachable on this host, so
-        # a host-local lock is enough.
-        database = engine.url.database or ""
+        # a host-local lock is enough, and there is no network session to lose: the process that holds the lock
+        # is the one that holds the connection (the lock cannot outlive it, nor it the lock).
+        database = conn.engine.url.database or ""
         if database.startswith("file:"):
             database = database[len("file:"):]
         if not database or database == ":memory:":
@@ -129,3 +132,10 @@ class SQLite(Dialect):
 
     def owns_error(self, orig: BaseException) -> bool:
         return type(orig).__module__ == "sqlite3"
+
+    # --- schema snapshot (issue 12) ----------------------------------------------------------------------
+
+    def snapshot(self, conn: Connection, exclude: Iterable[str] = ()) -> Snapshot:
+        """One query over ``sqlite_master`` and the pragma functions, one JSON document; what SQLite
+        cannot tell is read from the CREATE statements (see :mod:`tenants.dialects.catalog_sqlite`)."""
+        return catalog_sqlite.read_snapshot(conn, exclude)

@@ -21,9 +21,10 @@ env.py gets the tenant the ways Alembic documents, so any Alembic project works;
 * ``url``: nothing; env.py builds its own engine from the ``sqlalchemy.url`` main option, which is always
   set to the tenant's URL (Alembic's generic template does this whatever it is handed).
 
-In every case the tenant's lock is held for the whole run of env.py, on a connection of its own (see
-:func:`tenants.db.tenant_lock`): PostgreSQL advisory locks, SQL Server applocks and the SQLite file lock are
-per database and exclude other ``tenants`` runs, whichever connection env.py migrates with. The caller
+In every case the tenant's lock is held for the whole run of env.py, on the connection the tool opened (the
+one handed in as ``connection``; see :func:`tenants.db.tenant_lock`): PostgreSQL advisory locks, SQL Server
+applocks and the SQLite file lock are per database and exclude other ``tenants`` runs, whichever connection
+env.py migrates with. The caller
 then reads the tenant's own version table again (:mod:`tenants.engine.unit`): an env.py that migrated another
 database, or another version table, fails the tenant instead of reporting it migrated.
 """

@@ -8,8 +8,9 @@ Per attempt:
    costs one connection and one query, never a run of env.py. A revision missing from the graph (an
    out-of-band change) is reported ``unknown-revision`` and never touched. (Worker processes skip this
    read: the parent has just done it, see :func:`precheck` and :mod:`tenants.engine.fanout`);
-3. take the tenant's lock on its own connection (:func:`tenants.db.tenant_lock`) and read the revision again
-   under it: another run may have moved the tenant meanwhile, and the version table is the truth;
+3. take the tenant's lock on the migration connection itself (:func:`tenants.db.tenant_lock`, which says why)
+   and read the revision again under it: another run may have moved the tenant meanwhile, and the version
+   table is the truth;
 4. run env.py, handing it the migration connection (or the engine, or only the URL: the environment's
    ``env_py``, see :mod:`tenants.engine.revisions`); env.py gives every revision its own transaction, so a failure
    rolls back only the revision in progress and a retry resumes at the revision where it stopped. Alembic
@@ -42,6 +43,7 @@ from tenants.db import (
     LockNotAcquired,
     NoVersionTable,
     Sessions,
+    TransientLockError,
     describe_error,
     is_throttling,
     is_transient,
@@ -95,6 +97,11 @@ class Job:
     def own_tables(self) -> tuple[str, ...]:
         return own_tables(self.version_table, self.history_table)
 
+    @property
+    def done(self) -> Status:
+        """The status of a tenant this job moved: upgraded, downgraded or stamped."""
+        return _DONE[self.operation]
+
     def recorder(self) -> Recorder | None:
         if self.run_id is None:
             return None
@@ -125,11 +132,16 @@ def run_tenant(tenant: Tenant, job: Job, revisions: Revisions, connector: Connec
 
     ``read_first=False`` skips the unlocked read (step 2) and goes straight to the lock: for a tenant already
     known, or all but known, to need work (the parent read it, see :mod:`tenants.engine.fanout`), that read is a
-    wasted query. Without it an up-to-date tenant costs a lock connection too, so the default keeps it.
+    wasted query. Without it an up-to-date tenant costs a lock query too, so the default keeps it.
 
     ``hand_back_throttled``: on a throttling error (the elastic pool is saturated), wait one backoff and return
     ``throttled`` instead of retrying here: the fan-out then lowers its concurrency and runs the tenant again
     later (see :class:`tenants.engine.fanout.ProcessStrategy`). Retrying in place would keep the pressure on.
+
+    What the result says is what this run did, across its attempts (issue 11): ``applied`` holds the
+    revisions this run's attempts committed, and a tenant this run moved is ``upgraded`` (``downgraded``) even
+    when the attempt that ended found nothing left to do. A failure is recorded once in the tenant's history,
+    by the attempt that ends the tenant, never by a transient error that is retried.
     """
     started = time.monotonic()
     rng = random.Random()
@@ -137,6 +149,7 @@ def run_tenant(tenant: Tenant, job: Job, revisions: Revisions, connector: Connec
     progress = _Progress()  # kept across attempts: "before" is the first read, "after" the latest one
     while True:
         attempts += 1
+        progress.migrating = False
         try:
             _attempt(tenant, job, revisions, connector, progress, read_first)
             status, error = _DONE[job.operation], None
@@ -146,21 +159,35 @@ def run_tenant(tenant: Tenant, job: Job, revisions: Revisions, connector: Connec
             if hand_back_throttled and is_throttling(err):
                 sleep(job.backoff(attempts, rng))
                 status, error = Status.THROTTLED, describe_error(err, tenant.all_secrets)
-                return _result(tenant, job, revisions, status, progress, attempts, time.monotonic() - started, error)
+                return _result(tenant, job, status, progress, attempts, time.monotonic() - started, error)
             if is_transient(err) and attempts <= job.retries:
                 sleep(job.backoff(attempts, rng))
                 continue
             status, error = Status.FAILED, describe_error(err, tenant.all_secrets)
-        return _result(tenant, job, revisions, status, progress, attempts, time.monotonic() - started, error)
+        if status is Status.UP_TO_DATE and progress.applied:  # an earlier attempt of this run moved it
+            status = _DONE[job.operation]
+        if status is Status.FAILED and progress.migrating:
+            _record_failure(tenant, job, connector, progress, error or "")
+        return _result(tenant, job, status, progress, attempts, time.monotonic() - started, error)
+
+
+class LockLost(TransientLockError):
+    """The session holding the tenant's lock ended while env.py ran (env.py migrated on a connection of its own,
+    or its connection broke after the last commit): another run may have entered. Transient: the next
+    attempt takes the lock again and reads where the tenant is."""
 
 
 class _Progress:
-    """What is known of the tenant's revision: first read, latest read, and what Alembic applied."""
+    """What is known of the tenant across attempts: first read, latest read, and what this run applied."""
 
     def __init__(self) -> None:
         self.before: tuple[str, ...] | None = None
         self.after: tuple[str, ...] | None = None
-        self.applied: tuple[str, ...] | None = None  # set when a migration completed
+        self.applied: list[str] = []  # revisions this run's attempts committed (applied, or undone), in order
+        # An attempt that failed with the tenant's position unreadable: where it started, and the revisions it
+        # was running. The next read under the lock settles which of them committed.
+        self.unsure: tuple[tuple[str, ...], frozenset[str]] | None = None
+        self.migrating = False  # the attempt in progress got as far as running env.py
 
     def saw(self, current: tuple[str, ...]) -> None:
         if self.before is None:
@@ -174,6 +201,31 @@ class _Progress:
         else:
             self.saw(current)
 
+    def add(self, revs) -> None:
+        self.applied.extend(rev for rev in revs if rev not in self.applied)
+
+    def settle(self, current: tuple[str, ...], job: Job, revisions: Revisions) -> None:
+        """Under the lock, after an attempt whose outcome was unknown (its commit acknowledgement lost, say):
+        the revisions it was running that the version table now shows are counted as this run's. Another run
+        could have applied them only by taking the lock in the moment between that attempt's session ending
+        and this read, and then it would have run the very same revisions."""
+        if self.unsure is not None:
+            start, running = self.unsure
+            self.add(rev for rev in _moved(revisions, job, start, current) if rev in running)
+            self.unsure = None
+
+
+def _moved(revisions: Revisions, job: Job, before: tuple[str, ...] | None, after: tuple[str, ...] | None
+           ) -> list[str]:
+    """The revisions applied (upgrade) or undone (downgrade) between two reads of the version table."""
+    if job.operation == "stamp" or before is None or after is None or before == after:
+        return []
+    try:
+        steps = revisions.steps_between(job.operation, before, after)
+    except Exception:  # noqa: BLE001 - an unknown revision: nothing can be said
+        return []
+    return [to if job.operation == "upgrade" else source for source, to in steps]
+
 
 def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connector, progress: _Progress,
              read_first: bool) -> None:
@@ -183,45 +235,68 @@ def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
             progress.saw(_read(conn, job))
             _check(progress.after, job, revisions, tenant.name)
         try:
-            with tenant_lock(engine, job.lock_timeout):  # raises LockNotAcquired on entry, nowhere else
+            # The lock lives on the migration connection itself: see tenants.db.tenant_lock.
+            with tenant_lock(conn, job.lock_timeout, job.sessions.application_name):
                 current = _read(conn, job)  # the truth, now that nobody else can move it
                 progress.saw(current)
+                progress.settle(current, job, revisions)
                 _check(current, job, revisions, tenant.name)
                 if job.operation == "upgrade":  # only tenants with work get here: the no-op path stays one query
                     pin = read_pin(conn)
                     if pin is not None:
                         raise _Outcome(Status.PINNED, current, pin.describe())
-                recorder = job.recorder()
-                try:
-                    applied = revisions.migrate(conn, tenant.url, job.operation, job.target, current=current,
-                                                on_version_apply=recorder.on_version_apply if recorder else None,
-                                                env_py=job.env_py)
-                except BaseException as err:
-                    after = _read_after(engine, conn, job)
-                    progress.saw_or_lost(after)
-                    if recorder is not None and after is not None and isinstance(err, Exception):
-                        with contextlib.suppress(Exception):  # best effort: never masks the failure
-                            recorder.applied_afterwards(engine, revisions.steps_between(job.operation, current,
-                                                                                        after))
-                        recorder.failed(engine, revision_of(after), job.target or "base",
-                                        describe_error(err, tenant.all_secrets))
-                    raise
-                # Only the tenant's own version table says where it is: an env.py that migrated another database
-                # (its own settings URL) or another version table returns as happily as one that did the work.
-                after = _read_after(engine, conn, job)
-                progress.saw_or_lost(after)
-                if recorder is not None and after is not None:
-                    recorder.applied_afterwards(engine, revisions.steps_between(job.operation, current, after))
-                if not _reached(after, job, applied):
-                    error = _missed(current, after, job)
-                    if recorder is not None and after is not None:
-                        recorder.failed(engine, revision_of(after), job.target or "base", error)
-                    raise _Outcome(Status.FAILED, after or (), error)
-                progress.applied = tuple(applied)
-        except LockNotAcquired:
+                _migrate(tenant, job, revisions, connector, engine, conn, current, progress)
+        except LockNotAcquired as err:
             if not read_first:  # report where the tenant is, not "unknown"
                 progress.saw(_read_raw(conn, job))
-            raise _Outcome(Status.LOCKED, progress.after or (), "held by another run (its lock is taken)") from None
+            held = f"held by another run ({err.holder})" if err.holder else "held by another run"
+            raise _Outcome(Status.LOCKED, progress.after or (), f"{held}: its lock is taken") from None
+
+
+def _migrate(tenant: Tenant, job: Job, revisions: Revisions, connector: Connector, engine: Engine, conn,
+             current: tuple[str, ...], progress: _Progress) -> None:
+    """Run env.py under the lock, then read the version table to see what it did (see the module docstring)."""
+    recorder = job.recorder()
+    progress.migrating = True
+    try:
+        applied = revisions.migrate(conn, tenant.url, job.operation, job.target, current=current,
+                                    on_version_apply=recorder.on_version_apply if recorder else None,
+                                    env_py=job.env_py)
+    except BaseException:
+        after, _ = _read_after(tenant, job, connector, conn)
+        progress.saw_or_lost(after)
+        if after is None:
+            progress.unsure = (current, frozenset(_moved(revisions, job, current, (job.target,) if job.target
+                                                         else ())))
+        else:
+            progress.add(_moved(revisions, job, current, after))
+            if recorder is not None:
+                with contextlib.suppress(Exception):  # best effort: never masks the failure
+                    recorder.applied_afterwards(engine, revisions.steps_between(job.operation, current, after))
+        raise
+    # Only the tenant's own version table says where it is: an env.py that migrated another database
+    # (its own settings URL) or another version table returns as happily as one that did the work.
+    after, locked = _read_after(tenant, job, connector, conn)
+    progress.saw_or_lost(after)
+    if after is not None:
+        progress.add(_moved(revisions, job, current, after) if job.operation != "stamp" else applied)
+        if recorder is not None:
+            recorder.applied_afterwards(engine, revisions.steps_between(job.operation, current, after))
+    if not locked:
+        raise LockLost("the session holding the tenant's lock ended while env.py ran")
+    if not _reached(after, job, applied):
+        raise _Outcome(Status.FAILED, after or (), _missed(current, after, job))
+
+
+def _record_failure(tenant: Tenant, job: Job, connector: Connector, progress: _Progress, error: str) -> None:
+    """The history row of a failure that ends the tenant (one per tenant and run, whatever the retries), in a
+    transaction of its own on a new connection; best effort, and only where the tenant's position is known."""
+    recorder = job.recorder()
+    if recorder is None or progress.after is None:
+        return
+    with contextlib.suppress(Exception):
+        with connector.engine(tenant.url, must_exist=True) as engine:
+            recorder.failed(engine, revision_of(progress.after), job.target or "base", error)
 
 
 def _read(conn, job: Job) -> tuple[str, ...]:
@@ -286,19 +361,21 @@ def _read_raw(conn, job: Job) -> tuple[str, ...]:
         return ()
 
 
-def _read_after(engine: Engine, conn, job: Job) -> tuple[str, ...] | None:
-    """Where the tenant is now; after a failure the migration connection may be unusable, so use a new one."""
+def _read_after(tenant: Tenant, job: Job, connector: Connector, conn) -> tuple[tuple[str, ...] | None, bool]:
+    """Where the tenant is now, and whether the migration connection (the lock's) is still alive. After a
+    failure that connection may be unusable: then a new one reads, with the read deadline; None when the
+    tenant cannot be read (unknown is an honest answer)."""
     try:
         if conn.invalidated:
             raise RuntimeError("connection invalidated")
         conn.rollback()
-        return _read_raw(conn, job)
+        return _read_raw(conn, job), True
     except Exception:  # noqa: BLE001
         try:
-            with engine.connect() as fresh:
-                return _read_raw(fresh, job)
+            with connector.engine(tenant.url, must_exist=True, reads=True) as engine, engine.connect() as fresh:
+                return _read_raw(fresh, job), False
         except Exception:  # noqa: BLE001 - unknown is an honest answer
-            return None
+            return None, False
 
 
 def _check(current: tuple[str, ...], job: Job, revisions: Revisions, tenant: str) -> None:
@@ -343,29 +420,13 @@ def _missed(before: tuple[str, ...], after: tuple[str, ...] | None, job: Job) ->
             "tenants hands it) or uses another version_table")
 
 
-def _result(tenant, job, revisions, status, progress: _Progress, attempts, duration, error) -> TenantResult:
-    before, after = progress.before, progress.after
-    applied: tuple[str, ...] = ()
-    if progress.applied is not None and attempts == 1:
-        applied = progress.applied  # what Alembic ran, in one go
-    elif before is not None and after is not None and after != before and job.operation != "stamp":
-        # A failure, or retries: what lies between the first read and the last one.
-        try:
-            if job.operation == "upgrade":
-                plan = revisions.pending_upgrade(before, job.target)
-                done = set(revisions.pending_upgrade(before, after[0])) if after else set()
-            else:
-                plan = revisions.pending_downgrade(before, job.target)
-                done = set(plan) - set(revisions.ancestors(after[0] if after else None))
-            applied = tuple(rev for rev in plan if rev in done)
-        except Exception:  # noqa: BLE001 - reporting must not fail the result
-            applied = ()
+def _result(tenant, job, status, progress: _Progress, attempts, duration, error) -> TenantResult:
     return TenantResult(
         tenant=tenant.name,
         status=status,
-        from_revision=revision_of(before),
-        to_revision=revision_of(after),
-        applied=applied,
+        from_revision=revision_of(progress.before),
+        to_revision=revision_of(progress.after),
+        applied=tuple(progress.applied),
         attempts=attempts,
         duration=duration,
         error=error,
@@ -391,8 +452,7 @@ def precheck(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
             progress.saw(_read(conn, job))
         _check(progress.after, job, revisions, tenant.name)
     except _Outcome as outcome:
-        return _result(tenant, job, revisions, outcome.status, progress, 1, time.monotonic() - started,
-                       outcome.error)
+        return _result(tenant, job, outcome.status, progress, 1, time.monotonic() - started, outcome.error)
     except Exception:  # noqa: BLE001 - the worker will report it properly
         return None
     return None

@@ -146,12 +146,16 @@ def skipped(tenant: Tenant, why: str = "the failure policy stopped the run") -> 
     return TenantResult(tenant.name, Status.SKIPPED, error=f"not started: {why}")
 
 
-def merge(earlier: TenantResult | None, later: TenantResult) -> TenantResult:
-    """One result for a tenant that ran more than once (handed back throttled, then run again)."""
+def merge(earlier: TenantResult | None, later: TenantResult, done: Status | None = None) -> TenantResult:
+    """One result for a tenant that ran more than once (handed back throttled, then run again). A tenant that an
+    earlier run of it moved (``applied``) and the later one found at the target is ``done`` (the operation's
+    status: ``upgraded``, ...), not ``up-to-date``: this run moved it."""
     if earlier is None:
         return later
+    moved = done is not None and later.status is Status.UP_TO_DATE and bool(earlier.applied)
     return replace(
         later,
+        status=done if moved else later.status,
         from_revision=earlier.from_revision if earlier.from_revision is not None else later.from_revision,
         to_revision=later.to_revision if later.to_revision is not None else earlier.to_revision,
         applied=earlier.applied + later.applied,

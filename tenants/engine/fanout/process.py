@@ -188,7 +188,7 @@ class ProcessStrategy:
                             slots=slots, threads=threads,
                             read=partial(precheck, job=job, revisions=revisions, connector=connector),
                             where=partial(_where, job=job, connector=connector), gate=self.gate,
-                            timeout=self.tenant_timeout, drain=self.drain)
+                            timeout=self.tenant_timeout, drain=self.drain, done=job.done)
             run.signals = noted.received  # the handler appends to it from now on: the scheduler acts on them
             run.take_signals()
             try:

@@ -97,10 +97,11 @@ class Scheduler:
                  retries: int, slots: Slots, threads: Executor, read: Callable[[Tenant], TenantResult | None],
                  where: Callable[[Tenant], str | None], gate: PressureGate | None = None,
                  timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
-                 drain: Callable[[int], float | None] = drain_grace) -> None:
+                 drain: Callable[[int], float | None] = drain_grace, done: Status | None = None) -> None:
         self.policy, self.on_result, self.concurrency, self.retries = policy, on_result, concurrency, retries
         self.slots, self.threads, self.read, self.where = slots, threads, read, where
         self.gate, self.timeout, self.clock = gate, timeout, clock
+        self.done = done  # the operation's status for a tenant this run moved (upgraded, ...): see merge
         self.order = {t.name: i for i, t in enumerate(tenants)}
         self.unchecked: deque[Tenant] = deque(tenants)  # not read yet
         self.ready: deque[Tenant] = deque()  # need a worker
@@ -290,7 +291,7 @@ class Scheduler:
         """A worker's future finished: a result (perhaps throttled), or its process died or was killed."""
         earlier = self.partial.pop(flight.tenant.name, None)
         try:
-            result = merge(earlier, future.result())
+            result = merge(earlier, future.result(), self.done)
         except BrokenProcessPool:
             if flight.slot.halted:
                 self.on_stopped(flight, earlier)

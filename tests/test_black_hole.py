@@ -4,15 +4,16 @@ The fault is a loopback TCP proxy in front of PostgreSQL that, once told, stops 
 connections it carries: no RST, no FIN, it just stops reading and writing and keeps its sockets open. New
 connections are carried as before (a NAT that forgot one flow).
 
-What ends the tenant through it, found here (see test_a_silent_connection_alone_is_not_detected_on_loopback):
-on loopback the proxy's kernel goes on acknowledging what the worker sends (into the proxy's socket buffer)
-and its keepalive probes, so neither TCP keepalives nor ``tcp_user_timeout`` (``network_timeout``) ever fire,
-and the server's ``idle_in_transaction_session_timeout`` ends the session on the server side only (its FATAL
+What ends the tenant through it, found by running without ``--tenant-timeout`` (the run was still waiting
+after 30 s and 40 s, 7.5 and 10 x ``network_timeout``; not kept as a test: it would only time a hang): on
+loopback the proxy's kernel goes on acknowledging what the worker sends (into the proxy's socket buffer) and
+its keepalive probes, so neither TCP keepalives nor ``tcp_user_timeout`` (``network_timeout``) ever fire, and
+the server's ``idle_in_transaction_session_timeout`` ends the session on the server side only (its FATAL
 message is swallowed by the proxy). The worker waits for an answer that never comes. What ends it is
 ``--tenant-timeout``: the worker is killed, the tenant reported timed-out and read back through a new
-connection, and the run finishes with its report. (Across a real black hole, where nothing acknowledges,
-``tcp_user_timeout`` and keepalives do fire after about ``network_timeout``; that is not what a loopback test
-can show.)
+connection, and the run finishes with its report; or Ctrl-C. (Across a real black hole, where nothing
+acknowledges, ``tcp_user_timeout`` and keepalives do fire after about ``network_timeout``; that is not what a
+loopback test can show.)
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
-from helpers import PG_URL, ROOT, fleet_config, make_project
+from helpers import PG_URL, ROOT, fleet_config, make_project, pg_dsn
 from sqlalchemy.engine import make_url
 
 pytestmark = pytest.mark.postgres
@@ -173,6 +175,11 @@ def test_a_black_holed_migration_ends_at_the_tenant_timeout_with_a_report(pg_fle
     [tenant] = json.loads(report.read_text())["tenants"]
     assert tenant["status"] == "timed-out", tenant
     assert tenant["to"] == "r1"  # read back through a new connection: r2 rolled back
+    # On the server, the black-holed session was idle in its transaction: ended after idle_in_transaction_timeout
+    # (3 s here), its locks with it, although its client never heard of it.
+    with psycopg.connect(pg_dsn(), autocommit=True) as conn:
+        left = conn.execute("SELECT state FROM pg_stat_activity WHERE datname = %s", (names[0],)).fetchall()
+    assert left == [], left
 
 
 def test_ctrl_c_ends_a_serial_run_stuck_on_a_silent_connection(pg_fleet, tmp_path):

@@ -84,7 +84,7 @@ def test_a_signal_between_two_waves_skips_the_later_waves_and_writes_everything(
     os.kill(proc.pid, signum)
     started = time.monotonic()
     out, err = proc.communicate(timeout=30)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10  # the 2 s git, then the write-up
     assert proc.returncode == code, (out, err)
     assert "Traceback" not in err and "aborted" not in err, err
     tenants = {t["tenant"]: t for t in json.loads(report.read_text())["tenants"]}

@@ -32,7 +32,15 @@ from tenants.engine import baseline as baseline_module
 from tenants.engine import history, pins
 from tenants.engine.adopt import AdoptReport, AdoptRow, AdoptState, match
 from tenants.engine.expected import Expected, expected_schemas
-from tenants.engine.fanout import FAILURES, FailurePolicy, Strategy, choose_strategy
+from tenants.engine.fanout import (
+    FAILURES,
+    FailurePolicy,
+    Noted,
+    Strategy,
+    choose_strategy,
+    noting_signals,
+    signal_name,
+)
 from tenants.engine.pins import Pin, read_pin
 from tenants.engine.pressure import ElasticPoolPressure, PressureGate
 from tenants.engine.revisions import Operation, Revisions
@@ -405,15 +413,19 @@ class PreparedRun:
         if options.wave is not None:
             waves = [waves[options.wave - 1]]
         run_id = options.run_id or uuid.uuid4().hex
-        gate = _pressure_gate(self.settings.environment, self.tenants, on_warning) if options.strategy is None \
-            else None
-        try:
-            return self._run_waves(waves, replace(options, run_id=run_id), on_result, on_start, gate)
-        finally:
-            if gate is not None:
-                gate.close()
+        # Signals are only noted from here on (tenants.engine.fanout.noting_signals): one between two waves, or
+        # while a wave's fan-out sets itself up, ends the run as one mid-wave does: what was not started is
+        # skipped, and the caller gets the whole report.
+        with noting_signals() as noted:
+            gate = _pressure_gate(self.settings.environment, self.tenants, on_warning) if options.strategy is None \
+                else None
+            try:
+                return self._run_waves(waves, replace(options, run_id=run_id), on_result, on_start, gate, noted)
+            finally:
+                if gate is not None:
+                    gate.close()
 
-    def _run_waves(self, waves, options: RunOptions, on_result, on_start, gate) -> RunReport:
+    def _run_waves(self, waves, options: RunOptions, on_result, on_start, gate, noted: Noted) -> RunReport:
         declared = self.declares_waves
         # With declared waves, an explicit max_failures caps the whole run, on top of each wave's budget.
         cap = options.max_failures if declared and isinstance(options.max_failures, int) else None
@@ -448,7 +460,9 @@ class PreparedRun:
             over = declared and failures > wave.budget
             outcomes.append({"wave": wave.name, "tenants": len(tenants), "ran": True, "ok": report.ok,
                              "failures": failures, "budget": wave.budget, "summary": report.counts})
-            if over:
+            if noted.first is not None:  # during this wave, or since it ended: no later wave starts
+                stopped_by = f"interrupted ({signal_name(noted.first)})"
+            elif over:
                 stopped_by = f"wave {index} ({wave.name}) failed {failures} tenant(s), over its budget of " \
                              f"{wave.budget}"
             elif cap is not None and failed >= cap:
@@ -555,12 +569,15 @@ def check_resume(report: ReadReport, environment: str, target: str | None, head:
                              "upgrade's own report, or pass --force to take this one anyway")
 
 
-def failed_run(settings: Settings, operation: Operation, revision: str, error: TenantsError) -> RunReport:
-    """The report of a run that stopped before any tenant ran (discovery failed): no tenant, ``error`` said,
-    never ``ok`` or ``complete``. Written to ``--report`` so that the file says what happened (not an empty or a
-    stale one) and ``--from-report`` refuses it clearly (:func:`check_resume`)."""
+def failed_run(settings: Settings | str, operation: Operation, revision: str, error: TenantsError | str
+               ) -> RunReport:
+    """The report of a run that stopped before any tenant ran (discovery failed, or a signal came first): no
+    tenant, ``error`` said, never ``ok`` or ``complete``. Written to ``--report`` so that the file says what
+    happened (not an empty or a stale one) and ``--from-report`` refuses it clearly (:func:`check_resume`).
+    ``settings``: the environment's, or only its name when the run stopped before they were loaded."""
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    return RunReport(run_id=uuid.uuid4().hex, environment=settings.environment.name, operation=operation,
+    environment = settings if isinstance(settings, str) else settings.environment.name
+    return RunReport(run_id=uuid.uuid4().hex, environment=environment, operation=operation,
                      target=revision, head=None, concurrency=0, started_at=now, finished_at=now, duration=0.0,
                      tool_version=__version__, complete=False, error=str(error))
 
@@ -1067,16 +1084,15 @@ def sql(settings: Settings, revision_range: str, tenant: str | None = None, dial
 _OWN_GATE = object()  # _run's default: a pressure gate of its own for this call, closed when it returns
 
 
-def _run(settings, revisions, operation: Operation, target, head, tenants, options: RunOptions, on_result,
-         planned_from: tuple[str, ...] | None = None, on_start=None, skipped=(), gate=_OWN_GATE,
-         adopt: str | None = None, expected: Expected | None = None):
-    """Run ``tenants`` with ``gate``, the run's pressure gate (None: no probe) when the caller owns one."""
+def _fan_out(settings, revisions, operation: Operation, target, head, tenants, options: RunOptions, on_result,
+             planned_from: tuple[str, ...] | None = None, on_start=None, skipped=(), gate=_OWN_GATE,
+             adopt: str | None = None, expected: Expected | None = None):
     if gate is _OWN_GATE:
         gate = _pressure_gate(settings.environment, tenants) if options.strategy is None else None
         try:
-            return _run(settings, revisions, operation, target, head, tenants, options, on_result,
-                        planned_from=planned_from, on_start=on_start, skipped=skipped, gate=gate, adopt=adopt,
-                        expected=expected)
+            return _fan_out(settings, revisions, operation, target, head, tenants, options, on_result,
+                            planned_from=planned_from, on_start=on_start, skipped=skipped, gate=gate, adopt=adopt,
+                            expected=expected)
         finally:
             if gate is not None:
                 gate.close()
@@ -1139,6 +1155,20 @@ def _run(settings, revisions, operation: Operation, target, head, tenants, optio
     limit = 1 if options.max_failures is FailureLimit.DEFAULT else options.max_failures
     fan_out = strategy.run(list(tenants), job, FailurePolicy(limit), on_result or (lambda r: None))
     return report(fan_out.results, fan_out)
+
+
+def _run(settings, revisions, operation: Operation, target, head, tenants, options: RunOptions, on_result,
+         planned_from: tuple[str, ...] | None = None, on_start=None, skipped=(), gate=_OWN_GATE,
+         adopt: str | None = None, expected: Expected | None = None):
+    """Run ``tenants`` with ``gate``, the run's pressure gate (None: no probe) when the caller owns one.
+
+    Signals are only noted meanwhile (tenants.engine.fanout.noting_signals): one that lands while the fan-out
+    is set up (the job, the revisions' commit, the strategy) is acted on by the strategy, which then starts
+    nothing; a downgrade so never stops between its pin and its tenant without a report."""
+    with noting_signals():
+        return _fan_out(settings, revisions, operation, target, head, tenants, options, on_result,
+                        planned_from=planned_from, on_start=on_start, skipped=skipped, gate=gate, adopt=adopt,
+                        expected=expected)
 
 
 def _check_timeout(options: RunOptions) -> None:

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tenants import api
 from tenants import plan as plan_module
-from tenants.config import Settings, load_settings
+from tenants.config import DEFAULT_ENV, Settings, load_settings
 from tenants.errors import TenantsError, UsageError
 from tenants.model import RunReport, TenantResult, counted
 from tenants.output import terminal
@@ -344,7 +344,7 @@ def _run_and_render(obj: Context, run, total: int, report_path: Path | None, pub
             typer.echo(_warning(line), err=True)
 
         report = run(on_line, on_start, on_warning)
-    Interrupts.finishing()
+    Interrupts.noting_only()
     streamed.close(report)
     _finish(obj, report, report_path, publish, written=streamed.writer is not None, warned=warned, files=files)
 
@@ -521,31 +521,51 @@ def upgrade(
         _check_report_path(path, flag)
     # bad input stops here, before any tenant
     publish = Publish(junit, summary_markdown, tuple(parse_target(url) for url in notify_urls))
-    settings = obj.settings()
-    # Neither flag: the default policy (the first failure, or with waves each wave's budget); see RunOptions.
-    limit = None if keep_going else max_failures if max_failures is not None else api.FailureLimit.DEFAULT
-    options = api.RunOptions(concurrency=concurrency, retries=retries, tenant_timeout=tenant_timeout, wave=wave,
-                             max_failures=limit)
-    # Validate everything (report, revision, discovery, selection) before the first tenant is touched.
+    settings: Settings | None = None
     try:
-        prepared = api.prepare_upgrade(settings, revision, _selection(tenant, exclude, tag, shard),
-                                       concurrency=concurrency, resume_from=from_report,
-                                       only={s.strip() for s in only.split(",") if s.strip()}, force=force)
-    except TenantsError as err:
-        if report is not None and err.exit_code != 2:  # a runtime failure (discovery): the report says so
-            _write_report(report, api.failed_run(settings, "upgrade", revision, err), Files())
-        raise
-    if prepared.resumed_from is not None:
-        typer.echo(f"resuming from {from_report}: {len(prepared.tenants)} tenant(s) to run again", err=True)
-    if not prepared.tenants:
-        typer.echo("tenants: no tenant selected; nothing to do", err=True)
-    for position, declared, why in prepared.empty_waves():
-        typer.echo(f"tenants: warning: waves[{position}] ({declared.name}): {why}", err=True)
-    prepared.check_wave(wave)
-    waves = prepared.waves()
-    if len(waves) > 1:
-        typer.echo("waves: " + "; ".join(f"{i}. {w.name} ({len(t)})" for i, (w, t) in enumerate(waves, 1)), err=True)
+        settings = obj.settings()
+        # Neither flag: the default policy (the first failure, or with waves each wave's budget); see RunOptions.
+        limit = None if keep_going else max_failures if max_failures is not None else api.FailureLimit.DEFAULT
+        options = api.RunOptions(concurrency=concurrency, retries=retries, tenant_timeout=tenant_timeout,
+                                 wave=wave, max_failures=limit)
+        # Validate everything (report, revision, discovery, selection) before the first tenant is touched.
+        try:
+            prepared = api.prepare_upgrade(settings, revision, _selection(tenant, exclude, tag, shard),
+                                           concurrency=concurrency, resume_from=from_report,
+                                           only={s.strip() for s in only.split(",") if s.strip()}, force=force)
+        except TenantsError as err:
+            if report is not None and err.exit_code != 2:  # a runtime failure (discovery): the report says so
+                _write_report(report, api.failed_run(settings, "upgrade", revision, err), Files())
+            raise
+        if prepared.resumed_from is not None:
+            typer.echo(f"resuming from {from_report}: {len(prepared.tenants)} tenant(s) to run again", err=True)
+        if not prepared.tenants:
+            typer.echo("tenants: no tenant selected; nothing to do", err=True)
+        for position, declared, why in prepared.empty_waves():
+            typer.echo(f"tenants: warning: waves[{position}] ({declared.name}): {why}", err=True)
+        prepared.check_wave(wave)
+        waves = prepared.waves()
+        if len(waves) > 1:
+            typer.echo("waves: " + "; ".join(f"{i}. {w.name} ({len(t)})" for i, (w, t) in enumerate(waves, 1)),
+                       err=True)
+        # From here a signal is only noted: the run acts on it (it skips what it has not started), and the
+        # summary, JUnit, report and notifications are written as after any interrupted run.
+        Interrupts.noting_only()
+    except KeyboardInterrupt as interrupt:  # the first signal, during config load, discovery or the checks
+        _interrupted_before_run(obj, settings, revision, report, interrupt)
     _run_and_render(obj, functools.partial(prepared.run, options), len(prepared.tenants), report, publish)
+
+
+def _interrupted_before_run(obj: Context, settings: Settings | None, revision: str, report: Path | None,
+                            interrupt: KeyboardInterrupt) -> None:
+    """A signal before the run started (config, discovery, the checks): nothing was run. Say so on stderr, and
+    in the report when one was asked for (``--from-report`` refuses it: nothing to resume); exit 130 or 143."""
+    why = f"interrupted ({str(interrupt) or 'Ctrl-C'}) before any tenant started; nothing was run"
+    if report is not None:
+        environment = settings if settings is not None else obj.env or os.environ.get("TENANTS_ENV") or DEFAULT_ENV
+        _write_report(report, api.failed_run(environment, "upgrade", revision, why), Files())
+    typer.echo(f"tenants: {why}", err=True)
+    raise typer.Exit(1)  # main() turns it into 128 + the signal
 
 
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="text, markdown or json.")]
@@ -650,7 +670,7 @@ def downgrade(
         report_obj, pin_state = api.downgrade_and_pin(settings, plan, pin_reason)  # pins first: see there
     else:
         report_obj, pin_state = api.downgrade(settings, plan), None
-    Interrupts.finishing()
+    Interrupts.noting_only()
     for result in report_obj.results:
         typer.echo(terminal.result_line(result))
     if pin_state is None and report_obj.ok and not yes and sys.stdin.isatty() and typer.confirm(
@@ -833,12 +853,14 @@ class Interrupts:
     """The handler of SIGINT and SIGTERM for a whole command: SIGTERM (what a cancelled CI job, ``kill`` or a
     container stop sends) is handled like Ctrl-C, and the command exits ``128 + signal``: 130, or 143.
 
-    The first signal raises KeyboardInterrupt, as Ctrl-C does by default: it stops what is going on (discovery,
-    a serial run's tenant in progress). The process fan-out installs a handler of its own for its duration
-    (tenants.engine.fanout.process), which tells this one through :meth:`note`. Later signals, and any once the
-    run is over and its report, summary, JUnit and notifications are being written (:meth:`finishing`), are
-    only noted: an interrupted run's results are worth writing, and a cancelled GitHub job sends SIGINT, then
-    SIGTERM 7.5 s later (then SIGKILL).
+    The first signal raises KeyboardInterrupt, as Ctrl-C does by default: it stops what is going on (config
+    load, discovery; ``upgrade`` then says so, and writes a report saying so when one was asked for). Once a run
+    is about to start, signals are only noted (:meth:`noting_only`): the run installs handlers of its own for its
+    duration (tenants.engine.fanout.noting_signals: between waves, in each fan-out, and a serial run's migration
+    the only place a signal raises), which tell this one through :meth:`note`; the run acts on them (starts
+    nothing more, skips the rest). Later signals, and any once the run is over and its report, summary, JUnit
+    and notifications are being written, are only noted: an interrupted run's results are worth writing, and a
+    cancelled GitHub job sends SIGINT, then SIGTERM 7.5 s later (then SIGKILL).
 
     Exit code: an interrupted command exits 130 (SIGINT) or 143 (SIGTERM), whatever its tenants did, like a
     shell's: the run did not do what it was asked, and CI shows it as stopped rather than as a failed fleet.
@@ -861,8 +883,9 @@ class Interrupts:
         return 128 + self.received[0] if self.received else code
 
     @staticmethod
-    def finishing() -> None:
-        """The run is over: signals from now on are only noted (the process's handler, if it is ours)."""
+    def noting_only() -> None:
+        """Signals from now on are only noted (the process's handler, if it is ours): the run is about to start,
+        and notes them itself (tenants.engine.fanout.noting_signals), or it is over and being written up."""
         handler = signal.getsignal(signal.SIGTERM)
         if isinstance(handler, Interrupts):
             handler.quiet = True

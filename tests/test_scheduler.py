@@ -296,3 +296,28 @@ def test_the_drain_grace_is_short_in_github_actions_and_configurable():
     assert drain_grace(signal.SIGINT, {"GITHUB_ACTIONS": "true"}) < 7.5  # before the runner's SIGTERM
     assert drain_grace(signal.SIGTERM, {"TENANTS_DRAIN_GRACE": "2.5"}) == 2.5
     assert drain_grace(signal.SIGTERM, {"TENANTS_DRAIN_GRACE": "none"}) is None
+
+
+def test_a_read_of_the_parent_still_going_at_the_timeout_is_given_up_and_its_tenant_timed_out():
+    class Hanging:
+        """Reads that never end, but one."""
+
+        def submit(self, fn, tenant):
+            future = Future()
+            if tenant.name == "t1":
+                future.set_result(None)  # needs work
+            return future
+
+    s = scheduler(3, concurrency=3, timeout=5.0)
+    s.run.threads = Hanging()
+    assert s.run.start()
+    s.now[0] += 4.0
+    assert s.run.give_up_late_reads() == 1.0  # not yet: the first read is due in a second
+    s.now[0] += 1.5  # the read of t1 ended in time (its future is done): never given up
+    for future in s.run.wait():
+        s.run.on_done(future)
+    late = {r.tenant: r for r in s.reported}
+    assert sorted(late) == ["t0", "t2"] and {r.status for r in late.values()} == {Status.TIMED_OUT}
+    assert late["t0"].duration == 5.5 and late["t0"].to_revision is None
+    assert late["t0"].error.startswith("timed out: reading its revision (before any change) took 5s")
+    assert [t.name for t, _, _ in s.workers.pending()] == [] and [t.name for t in s.run.ready] == ["t1"]

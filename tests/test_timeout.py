@@ -4,6 +4,7 @@ progress rolls back; every other tenant, including those in flight at the kill, 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -191,3 +192,32 @@ def test_postgres_rolls_back_the_killed_tenants_transaction_at_once(pg_fleet, tm
     again = api.upgrade(settings, options=api.RunOptions(concurrency=2, tenant_timeout=TIMEOUT))
     assert [(r.status, r.applied) for r in again.results if r.tenant == slow] == [(Status.UPGRADED, ("p2",))]
     assert fleet.version(slow) == "p2"
+
+
+def test_the_timeout_covers_the_parents_read_of_a_tenant(sqlite_config, tmp_path):
+    """The parent reads each tenant's revision before handing it to a worker (the precheck). A read that hangs
+    (here: the file locked by someone else; the read waits for SQLite's 30 s busy timeout) is given up at the
+    tenant timeout, and the tenant reported timed out with nothing changed; the other tenants go on."""
+    settings = settings_for(sqlite_config(["stuck", "a", "b"]))
+    db = tmp_path / "db"
+    db.mkdir()
+    for name in ("stuck", "a", "b"):
+        sqlite3.connect(db / f"{name}.db").close()  # existing files: the parent reads them first
+    holder = sqlite3.connect(db / "stuck.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # no reader gets in until it ends
+    try:
+        started = time.monotonic()
+        report = api.upgrade(settings, options=api.RunOptions(concurrency=2, max_failures=None,
+                                                              tenant_timeout=TIMEOUT))
+        took = time.monotonic() - started
+    finally:
+        holder.rollback()
+        holder.close()
+    assert took < 10, f"{took:.1f}s: the read's 30 s busy wait was waited for"
+    by = {r.tenant: r for r in report.results}
+    stuck = by["stuck"]
+    assert (stuck.status, stuck.from_revision, stuck.to_revision, stuck.applied) == (Status.TIMED_OUT, None, None, ())
+    assert stuck.error.startswith("timed out: reading its revision (before any change) took 2s (--tenant-timeout)")
+    assert TIMEOUT <= stuck.duration < TIMEOUT + 1
+    assert by["a"].status is by["b"].status is Status.UPGRADED
+    assert version(db / "stuck.db") is None

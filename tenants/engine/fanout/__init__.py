@@ -5,7 +5,8 @@ this process and is the reference; :class:`ProcessStrategy` must produce the sam
 
 Where each part lives, in the order a reader may want them:
 
-- ``base``: what every strategy returns (:class:`FanOut`) and the :class:`FailurePolicy`.
+- ``base``: what every strategy returns (:class:`FanOut`), the :class:`FailurePolicy`, and how a run notes
+  signals (:func:`noting_signals`) rather than let them raise wherever they land.
 - ``serial``: :class:`SerialStrategy`.
 - ``process``: :class:`ProcessStrategy`, its loop, and the worker process side; why processes (and not
   threads), why ``forkserver``, how a tenant timeout kills a worker and what the server then rolls back.
@@ -18,14 +19,23 @@ Where each part lives, in the order a reader may want them:
 
 from __future__ import annotations
 
-from tenants.engine.fanout.base import FAILURES, FailurePolicy, FanOut, OnResult, Strategy
+from tenants.engine.fanout.base import (
+    FAILURES,
+    FailurePolicy,
+    FanOut,
+    Noted,
+    OnResult,
+    Strategy,
+    noting_signals,
+    signal_name,
+)
 from tenants.engine.fanout.process import ProcessStrategy
 from tenants.engine.fanout.serial import SerialStrategy
 from tenants.engine.pressure import PressureGate
 from tenants.engine.revisions import Revisions
 
-__all__ = ["FAILURES", "FailurePolicy", "FanOut", "OnResult", "ProcessStrategy", "SerialStrategy", "Strategy",
-           "choose_strategy"]
+__all__ = ["FAILURES", "FailurePolicy", "FanOut", "Noted", "OnResult", "ProcessStrategy", "SerialStrategy",
+           "Strategy", "choose_strategy", "noting_signals", "signal_name"]
 
 
 def choose_strategy(concurrency: int, tenants: int, revisions: Revisions | None = None,

@@ -17,7 +17,8 @@ Why each worker is an executor of its own (a *slot*), with a *clock* the parent 
 
 The failure policy, AIMD and signals (Ctrl-C, SIGTERM: drain, then stop) are the scheduler's
 (:mod:`tenants.engine.fanout.scheduler`); this loop installs the handler that notes them, for the run's
-duration. Workers and the forkserver ignore SIGINT and SIGTERM (a terminal, or a CI runner, signals the whole
+duration (from its first instruction: a signal while it sets itself up is acted on before anything starts).
+Workers and the forkserver ignore SIGINT and SIGTERM (a terminal, or a CI runner, signals the whole
 process group): the parent decides, and stops a worker with SIGKILL.
 
 No process of a run outlives it, whatever kills the parent (SIGKILL included): see
@@ -25,9 +26,11 @@ No process of a run outlives it, whatever kills the parent (SIGKILL included): s
 
 Per-tenant timeout (``tenant_timeout``, the CLI's ``--tenant-timeout``): a tenant still running that many
 seconds after its worker started it (connecting, waiting for its lock, retries and its revisions all count;
-its wait in line and the parent's read of its revision do not) is stopped by SIGKILL of its worker process
-and reported ``timed-out``, a failure: it counts toward the failure policy like ``failed`` (by default the run
-then starts no new tenant; those in flight finish) and makes the run's exit code 1. The timeout is enforced
+its wait in line does not) is stopped by SIGKILL of its worker process and reported ``timed-out``, a failure.
+The parent's read of its revision (the precheck) is held to the same timeout: one still going then is given
+up and the tenant reported ``timed-out`` with nothing changed (:meth:`Scheduler.give_up_late_reads`). Either
+way it counts toward the failure policy like ``failed`` (by default the run then starts no new tenant; those
+in flight finish) and makes the run's exit code 1. The timeout is enforced
 while draining after Ctrl-C too. Only a worker process can be killed, so a run with a timeout always uses
 :class:`ProcessStrategy` (see :func:`tenants.engine.fanout.choose_strategy`), with one worker when the concurrency is 1.
 
@@ -47,7 +50,6 @@ its own), so a rerun started meanwhile blocks on those locks until the old state
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import multiprocessing.forkserver
@@ -56,7 +58,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -64,7 +66,7 @@ from typing import Any
 
 from tenants.db import Connector, NoVersionTable, missing_file, read_version
 from tenants.dialects import setup_worker
-from tenants.engine.fanout.base import interrupted_already, skipped
+from tenants.engine.fanout.base import noting_signals, skipped
 from tenants.engine.fanout.orphans import die_with_parent
 from tenants.engine.fanout.scheduler import Scheduler, drain_grace
 from tenants.engine.fanout.slots import CLOCK_SIZE, PID, STARTED, STOP, Slot, Slots
@@ -173,18 +175,22 @@ class ProcessStrategy:
     drain: Callable[[int], float | None] = field(default=drain_grace, repr=False)
 
     def run(self, tenants, job, policy, on_result):
-        context = _forkserver()
-        revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
-        connector = job.connector()
-        threads = DaemonThreads()  # the parent's reads: prechecks, and after a timeout or a stop
-        slots = Slots(partial(_spawn, context, job, self.tenant_timeout is not None), _work)
-        run = Scheduler(tenants, policy, on_result, concurrency=self.concurrency, retries=job.retries, slots=slots,
-                        threads=threads, read=partial(precheck, job=job, revisions=revisions, connector=connector),
-                        where=partial(_where, job=job, connector=connector), gate=self.gate,
-                        timeout=self.tenant_timeout, drain=self.drain, done=job.done)
-        if (signum := interrupted_already()) is not None:  # a wave after an interrupted one
-            run.on_interrupt(signum)
-        with _noting_signals(run.on_signal):
+        # Signals are noted from the first instruction (see base.noting_signals): one that lands while the run
+        # sets itself up, or came before it (an earlier wave, the parent's set-up), is taken when the scheduler
+        # is ready, before it starts anything.
+        with noting_signals() as noted:
+            context = _forkserver()
+            revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
+            connector = job.connector()
+            threads = DaemonThreads()  # the parent's reads: prechecks, and after a timeout or a stop
+            slots = Slots(partial(_spawn, context, job, self.tenant_timeout is not None), _work)
+            run = Scheduler(tenants, policy, on_result, concurrency=self.concurrency, retries=job.retries,
+                            slots=slots, threads=threads,
+                            read=partial(precheck, job=job, revisions=revisions, connector=connector),
+                            where=partial(_where, job=job, connector=connector), gate=self.gate,
+                            timeout=self.tenant_timeout, drain=self.drain, done=job.done)
+            run.signals = noted.received  # the handler appends to it from now on: the scheduler acts on them
+            run.take_signals()
             try:
                 _start_forkserver()
                 while run.start():
@@ -214,33 +220,6 @@ class DaemonThreads(Executor):
 
         threading.Thread(target=run, name="tenants-read", daemon=True).start()
         return future
-
-
-@contextlib.contextmanager
-def _noting_signals(note: Callable[[int, object], None]) -> Iterator[None]:
-    """SIGINT and SIGTERM only noted (``note``) for the run's duration, then the previous handlers again.
-
-    A previous handler with a ``note(signum)`` method (the CLI's, which chooses the exit code) is told too.
-    Only the main thread can install handlers: elsewhere the process keeps its own (Ctrl-C then raises
-    KeyboardInterrupt in the main thread, which is not this one)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum: int, frame: object) -> None:
-        note(signum, frame)
-        told = getattr(previous[signum], "note", None)
-        if told is not None:
-            told(signum)
-
-    for sig in previous:
-        signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
 def _start_forkserver() -> None:

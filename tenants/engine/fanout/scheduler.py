@@ -3,7 +3,8 @@
 :class:`~tenants.engine.fanout.process.ProcessStrategy` owns the processes and threads; its loop asks the
 scheduler to start what may start (:meth:`Scheduler.start`), waits (:meth:`Scheduler.wait`), and hands each
 finished future back (:meth:`Scheduler.on_done`), which names the event: a precheck done, a tenant done,
-throttled, its worker died, it timed out, the read after a timeout done. A signal is :meth:`Scheduler.on_interrupt`.
+throttled, its worker died, it timed out, the read after a timeout done. A signal is :meth:`Scheduler.on_interrupt`;
+a precheck still going at the tenant timeout, :meth:`Scheduler.on_precheck_late`.
 
 Signals (Ctrl-C's SIGINT, and SIGTERM: what a cancelled CI job or ``kill`` sends). The handler only notes the
 signal (:meth:`Scheduler.on_signal`); the loop acts on it when it wakes (it wakes at least every
@@ -78,6 +79,8 @@ def drain_grace(signum: int, environ: Mapping[str, str] = os.environ) -> float |
     return TERM_GRACE if signum == signal.SIGTERM else None
 
 
+_READ_TIMED_OUT = ("timed out: reading its revision (before any change) took {:g}s (--tenant-timeout); nothing was "
+                  "changed; rerun to resume")
 _TIMED_OUT = ("timed out: still running {:g}s after it started (--tenant-timeout): its worker process was "
               "killed and the server rolls the revision in progress back (its connection died); rerun to resume")
 
@@ -103,6 +106,7 @@ class Scheduler:
         self.unchecked: deque[Tenant] = deque(tenants)  # not read yet
         self.ready: deque[Tenant] = deque()  # need a worker
         self.checks: dict[Future, Tenant] = {}  # reads in flight (threads)
+        self.checked_since: dict[Future, float] = {}  # when each read in flight started: the timeout covers it
         # Timed-out tenants whose revision is being read back (threads), with their result but for that.
         self.autopsies: dict[Future, TenantResult] = {}
         self.aimd = Aimd(min(concurrency, len(tenants)), started=clock())
@@ -141,7 +145,8 @@ class Scheduler:
         # Reads and migrations together stay within the limit.
         while self.starting() and self.unchecked and len(self.checks) + len(self.slots) < self.aimd.limit:
             tenant = self.unchecked.popleft()
-            self.checks[self.threads.submit(self.read, tenant)] = tenant
+            future = self.threads.submit(self.read, tenant)
+            self.checks[future], self.checked_since[future] = tenant, self.clock()
 
     def _start_tenants(self) -> bool:
         """Submit one tenant per free worker, never more: a tenant waiting in an executor's queue would start
@@ -167,9 +172,10 @@ class Scheduler:
         or, held back by the pressure probe, its next reading)."""
         self.take_signals()
         due = self.slots.kill_overdue(self.clock(), self.timeout)
+        late_read = self.give_up_late_reads()
         paused = self.clock()
         pending = [*self.checks, *self.slots.in_flight, *self.autopsies]
-        wake = min(w for w in (due, self._deadline(), SIGNAL_POLL,
+        wake = min(w for w in (due, late_read, self._deadline(), SIGNAL_POLL,
                                self.gate.interval if self.held and self.gate is not None else None) if w is not None)
         if pending:
             done, _ = wait(pending, timeout=wake, return_when=FIRST_COMPLETED)
@@ -182,6 +188,24 @@ class Scheduler:
         # A signal handled just now may have given some up (stopped: reported already).
         return {f for f in done if f in self.checks or f in self.autopsies or f in self.slots.in_flight}
 
+    def give_up_late_reads(self) -> float | None:
+        """The tenant timeout covers the parent's read of a tenant too (issue 11: everything done for that
+        tenant): a read still going ``timeout`` seconds after it started is given up, and its tenant reported
+        timed out (:meth:`on_precheck_late`); its thread is a daemon, left to its connection's own deadlines
+        (``read_timeout``, ``network_timeout``). Returns the seconds until the next read is due, if one is."""
+        if self.timeout is None:
+            return None
+        now, due = self.clock(), None
+        for future in list(self.checks):
+            if future.done():
+                continue  # in time: handed back by this wait
+            left = self.checked_since[future] + self.timeout - now
+            if left <= 0:
+                self.on_precheck_late(future, now - self.checked_since[future])
+            else:
+                due = left if due is None else min(due, left)
+        return due
+
     def _deadline(self) -> float | None:
         """Seconds until the grace or the read-back deadline runs out, if one runs."""
         until = self.read_back_until if self.halted else self.grace_until
@@ -189,7 +213,9 @@ class Scheduler:
 
     # --- events ---------------------------------------------------------------------------------------------
     def on_signal(self, signum: int, frame: object = None) -> None:
-        """The signal handler: it only notes the signal (see the module docstring); :meth:`take_signals` acts."""
+        """What the signal handler does: note the signal (see the module docstring); :meth:`take_signals` acts.
+        (ProcessStrategy shares its handler's list as :attr:`signals` instead: the signals of the whole command,
+        those before this fan-out included.)"""
         self.signals.append(signum)
 
     def take_signals(self) -> None:
@@ -223,6 +249,7 @@ class Scheduler:
             self._finish(merge(self.partial.pop(flight.tenant.name, None), self._skipped(flight.tenant)))
         self.unchecked.extendleft(reversed(self.checks.values()))  # reported skipped by outcome()
         self.checks.clear()  # their threads are daemons: nobody waits for them (see process.DaemonThreads)
+        self.checked_since.clear()
         self.read_back_until = now + READ_BACK
 
     def on_read_back_late(self) -> None:
@@ -236,6 +263,7 @@ class Scheduler:
         if future in self.autopsies:
             self.on_timed_out_read(self.autopsies.pop(future), future.result())
         elif future in self.checks:
+            del self.checked_since[future]
             self.on_precheck_done(self.checks.pop(future), future.result())
         else:
             self.on_tenant_done(self.slots.land(future), future)
@@ -250,6 +278,14 @@ class Scheduler:
         else:
             self._finish(result)
             self.streak = 0
+
+    def on_precheck_late(self, future: Future, ran: float) -> None:
+        """The parent's read of a tenant took the whole tenant timeout: the tenant is timed out. The read only
+        reads, so nothing was changed; where the tenant is was not read, so it is not said."""
+        tenant = self.checks.pop(future)
+        del self.checked_since[future]
+        self._finish(TenantResult(tenant.name, Status.TIMED_OUT, attempts=1, duration=ran,
+                                  error=_READ_TIMED_OUT.format(self.timeout)))
 
     def on_tenant_done(self, flight: Flight, future: Future) -> None:
         """A worker's future finished: a result (perhaps throttled), or its process died or was killed."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from tenants.engine.fanout.base import FAILURES, FanOut, interrupted_already, signal_name, skipped
+from tenants.engine.fanout.base import FAILURES, FanOut, noting_signals, signal_name, skipped
 from tenants.engine.pressure import PressureGate
 from tenants.engine.revisions import Revisions
 from tenants.engine.unit import run_tenant
@@ -30,32 +30,39 @@ class SerialStrategy:
         revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
         connector = job.connector()
         results, failures = [], 0
-        before = interrupted_already()  # a wave after an interrupted one starts nothing
-        interrupted, waited = before is not None, 0.0
-        why = signal_name(before) if before is not None else "Ctrl-C"
+        interrupted, waited, why = False, 0.0, "Ctrl-C"
+        # Signals are noted between tenants (a later tenant is then skipped, and so is every tenant of a wave after
+        # an interrupted one); only the migration itself, and the wait for the pressure gate, are interrupted by
+        # one (see base.noting_signals).
         try:
-            for tenant in tenants:
-                if not interrupted and self.gate is not None and not policy.stop(failures):
-                    try:
-                        waited += _wait_for(self.gate)
-                    except KeyboardInterrupt as err:
-                        interrupted, why = True, _signal(err)
-                if interrupted:
-                    result = skipped(tenant, f"interrupted ({why})")
-                elif policy.stop(failures):
-                    result = skipped(tenant)
-                else:
-                    try:
-                        result = run_tenant(tenant, job, revisions, connector)
-                    except KeyboardInterrupt as err:
-                        # In this process Ctrl-C (or SIGTERM, see tenants.cli.Interrupts) lands in the migration
-                        # itself: its connection closes and the server rolls the revision in progress back.
-                        # Report it, start nothing else.
-                        interrupted, why = True, _signal(err)
-                        result = TenantResult(tenant.name, Status.FAILED, attempts=1, error=_INTERRUPTED.format(why))
-                    failures += result.status in FAILURES
-                results.append(result)
-                on_result(result)
+            with noting_signals() as noted:
+                for tenant in tenants:
+                    if not interrupted and noted.first is not None:
+                        interrupted, why = True, signal_name(noted.first)
+                    if not interrupted and self.gate is not None and not policy.stop(failures):
+                        try:
+                            with noting_signals(raising=True):
+                                waited += _wait_for(self.gate)
+                        except KeyboardInterrupt as err:
+                            interrupted, why = True, _signal(err)
+                    if interrupted:
+                        result = skipped(tenant, f"interrupted ({why})")
+                    elif policy.stop(failures):
+                        result = skipped(tenant)
+                    else:
+                        try:
+                            with noting_signals(raising=True):
+                                result = run_tenant(tenant, job, revisions, connector)
+                        except KeyboardInterrupt as err:
+                            # In this process Ctrl-C (or SIGTERM) lands in the migration itself: its connection
+                            # closes and the server rolls the revision in progress back. Report it, start
+                            # nothing else.
+                            interrupted, why = True, signal_name(noted.first) if noted.first else _signal(err)
+                            result = TenantResult(tenant.name, Status.FAILED, attempts=1,
+                                                  error=_INTERRUPTED.format(why))
+                        failures += result.status in FAILURES
+                    results.append(result)
+                    on_result(result)
         finally:
             connector.dispose()
         return FanOut(results, pressure_wait=waited,
@@ -63,7 +70,7 @@ class SerialStrategy:
 
 
 def _signal(interrupt: KeyboardInterrupt) -> str:
-    """Which signal it was: the CLI raises KeyboardInterrupt("SIGTERM") for SIGTERM; Ctrl-C's has no text."""
+    """Which signal it was: base.Noted raises KeyboardInterrupt("SIGTERM") for SIGTERM; Ctrl-C's has no text."""
     return str(interrupt) or "Ctrl-C"
 
 

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tenants.engine.fanout import FailurePolicy, slots
+from tenants.engine.fanout import FailurePolicy, Whereabouts, slots
 from tenants.engine.fanout.scheduler import READ_BACK, Scheduler, drain_grace
 from tenants.engine.fanout.slots import PID, STARTED, Slot, Slots
 from tenants.model import Status, Tenant, TenantResult
@@ -68,7 +68,7 @@ class InlineThreads:
 KEEP_GOING = FailurePolicy(None)
 
 
-def scheduler(n=6, *, concurrency=2, policy=KEEP_GOING, read=lambda t: None, where=lambda t: "p1",
+def scheduler(n=6, *, concurrency=2, policy=KEEP_GOING, read=lambda t: None, where=lambda t: Whereabouts("p1"),
               timeout=None, retries=1, start=True):
     now = [100.0]  # a time.monotonic() reading: never 0.0, which a clock reads as "not started"
     workers = Workers(lambda: now[0], start)
@@ -200,7 +200,8 @@ def test_ctrl_c_drains_the_tenants_in_flight_and_skips_the_rest():
 def test_a_second_signal_kills_the_tenants_in_flight_and_reads_back_where_they_stopped(monkeypatch):
     kills = []
     monkeypatch.setattr(slots, "os", SimpleNamespace(kill=lambda pid, sig: kills.append((pid, sig))))
-    s = scheduler(5, where=lambda t: "p0")
+    # What the killed workers had committed comes back from the read (the tenants' history rows): issue 11.
+    s = scheduler(5, where=lambda t: Whereabouts("p2", ("p1", "p2"), "base"))
     assert len(past_the_prechecks(s)) == 2
     s.run.on_signal(signal.SIGTERM)  # what the handler does: noted, acted on by the loop
     s.run.on_signal(signal.SIGINT)
@@ -211,8 +212,9 @@ def test_a_second_signal_kills_the_tenants_in_flight_and_reads_back_where_they_s
         future.set_exception(BrokenProcessPool("killed"))  # what the SIGKILL does to its future
     fan = settle(s)
     assert [r.status for r in fan.results] == [Status.FAILED] * 2 + [Status.SKIPPED] * 3
-    assert fan.results[0].to_revision == "p0"
-    assert fan.results[0].error.startswith("interrupted (SIGTERM) while migrating: its worker process was killed")
+    stopped = fan.results[0]
+    assert (stopped.from_revision, stopped.to_revision, stopped.applied) == ("base", "p2", ("p1", "p2"))
+    assert stopped.error.startswith("interrupted (SIGTERM) while migrating: its worker process was killed")
     assert fan.results[4].error == "not started: interrupted (SIGTERM)"
 
 
@@ -253,7 +255,7 @@ class NeverThreads:
 def test_a_tenant_past_its_timeout_is_killed_and_reported_at_the_revision_it_reached(monkeypatch):
     kills = []
     monkeypatch.setattr(slots, "os", SimpleNamespace(kill=lambda pid, sig: kills.append((pid, sig))))
-    s = scheduler(3, policy=FailurePolicy(1), timeout=5.0, where=lambda t: "p1")
+    s = scheduler(3, policy=FailurePolicy(1), timeout=5.0, where=lambda t: Whereabouts("p1"))
     (t0, f0, _), (t1, f1, c1) = past_the_prechecks(s)
     s.now[0] += 6.0
     c1[STARTED] = 0.0  # t1's worker is done with it: never killed for it

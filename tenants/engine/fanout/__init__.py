@@ -26,6 +26,7 @@ from tenants.engine.fanout.base import (
     Noted,
     OnResult,
     Strategy,
+    Whereabouts,
     noting_signals,
     signal_name,
 )
@@ -35,7 +36,7 @@ from tenants.engine.pressure import PressureGate
 from tenants.engine.revisions import Revisions
 
 __all__ = ["FAILURES", "FailurePolicy", "FanOut", "Noted", "OnResult", "ProcessStrategy", "SerialStrategy",
-           "Strategy", "choose_strategy", "noting_signals", "signal_name"]
+           "Strategy", "Whereabouts", "choose_strategy", "noting_signals", "signal_name"]
 
 
 def choose_strategy(concurrency: int, tenants: int, revisions: Revisions | None = None,

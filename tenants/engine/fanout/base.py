@@ -147,6 +147,24 @@ def skipped(tenant: Tenant, why: str = "the failure policy stopped the run") -> 
     return TenantResult(tenant.name, Status.SKIPPED, error=f"not started: {why}")
 
 
+@dataclass(frozen=True)
+class Whereabouts:
+    """Where a tenant whose worker was killed (after a signal, or for the timeout) stands, read back by the
+    parent: ``revision`` as the version table reads (``base``: none; None: unreadable), and what this run had
+    committed there, ``applied`` in order, from its history rows (the killed worker's own account never comes
+    back; see :func:`tenants.engine.history.applied_by_run`), with ``start``, the revision it found the tenant
+    at, when a row says so."""
+
+    revision: str | None
+    applied: tuple[str, ...] = ()
+    start: str | None = None
+
+    def apply_to(self, result: TenantResult) -> TenantResult:
+        known = result.applied + tuple(rev for rev in self.applied if rev not in result.applied)
+        start = result.from_revision if result.from_revision is not None else self.start
+        return replace(result, to_revision=self.revision, applied=known, from_revision=start)
+
+
 def merge(earlier: TenantResult | None, later: TenantResult, done: Status | None = None) -> TenantResult:
     """One result for a tenant that ran more than once (handed back throttled, then run again). A tenant that an
     earlier run of it moved (``applied``) and the later one found at the target is ``done`` (the operation's

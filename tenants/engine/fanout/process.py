@@ -66,10 +66,11 @@ from typing import Any
 
 from tenants.db import Connector, NoVersionTable, missing_file, read_version
 from tenants.dialects import setup_worker
-from tenants.engine.fanout.base import noting_signals, skipped
+from tenants.engine.fanout.base import Whereabouts, noting_signals, skipped
 from tenants.engine.fanout.orphans import die_with_parent
 from tenants.engine.fanout.scheduler import Scheduler, drain_grace
 from tenants.engine.fanout.slots import CLOCK_SIZE, PID, STARTED, STOP, Slot, Slots
+from tenants.engine.history import applied_by_run
 from tenants.engine.pressure import PressureGate
 from tenants.engine.revisions import Revisions
 from tenants.engine.unit import Job, precheck, run_tenant
@@ -124,22 +125,27 @@ def _work(tenant: Tenant) -> TenantResult:
         clock[STARTED] = 0.0  # before the result leaves: a worker done with its tenant is never killed for it
 
 
-def _where(tenant: Tenant, job: Job, connector: Connector) -> str | None:
-    """The revision a tenant is at now (``base``: none), read after its worker was killed; None if unreadable.
+def _where(tenant: Tenant, job: Job, connector: Connector) -> Whereabouts:
+    """Where a tenant stands, read after its worker was killed: its revision (``base``: none; None if
+    unreadable), and what this run had committed there (its history rows, when the audit trail is on).
 
     Its revision in progress is rolled back, or being rolled back: a read sees only what was committed.
     """
     try:
         if not job.must_exist and missing_file(tenant.url):
-            return "base"  # killed before it created its file: reading must not create it either
+            return Whereabouts("base")  # killed before it created its file: reading must not create it either
         with connector.engine(tenant.url, must_exist=job.must_exist, reads=True) as engine, engine.connect() as conn:
             try:
                 heads = read_version(conn, job.version_table)
             except NoVersionTable:
-                heads = ()
-        return ",".join(heads) or "base"
+                return Whereabouts("base")
+            steps = applied_by_run(conn, job.run_id, job.history_table) if job.run_id else []
     except Exception:  # noqa: BLE001 - unknown is an honest answer
-        return None
+        return Whereabouts(None)
+    mine = [step for step in steps if step[0] == job.operation]
+    applied = tuple(to if job.operation == "upgrade" else source for _, source, to in mine
+                    if job.operation != "stamp")
+    return Whereabouts(",".join(heads) or "base", applied, mine[0][1] if mine else None)
 
 
 @dataclass

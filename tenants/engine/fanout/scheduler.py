@@ -34,7 +34,16 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 
 from tenants.engine.fanout.aimd import Aimd
-from tenants.engine.fanout.base import FAILURES, FailurePolicy, FanOut, OnResult, merge, signal_name, skipped
+from tenants.engine.fanout.base import (
+    FAILURES,
+    FailurePolicy,
+    FanOut,
+    OnResult,
+    Whereabouts,
+    merge,
+    signal_name,
+    skipped,
+)
 from tenants.engine.fanout.slots import Flight, Slot, Slots
 from tenants.engine.pressure import PressureGate
 from tenants.model import Status, Tenant, TenantResult
@@ -95,7 +104,7 @@ class Scheduler:
 
     def __init__(self, tenants: list[Tenant], policy: FailurePolicy, on_result: OnResult, *, concurrency: int,
                  retries: int, slots: Slots, threads: Executor, read: Callable[[Tenant], TenantResult | None],
-                 where: Callable[[Tenant], str | None], gate: PressureGate | None = None,
+                 where: Callable[[Tenant], Whereabouts], gate: PressureGate | None = None,
                  timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
                  drain: Callable[[int], float | None] = drain_grace, done: Status | None = None) -> None:
         self.policy, self.on_result, self.concurrency, self.retries = policy, on_result, concurrency, retries
@@ -352,9 +361,10 @@ class Scheduler:
                                error=_STOPPED.format(self.why))
         self.autopsies[self.threads.submit(self.where, flight.tenant)] = merge(earlier, stopped)
 
-    def on_timed_out_read(self, result: TenantResult, revision: str | None) -> None:
-        """The revision a timed-out tenant stopped at was read back (None: unreadable)."""
-        self._finish(replace(result, to_revision=revision))
+    def on_timed_out_read(self, result: TenantResult, where: Whereabouts) -> None:
+        """Where a timed-out (or stopped) tenant stands was read back: its revision, and what this run had
+        committed there, which its killed worker could not report."""
+        self._finish(where.apply_to(result))
 
     # --- the end --------------------------------------------------------------------------------------------
     def outcome(self) -> FanOut:

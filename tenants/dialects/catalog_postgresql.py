@@ -15,6 +15,7 @@ identity column's default is ``IDENTITY ALWAYS`` or ``IDENTITY BY DEFAULT``; a g
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -97,7 +98,7 @@ SELECT json_build_object(
   'views', COALESCE((SELECT json_agg(json_build_object(
     'name', r.relname, 'definition', pg_catalog.pg_get_viewdef(r.oid, true)) ORDER BY r.relname)
     FROM rel AS r WHERE r.relkind IN ('v', 'm')), '[]'::json)
-)"""
+)::text"""
 
 # A literal with a cast the server added: 'EUR'::character varying -> 'EUR'.
 _CAST_LITERAL = re.compile(r"^('(?:[^']|'')*')::[\w .\"]+(?:\([\d,\s]+\))?(?:\[\])*$")
@@ -118,8 +119,23 @@ def read_snapshot(conn: Connection, exclude: Iterable[str] = ()) -> Snapshot:
 
 
 def snapshot_from_catalog(document: str | Mapping) -> Snapshot:
-    """The :class:`Snapshot` of :data:`SNAPSHOT_SQL`'s answer (the JSON text, or its parsed value)."""
-    doc = json.loads(document) if isinstance(document, str) else document
+    """The :class:`Snapshot` of :data:`SNAPSHOT_SQL`'s answer (the JSON text, or its parsed value).
+
+    The query answers text (not ``json``, which the driver would parse) so that identical schemas, the usual
+    case across a fleet, are turned into a snapshot once per process: the answer is deterministic (every
+    aggregate is ordered) and a Snapshot is immutable. Measured: about a fifth of a tenant's drift read was
+    this conversion, done under the GIL by every reading thread."""
+    if isinstance(document, str):
+        return _from_text(document)
+    return _from_doc(document)
+
+
+@functools.lru_cache(maxsize=64)
+def _from_text(document: str) -> Snapshot:
+    return _from_doc(json.loads(document))
+
+
+def _from_doc(doc: Mapping) -> Snapshot:
     return Snapshot(tuple(_table(t) for t in doc["tables"]),
                     tuple(View(v["name"], canonical_sql(v["definition"]) or "") for v in doc["views"]),
                     dialect="postgresql")

@@ -14,6 +14,9 @@ from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 from time import monotonic
+from typing import TypeVar
+
+from sqlalchemy.engine import Connection
 
 from tenants import __version__
 from tenants.config import Settings
@@ -75,6 +78,8 @@ from tenants.selection import Selection
 from tenants.snapshot import Snapshot
 from tenants.sources import TenantSource, discover_with_skipped, source_for
 from tenants.waves import Wave, assign, empty_waves
+
+T = TypeVar("T")  # what a reading verb makes of one tenant (_read_each)
 
 
 class FailureLimit(Enum):
@@ -170,26 +175,42 @@ def read_tenants(settings: Settings, tenants: list[Tenant], *, snapshots: bool =
     Shared by ``status``, ``verify`` and ``plan``. ``snapshots``: a tenant with a recorded revision also gets its
     schema read (one more query: :func:`tenants.db.schema_snapshot`), for the drift check of ``plan``."""
     env = settings.environment
+
+    def one(conn, own: tuple[str, ...]) -> TenantRead:
+        tables: list[str] = []
+        try:
+            current = read_version(conn, env.version_table)
+        except NoVersionTable:
+            current = ()
+            if env.unmanaged == "report":
+                tables = schema_tables(conn, own)
+        snapshot = schema_snapshot(conn, own) if snapshots and current else None
+        return TenantRead(current, read_pin(conn), tuple(tables), snapshot=snapshot)
+
+    return _read_each(settings, tenants, one, TenantRead(), lambda error: TenantRead(error=error))
+
+
+def _read_each(settings: Settings, tenants: list[Tenant], read: Callable[[Connection, tuple[str, ...]], T],
+               new: T, unreachable: Callable[[str], T]) -> list[T]:
+    """``read(conn, own_tables)`` of each tenant, in order, in ``concurrency`` threads: the one way the reading
+    verbs (status, verify, plan, drift, adopt) look at a fleet. Reads with no Alembic context are what may run
+    in threads (the concurrency rule: :mod:`tenants.engine.fanout.process`); each tenant gets one connection
+    with the read deadline on every statement (``Connector.engine(reads=True)``). A SQLite file that does not
+    exist yet is ``new`` and is not opened (that would create it); a tenant that cannot be read is
+    ``unreachable(why)``, password-free: a state, not a crash."""
+    env = settings.environment
     must_exist = _must_exist(settings)
     own = own_tables(env.version_table, env.history_table)
     connector = Connector(env.auth, env.cloud, sessions=env.sessions)
 
-    def one(tenant: Tenant) -> TenantRead:
+    def one(tenant: Tenant) -> T:
         if not must_exist and missing_file(tenant.url):
-            return TenantRead()
+            return new
         try:
             with connector.engine(tenant.url, must_exist=must_exist, reads=True) as engine, engine.connect() as conn:
-                tables: list[str] = []
-                try:
-                    current = read_version(conn, env.version_table)
-                except NoVersionTable:
-                    current = ()
-                    if env.unmanaged == "report":
-                        tables = schema_tables(conn, own)
-                snapshot = schema_snapshot(conn, own) if snapshots and current else None
-                return TenantRead(current, read_pin(conn), tuple(tables), snapshot=snapshot)
+                return read(conn, own)
         except Exception as err:  # noqa: BLE001 - an unreachable tenant is a state, not a crash
-            return TenantRead(error=describe_error(err, tenant.all_secrets))
+            return unreachable(describe_error(err, tenant.all_secrets))
 
     try:
         with ThreadPoolExecutor(max(1, min(env.concurrency, len(tenants) or 1))) as pool:
@@ -284,28 +305,15 @@ def read_schemas(settings: Settings, tenants: list[Tenant]) -> list[SchemaRead]:
     context, the read deadline on every statement): one connection and two queries per tenant, the version
     table and the snapshot (one catalog query, :func:`tenants.db.schema_snapshot`)."""
     env = settings.environment
-    must_exist = _must_exist(settings)
-    own = own_tables(env.version_table, env.history_table)
-    connector = Connector(env.auth, env.cloud, sessions=env.sessions)
 
-    def one(tenant: Tenant) -> SchemaRead:
-        if not must_exist and missing_file(tenant.url):
-            return SchemaRead(versioned=False)
+    def one(conn, own: tuple[str, ...]) -> SchemaRead:
         try:
-            with connector.engine(tenant.url, must_exist=must_exist, reads=True) as engine, engine.connect() as conn:
-                try:
-                    current, versioned = read_version(conn, env.version_table), True
-                except NoVersionTable:
-                    current, versioned = (), False
-                return SchemaRead(current, versioned, schema_snapshot(conn, own))
-        except Exception as err:  # noqa: BLE001 - an unreachable tenant is a state, not a crash
-            return SchemaRead(error=describe_error(err, tenant.all_secrets))
+            current, versioned = read_version(conn, env.version_table), True
+        except NoVersionTable:
+            current, versioned = (), False
+        return SchemaRead(current, versioned, schema_snapshot(conn, own))
 
-    try:
-        with ThreadPoolExecutor(max(1, min(env.concurrency, len(tenants) or 1))) as pool:
-            return list(pool.map(one, tenants))
-    finally:
-        connector.dispose()
+    return _read_each(settings, tenants, one, SchemaRead(versioned=False), lambda error: SchemaRead(error=error))
 
 
 def drift(settings: Settings, selection: Selection = Selection(), source: TenantSource | None = None,
@@ -837,27 +845,14 @@ def _look(settings: Settings, tenants: list[Tenant]) -> list[_Look]:
     with one query and, without one, the tables with a second and the snapshot with a third (one catalog
     query, :func:`tenants.db.schema_snapshot`). A SQLite file that does not exist yet is not opened."""
     env = settings.environment
-    must_exist = _must_exist(settings)
-    own = own_tables(env.version_table, env.history_table)
-    connector = Connector(env.auth, env.cloud, sessions=env.sessions)
 
-    def one(tenant: Tenant) -> _Look:
-        if not must_exist and missing_file(tenant.url):
-            return _Look()
+    def one(conn, own: tuple[str, ...]) -> _Look:
         try:
-            with connector.engine(tenant.url, must_exist=must_exist, reads=True) as engine, engine.connect() as conn:
-                try:
-                    return _Look(read_version(conn, env.version_table))
-                except NoVersionTable:
-                    return _Look(None, schema_snapshot(conn, own) if schema_tables(conn, own) else None)
-        except Exception as err:  # noqa: BLE001 - an unreachable tenant is a row, not a crash
-            return _Look(error=describe_error(err, tenant.all_secrets))
+            return _Look(read_version(conn, env.version_table))
+        except NoVersionTable:
+            return _Look(None, schema_snapshot(conn, own) if schema_tables(conn, own) else None)
 
-    try:
-        with ThreadPoolExecutor(max(1, min(env.concurrency, len(tenants) or 1))) as pool:
-            return list(pool.map(one, tenants))
-    finally:
-        connector.dispose()
+    return _read_each(settings, tenants, one, _Look(), lambda error: _Look(error=error))
 
 
 def _adopt_row(tenant: Tenant, look: _Look, expected: Expected, order: list[str]) -> AdoptRow:

@@ -95,7 +95,7 @@ def lint(source: RevisionSource, revision: str) -> list[Finding]:
 
 def _finding(source: RevisionSource, revision: str, rule: str, line: int, what: str) -> Finding:
     message, fix = WHY[rule]
-    fix = fix.format(rule=rule)
+    fix = fix.replace("{rule}", rule)
     finding = Finding(revision, LINT, rule, SEVERITY.get(rule, ERROR), message.format(name=what), fix, source.shown,
                       line)
     reason, reasonless = source.acknowledgment(rule, line)

@@ -238,7 +238,7 @@ class _Revision:
                 self.walk.finding(self.step, IDEMPOTENCY, f"rerun-{operation}",
                                   f"run again on a database that already has its change, the {operation} changes "
                                   f"it ({len(changes)} difference(s))", _RERUN_FIX,
-                                  self._line(function, changes), tuple(changes))
+                                  self._line(function, changes, sql=True), tuple(changes))
         db.migrate("stamp", to)
 
     def stairway(self, before: Snapshot, after: Snapshot) -> bool:
@@ -254,7 +254,7 @@ class _Revision:
         if missed:
             self.walk.finding(self.step, STAIRWAY, "downgrade-restores", "the downgrade does not restore the schema "
                               f"it started from ({len(missed)} difference(s))", _DOWN_FIX,
-                              self._line("downgrade", missed), tuple(missed))
+                              self.source.line_of("downgrade"), tuple(missed))
         self.rerun("downgrade", rev, parent, down)
         err = db.migrate("upgrade", rev)
         if err is not None:
@@ -266,20 +266,25 @@ class _Revision:
         if again:
             self.walk.finding(self.step, STAIRWAY, "upgrade-again-differs", "upgrade, downgrade, upgrade does not "
                               f"give the schema of the first upgrade ({len(again)} difference(s))", _DOWN_FIX,
-                              self._line("upgrade", again), tuple(again))
+                              self.source.line_of("upgrade"), tuple(again))
         return True
 
-    def _line(self, function: str, changes: list[str]) -> int:
+    def _line(self, function: str, changes: list[str], sql: bool = False) -> int:
         """The line of ``function`` that names the first object a difference is about."""
         for change in changes:
             for word in change.replace(":", " ").split():
                 name = word.split(".")[-1]
-                line = self.source.find(function, name)
+                if word in _DIFF_WORDS:
+                    continue
+                line = self.source.find(function, name, sql)
                 if name and line != self.source.line_of(function):
                     return line
         return self.source.line_of(function)
 
 
+# The words of a schema diff line (tenants.snapshot.diff) and of changed_tables that name no object.
+_DIFF_WORDS = frozenset("extra missing table column index view unique constraint foreign key primary of on rows "
+                        "before after and but their values changed expected found".split())
 _RERUN_FIX = ("a rerun (a retried tenant, a resumed deploy) must find nothing to do: write DDL with tenants.guards "
               "instead of op, and data changes that skip rows already changed (INSERT ... WHERE NOT EXISTS, "
               "UPDATE ... WHERE the row still needs it)")

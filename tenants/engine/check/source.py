@@ -30,6 +30,7 @@ from pathlib import Path
 __all__ = ["ALLOW_NAME", "RevisionSource", "string_of", "trivial"]
 
 ALLOW_NAME = "tenants_allow"
+_DML = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE)\b", re.IGNORECASE)
 _COMMENT = re.compile(r"#\s*tenants:\s*allow\s+([a-z][a-z-]*(?:\s*,\s*[a-z][a-z-]*)*)\s*(?::|--|—)?\s*(.*)$")
 
 
@@ -117,16 +118,22 @@ class RevisionSource:
         found = [n for n in ast.walk(node) if isinstance(n, ast.Call)]
         return sorted(found, key=lambda n: (n.lineno, n.col_offset))
 
-    def find(self, function: str, name: str) -> int:
+    def find(self, function: str, name: str, sql: bool = False) -> int:
         """The first line of ``function`` holding a string literal that names ``name`` (a table, an index),
-        else the ``def`` line: where a finding about that object points."""
+        else the ``def`` line: where a finding about that object points. A literal in a question
+        (``guards.has_index(...)``) counts only when no step names it; with ``sql``, a SQL statement that changes
+        rows (INSERT, UPDATE, DELETE, MERGE) naming it comes first."""
         node = self.functions.get(function)
         if node is None or not name:
             return self.line_of(function)
         word = re.compile(rf"(?<![\w$]){re.escape(name)}(?![\w$])", re.IGNORECASE)
-        hits = [n.lineno for n in ast.walk(node)
+        asked = {id(c) for call in ast.walk(node) if isinstance(call, ast.Call) and (_name(call.func) or "")
+                 .startswith("has_") for c in ast.walk(call)}
+        hits = [(id(n) in asked, n.lineno, n.value) for n in ast.walk(node)
                 if isinstance(n, ast.Constant) and isinstance(n.value, str) and word.search(n.value)]
-        return min(hits) if hits else node.lineno
+        if sql:
+            hits = [(not _DML.search(text), asked, line, text) for asked, line, text in hits]
+        return min(hits)[-2] if hits else node.lineno
 
     def raised_at(self, err: BaseException, function: str) -> int:
         """The line of this file where ``err`` was raised (the operation that failed), else the ``def`` line."""

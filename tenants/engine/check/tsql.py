@@ -107,7 +107,7 @@ def _statement(statement, revision: str, function: str, source: RevisionSource, 
         if target.lower() == version_table.lower():
             continue
         guard = node.find_ancestor(exp.IfBlock)
-        text = " ".join(node.sql(dialect="tsql").split())
+        text = " ".join(node.sql(dialect="tsql", comments=False).split())
         if guard is not None and _EXISTENCE.search(guard.this.sql(dialect="tsql")):
             continue
         if isinstance(node, exp.Command) and not _DDL_WORD.match(text):
@@ -135,6 +135,7 @@ def _object(node) -> str:
         return words[1].strip("[]") if len(words) > 1 else ""
     if isinstance(this, exp.Schema):
         this = this.this
-    if isinstance(this, (exp.Table, exp.Identifier)):
+    if this is not None and getattr(this, "name", ""):
         return this.name
-    return this.name if hasattr(this, "name") else ""
+    table = node.find(exp.Table)  # DROP INDEX ix ON t: the index is the first "table"
+    return table.name if table is not None else ""

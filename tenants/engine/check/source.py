@@ -137,9 +137,14 @@ class RevisionSource:
 
     def raised_at(self, err: BaseException, function: str) -> int:
         """The line of this file where ``err`` was raised (the operation that failed), else the ``def`` line."""
-        lines = [frame.lineno for frame in traceback.extract_tb(err.__traceback__)
-                 if Path(frame.filename).resolve() == self.path.resolve() and frame.lineno]
-        return lines[-1] if lines else self.line_of(function)
+        seen: BaseException | None = err
+        while seen is not None:  # the tool's own error wraps the revision's (raise ... from err)
+            lines = [frame.lineno for frame in traceback.extract_tb(seen.__traceback__)
+                     if Path(frame.filename).resolve() == self.path.resolve() and frame.lineno]
+            if lines:
+                return lines[-1]
+            seen = seen.__cause__ or seen.__context__
+        return self.line_of(function)
 
     # --- acknowledgments ---------------------------------------------------------------------------------
 

@@ -286,3 +286,13 @@ def test_default_selection_is_what_the_branch_changed_else_everything(tmp_path, 
     git(root, "add", "-A")
     git(root, "commit", "-m", "bad")
     assert [r.revision for r in api.check(settings, base="HEAD").revisions] == []
+
+
+def test_a_drop_in_batch_mode_names_the_batch_table(tmp_path):
+    source = revision('''
+        with op.batch_alter_table("users") as batch_op:
+            batch_op.drop_column("display_name")  # here
+    ''', 'guards.add_column("users", sa.Column("display_name", sa.String(200), nullable=True))')
+    report = check(tmp_path, source)
+    drop = found(report, "pool-safety", "drop-column")
+    assert drop.line == line_with(source, "# here") and drop.message.startswith("drops column users.display_name")

@@ -85,11 +85,12 @@ def lint(source: RevisionSource, revision: str) -> list[Finding]:
     if trivial(source.functions.get("downgrade")) and not trivial(source.functions.get("upgrade")):
         found.append(("no-downgrade", source.line_of("downgrade"), ""))
     created: set[str] = set()
+    batches = _batch_tables(source)
     for call in source.calls("upgrade"):
         name = _callee(call)
         if name in _CREATE_NAMES and string_of(_arg(call, 0, "table_name")):
             created.add(string_of(_arg(call, 0, "table_name")).lower())
-        found += [(rule, call.lineno, what) for rule, what in _call_rules(call, name, created)]
+        found += [(rule, call.lineno, what) for rule, what in _call_rules(call, name, created, batches)]
     return [_finding(source, revision, rule, line, what) for rule, line, what in found]
 
 
@@ -126,14 +127,28 @@ def _is_const(node: ast.AST | None, value: object) -> bool:
     return isinstance(node, ast.Constant) and node.value is value
 
 
-def _call_rules(call: ast.Call, name: str | None, created: set[str]) -> Iterator[tuple[str, str]]:
+def _batch_tables(source: RevisionSource) -> dict[str, str]:
+    """``with op.batch_alter_table("users") as batch_op``: {"batch_op": "users"} in ``upgrade()``."""
+    found = {}
+    node = source.functions.get("upgrade")
+    for item in (i for w in ast.walk(node) if isinstance(w, ast.With) for i in w.items) if node else ():
+        call, alias = item.context_expr, item.optional_vars
+        if isinstance(call, ast.Call) and _callee(call) == "batch_alter_table" and isinstance(alias, ast.Name):
+            found[alias.id] = string_of(_arg(call, 0, "table_name")) or "?"
+    return found
+
+
+def _call_rules(call: ast.Call, name: str | None, created: set[str], batches: dict[str, str]
+                ) -> Iterator[tuple[str, str]]:
     """(rule, the object named) for each rule one call breaks."""
-    batch = len(call.args) < 2 and name in {"drop_column", "add_column"} and _keyword(call, "table_name") is None
-    table = None if batch else string_of(_arg(call, 0, "table_name"))
+    receiver = call.func.value.id if isinstance(call.func, ast.Attribute) and isinstance(call.func.value,
+                                                                                        ast.Name) else ""
+    batch = receiver in batches
+    table = batches[receiver] if batch else string_of(_arg(call, 0, "table_name"))
     if name == "drop_table":
         yield "drop-table", table or "?"
     elif name == "drop_column":
-        column = string_of(call.args[0] if batch and call.args else _arg(call, 1, "column_name"))
+        column = string_of(_arg(call, 0, "column_name") if batch else _arg(call, 1, "column_name"))
         yield "drop-column", ".".join(x for x in (table, column) if x) or "?"
     elif name == "add_column":
         yield from _add_column(call, table, batch, created)
@@ -148,7 +163,7 @@ def _call_rules(call: ast.Call, name: str | None, created: set[str]) -> Iterator
 
 
 def _add_column(call: ast.Call, table: str | None, batch: bool, created: set[str]) -> Iterator[tuple[str, str]]:
-    column = call.args[0] if batch and call.args else _arg(call, 1, "column")
+    column = _arg(call, 0, "column") if batch else _arg(call, 1, "column")
     if not isinstance(column, ast.Call) or (table or "").lower() in created:
         return
     not_null = _is_const(_keyword(column, "nullable"), False)

@@ -18,6 +18,9 @@ from typing import TypeVar
 
 from sqlalchemy.engine import Connection
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from tenants import __version__
 from tenants.config import Settings
 from tenants.db import (
@@ -34,6 +37,8 @@ from tenants.dialects import placeholder_urls
 from tenants.engine import baseline as baseline_module
 from tenants.engine import history, pins
 from tenants.engine.adopt import AdoptReport, AdoptRow, AdoptState, match
+from tenants.engine.check import run as checks
+from tenants.engine.check.report import CheckReport
 from tenants.engine.expected import Expected, expected_schemas
 from tenants.engine.fanout import (
     FAILURES,
@@ -49,6 +54,7 @@ from tenants.engine.pressure import ElasticPoolPressure, PressureGate
 from tenants.engine.revisions import Operation, Revisions
 from tenants.engine.unit import Job, own_tables, position_key, unmanaged_reason, version_rows_problem
 from tenants.errors import (
+    ConfigError,
     ExpectedSchemaError,
     ReportError,
     ReportMismatch,
@@ -74,6 +80,7 @@ from tenants.model import (
 )
 from tenants.output import notify as webhooks
 from tenants.runlog import ReadReport, header_of, read_report
+from tenants.secrets import mask_url
 from tenants.selection import Selection
 from tenants.snapshot import Snapshot
 from tenants.sources import TenantSource, discover_with_skipped, source_for
@@ -1072,6 +1079,35 @@ def sql(settings: Settings, revision_range: str, tenant: str | None = None, dial
         return ""
     downward = start is not None and (target is None or target in revisions.ancestors(start))
     return revisions.offline_sql(url, start, target, "downgrade" if downward else "upgrade")
+
+
+# --- check (issue 14) ----------------------------------------------------------------------------------------
+
+def check(settings: Settings, revisions: Sequence[str] = (), *, everything: bool = False,
+          base: str | None = None, postgres: str | None = None) -> CheckReport:
+    """``tenants check``: prove revisions idempotent, reversible and safe for a busy pool before they are merged
+    (:mod:`tenants.engine.check`). ``revisions`` names them; else ``everything``; else the revision files added
+    or changed since ``base`` (default ``origin/main``), every revision when git cannot tell. The stairway and
+    the reruns run on scratch databases of SQLite, the environment's dialect, and the server of ``postgres``.
+
+    Raises :class:`UsageError` for names together with ``everything``, :class:`RevisionError` for an unknown
+    revision, :class:`ConfigError` for a ``postgres`` URL that does not parse."""
+    if everything and revisions:
+        raise UsageError("name revisions or use --all, not both")
+    if base is not None and (everything or revisions):
+        raise UsageError("--base chooses the changed revisions: it goes with neither --all nor revision names")
+    env = settings.environment
+    graph = load_revisions(settings)
+    if postgres is not None:
+        try:
+            make_url(postgres)
+        except ArgumentError as err:
+            raise ConfigError(f"--postgres {mask_url(postgres)}: not a database URL ({err})") from None
+    selected, how = checks.select(graph, revisions, everything, base or checks.DEFAULT_BASE)
+    targets, left_out = checks.scratches(env, postgres)
+    return checks.run_checks(graph, selected, targets, env_py=env.env_py, left_out=left_out,
+                             own=own_tables(env.version_table, env.history_table),
+                             notes=[f"checked: {how}" + ("" if selected else " (none)")])
 
 
 # --- helpers -----------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from tenants.errors import TenantsError, UsageError
 from tenants.model import RunReport, TenantResult, counted
 from tenants.output import terminal
 from tenants.output.adopt import adopt_json, adopt_text
+from tenants.output.check import check_github, check_json, check_markdown, check_text
 from tenants.output.drift import drift_json, drift_lines, drift_markdown, drift_text
 from tenants.output.drift import summary_line as drift_summary
 from tenants.output.job_summary import markdown_summary
@@ -793,6 +794,46 @@ def sql(
     """Print the offline SQL of the environment's dialect, for review."""
     obj: Context = ctx.obj
     typer.echo(api.sql(obj.settings(), revision_range, tenant, dialect), nl=False)
+
+
+# --- check (issue 14) ------------------------------------------------------------------------------------
+
+CHECK_FORMATS = ("text", "json", "github")
+
+
+@app.command()
+@_command
+def check(
+    ctx: typer.Context,
+    revisions: Annotated[list[str] | None, typer.Argument(
+        metavar="[REVISIONS]...", help="Revisions to check (ids or unique prefixes). Default: the revision files "
+        "added or changed since the base branch.", show_default=False)] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Check every revision of the graph.")] = False,
+    base: Annotated[str | None, typer.Option(
+        "--base", metavar="REF", help="The base branch the default selection compares with (default: origin/main).",
+        show_default=False)] = None,
+    postgres: Annotated[str | None, typer.Option(
+        "--postgres", metavar="URL", envvar="TENANTS_CHECK_PG_URL", help="Also run on scratch databases created on "
+        "this PostgreSQL server (and dropped); the environment's own server is used when it is PostgreSQL.",
+        show_default=False)] = None,
+    output_format: Annotated[str, typer.Option(
+        "--format", "-f", help="text, json, or github (annotations on the revision lines, then the text).")] = "text",
+) -> None:
+    """Prove revisions idempotent, reversible and safe for a busy pool before they are merged: the stairway
+    (upgrade, downgrade, upgrade) and reruns on scratch databases (SQLite, and PostgreSQL when there is one),
+    the offline T-SQL guarded and parseable, and the pool-safety lint. Exit 1 on any error finding."""
+    obj: Context = ctx.obj
+    if output_format not in CHECK_FORMATS:
+        raise UsageError(f"--format {output_format}: use {', '.join(CHECK_FORMATS)}")
+    report = api.check(obj.settings(), tuple(revisions or ()), everything=everything, base=base, postgres=postgres)
+    if output_format == "json":
+        typer.echo(terminal.to_json(check_json(report)))
+    elif output_format == "github":
+        typer.echo(check_github(report), nl=False)
+    else:
+        typer.echo(check_text(report), nl=False)
+    _step_summary(check_markdown(report))
+    raise typer.Exit(0 if report.ok else 1)
 
 
 report_app = typer.Typer(help="Work with JSON run reports.", no_args_is_help=True)

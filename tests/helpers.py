@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -115,6 +116,17 @@ def make_project(root: Path, revisions: dict[str, str], env_py: str | None = Non
             encoding="utf-8",
         )
         down = rev
+    return root / "alembic.ini"
+
+
+def demo_copy(root: Path, revisions: dict[str, str] | None = None) -> Path:
+    """A copy of this repository's Alembic project (alembic.ini, env.py, the demo revisions) with more revisions:
+    ``revisions`` maps a file name (``0005_bad.py``) to its whole source, dedented."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ALEMBIC_INI, root / "alembic.ini")
+    shutil.copytree(ROOT / "alembic", root / "alembic", ignore=shutil.ignore_patterns("__pycache__"))
+    for name, source in (revisions or {}).items():
+        (root / "alembic" / "versions" / name).write_text(textwrap.dedent(source).lstrip(), encoding="utf-8")
     return root / "alembic.ini"
 
 

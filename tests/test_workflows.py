@@ -43,6 +43,7 @@ SAMPLES = {
     "TARGET": ["head"], "SHARD": ["3/8"], "SHARD_INDEX": ["3"], "CONCURRENCY": ["2"], "TENANT_TIMEOUT": ["3600"],
     "TENANT": ["acme"], "REVISION": ["-1"], "REASON": ["customer asked to roll back invoices"],
     "TENANTS_ENV": ["production"], "from": ["0004_invoice_user_index"], "message": ["deploy failed"],
+    "BASE_SHA": ["3d3c42e5aac5ba805825da76410c181273ba90b1"],
 }
 # Bash arrays ("${resume[@]}"): every command is parsed with each of their forms, empty included.
 ARRAYS = {
@@ -194,7 +195,7 @@ def test_the_workflows_use_every_deploy_command():
     assert {("deploy-environment.yml", c) for c in (("plan",), ("upgrade",), ("report", "merge"), ("verify",),
                                                     ("report", "notify"))} <= used
     assert {("downgrade.yml", c) for c in (("sql",), ("downgrade",), ("status",), ("history",))} <= used
-    assert ("ci.yml", ("sql",)) in used and ("ci.yml", ("upgrade",)) in used
+    assert ("ci.yml", ("sql",)) in used and ("ci.yml", ("upgrade",)) in used and ("ci.yml", ("check",)) in used
 
 
 def test_a_renamed_option_is_caught():

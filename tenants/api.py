@@ -16,9 +16,7 @@ from pathlib import Path
 from time import monotonic
 from typing import TypeVar
 
-from sqlalchemy.engine import Connection
-
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError
 
 from tenants import __version__

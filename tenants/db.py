@@ -17,12 +17,12 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
 from tenants.dialects import LockNotAcquired, Sessions, TransientLockError, dialect_for, dialect_of_error
-from tenants.dialects.base import DEFAULT_SESSIONS, dbapi_error
+from tenants.dialects.base import DEFAULT_SESSIONS, TenantState, dbapi_error
 from tenants.secrets import scrub
 from tenants.snapshot import Snapshot
 
@@ -30,9 +30,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from tenants.dialects.entra import TokenCache
 
 __all__ = [
-    "Connector", "LockNotAcquired", "NoVersionTable", "Sessions", "TransientLockError", "describe_error", "has_lock",
-    "is_missing_table", "is_throttling", "is_transient", "make_engine", "missing_file", "permission_denied",
-    "read_version", "schema_snapshot", "schema_tables", "sqlstate_of", "tenant_lock",
+    "Connector", "LockNotAcquired", "NoVersionTable", "Sessions", "TenantState", "TransientLockError", "autocommit",
+    "describe_error", "has_lock", "is_missing_table", "is_throttling", "is_transient", "known_tables", "make_engine",
+    "missing_file", "permission_denied", "read_state", "read_version", "schema_snapshot", "schema_tables",
+    "sqlstate_of", "tenant_lock",
 ]
 
 
@@ -154,6 +155,86 @@ def read_version(conn: Connection, version_table: str) -> tuple[str, ...]:
         raise
     conn.rollback()
     return tuple(sorted(rows))
+
+
+def read_state(conn: Connection, version_table: str, pin_table: str, history_table: str, *,
+               pin: bool = True) -> TenantState:
+    """The tenant's recorded heads, its pin and which of the tool's tables exist, in one statement where the
+    dialect can (PostgreSQL, SQL Server), never a failing SELECT (:meth:`tenants.dialects.Dialect.read_state`).
+    This is the whole no-op path. Ends the transaction it opened (none in :func:`autocommit`)."""
+    try:
+        return dialect_for(conn.dialect.name).read_state(conn, version_table, pin_table, history_table, pin=pin)
+    finally:
+        conn.rollback()
+
+
+def autocommit(conn: Connection, on: bool = True) -> None:
+    """Switch the tool's own reads on ``conn`` to autocommit (``on``), or back to transactions before the
+    connection is handed to Alembic (``on=False``), where the dialect's driver does it on the client
+    (:attr:`tenants.dialects.Dialect.autocommit_reads`: psycopg, psycopg2); elsewhere nothing changes.
+
+    A read outside autocommit costs three round trips on psycopg (BEGIN, the query, ROLLBACK); in autocommit
+    one. But Alembic must get the connection back in transactions: with ``transaction_per_migration`` it
+    begins one per revision, and under SQLAlchemy's AUTOCOMMIT isolation ``begin()`` begins nothing on the
+    database, so a failing revision would leave its first statements committed. SQLAlchemy's own way is used
+    (``isolation_level`` of the connection's execution options, which the pool would reset anyway); it
+    needs no transaction in progress, so a transaction the connection's SQLAlchemy side autobegan is ended
+    first (no round trip in autocommit: the driver has nothing to roll back).
+    """
+    if not dialect_for(conn.dialect.name).autocommit_reads:
+        return
+    if conn.in_transaction():
+        conn.rollback()
+    conn.execution_options(isolation_level="AUTOCOMMIT" if on else conn.default_isolation_level)
+
+
+# Answers to "does this table exist?" that the tool already has for a connection (from :func:`read_state`,
+# under the tenant's lock), given to SQLAlchemy's ``has_table`` for it: see :func:`known_tables`.
+_KNOWN = "tenants.known_tables"
+
+
+def known_tables(conn: Connection, answers: dict[str, bool | None]) -> None:
+    """Let ``has_table`` questions about these tables (default schema) on ``conn`` be answered from ``answers``
+    (None: not known) instead of the catalog, until the first statement on ``conn`` that is not a SELECT (DDL
+    may change the answer: from then on the catalog is asked again). Alembic asks twice per run whether its
+    version table exists (``get_current_heads`` and ``_ensure_version_table``), each a round trip, about a
+    table whose existence was read a moment ago under the lock, in the same statement as its rows.
+    ``known_tables(conn, {})`` forgets them."""
+    conn.info[_KNOWN] = {name.lower(): there for name, there in answers.items() if there is not None}
+    dialect = conn.engine.dialect
+    if "has_table" in vars(dialect):  # answered already for this engine (engines are shared per server)
+        return
+    asked = dialect.has_table
+
+    def answer(connection, table_name: str, schema: str | None) -> bool | None:
+        known = getattr(connection, "info", {}).get(_KNOWN) if schema is None else None
+        there = known.get(table_name.lower()) if known else None
+        # "Missing" only inside a transaction: Alembic's first question, outside one, is what begins the
+        # transaction its version table is then created in (with the first revision, which commits or rolls
+        # back with it); answered without a statement, the table would be created and committed on its own.
+        return there if there or (there is False and connection.in_transaction()) else None
+
+    def has_table(connection, table_name, schema=None, **kw):
+        there = answer(connection, table_name, schema)
+        return asked(connection, table_name, schema=schema, **kw) if there is None else there
+
+    dialect.has_table = has_table
+    asked_many = getattr(dialect, "has_multi_table", None)  # SQLAlchemy 2.1: Table.create(checkfirst=True) asks this
+    if asked_many is not None:
+        def has_multi_table(connection, table_names, schema=None, **kw):
+            answers = {(schema, name): answer(connection, name, schema) for name in table_names}
+            unknown = [name for (_, name), there in answers.items() if there is None]
+            if unknown:
+                answers.update(asked_many(connection, unknown, schema=schema, **kw))
+            return answers.items()
+
+        dialect.has_multi_table = has_multi_table
+    event.listen(conn.engine, "before_cursor_execute", _forget_known_tables)
+
+
+def _forget_known_tables(conn, _cursor, statement, _parameters, _context, _executemany) -> None:
+    if conn.info.get(_KNOWN) and not statement.lstrip()[:6].upper().startswith(("SELECT", "WITH")):
+        conn.info.pop(_KNOWN, None)
 
 
 # Tables a database can hold before any migration without being someone else's schema: nothing else. The

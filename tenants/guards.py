@@ -12,8 +12,14 @@ database restored from a copy, a stamp that lagged behind). Each helper below ha
     guards.drop_index("ux_users_email", "users")
     guards.drop_table("users")
 
-Online (SQLite, PostgreSQL, SQL Server) a helper asks the database and skips the step when the object is
-already there (or already gone). Offline (``--sql``) nothing can be asked, so the question goes into the
+Online a helper skips the step when the object is already there (or already gone). Where the dialect has
+the ``IF [NOT] EXISTS`` syntax for that kind of object (PostgreSQL: tables, columns, indexes) the statement
+itself says so (``CREATE TABLE IF NOT EXISTS``, ``ADD COLUMN IF NOT EXISTS``, ``DROP INDEX IF EXISTS``...), as
+offline: the database decides, in the same round trip as the DDL (issue 13: a catalog query per guard was a
+round trip per step, paid by every tenant of every revision). Elsewhere (SQLite, SQL Server) the helper asks
+the database first (one catalog query, see the predicates below).
+
+Offline (``--sql``) nothing can be asked, so the question goes into the
 script itself, which is then safe to run twice:
 
 * SQL Server: the DDL Alembic would emit, wrapped in a T-SQL existence check, as one batch::
@@ -121,12 +127,15 @@ def _step(exists: Callable[[], bool], *, present: bool, tsql: str, flag: tuple[s
           run: Callable[..., None]) -> None:
     """Run one DDL step if the object is ``present`` (a drop) or absent (a create).
 
-    Online the database answers ``exists()``. Offline the question is rendered: on SQL Server as the T-SQL
-    condition ``tsql`` around the step, elsewhere as the step's ``flag`` (``if_not_exists=True``, ...) where
-    the dialect has that syntax for that ``kind`` of object.
+    The step's ``flag`` (``if_not_exists=True``, ...) where the dialect has that syntax for that ``kind`` of
+    object, online and offline alike. Otherwise online the database answers ``exists()`` first; offline the
+    question is rendered: on SQL Server as the T-SQL condition ``tsql`` around the step, elsewhere not at all.
     """
     if not context.is_offline_mode():
-        if exists() == present:
+        name, kind = flag
+        if kind in dialect_for(op.get_bind().dialect.name).if_exists_kinds:
+            run(**{name: True})  # the database answers in the statement itself: no catalog round trip
+        elif exists() == present:
             run()
         return
     dialect = dialect_for(context.get_context().dialect.name)

@@ -288,3 +288,35 @@ def test_demo_and_postgresql_paths_need_no_odbc_or_azure_library(tmp_path):
                              text=True, timeout=120)
         assert run.returncode == 0, (args, run.stderr)
         assert "blocked" not in run.stderr
+
+
+def test_the_state_batch_parses_as_t_sql_and_never_selects_from_a_missing_table():
+    """Issue 13: the version, the pin and which tool tables exist, in one batch (no SQL Server here: sqlglot).
+    The version and pin tables are only ever named inside the dynamic SQL chosen by OBJECT_ID."""
+    sql = mssql.state_sql("alembic_version", "tenants_pin", "o'brien_history")
+    statements = sqlglot.parse(sql, read="tsql", error_level=sqlglot.ErrorLevel.RAISE)
+    assert [type(s).__name__ for s in statements] == ["Set", "Declare", "Declare", "ExecuteSql", "Declare",
+                                                      "ExecuteSql", "Select", "Select"]
+    outside = {t.name.lower() for s in statements for t in s.find_all(sqlglot.exp.Table)}
+    assert not outside & {"alembic_version", "tenants_pin"}
+    assert "N'o''brien_history'" in sql
+    last = statements[-1]
+    assert [e.alias for e in last.expressions] == ["has_version", "versions", "pinned", "reason", "pinned_by",
+                                                    "pinned_at", "history", "tables"]
+
+
+def test_the_state_row_reads_as_a_tenant_state():
+    from types import SimpleNamespace
+
+    from tenants.dialects.base import TenantState
+
+    def row(**kw):
+        return SimpleNamespace(**{"has_version": 1, "versions": None, "pinned": 0, "reason": None,
+                                  "pinned_by": None, "pinned_at": None, "history": 0, "tables": None, **kw})
+
+    assert mssql.state_of(row(has_version=0, tables="users\ndbo2.t")) == TenantState(None, ("users", "dbo2.t"),
+                                                                                      None, False)
+    assert mssql.state_of(row(versions="b\na", history=1)) == TenantState(("a", "b"), (), None, True)
+    assert mssql.state_of(row()) == TenantState((), (), None, False)  # a version table without rows
+    assert mssql.state_of(row(versions="a", pinned=1, reason="why", pinned_by="me", pinned_at=1)).pin == (
+        "why", "me", 1)

@@ -102,6 +102,24 @@ class Sessions:
 DEFAULT_SESSIONS = Sessions()
 
 
+@dataclass(frozen=True)
+class TenantState:
+    """What the tool reads of a tenant before touching it, in as few round trips as its dialect allows (one on
+    PostgreSQL and SQL Server): :meth:`Dialect.read_state`.
+
+    ``versions``: the version table's rows, sorted; None when there is no version table (a new or unmanaged
+    database). ``tables``: with no version table, the database's own tables and views (every schema, those of
+    the default schema bare, see :func:`tenants.db.schema_tables`), unfiltered; () otherwise. ``pin``: the pin
+    table's row (reason, pinned_by, pinned_at), None without one. ``history``: whether the history table
+    exists; None when this dialect did not look (then whoever writes it checks first).
+    """
+
+    versions: tuple[str, ...] | None
+    tables: tuple[str, ...] = ()
+    pin: tuple | None = None
+    history: bool | None = None
+
+
 class Dialect:
     """A SQLAlchemy backend as the tool sees it; the defaults are those of a backend it has no module for."""
 
@@ -182,6 +200,52 @@ class Dialect:
         and returns its first column; a dialect that lists files does not call it. Raises
         :class:`~tenants.errors.ConfigError` when the URL cannot be listed."""
         raise NotImplementedError(f"source 'server' cannot list {self.name or 'these'} databases")
+
+    # --- the tenant's state, in one read ----------------------------------------------------------------
+
+    # Whether the tool's own reads may run in autocommit (no BEGIN/ROLLBACK round trips around each): a driver
+    # whose autocommit switch is client-side only (psycopg, psycopg2). See tenants.db.autocommit.
+    autocommit_reads: ClassVar[bool] = False
+
+    def read_state(self, conn: Connection, version_table: str, pin_table: str, history_table: str, *,
+                   pin: bool = True) -> TenantState:
+        """The version table's rows, the pin and whether the tool's tables exist (:class:`TenantState`).
+        ``pin=False``: the caller does not need the pin (a dialect that reads it for free may still).
+
+        Here, for a backend without a one-statement version: a query per question, a missing table being the
+        error its SELECT raises (each read's transaction is ended by the caller, :func:`tenants.db.read_state`).
+        Dialects override it with one statement that never fails on a missing table."""
+        from sqlalchemy import text
+
+        try:
+            versions = tuple(sorted(conn.execute(text(f"SELECT version_num FROM {version_table}")).scalars()))
+        except DBAPIError as err:
+            conn.rollback()
+            if not self.is_missing_table(dbapi_error(err)):
+                raise
+            return TenantState(None, tuple(self.tables(conn)))
+        conn.rollback()
+        if not pin:
+            return TenantState(versions)
+        try:
+            row = conn.execute(text(f"SELECT reason, pinned_by, pinned_at FROM {pin_table}")).first()
+        except DBAPIError as err:
+            conn.rollback()
+            if not self.is_missing_table(dbapi_error(err)):
+                raise
+            row = None
+        return TenantState(versions, (), tuple(row) if row else None, None)
+
+    def tables(self, conn: Connection) -> list[str]:
+        """The database's own tables and views (see :func:`tenants.db.schema_tables`), unfiltered."""
+        if self.tables_sql is None:  # the inspector: several round trips, but correct
+            from sqlalchemy import inspect
+
+            inspector = inspect(conn)
+            return inspector.get_table_names() + inspector.get_view_names()
+        from sqlalchemy import text
+
+        return list(conn.execute(text(self.tables_sql)).scalars())
 
     # --- errors ------------------------------------------------------------------------------------------
 

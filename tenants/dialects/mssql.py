@@ -35,6 +35,7 @@ from tenants.dialects.base import (
     Fail,
     LockNotAcquired,
     Sessions,
+    TenantState,
     TransientLockError,
 )
 from tenants.errors import ConfigError
@@ -222,6 +223,51 @@ EXEC sys.sp_executesql @sql;
 """
 
 
+def _nstring(value: str) -> str:
+    return "N'" + value.replace("'", "''") + "'"
+
+
+def state_sql(version_table: str, pin_table: str, history_table: str) -> str:
+    """The tenant's state in one batch (tenants.dialects.base.TenantState), never a failing SELECT: OBJECT_ID
+    says whether each table exists, and the version and pin tables are read by dynamic SQL chosen on that (a
+    statement naming a missing table is never compiled), into variables the last SELECT returns as one row.
+    The database's own tables come along only without a version table. Table names are the environment's,
+    written into the SQL as the old ``SELECT version_num FROM <table>`` did."""
+    version, pin, history = _nstring(version_table), _nstring(pin_table), _nstring(history_table)
+    read_versions = _nstring(
+        f"SELECT @v = STRING_AGG(CAST(version_num AS NVARCHAR(MAX)), NCHAR(10)) FROM {version_table}")
+    read_pin = _nstring(f"SELECT TOP (1) @r = reason, @b = pinned_by, @a = pinned_at, @p = 1 FROM {pin_table}")
+    return (
+        "SET NOCOUNT ON;\n"
+        "DECLARE @versions NVARCHAR(MAX), @tables NVARCHAR(MAX), @pinned BIT = 0, @reason NVARCHAR(1000), "
+        "@pinned_by NVARCHAR(200), @pinned_at DATETIME2;\n"
+        f"DECLARE @read_versions NVARCHAR(MAX) = CASE WHEN OBJECT_ID({version}, N'U') IS NULL THEN N'SET @v = NULL' "
+        f"ELSE {read_versions} END;\n"
+        "EXEC sys.sp_executesql @read_versions, N'@v NVARCHAR(MAX) OUTPUT', @v = @versions OUTPUT;\n"
+        f"DECLARE @read_pin NVARCHAR(MAX) = CASE WHEN OBJECT_ID({pin}, N'U') IS NULL THEN N'SET @p = 0' "
+        f"ELSE {read_pin} END;\n"
+        "EXEC sys.sp_executesql @read_pin, N'@r NVARCHAR(1000) OUTPUT, @b NVARCHAR(200) OUTPUT, "
+        "@a DATETIME2 OUTPUT, @p BIT OUTPUT', @r = @reason OUTPUT, @b = @pinned_by OUTPUT, @a = @pinned_at OUTPUT, "
+        "@p = @pinned OUTPUT;\n"
+        "SELECT @tables = STRING_AGG(CAST(t.name AS NVARCHAR(MAX)), NCHAR(10)) "
+        f"FROM ({TABLES_SQL}) AS t(name) WHERE OBJECT_ID({version}, N'U') IS NULL;\n"
+        f"SELECT CASE WHEN OBJECT_ID({version}, N'U') IS NULL THEN 0 ELSE 1 END AS has_version, "
+        "@versions AS versions, @pinned AS pinned, @reason AS reason, @pinned_by AS pinned_by, "
+        f"@pinned_at AS pinned_at, CASE WHEN OBJECT_ID({history}, N'U') IS NULL THEN 0 ELSE 1 END AS history, "
+        "@tables AS tables;"
+    )
+
+
+def state_of(row) -> TenantState:
+    """The last SELECT of :func:`state_sql` as a :class:`TenantState`."""
+    versions = tuple(sorted(row.versions.split("\n"))) if row.versions else ()
+    return TenantState(
+        versions if row.has_version else None,
+        tuple(row.tables.split("\n")) if row.tables and not row.has_version else (),
+        (row.reason, row.pinned_by, row.pinned_at) if row.pinned else None,
+        bool(row.history))
+
+
 class MSSQL(Dialect):
     name = "mssql"
     guards_in_tsql = True  # T-SQL has no IF NOT EXISTS for most DDL: the guard is an IF around the batch
@@ -257,6 +303,11 @@ class MSSQL(Dialect):
         if sessions.application_name and "app" not in {key.lower() for key in url.query}:
             args["APP"] = sessions.application_name
         return args
+
+    def read_state(self, conn: Connection, version_table: str, pin_table: str, history_table: str, *,
+                   pin: bool = True) -> TenantState:
+        """One batch, one round trip (:func:`state_sql`), plus the rollback the caller ends it with."""
+        return state_of(conn.execute(text(state_sql(version_table, pin_table, history_table))).one())
 
     @contextlib.contextmanager
     def lock(self, conn: Connection, timeout: float, own: str | None = None) -> Iterator[None]:

@@ -13,6 +13,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine, event, text
@@ -21,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool, Pool
 
 from tenants.dialects import catalog_postgresql
-from tenants.dialects.base import DEFAULT_SESSIONS, Connect, Dialect, LockNotAcquired, Sessions
+from tenants.dialects.base import DEFAULT_SESSIONS, Connect, Dialect, LockNotAcquired, Sessions, TenantState
 from tenants.snapshot import Snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,6 +77,28 @@ EXISTS_SQL = {
 }
 
 
+# The tenant's state in one statement that never fails (tenants.dialects.base.TenantState): to_regclass says
+# whether each table exists, and table_to_xml (strict: NULL for a table that is not there, so it is never
+# opened) returns the rows of the version and pin tables. A SELECT of a missing table would fail instead, and a
+# subquery of one cannot even be planned. The database's own tables come along only when there is no version
+# table (the CASE's subquery is an init plan, run only when asked for).
+STATE_SQL = (
+    "SELECT table_to_xml(to_regclass(:version_table), false, false, '')::text AS versions, "
+    "table_to_xml(to_regclass(:pin_table), false, false, '')::text AS pin, "
+    "to_regclass(:history_table) IS NOT NULL AS history, "
+    f"CASE WHEN to_regclass(:version_table) IS NULL THEN ARRAY({TABLES_SQL}) END AS tables"
+)
+
+
+def _xml_rows(document: str | None) -> list[dict[str, str]] | None:
+    """The rows of table_to_xml's document, each column (of those not NULL) by name; None for no table."""
+    if document is None:
+        return None
+    from xml.etree import ElementTree
+
+    return [{column.tag: column.text or "" for column in row} for row in ElementTree.fromstring(document)]
+
+
 class PostgreSQL(Dialect):
     name = "postgresql"
     if_exists_kinds = frozenset({"table", "column", "index"})
@@ -102,6 +125,23 @@ class PostgreSQL(Dialect):
     missing_table_states = frozenset({"42P01"})  # undefined_table
 
     ddl_lock_timeout = 30.0
+    autocommit_reads = True  # psycopg and psycopg2 switch autocommit on the client: no round trip
+
+    def read_state(self, conn: Connection, version_table: str, pin_table: str, history_table: str, *,
+                   pin: bool = True) -> TenantState:
+        """One statement, one round trip, whatever exists (:data:`STATE_SQL`)."""
+        row = conn.execute(text(STATE_SQL), {"version_table": version_table, "pin_table": pin_table,
+                                             "history_table": history_table}).one()
+        versions = _xml_rows(row.versions)
+        pins = _xml_rows(row.pin)
+        found = None
+        if pins:
+            first = pins[0]
+            at = first.get("pinned_at")
+            found = (first.get("reason", ""), first.get("pinned_by"), datetime.fromisoformat(at) if at else None)
+        return TenantState(
+            None if versions is None else tuple(sorted(r.get("version_num", "") for r in versions)),
+            tuple(row.tables or ()), found, bool(row.history))
 
     def make_engine(self, url: URL, *, must_exist: bool = False, tokens: TokenCache | None = None,
                     sessions: Sessions = DEFAULT_SESSIONS) -> Engine:

@@ -100,6 +100,9 @@ class Recorder:
     started: datetime = field(default_factory=_now)
     outcome: str = "applied"  # of the rows of revisions that moved: "adopted" for `tenants adopt`
     note: str | None = None  # their error column (`tenants adopt`: the schema fingerprint); None for none
+    # Whether the table exists, when the caller read it (tenants.db.read_state, under the lock): then it is
+    # not asked again (a round trip), and created without a check when missing. None: ask.
+    table_exists: bool | None = None
     _ready: bool = False
     recorded: list[tuple[str, str]] = field(default_factory=list)  # (from, to) of each row the callback wrote
 
@@ -108,7 +111,8 @@ class Recorder:
         connection = ctx.connection
         table = history_table(self.table_name)
         if not self._ready:
-            table.create(connection, checkfirst=True)
+            if not self.table_exists:
+                table.create(connection, checkfirst=self.table_exists is None)
             self._ready = True
         finished = _now()
         moved = (",".join(sorted(step.source_revision_ids)) or "base",

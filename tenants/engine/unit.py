@@ -36,27 +36,29 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy.engine import Engine
 
 from tenants.db import (
     Connector,
     LockNotAcquired,
-    NoVersionTable,
     Sessions,
+    TenantState,
     TransientLockError,
+    autocommit,
     describe_error,
     is_throttling,
     is_transient,
+    known_tables,
     missing_file,
-    read_version,
+    read_state,
     schema_snapshot,
-    schema_tables,
     tenant_lock,
 )
 from tenants.engine.history import Recorder
 from tenants.engine.pins import TABLE as PIN_TABLE
-from tenants.engine.pins import read_pin
+from tenants.engine.pins import Pin
 from tenants.engine.revisions import MigrationConnection, Operation, Revisions
 from tenants.model import Status, Tenant, TenantResult, revision_of
 from tenants.snapshot import Snapshot, diff
@@ -113,11 +115,11 @@ class Job:
         """The status of a tenant this job moved: upgraded, downgraded or stamped."""
         return _DONE[self.operation]
 
-    def recorder(self) -> Recorder | None:
+    def recorder(self, table_exists: bool | None = None) -> Recorder | None:
         if self.run_id is None:
             return None
         recorder = Recorder(self.history_table, self.run_id, self.operation, self.actor, self.git_commit,
-                            self.tool_version)
+                            self.tool_version, table_exists=table_exists)
         if self.adopt is not None:
             recorder.outcome, recorder.note = "adopted", f"schema fingerprint {self.adopt}"
         return recorder
@@ -245,25 +247,27 @@ def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
              read_first: bool) -> None:
     # A MigrationConnection is engine.connect()'s Connection that env.py may also call connect() on.
     with connector.engine(tenant.url, must_exist=job.must_exist) as engine, MigrationConnection(engine) as conn:
+        autocommit(conn)  # the tool's own reads: one round trip each (tenants.db.autocommit); env.py gets it back
         if read_first:
-            progress.saw(_read(conn, job))
+            progress.saw(_position(_read(conn, job)))
             _check(progress.after, job, revisions, tenant.name)
         try:
             # The lock lives on the migration connection itself: see tenants.db.tenant_lock.
             with tenant_lock(conn, job.lock_timeout, job.sessions.application_name):
-                current = _read(conn, job)  # the truth, now that nobody else can move it
+                # The truth, now that nobody else can move it: the version, the pin and which of the tool's
+                # tables exist, in one statement (tenants.db.read_state).
+                state = _read(conn, job, pin=job.operation == "upgrade")
+                current = _position(state)
                 progress.saw(current)
                 progress.settle(current, job, revisions)
                 _check(current, job, revisions, tenant.name)
                 if job.adopt is not None:
                     _check_adopt(conn, current, job)
-                if job.operation == "upgrade":  # only tenants with work get here: the no-op path stays one query
-                    pin = read_pin(conn)
-                    if pin is not None:
-                        raise _Outcome(Status.PINNED, current, pin.describe())
+                if job.operation == "upgrade" and state.pin is not None:  # only tenants with work get here
+                    raise _Outcome(Status.PINNED, current, _pin(state.pin).describe())
                 if job.expected is not None:  # check_schema: before env.py, so no guard papers over drift
                     _check_schema(conn, job, current)
-                _migrate(tenant, job, revisions, connector, engine, conn, current, progress)
+                _migrate(tenant, job, revisions, connector, engine, conn, state, progress)
         except LockNotAcquired as err:
             if not read_first:  # report where the tenant is, not "unknown"
                 progress.saw(_read_raw(conn, job))
@@ -272,10 +276,18 @@ def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
 
 
 def _migrate(tenant: Tenant, job: Job, revisions: Revisions, connector: Connector, engine: Engine, conn,
-             current: tuple[str, ...], progress: _Progress) -> None:
-    """Run env.py under the lock, then read the version table to see what it did (see the module docstring)."""
-    recorder = job.recorder()
+             state: TenantState, progress: _Progress) -> None:
+    """Run env.py under the lock, then read the version table to see what it did (see the module docstring).
+
+    The connection goes to env.py out of autocommit and with no transaction open, so that Alembic gives each
+    revision a transaction of its own (:func:`tenants.db.autocommit`). Whether the version and history tables
+    exist was read with the version, under the lock: Alembic's and the recorder's own checks are answered from
+    that (:func:`tenants.db.known_tables`) until the first DDL."""
+    current = _position(state)
+    recorder = job.recorder(state.history)
     progress.migrating = True
+    autocommit(conn, False)
+    known_tables(conn, {job.version_table: state.versions is not None, job.history_table: state.history})
     try:
         applied = revisions.migrate(conn, tenant.url, job.operation, job.target, current=current,
                                     on_version_apply=recorder.on_version_apply if recorder else None,
@@ -359,19 +371,30 @@ def _record_failure(tenant: Tenant, job: Job, connector: Connector, progress: _P
             recorder.failed(engine, revision_of(progress.after), job.target or "base", error)
 
 
-def _read(conn, job: Job) -> tuple[str, ...]:
-    """The recorded revision; stops an upgrade of an unmanaged database (tables, no version table) here.
-
-    Only a database without a version table pays the second query; the no-op path stays one query.
+def _read(conn, job: Job, *, pin: bool = False) -> TenantState:
+    """The recorded revision (and the pin, the tool's tables); stops an upgrade of an unmanaged database
+    (tables, no version table) here. One statement on PostgreSQL and SQL Server, whatever the database holds
+    (:func:`tenants.db.read_state`): the no-op path stays one query.
     """
-    try:
-        return read_version(conn, job.version_table)
-    except NoVersionTable:
-        if job.operation == "upgrade" and job.unmanaged == "report":
-            tables = schema_tables(conn, job.own_tables())
-            if tables:
-                raise _Outcome(Status.UNMANAGED, (), unmanaged_reason(tables, job.version_table)) from None
-        return ()
+    state = read_state(conn, job.version_table, PIN_TABLE, job.history_table, pin=pin)
+    if state.versions is None and job.operation == "upgrade" and job.unmanaged == "report":
+        skip = {name.lower() for name in job.own_tables()}
+        tables = sorted(name for name in state.tables if name.lower() not in skip)
+        if tables:
+            raise _Outcome(Status.UNMANAGED, (), unmanaged_reason(tables, job.version_table))
+    return state
+
+
+def _position(state: TenantState) -> tuple[str, ...]:
+    """The tenant's position: its version rows, () for none (no version table: a new database)."""
+    return state.versions or ()
+
+
+def _pin(row: tuple) -> Pin:
+    reason, pinned_by, pinned_at = row
+    if isinstance(pinned_at, str):  # SQLite hands back its text
+        pinned_at = datetime.fromisoformat(pinned_at)
+    return Pin(reason, pinned_by, pinned_at)
 
 
 def own_tables(version_table: str, history_table: str) -> tuple[str, ...]:
@@ -415,10 +438,7 @@ def version_rows_problem(current: tuple[str, ...], revisions: Revisions, version
 
 
 def _read_raw(conn, job: Job) -> tuple[str, ...]:
-    try:
-        return read_version(conn, job.version_table)
-    except NoVersionTable:
-        return ()
+    return _position(read_state(conn, job.version_table, PIN_TABLE, job.history_table, pin=False))
 
 
 def _read_after(tenant: Tenant, job: Job, connector: Connector, conn) -> tuple[tuple[str, ...] | None, bool]:
@@ -429,10 +449,13 @@ def _read_after(tenant: Tenant, job: Job, connector: Connector, conn) -> tuple[t
         if conn.invalidated:
             raise RuntimeError("connection invalidated")
         conn.rollback()
+        known_tables(conn, {})
+        autocommit(conn)  # the read, and the unlock after it: one round trip each
         return _read_raw(conn, job), True
     except Exception:  # noqa: BLE001
         try:
             with connector.engine(tenant.url, must_exist=True, reads=True) as engine, engine.connect() as fresh:
+                autocommit(fresh)
                 return _read_raw(fresh, job), False
         except Exception:  # noqa: BLE001 - unknown is an honest answer
             return None, False
@@ -509,7 +532,8 @@ def precheck(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
     try:
         with connector.engine(tenant.url, must_exist=job.must_exist, reads=True) as engine, \
                 engine.connect() as conn:
-            progress.saw(_read(conn, job))
+            autocommit(conn)
+            progress.saw(_position(_read(conn, job)))
         _check(progress.after, job, revisions, tenant.name)
     except _Outcome as outcome:
         return _result(tenant, job, outcome.status, progress, 1, time.monotonic() - started, outcome.error)

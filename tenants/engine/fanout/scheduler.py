@@ -278,12 +278,12 @@ class Scheduler:
             self.on_tenant_done(self.slots.land(future), future)
 
     def on_precheck_done(self, tenant: Tenant, result: TenantResult | None) -> None:
-        """The parent read a tenant's revision: done already, or on to a worker. Once ``2 × concurrency``
+        """The parent read a tenant's revision: done already, or on to a worker. Once ``concurrency``
         tenants in a row needed work, stop reading (see ProcessStrategy)."""
         if result is None:
             self.ready.append(tenant)
             self.streak += 1
-            self.prechecking = self.streak < 2 * self.concurrency
+            self.prechecking = self.streak < self.concurrency
         else:
             self._finish(result)
             self.streak = 0

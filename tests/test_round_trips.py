@@ -1,0 +1,216 @@
+"""Issue 13: what one tenant costs on the wire, counted by scripts/latency_proxy.py in front of a real PostgreSQL
+(no delay: only its counters are used): logins, round trips and frontend messages of the no-op read and of an
+upgrade, and that the reads in autocommit leave every revision its own transaction.
+
+Counts, not timings: each round trip costs a full network latency to a far-away pool, whatever the machine."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+from helpers import ALEMBIC_INI, DEMO_REVISIONS, PG_URL, ROOT, admin, failing_project, pg_dsn
+from sqlalchemy.engine import make_url
+
+from tenants.db import Connector
+from tenants.engine.revisions import Revisions
+from tenants.engine.unit import Job, precheck, run_tenant
+from tenants.model import Status, Tenant
+
+pytestmark = pytest.mark.postgres
+
+
+def _load_proxy():
+    spec = importlib.util.spec_from_file_location("latency_proxy", ROOT / "scripts" / "latency_proxy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.LatencyProxy
+
+
+@pytest.fixture
+def proxy(pg_available):
+    url = make_url(PG_URL)
+    with _load_proxy()(f"{url.host or '127.0.0.1'}:{url.port or 5432}") as running:
+        yield running
+
+
+@pytest.fixture
+def database(pg_available):
+    """A throwaway tenant database; its name, dropped afterwards."""
+    made = []
+
+    def make(suffix: str = "") -> str:
+        name = f"rt_{uuid.uuid4().hex[:8]}{suffix}"
+        admin(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _tenant(proxy, name: str) -> Tenant:
+    url = make_url(PG_URL).set(host="127.0.0.1", port=proxy.port, database=name,
+                               query={"sslmode": "disable"})  # the proxy reads only plain framing
+    return Tenant(name, url.render_as_string(hide_password=False))
+
+
+def _settled(proxy) -> dict:
+    """The counters once every connection through the proxy has closed (its Terminate is counted)."""
+    deadline = time.monotonic() + 5
+    while proxy.stats()["open_connections"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return proxy.stats()
+
+
+def _job(ini=ALEMBIC_INI, run_id: str | None = "rt-run") -> Job:
+    return Job(operation="upgrade", target=Revisions(ini).head(), alembic_ini=str(ini), run_id=run_id,
+               retries=0)
+
+
+def _warm(connector: Connector, tenant: Tenant, proxy) -> None:
+    """The engine's first connection initialises SQLAlchemy's dialect (several statements, once per process
+    and server): not what a tenant costs."""
+    for reads in (False, True):  # the migration engine, and the one of the parent's reads
+        with connector.engine(tenant.url, reads=reads) as engine, engine.connect():
+            pass
+    _settled(proxy)
+
+
+def _probe(proxy, name: str) -> dict:
+    """A raw psycopg probe: connect, one SELECT, close; what the no-op read is held to."""
+    proxy.reset()
+    url = make_url(PG_URL)
+    with psycopg.connect(host="127.0.0.1", port=proxy.port, user=url.username or "postgres", password=url.password,
+                         dbname=name, sslmode="disable", autocommit=True) as conn:
+        conn.execute("SELECT version_num FROM alembic_version").fetchall()
+    return _settled(proxy)
+
+
+def test_the_no_op_read_costs_what_a_raw_probe_costs(proxy, database):
+    name = database()
+    tenant, job, revisions, connector = _tenant(proxy, name), _job(), Revisions(ALEMBIC_INI), Connector()
+    assert run_tenant(tenant, job, revisions, connector).status is Status.UPGRADED
+    _warm(connector, tenant, proxy)
+    proxy.reset()
+    result = precheck(tenant, job, revisions, connector)
+    counts = _settled(proxy)
+    assert result is not None and result.status is Status.UP_TO_DATE
+    probe = _probe(proxy, name)
+    # One login, one statement (the version, the pin and the tool's tables at once), no BEGIN/ROLLBACK.
+    assert counts["connections"] == 1
+    assert counts["round_trips"] == probe["round_trips"], (counts["by_type"], probe["by_type"])
+    assert "Q" not in counts["by_type"] and counts["by_type"]["P"] == 1
+    connector.dispose()
+
+
+def test_an_upgrade_from_empty_costs_one_login_and_no_read_transactions(proxy, database):
+    name = database()
+    tenant, job, revisions, connector = _tenant(proxy, name), _job(), Revisions(ALEMBIC_INI), Connector()
+    _warm(connector, tenant, proxy)
+    proxy.reset()
+    result = run_tenant(tenant, job, revisions, connector, read_first=False)  # as a worker does
+    counts = _settled(proxy)
+    assert result.status is Status.UPGRADED and list(result.applied) == DEMO_REVISIONS
+    assert counts["connections"] == 1
+    # Before issue 13: 41 statements over 43 round trips (each read in BEGIN/ROLLBACK, a failing SELECT of the
+    # missing version and pin tables, a catalog query per guard, Alembic's and the history table's checks).
+    # Now: the lock, the state, per revision BEGIN, its DDL, the version row, the history row, COMMIT (the
+    # first revision also: Alembic's one check, CREATE of the version and history tables), the read-back, the
+    # unlock.
+    assert counts["by_type"]["Q"] + counts["by_type"]["P"] == 29
+    assert counts["round_trips"] <= 31
+    with psycopg.connect(pg_dsn(name)) as conn:
+        rows = conn.execute("SELECT to_revision FROM tenants_history ORDER BY id").fetchall()
+    assert [r[0] for r in rows] == DEMO_REVISIONS
+    connector.dispose()
+
+
+def test_an_upgrade_of_a_tenant_with_history_skips_every_existence_check(proxy, database):
+    name = database()
+    tenant, revisions, connector = _tenant(proxy, name), Revisions(ALEMBIC_INI), Connector()
+    partial = Job(operation="upgrade", target="0002_invoices", alembic_ini=str(ALEMBIC_INI), run_id="first")
+    assert run_tenant(tenant, partial, revisions, connector).status is Status.UPGRADED
+    _settled(proxy)
+    proxy.reset()
+    result = run_tenant(tenant, _job(), revisions, connector, read_first=False)
+    counts = _settled(proxy)
+    assert result.status is Status.UPGRADED and list(result.applied) == DEMO_REVISIONS[2:]
+    # lock, state; Alembic's SELECT of the version rows (its has_table answered from the state); revision 3:
+    # BEGIN, ALTER, UPDATE, version, history, COMMIT; revision 4: BEGIN, CREATE INDEX, version, history, COMMIT;
+    # read-back, unlock.
+    assert counts["by_type"]["Q"] + counts["by_type"]["P"] == 16
+    connector.dispose()
+
+
+def test_each_revision_still_commits_alone_after_reads_in_autocommit(proxy, database, tmp_path):
+    """A failing second revision leaves the first committed (with its history row) and nothing of the second:
+    the connection went back to transactions before env.py got it."""
+    name = database("_bad")
+    ini = failing_project(tmp_path / "project")
+    tenant, revisions, connector = _tenant(proxy, name), Revisions(ini), Connector()
+    result = run_tenant(tenant, _job(ini), revisions, connector, read_first=False)
+    assert result.status is Status.FAILED and list(result.applied) == ["r1"]
+    with psycopg.connect(pg_dsn(name)) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("r1",)]
+        both = conn.execute("SELECT to_regclass('one') IS NOT NULL, to_regclass('two') IS NULL").fetchone()
+        assert both == (True, True)
+        outcomes = conn.execute("SELECT to_revision, outcome FROM tenants_history ORDER BY id").fetchall()
+    assert outcomes == [("r1", "applied"), ("r2", "failed")]
+    connector.dispose()
+
+
+def test_a_new_tenant_whose_first_revision_fails_keeps_no_version_table(proxy, database, tmp_path):
+    """Alembic creates its version table in the first revision's transaction: answering its existence check
+    from the state read must not make that table commit on its own."""
+    from helpers import make_project
+
+    name = database()
+    ini = make_project(tmp_path / "project", {"r1": "op.execute('SELECT * FROM no_such_table')"},
+                       env_py=(ROOT / "alembic" / "env.py").read_text())
+    tenant, revisions, connector = _tenant(proxy, name), Revisions(ini), Connector()
+    assert run_tenant(tenant, _job(ini, run_id=None), revisions, connector, read_first=False).status is Status.FAILED
+    with psycopg.connect(pg_dsn(name)) as conn:
+        assert conn.execute("SELECT to_regclass('alembic_version')").fetchone() == (None,)
+    connector.dispose()
+
+
+def test_one_connection_per_tenant_in_pg_stat_activity(pg_fleet, tmp_path):
+    """Issue 13's acceptance: during a run, the server sees one session per tenant being migrated (the lock
+    lives on the migration connection; nothing else connects to it)."""
+    from helpers import make_project
+
+    from tenants import api
+    from tenants.config import load_settings
+    from tenants.selection import Selection
+
+    ini = make_project(tmp_path / "slow", {"r1": "op.execute('SELECT pg_sleep(1.5)')"},
+                       env_py=(ROOT / "alembic" / "env.py").read_text())
+    fleet = pg_fleet(3, alembic=ini, extra="concurrency = 3\n")
+    seen: dict[str, int] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            with psycopg.connect(pg_dsn(), autocommit=True) as conn:
+                for datname, count in conn.execute(
+                        "SELECT datname, count(*) FROM pg_stat_activity WHERE datname LIKE %s GROUP BY datname",
+                        (fleet.prefix + "%",)).fetchall():
+                    seen[datname] = max(seen.get(datname, 0), count)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        settings = load_settings(str(fleet.config), "pg")
+        report = api.upgrade(settings, selection=Selection())
+    finally:
+        done.set()
+        watcher.join(5)
+    assert {r.status for r in report.results} == {Status.UPGRADED}
+    assert set(seen) == set(fleet.names) and set(seen.values()) == {1}

@@ -24,11 +24,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tenants import api
-from tenants import plan as plan_module
 from tenants.config import DEFAULT_ENV, Settings, load_settings
 from tenants.errors import TenantsError, UsageError
-from tenants.model import RunReport, TenantResult, counted
+from tenants.lazy import lazy_module
+from tenants.model import RESUMABLE, RunReport, TenantResult, counted
 from tenants.output import terminal
 from tenants.output.adopt import adopt_json, adopt_text
 from tenants.output.check import check_github, check_json, check_markdown, check_text
@@ -40,6 +39,11 @@ from tenants.output.notify import Target, ci_run_url, notify, parse_target
 from tenants.output.plan import plan_json, plan_markdown, plan_text
 from tenants.runlog import ReportWriter, write_json
 from tenants.selection import Selection, parse_shard
+
+# The verbs' library (and through it Alembic, the engines, the fan-out) loads when a command first uses it, not
+# when the CLI starts: `tenants --help` and a command's usage errors answer without it (issue 13: start-up).
+api = lazy_module("tenants.api")
+plan_module = lazy_module("tenants.plan")
 
 app = typer.Typer(
     name="tenants",
@@ -505,7 +509,7 @@ def upgrade(
         "--from-report", help="Resume: only the tenants this report lists with a status in --only, and those "
         "it does not list.", exists=False, dir_okay=False, show_default=False)] = None,
     only: Annotated[str, typer.Option(
-        "--only", help="With --from-report: the statuses to run again.")] = ",".join(api.RESUME_STATUSES),
+        "--only", help="With --from-report: the statuses to run again.")] = ",".join(s.value for s in RESUMABLE),
     force: Annotated[bool, typer.Option(
         "--force", help="With --from-report: resume from a report of another environment, operation, target or "
         "revision-graph head (refused otherwise).")] = False,

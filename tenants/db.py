@@ -286,7 +286,11 @@ def has_lock(dialect: str) -> bool:
 
 def tenant_lock(conn: Connection, timeout: float, own: str | None = None
                 ) -> contextlib.AbstractContextManager[None]:
-    """Hold the tenant's exclusive migration lock on ``conn`` for the duration of the block.
+    """Take the tenant's exclusive migration lock on ``conn``, for the block and until ``conn`` closes.
+
+    The lock is not released at the end of the block: closing the connection releases it (the session ends),
+    and every caller closes it right after the block, so an explicit unlock would only cost a round trip per
+    tenant (issue 13). A caller that keeps the connection open after the block must not rely on it being free.
 
     The lock lives on the connection the tenant is migrated with (issue 11), as a session-level lock
     (PostgreSQL's advisory lock, SQL Server's session-owned app lock; a SQLite file lock is per process). So

@@ -222,14 +222,10 @@ class PostgreSQL(Dialect):
         finally:
             with contextlib.suppress(SQLAlchemyError):
                 conn.rollback()
-        try:
-            yield
-        finally:
-            # Closing the session would release it too; unlocking keeps a connection that lives on clean.
-            with contextlib.suppress(SQLAlchemyError):
-                if not conn.invalidated:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
-                    conn.rollback()
+        # No unlock at the end: the session's end releases it. The unit of work closes the connection right after
+        # the block (NullPool: it really closes), and plain alembic's env.py likewise, so an unlock would be one
+        # more round trip per tenant to a far-away pool for nothing (issue 13).
+        yield
 
     def list_databases(self, template_url: str, query: Callable[[str], list[str]]) -> list[str]:
         return query(DATABASES_SQL)

@@ -54,6 +54,7 @@ import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import queue
 import signal
 import sys
 import threading
@@ -207,28 +208,62 @@ class ProcessStrategy:
                         run.on_done(future)
             finally:
                 slots.shutdown()
+                threads.shutdown()
                 connector.dispose()
         return run.outcome()
 
 
 class DaemonThreads(Executor):
-    """The parent's reads, each in a daemon thread of its own: a read stuck in a dead connection is given up
-    (a stopped run, see the scheduler) without anything waiting for it, at shutdown or at the interpreter's
-    exit (a ``ThreadPoolExecutor`` joins its threads there). The scheduler bounds how many run at once."""
+    """The parent's reads, in daemon threads: a read stuck in a dead connection is given up (a stopped run, see
+    the scheduler) without anything waiting for it, at shutdown or at the interpreter's exit (a
+    ``ThreadPoolExecutor`` joins its threads there). The scheduler bounds how many run at once.
+
+    Threads are reused: a read goes to an idle thread, and a new thread starts only when none is idle (a stuck
+    read keeps its thread; the next read gets another). One thread per read cost a thread start each, about
+    3 ms per tenant of the no-op pass on a busy 2-core machine (profiled: 0.14 s of 0.23 s for 40 tenants).
+    :meth:`shutdown` lets the idle threads end; a stuck one ends with its read, or with the process."""
+
+    _STOP = object()
+
+    def __init__(self) -> None:
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._threads = 0
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
         future: Future = Future()
-
-        def run() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(fn(*args, **kwargs))
-            except BaseException as err:  # noqa: BLE001 - handed to whoever waits for it
-                future.set_exception(err)
-
-        threading.Thread(target=run, name="tenants-read", daemon=True).start()
+        with self._lock:
+            start = self._idle == 0
+            if start:
+                self._threads += 1
+            else:
+                self._idle -= 1
+        self._tasks.put((future, fn, args, kwargs))
+        if start:
+            threading.Thread(target=self._work, name="tenants-read", daemon=True).start()
         return future
+
+    def _work(self) -> None:
+        while True:
+            task = self._tasks.get()
+            if task is self._STOP:
+                return
+            future, fn, args, kwargs = task
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as err:  # noqa: BLE001 - handed to whoever waits for it
+                    future.set_exception(err)
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Let every thread end once it is idle; never waits (a stuck read must not hold the run's end)."""
+        with self._lock:
+            threads, self._threads = self._threads, 0
+        for _ in range(threads):
+            self._tasks.put(self._STOP)
 
 
 def _start_forkserver() -> None:

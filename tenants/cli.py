@@ -38,6 +38,7 @@ from tenants.output.junit import drift_junit, junit_xml, status_junit
 from tenants.output.notify import Target, ci_run_url, notify, parse_target
 from tenants.output.plan import plan_json, plan_markdown, plan_text
 from tenants.runlog import ReportWriter, write_json
+from tenants.secrets import scrub_shapes
 from tenants.selection import Selection, parse_shard
 
 # The verbs' library (and through it Alembic, the engines, the fan-out) loads when a command first uses it, not
@@ -979,7 +980,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.close()
         sys.exit(1)
     except Exception as err:  # noqa: BLE001 - the last resort: one line, never a traceback (locals hold secrets)
-        typer.echo(f"tenants: internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                   " (please report it)", err=True)
+        first = str(err).splitlines()[0] if str(err) else ""
+        # No secret is known here (the settings may not even have loaded): mask what has the shape of one.
+        typer.echo(f"tenants: internal error: {type(err).__name__}: {scrub_shapes(first)} (please report it)",
+                   err=True)
         sys.exit(1)
     sys.exit(interrupts.exit_code(code if isinstance(code, int) else 0))

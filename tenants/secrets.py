@@ -9,6 +9,8 @@ A secret reaches the tool in a database URL's password, inside an ODBC connectio
   percent-encoded); :func:`mask_url` is the only form of a database URL the tool ever prints.
 - :func:`webhook_secrets` lists what of a webhook URL a server might echo back; :func:`mask_webhook` is the
   only form of a webhook URL the tool ever prints (scheme and host).
+- :func:`scrub_shapes` is the last resort where no secret is known (the CLI's internal-error line): it masks
+  whatever has the shape of one (a URL's password, ``password=``/``PWD=`` values, a bearer token or JWT).
 
 The renderers in :mod:`tenants.output` print report data that was scrubbed when it was made: they never see a
 secret, so they have nothing to scrub.
@@ -16,6 +18,7 @@ secret, so they have nothing to scrub.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
 from sqlalchemy.engine import URL, make_url
@@ -86,3 +89,22 @@ def webhook_secrets(url: str) -> tuple[str, ...]:
     found |= {value for _, value in parse_qsl(parts.query) if len(value) >= 8}
     found |= {form for text in list(found) for form in (unquote(text), quote(text, safe=""))}
     return tuple(text for text in found if len(text) > 1)
+
+
+# What a secret looks like where none is known: a URL's password (scheme://user:PASSWORD@), a key=value password
+# (libpq's DSN, ODBC's PWD=, "password": in JSON), a bearer token, a JWT (Entra access tokens are JWTs).
+_SHAPES = (
+    (re.compile(r"(\w[\w+.-]*://[^\s:/@]*:)[^\s@]+(@)"), r"\1***\2"),
+    (re.compile(r"((?:password|passwd|pwd|secret|token|access_token|client_secret)[\"']?\s*[=:]\s*[\"']?)"
+                r"[^\s;,'\"}]+", re.IGNORECASE), r"\1***"),
+    (re.compile(r"(bearer\s+)[\w.~+/=-]+", re.IGNORECASE), r"\1***"),
+    (re.compile(r"eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]+"), "***"),
+)
+
+
+def scrub_shapes(message: str) -> str:
+    """``message`` with everything shaped like a secret masked: for text whose secrets are not known where it is
+    printed (an unexpected error's message). Known secrets go through :func:`scrub` where they are known."""
+    for pattern, replacement in _SHAPES:
+        message = pattern.sub(replacement, message)
+    return message

@@ -143,3 +143,19 @@ def test_alembic_log_lines_from_env_py_file_config_only_with_verbose(sqlite_conf
     assert [line.split()[0] for line in loud[0].stdout.splitlines()[:4]] == ["upgraded"] * 4
     assert loud[0].stderr.count("INFO  [alembic.runtime.migration] Running upgrade a1 -> b2") == 4
     assert "INFO  [alembic.runtime.migration] Running upgrade  -> a1" in loud[1].stderr
+
+
+def test_an_internal_error_is_one_line_with_anything_shaped_like_a_secret_masked(cli, sqlite_config, monkeypatch):
+    """The last resort knows no secret (the settings may not have loaded): what has the shape of one (a URL's
+    password, a PWD= value, a token) is masked in its one line, and there is no traceback."""
+    from tenants import api
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("cannot reach postgresql+psycopg://app:hunter2@db.example.com/t1 (PWD=p@ss; "
+                           "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2ln)\nsecond line")
+
+    monkeypatch.setattr(api, "status", broken)
+    run = cli("--config", str(sqlite_config(["acme"])), "-e", "test", "status")
+    assert run.code == 1
+    assert run.err == ("tenants: internal error: RuntimeError: cannot reach postgresql+psycopg://app:***@db.example.com"
+                       "/t1 (PWD=***; Bearer ***) (please report it)\n")

@@ -15,7 +15,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -184,6 +184,22 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 ShardOpt = Annotated[str | None, typer.Option(
     "--shard", metavar="K/N", help="Only shard K of N (a stable hash of the tenant name): N runners, K=1..N, "
     "cover the fleet exactly once.", show_default=False)]
+
+
+def _check_format(output_format: str, formats: tuple[str, ...]) -> None:
+    """``--format``: one of ``formats``, else one line and exit 2, before anything is read."""
+    if output_format not in formats:
+        raise UsageError(f"--format {output_format}: use {', '.join(formats[:-1])} or {formats[-1]}")
+
+
+def _echo_report(output_format: str, report, renderers: dict[str, Callable]) -> None:
+    """Print ``report`` with the renderer of ``output_format``: ``json`` renders data (printed as JSON), the
+    others text that ends its own lines."""
+    rendered = renderers[output_format](report)
+    if output_format == "json":
+        typer.echo(terminal.to_json(rendered))
+    else:
+        typer.echo(rendered, nl=False)
 
 
 def _selection(tenant, exclude, tag, shard: str | None = None) -> Selection:
@@ -589,16 +605,10 @@ def drift(
     fingerprint; each drifted one with its differences. Exit 1 on any drift (or a tenant that cannot be
     checked), 0 when every tenant matches."""
     obj: Context = ctx.obj
-    if output_format not in ("text", "markdown", "json"):
-        raise UsageError(f"--format {output_format}: use text, markdown or json")
+    _check_format(output_format, ("text", "markdown", "json"))
     _check_report_path(junit, "--junit")
     report = api.drift(obj.settings(), _selection(tenant, exclude, tag, shard))
-    if output_format == "json":
-        typer.echo(terminal.to_json(drift_json(report)))
-    elif output_format == "markdown":
-        typer.echo(drift_markdown(report), nl=False)
-    else:
-        typer.echo(drift_text(report), nl=False)
+    _echo_report(output_format, report, {"json": drift_json, "markdown": drift_markdown, "text": drift_text})
     files = Files()
     files.write("--junit", junit, drift_junit(report))
     if files.failed and report.ok:
@@ -624,16 +634,10 @@ def plan(
     """What an upgrade would do: tenants grouped by current revision, the revisions each group gets.
     Exit 1 if a tenant is unreachable, unmanaged or at an unknown revision, or drifted with check_schema = true."""
     obj: Context = ctx.obj
-    if output_format not in ("text", "markdown", "json"):
-        raise UsageError(f"--format {output_format}: use text, markdown or json")
+    _check_format(output_format, ("text", "markdown", "json"))
     selection = _selection(tenant, exclude, tag, shard)
     result = plan_module.plan(obj.settings(), revision, selection, with_sql=sql, schema=schema)
-    if output_format == "json":
-        typer.echo(terminal.to_json(plan_json(result)))
-    elif output_format == "markdown":
-        typer.echo(plan_markdown(result), nl=False)
-    else:
-        typer.echo(plan_text(result), nl=False)
+    _echo_report(output_format, result, {"json": plan_json, "markdown": plan_markdown, "text": plan_text})
     raise typer.Exit(0 if result.ok else 1)
 
 
@@ -760,8 +764,7 @@ def adopt(
     `adopted`). Tenants that match nothing are never touched. Exit 0 if every unmanaged tenant matched (or was
     adopted), 1 otherwise."""
     obj: Context = ctx.obj
-    if output_format not in ("text", "json"):
-        raise UsageError(f"--format {output_format}: use text or json")
+    _check_format(output_format, ("text", "json"))
     plan = api.prepare_adopt(obj.settings(), _selection(tenant, exclude, tag))
     report = plan.run() if yes else plan.report()
     typer.echo(adopt_json(report) if output_format == "json" else adopt_text(report))
@@ -828,15 +831,9 @@ def check(
     (upgrade, downgrade, upgrade) and reruns on scratch databases (SQLite, and PostgreSQL when there is one),
     the offline T-SQL guarded and parseable, and the pool-safety lint. Exit 1 on any error finding."""
     obj: Context = ctx.obj
-    if output_format not in CHECK_FORMATS:
-        raise UsageError(f"--format {output_format}: use {', '.join(CHECK_FORMATS)}")
+    _check_format(output_format, CHECK_FORMATS)
     report = api.check(obj.settings(), tuple(revisions or ()), everything=everything, base=base, postgres=postgres)
-    if output_format == "json":
-        typer.echo(terminal.to_json(check_json(report)))
-    elif output_format == "github":
-        typer.echo(check_github(report), nl=False)
-    else:
-        typer.echo(check_text(report), nl=False)
+    _echo_report(output_format, report, {"json": check_json, "github": check_github, "text": check_text})
     _step_summary(check_markdown(report))
     raise typer.Exit(0 if report.ok else 1)
 

@@ -299,23 +299,29 @@ def _migrate(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
             progress.unsure = (current, frozenset(_moved(revisions, job, current, (job.target,) if job.target
                                                          else ())))
         else:
-            progress.add(_moved(revisions, job, current, after))
-            if recorder is not None:
-                with contextlib.suppress(Exception):  # best effort: never masks the failure
-                    recorder.applied_afterwards(engine, revisions.steps_between(job.operation, current, after))
+            with contextlib.suppress(Exception):  # best effort: never masks the failure
+                _took(job, revisions, recorder, engine, progress, current, after)
         raise
     # Only the tenant's own version table says where it is: an env.py that migrated another database
     # (its own settings URL) or another version table returns as happily as one that did the work.
     after, locked = _read_after(tenant, job, connector, conn)
     progress.saw_or_lost(after)
     if after is not None:
-        progress.add(_moved(revisions, job, current, after) if job.operation != "stamp" else applied)
-        if recorder is not None:
-            recorder.applied_afterwards(engine, revisions.steps_between(job.operation, current, after))
+        _took(job, revisions, recorder, engine, progress, current, after, stamped=applied)
     if not locked:
         raise LockLost("the session holding the tenant's lock ended while env.py ran")
     if not _reached(after, job, applied):
         raise _Outcome(Status.FAILED, after or (), _missed(current, after, job))
+
+
+def _took(job: Job, revisions: Revisions, recorder: Recorder | None, engine: Engine, progress: _Progress,
+          current: tuple[str, ...], after: tuple[str, ...], stamped: list[str] | tuple[str, ...] = ()) -> None:
+    """What the read after env.py shows this attempt did, from ``current`` to ``after``: the revisions this run
+    applied (a stamp applies none: ``stamped``, what Alembic ran, is reported), and history rows for the steps
+    ``on_version_apply`` did not see (an env.py that does not pass the callback on)."""
+    progress.add(stamped if job.operation == "stamp" else _moved(revisions, job, current, after))
+    if recorder is not None:
+        recorder.applied_afterwards(engine, revisions.steps_between(job.operation, current, after))
 
 
 def _check_adopt(conn, current: tuple[str, ...], job: Job) -> None:
@@ -450,7 +456,7 @@ def _read_after(tenant: Tenant, job: Job, connector: Connector, conn) -> tuple[t
             raise RuntimeError("connection invalidated")
         conn.rollback()
         known_tables(conn, {})
-        autocommit(conn)  # the read, and the unlock after it: one round trip each
+        autocommit(conn)  # the read: one round trip, no BEGIN/ROLLBACK
         return _read_raw(conn, job), True
     except Exception:  # noqa: BLE001
         try:

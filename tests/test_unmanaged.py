@@ -64,6 +64,9 @@ def test_tool_tables_alone_do_not_make_a_database_unmanaged(sqlite_config, tmp_p
     assert tables(tmp_path / "db" / "early.db") == {"tenants_pin"}
     row = api.status(settings).tenants[0]
     assert row.state is State.NEW and row.pin is not None
+    # Pinned before its first migration, it stays out of fleet upgrades like any pinned tenant.
+    assert api.upgrade(settings).results[0].status is Status.PINNED
+    assert tables(tmp_path / "db" / "early.db") == {"tenants_pin"}
     api.unpin(settings, "early")
     assert api.upgrade(settings).results[0].status is Status.UPGRADED
 

@@ -217,24 +217,26 @@ class Dialect:
         Dialects override it with one statement that never fails on a missing table."""
         from sqlalchemy import text
 
+        versions: tuple[str, ...] | None
         try:
             versions = tuple(sorted(conn.execute(text(f"SELECT version_num FROM {version_table}")).scalars()))
         except DBAPIError as err:
             conn.rollback()
             if not self.is_missing_table(dbapi_error(err)):
                 raise
-            return TenantState(None, tuple(self.tables(conn)))
+            versions = None
         conn.rollback()
+        tables = () if versions is not None else tuple(self.tables(conn))
         if not pin:
-            return TenantState(versions)
-        try:
+            return TenantState(versions, tables)
+        try:  # a tenant can be pinned before its first migration: read it with or without a version table
             row = conn.execute(text(f"SELECT reason, pinned_by, pinned_at FROM {pin_table}")).first()
         except DBAPIError as err:
             conn.rollback()
             if not self.is_missing_table(dbapi_error(err)):
                 raise
             row = None
-        return TenantState(versions, (), tuple(row) if row else None, None)
+        return TenantState(versions, tables, tuple(row) if row else None, None)
 
     def tables(self, conn: Connection) -> list[str]:
         """The database's own tables and views (see :func:`tenants.db.schema_tables`), unfiltered."""

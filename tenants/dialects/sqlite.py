@@ -91,12 +91,14 @@ class SQLite(Dialect):
             return super().read_state(conn, version_table, pin_table, history_table, pin=pin)
         tables = list(conn.execute(text(TABLES_SQL)).scalars())
         present = {name.lower() for name in tables}
-        if version_table.lower() not in present:
-            return TenantState(None, tuple(tables), None, history_table.lower() in present)
-        versions = tuple(sorted(conn.execute(text(f"SELECT version_num FROM {version_table}")).scalars()))
+        versioned = version_table.lower() in present
+        versions = (tuple(sorted(conn.execute(text(f"SELECT version_num FROM {version_table}")).scalars()))
+                    if versioned else None)
+        # A tenant can be pinned before its first migration (a new database with only the pin table).
         row = (conn.execute(text(f"SELECT reason, pinned_by, pinned_at FROM {pin_table}")).first()
                if pin and pin_table.lower() in present else None)
-        return TenantState(versions, (), tuple(row) if row else None, history_table.lower() in present)
+        return TenantState(versions, () if versioned else tuple(tables), tuple(row) if row else None,
+                           history_table.lower() in present)
 
     @contextlib.contextmanager
     def lock(self, conn: Connection, timeout: float, own: str | None = None) -> Iterator[None]:

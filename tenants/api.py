@@ -24,12 +24,14 @@ from tenants.config import Settings
 from tenants.db import (
     Connector,
     NoVersionTable,
+    TenantState,
+    autocommit,
     describe_error,
     has_lock,
     missing_file,
+    read_state,
     read_version,
     schema_snapshot,
-    schema_tables,
 )
 from tenants.dialects import placeholder_urls
 from tenants.engine import baseline as baseline_module
@@ -47,10 +49,11 @@ from tenants.engine.fanout import (
     noting_signals,
     signal_name,
 )
+from tenants.engine.pins import TABLE as PIN_TABLE
 from tenants.engine.pins import Pin, read_pin
 from tenants.engine.pressure import ElasticPoolPressure, PressureGate
 from tenants.engine.revisions import Operation, Revisions
-from tenants.engine.unit import Job, own_tables, position_key, unmanaged_reason, version_rows_problem
+from tenants.engine.unit import Job, foreign_tables, own_tables, position_key, unmanaged_reason, version_rows_problem
 from tenants.errors import (
     ConfigError,
     ExpectedSchemaError,
@@ -175,31 +178,30 @@ class TenantRead:
 def read_tenants(settings: Settings, tenants: list[Tenant], *, snapshots: bool = False) -> list[TenantRead]:
     """Each tenant's :class:`TenantRead`, in order, read in threads: reads with no Alembic context, which is
     what may run in threads (the concurrency rule: :mod:`tenants.engine.fanout.process`). A tenant at a revision
-    costs one connection and two queries (version, pin); a database without a version table one more (its
-    tables). A SQLite file that does not exist yet is a new tenant, and is not opened (that would create it).
-    Shared by ``status``, ``verify`` and ``plan``. ``snapshots``: a tenant with a recorded revision also gets its
-    schema read (one more query: :func:`tenants.db.schema_snapshot`), for the drift check of ``plan``."""
+    costs one connection and one statement where the dialect can (:func:`tenants.db.read_state`: version, pin,
+    and the tables of a database without a version table). A SQLite file that does not exist yet is a new
+    tenant, and is not opened (that would create it). Shared by ``status``, ``verify`` and ``plan``.
+    ``snapshots``: a tenant with a recorded revision also gets its schema read (one more query:
+    :func:`tenants.db.schema_snapshot`), for the drift check of ``plan``."""
     env = settings.environment
 
-    def one(conn, own: tuple[str, ...]) -> TenantRead:
-        tables: list[str] = []
-        try:
-            current = read_version(conn, env.version_table)
-        except NoVersionTable:
-            current = ()
-            if env.unmanaged == "report":
-                tables = schema_tables(conn, own)
+    def one(conn, state: TenantState, own: tuple[str, ...]) -> TenantRead:
+        current = state.versions or ()
+        tables = foreign_tables(state, own) if state.versions is None and env.unmanaged == "report" else []
         snapshot = schema_snapshot(conn, own) if snapshots and current else None
-        return TenantRead(current, read_pin(conn), tuple(tables), snapshot=snapshot)
+        return TenantRead(current, Pin.of_row(state.pin), tuple(tables), snapshot=snapshot)
 
     return _read_each(settings, tenants, one, TenantRead(), lambda error: TenantRead(error=error))
 
 
-def _read_each(settings: Settings, tenants: list[Tenant], read: Callable[[Connection, tuple[str, ...]], T],
-               new: T, unreachable: Callable[[str], T]) -> list[T]:
-    """``read(conn, own_tables)`` of each tenant, in order, in ``concurrency`` threads: the one way the reading
-    verbs (status, verify, plan, drift, adopt) look at a fleet. Reads with no Alembic context are what may run
-    in threads (the concurrency rule: :mod:`tenants.engine.fanout.process`); each tenant gets one connection
+def _read_each(settings: Settings, tenants: list[Tenant],
+               read: Callable[[Connection, TenantState, tuple[str, ...]], T], new: T,
+               unreachable: Callable[[str], T]) -> list[T]:
+    """``read(conn, state, own_tables)`` of each tenant, in order, in ``concurrency`` threads: the one way the
+    reading verbs (status, verify, plan, drift, adopt) look at a fleet. ``state`` is what
+    :func:`tenants.db.read_state` reads first, in autocommit (one statement where the dialect can). Reads with
+    no Alembic context are what may run in threads (the concurrency rule: :mod:`tenants.engine.fanout.process`);
+    each tenant gets one connection
     with the read deadline on every statement (``Connector.engine(reads=True)``). A SQLite file that does not
     exist yet is ``new`` and is not opened (that would create it); a tenant that cannot be read is
     ``unreachable(why)``, password-free: a state, not a crash."""
@@ -213,7 +215,8 @@ def _read_each(settings: Settings, tenants: list[Tenant], read: Callable[[Connec
             return new
         try:
             with connector.engine(tenant.url, must_exist=must_exist, reads=True) as engine, engine.connect() as conn:
-                return read(conn, own)
+                autocommit(conn)
+                return read(conn, read_state(conn, env.version_table, PIN_TABLE, env.history_table), own)
         except Exception as err:  # noqa: BLE001 - an unreachable tenant is a state, not a crash
             return unreachable(describe_error(err, tenant.all_secrets))
 
@@ -309,14 +312,9 @@ def read_schemas(settings: Settings, tenants: list[Tenant]) -> list[SchemaRead]:
     """Each tenant's :class:`SchemaRead`, in order, read in threads as :func:`read_tenants` reads (no Alembic
     context, the read deadline on every statement): one connection and two queries per tenant, the version
     table and the snapshot (one catalog query, :func:`tenants.db.schema_snapshot`)."""
-    env = settings.environment
 
-    def one(conn, own: tuple[str, ...]) -> SchemaRead:
-        try:
-            current, versioned = read_version(conn, env.version_table), True
-        except NoVersionTable:
-            current, versioned = (), False
-        return SchemaRead(current, versioned, schema_snapshot(conn, own))
+    def one(conn, state: TenantState, own: tuple[str, ...]) -> SchemaRead:
+        return SchemaRead(state.versions or (), state.versions is not None, schema_snapshot(conn, own))
 
     return _read_each(settings, tenants, one, SchemaRead(versioned=False), lambda error: SchemaRead(error=error))
 
@@ -849,13 +847,11 @@ def _look(settings: Settings, tenants: list[Tenant]) -> list[_Look]:
     """Each tenant's :class:`_Look`, read in threads (reads only, as :func:`read_tenants`): the version table
     with one query and, without one, the tables with a second and the snapshot with a third (one catalog
     query, :func:`tenants.db.schema_snapshot`). A SQLite file that does not exist yet is not opened."""
-    env = settings.environment
 
-    def one(conn, own: tuple[str, ...]) -> _Look:
-        try:
-            return _Look(read_version(conn, env.version_table))
-        except NoVersionTable:
-            return _Look(None, schema_snapshot(conn, own) if schema_tables(conn, own) else None)
+    def one(conn, state: TenantState, own: tuple[str, ...]) -> _Look:
+        if state.versions is not None:
+            return _Look(state.versions)
+        return _Look(None, schema_snapshot(conn, own) if foreign_tables(state, own) else None)
 
     return _read_each(settings, tenants, one, _Look(), lambda error: _Look(error=error))
 

@@ -39,6 +39,17 @@ class Pin:
     def describe(self) -> str:
         return f"pinned by {self.pinned_by or '?'} on {self.pinned_at:%Y-%m-%d %H:%M} UTC: {self.reason}"
 
+    @classmethod
+    def of_row(cls, row: tuple | None) -> Pin | None:
+        """The pin of a row (reason, pinned_by, pinned_at) as :func:`tenants.db.read_state` reads it; None for
+        none. SQLite hands the time back as text."""
+        if row is None:
+            return None
+        reason, pinned_by, pinned_at = row
+        if isinstance(pinned_at, str):
+            pinned_at = datetime.fromisoformat(pinned_at)
+        return cls(reason, pinned_by, pinned_at)
+
 
 def read_pin(conn: sa.Connection, name: str = TABLE) -> Pin | None:
     """The tenant's pin, with one query; None when there is none (or no pin table yet). Ends the

@@ -36,7 +36,6 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from sqlalchemy.engine import Engine
 
@@ -264,7 +263,7 @@ def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
                 if job.adopt is not None:
                     _check_adopt(conn, current, job)
                 if job.operation == "upgrade" and state.pin is not None:  # only tenants with work get here
-                    raise _Outcome(Status.PINNED, current, _pin(state.pin).describe())
+                    raise _Outcome(Status.PINNED, current, Pin.of_row(state.pin).describe())
                 if job.expected is not None:  # check_schema: before env.py, so no guard papers over drift
                     _check_schema(conn, job, current)
                 _migrate(tenant, job, revisions, connector, engine, conn, state, progress)
@@ -384,8 +383,7 @@ def _read(conn, job: Job, *, pin: bool = False) -> TenantState:
     """
     state = read_state(conn, job.version_table, PIN_TABLE, job.history_table, pin=pin)
     if state.versions is None and job.operation == "upgrade" and job.unmanaged == "report":
-        skip = {name.lower() for name in job.own_tables()}
-        tables = sorted(name for name in state.tables if name.lower() not in skip)
+        tables = foreign_tables(state, job.own_tables())
         if tables:
             raise _Outcome(Status.UNMANAGED, (), unmanaged_reason(tables, job.version_table))
     return state
@@ -396,16 +394,16 @@ def _position(state: TenantState) -> tuple[str, ...]:
     return state.versions or ()
 
 
-def _pin(row: tuple) -> Pin:
-    reason, pinned_by, pinned_at = row
-    if isinstance(pinned_at, str):  # SQLite hands back its text
-        pinned_at = datetime.fromisoformat(pinned_at)
-    return Pin(reason, pinned_by, pinned_at)
-
-
 def own_tables(version_table: str, history_table: str) -> tuple[str, ...]:
     """Tables the tool itself may have created in a tenant: they do not make a database unmanaged."""
     return (version_table, history_table, PIN_TABLE)
+
+
+def foreign_tables(state: TenantState, own: tuple[str, ...]) -> list[str]:
+    """The tables and views of a database without a version table that are not the tool's own, sorted: any
+    makes it `unmanaged` (a schema Alembic never recorded)."""
+    skip = {name.lower() for name in own}
+    return sorted(name for name in state.tables if name.lower() not in skip)
 
 
 def unmanaged_reason(tables: list[str], version_table: str) -> str:

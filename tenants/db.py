@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "Connector", "LockNotAcquired", "NoVersionTable", "Sessions", "TenantState", "TransientLockError", "autocommit",
     "describe_error", "has_lock", "is_missing_table", "is_throttling", "is_transient", "known_tables", "make_engine",
-    "missing_file", "permission_denied", "read_state", "read_version", "schema_snapshot", "schema_tables",
+    "missing_file", "permission_denied", "read_state", "read_version", "schema_snapshot",
     "sqlstate_of", "tenant_lock",
 ]
 
@@ -237,31 +237,6 @@ def _forget_known_tables(conn, _cursor, statement, _parameters, _context, _execu
         conn.info.pop(_KNOWN, None)
 
 
-# Tables a database can hold before any migration without being someone else's schema: nothing else. The
-# query (each dialect's ``tables_sql``) lists every user table of the database (every schema), since a
-# customer's tables outside the default schema are just as much a schema Alembic never created. Tables of the
-# default schema come back bare, others as ``schema.table``, so the tool's own tables (pin, history) can be left
-# out by name.
-
-def schema_tables(conn: Connection, exclude: tuple[str, ...] = ()) -> list[str]:
-    """The database's own tables and views, sorted, leaving out ``exclude`` (the tool's own tables): one
-    query, asked only of a database without a version table, to tell a new database (nothing there) from an
-    unmanaged one (a schema that Alembic never recorded). Ends the transaction it opened."""
-    sql = dialect_for(conn.dialect.name).tables_sql
-    try:
-        if sql is None:  # another dialect: SQLAlchemy's inspector, several round trips but correct
-            from sqlalchemy import inspect
-
-            inspector = inspect(conn)
-            names = inspector.get_table_names() + inspector.get_view_names()
-        else:
-            names = list(conn.execute(text(sql)).scalars())
-    finally:
-        conn.rollback()
-    skip = {name.lower() for name in exclude}
-    return sorted(name for name in names if name.lower() not in skip)
-
-
 def schema_snapshot(conn: Connection, exclude: tuple[str, ...] = ()) -> Snapshot:
     """The schema of the tenant's database as plain data (:class:`tenants.snapshot.Snapshot`): its default
     schema's tables (columns, keys, indexes, constraints) and views, leaving out ``exclude`` (the version
@@ -270,7 +245,7 @@ def schema_snapshot(conn: Connection, exclude: tuple[str, ...] = ()) -> Snapshot
     One round trip on SQLite, PostgreSQL and SQL Server: each dialect has one catalog query that returns the
     whole schema as one JSON document (:meth:`tenants.dialects.Dialect.snapshot`), because a snapshot is
     taken of every tenant of a fleet and the inspector's query-per-table-per-kind would cost hundreds of round
-    trips each. Ends the transaction it opened, like :func:`schema_tables`."""
+    trips each. Ends the transaction it opened, like :func:`read_state`."""
     try:
         return dialect_for(conn.dialect.name).snapshot(conn, exclude)
     finally:

@@ -109,7 +109,7 @@ class TenantState:
 
     ``versions``: the version table's rows, sorted; None when there is no version table (a new or unmanaged
     database). ``tables``: with no version table, the database's own tables and views (every schema, those of
-    the default schema bare, see :func:`tenants.db.schema_tables`), unfiltered; () otherwise. ``pin``: the pin
+    the default schema bare, see :meth:`Dialect.tables`), unfiltered; () otherwise. ``pin``: the pin
     table's row (reason, pinned_by, pinned_at), None without one. ``history``: whether the history table
     exists; None when this dialect did not look (then whoever writes it checks first).
     """
@@ -239,7 +239,11 @@ class Dialect:
         return TenantState(versions, tables, tuple(row) if row else None, None)
 
     def tables(self, conn: Connection) -> list[str]:
-        """The database's own tables and views (see :func:`tenants.db.schema_tables`), unfiltered."""
+        """The database's own tables and views, unfiltered: asked of a database without a version table, to tell
+        a new one (nothing but the tool's own tables, :func:`tenants.engine.unit.foreign_tables`) from an
+        unmanaged one (a schema Alembic never recorded). Every schema counts, since a customer's tables outside
+        the default schema are just as much a schema Alembic never created; tables of the default schema come
+        back bare, others as ``schema.table``, so the tool's own tables can be left out by name."""
         if self.tables_sql is None:  # the inspector: several round trips, but correct
             from sqlalchemy import inspect
 

@@ -96,7 +96,7 @@ def unquote(name: str) -> str:
 
 def excluded(exclude: Iterable[str]) -> list[str]:
     """The excluded table names, lower case: every catalog query compares them case-insensitively (like
-    :func:`tenants.db.schema_tables`)."""
+    :meth:`tenants.dialects.Dialect.tables`)."""
     return sorted({name.lower() for name in exclude})
 
 

@@ -189,7 +189,7 @@ def idempotent_script(sql: str, version_table: str = "alembic_version") -> str:
 
 # --- the dialect --------------------------------------------------------------------------------------------
 
-# Every user table of the database (every schema): see tenants.db.schema_tables.
+# Every user table of the database (every schema): see Dialect.tables.
 TABLES_SQL = (
     "SELECT CASE WHEN s.name = SCHEMA_NAME() THEN o.name ELSE s.name + '.' + o.name END "
     "FROM sys.objects AS o JOIN sys.schemas AS s ON s.schema_id = o.schema_id "

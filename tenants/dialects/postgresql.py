@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 # same key in two tenant databases never collides, while two runs on the same tenant do.
 LOCK_KEY = int.from_bytes(b"tenants!", "big") & 0x7FFF_FFFF_FFFF_FFFF
 
-# Every user table of the database (every schema): see tenants.db.schema_tables.
+# Every user table of the database (every schema): see Dialect.tables.
 TABLES_SQL = (
     "SELECT CASE WHEN n.nspname = current_schema() THEN c.relname ELSE n.nspname || '.' || c.relname END "
     "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "

@@ -113,6 +113,8 @@ class Environment:
     idle_in_transaction_timeout: float = 300.0
     statement_timeout: float = 0.0
     read_timeout: float = 30.0
+    # PostgreSQL over psycopg 3: a migration's DDL goes with its next statement (tenants.dialects.psycopg_batch).
+    batch_statements: bool = True
     maintenance_database: str = "postgres"  # where `source = "server"` lists pg_database
     # The expected schemas (tenants.engine.expected): "build" them on a scratch database (SQL Server: only in
     # `reference_database`, else consensus), or "consensus" of the fleet; cached under `schema_cache` (None:
@@ -141,7 +143,7 @@ class Environment:
     def sessions(self) -> Sessions:
         """The connection settings of this environment, as plain data for the engines of every process."""
         return Sessions(self.ddl_lock_timeout, self.network_timeout, self.idle_in_transaction_timeout,
-                        self.statement_timeout, self.read_timeout)
+                        self.statement_timeout, self.read_timeout, batch_statements=self.batch_statements)
 
     @property
     def dialect(self) -> str:
@@ -238,6 +240,7 @@ KEYS: dict[str, Key] = {
     "idle_in_transaction_timeout": Key((int, float), 300.0, not_negative=True),
     "statement_timeout": Key((int, float), 0.0, not_negative=True),
     "read_timeout": Key((int, float), 30.0, not_negative=True),
+    "batch_statements": Key(bool, True),
     "maintenance_database": Key(str, "postgres"),
     "expected_schema": Key(str, "build", choices=EXPECTED_SCHEMA),
     "reference_database": Key(str),
@@ -396,6 +399,7 @@ def _environment(
         lock_timeout=float(t.get("lock_timeout")),
         ddl_lock_timeout=float(t.values.get("ddl_lock_timeout", dialect.ddl_lock_timeout)),
         **{key: float(t.get(key)) for key in _SESSION_KEYS},
+        batch_statements=t.get("batch_statements"),
         maintenance_database=t.get("maintenance_database"),
         expected_schema=t.get("expected_schema"),
         reference_database=t.get("reference_database"),

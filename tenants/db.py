@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
 from tenants.dialects import LockNotAcquired, Sessions, TransientLockError, dialect_for, dialect_of_error
-from tenants.dialects.base import DEFAULT_SESSIONS, TenantState, dbapi_error
+from tenants.dialects.base import DEFAULT_SESSIONS, DEFER, TenantState, dbapi_error
 from tenants.secrets import scrub
 from tenants.snapshot import Snapshot
 
@@ -30,10 +30,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from tenants.dialects.entra import TokenCache
 
 __all__ = [
-    "Connector", "LockNotAcquired", "NoVersionTable", "Sessions", "TenantState", "TransientLockError", "autocommit",
-    "describe_error", "has_lock", "is_missing_table", "is_throttling", "is_transient", "known_tables", "make_engine",
-    "missing_file", "permission_denied", "read_state", "read_version", "schema_snapshot",
-    "sqlstate_of", "tenant_lock",
+    "DEFER", "Connector", "LockNotAcquired", "NoVersionTable", "Sessions", "TenantState", "TransientLockError",
+    "autocommit", "describe_error", "has_lock", "is_missing_table", "is_throttling", "is_transient", "known_tables",
+    "locked_state", "make_engine", "missing_file", "permission_denied", "read_state", "read_version",
+    "schema_snapshot", "sqlstate_of", "tenant_lock",
 ]
 
 
@@ -121,6 +121,8 @@ class Connector:
         if engine is None:
             engine = self._engines[key, reads] = dialect.make_engine(make_url(key), sessions=sessions)
             dialect.route_connections(engine, lambda: self._database.get() or self._SHARED)
+            if not reads and sessions.batch_statements:  # a migration's DDL with its next statement (issue 13)
+                dialect.batch_statements(engine)
         token = self._database.set(parsed.database)
         try:
             yield engine
@@ -284,6 +286,15 @@ def tenant_lock(conn: Connection, timeout: float, own: str | None = None
     a dialect without one yields no lock (the API refuses to migrate it, see :func:`has_lock`).
     """
     return dialect_for(conn.dialect.name).lock(conn, timeout, own)
+
+
+def locked_state(conn: Connection, timeout: float, own: str | None, version_table: str, pin_table: str,
+                 history_table: str, *, pin: bool = True) -> contextlib.AbstractContextManager[TenantState]:
+    """:func:`tenant_lock`, then :func:`read_state` under it, for the block: the block gets the state. One round
+    trip where the dialect can send both statements at once (PostgreSQL over psycopg 3, issue 13), two
+    elsewhere (:meth:`tenants.dialects.Dialect.locked_state`)."""
+    return dialect_for(conn.dialect.name).locked_state(conn, timeout, own, (version_table, pin_table, history_table),
+                                                       pin=pin)
 
 
 # --- error classification ----------------------------------------------------------------------------------

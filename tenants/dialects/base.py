@@ -66,6 +66,11 @@ Connect = Callable[[URL], contextlib.AbstractContextManager[Engine]]  # an engin
 Fail = Callable[..., Exception]  # config's `fail(message, key)`: the error to raise, naming file and line
 
 
+# Execution option of a statement the tool sends and reads nothing back from (its history row): a dialect that
+# batches statements (Dialect.batch_statements) may send it with the next one that needs an answer.
+DEFER = "tenants_defer"
+
+
 @dataclass(frozen=True)
 class Sessions:
     """How the tool's connections protect themselves and the customer's database (the environment keys of the
@@ -90,6 +95,10 @@ class Sessions:
     # ``tenants <run id>``, so an operator can see which run holds a tenant, and a retry can tell a stale
     # session of its own run from another run (see Dialect.lock). None: the driver's default.
     application_name: str | None = None
+    # Whether a migration connection holds back the statements nobody reads an answer from (DDL, the history
+    # row) and sends them with the next one that needs an answer: PostgreSQL over psycopg 3 only
+    # (tenants.dialects.psycopg_batch). Off: every statement is its own round trip, as with plain Alembic.
+    batch_statements: bool = True
 
     def reading(self) -> Sessions:
         """The settings of a connection that only reads (prechecks, discovery): every statement has a deadline."""
@@ -172,6 +181,11 @@ class Dialect:
         """Point each new connection of a shared engine at ``database()`` (only if :attr:`shares_engine`)."""
         raise NotImplementedError(f"{self.name or 'this'} dialect does not share engines")
 
+    def batch_statements(self, engine: Engine) -> None:
+        """Have ``engine``'s migration connections send the statements nobody reads an answer from together with
+        the next one that needs an answer, where the dialect's driver can (PostgreSQL over psycopg 3). Called
+        after :meth:`route_connections`; the default changes nothing."""
+
     def missing_file(self, url: URL) -> bool:
         """True when connecting would create the database (a file that does not exist)."""
         return False
@@ -190,6 +204,18 @@ class Dialect:
         No lock here: the API refuses to migrate a dialect without one (:attr:`can_lock`); plain Alembic gets
         none either."""
         yield
+
+    @contextlib.contextmanager
+    def locked_state(self, conn: Connection, timeout: float, own: str | None, tables: tuple[str, str, str], *,
+                     pin: bool = True) -> Iterator[TenantState]:
+        """:meth:`lock`, then :meth:`read_state` of ``tables`` (version, pin, history) under it: the block gets the
+        state. Here two round trips; a dialect that can send both at once overrides it (PostgreSQL)."""
+        with self.lock(conn, timeout, own):
+            try:
+                state = self.read_state(conn, *tables, pin=pin)
+            finally:
+                conn.rollback()
+            yield state
 
     # --- catalog -----------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
@@ -90,6 +91,35 @@ STATE_SQL = (
 )
 
 
+# The lock's and the state's statements for psycopg itself (its placeholders), sent in one pipeline.
+_LOCK_PSYCOPG = "SELECT pg_try_advisory_lock(%s)"
+_STATE_PSYCOPG = re.sub(r"(?<!:):(\w+)", r"%(\1)s", STATE_SQL.replace("%", "%%"))
+
+
+def _state_params(version_table: str, pin_table: str, history_table: str) -> dict[str, str]:
+    return {"version_table": version_table, "pin_table": pin_table, "history_table": history_table}
+
+
+def _state_of(row) -> TenantState:
+    """The tenant's state from :data:`STATE_SQL`'s row (its columns by name)."""
+    versions = _xml_rows(row.versions)
+    pins = _xml_rows(row.pin)
+    found = None
+    if pins:
+        first = pins[0]
+        at = first.get("pinned_at")
+        found = (first.get("reason", ""), first.get("pinned_by"), datetime.fromisoformat(at) if at else None)
+    return TenantState(
+        None if versions is None else tuple(sorted(r.get("version_num", "") for r in versions)),
+        tuple(row.tables or ()), found, bool(row.history))
+
+
+def _pipelines(raw) -> bool:
+    """Whether ``raw`` (a DB-API connection) is psycopg 3's, in autocommit: statements can share a round trip."""
+    psycopg = sys.modules.get("psycopg")  # loaded if raw is one of its connections
+    return psycopg is not None and isinstance(raw, psycopg.Connection) and raw.autocommit
+
+
 def _xml_rows(document: str | None) -> list[dict[str, str]] | None:
     """The rows of table_to_xml's document, each column (of those not NULL) by name; None for no table."""
     if document is None:
@@ -130,18 +160,28 @@ class PostgreSQL(Dialect):
     def read_state(self, conn: Connection, version_table: str, pin_table: str, history_table: str, *,
                    pin: bool = True) -> TenantState:
         """One statement, one round trip, whatever exists (:data:`STATE_SQL`)."""
-        row = conn.execute(text(STATE_SQL), {"version_table": version_table, "pin_table": pin_table,
-                                             "history_table": history_table}).one()
-        versions = _xml_rows(row.versions)
-        pins = _xml_rows(row.pin)
-        found = None
-        if pins:
-            first = pins[0]
-            at = first.get("pinned_at")
-            found = (first.get("reason", ""), first.get("pinned_by"), datetime.fromisoformat(at) if at else None)
-        return TenantState(
-            None if versions is None else tuple(sorted(r.get("version_num", "") for r in versions)),
-            tuple(row.tables or ()), found, bool(row.history))
+        return _state_of(conn.execute(text(STATE_SQL), _state_params(version_table, pin_table, history_table)).one())
+
+    @contextlib.contextmanager
+    def locked_state(self, conn: Connection, timeout: float, own: str | None, tables: tuple[str, str, str], *,
+                     pin: bool = True) -> Iterator[TenantState]:
+        """The lock and the state in one round trip on psycopg 3 in autocommit (the unit of work's case): both
+        statements go in one pipeline, the read after the lock's, so it runs under the lock if the lock was
+        taken; if it was not, the read is dropped and :meth:`lock` waits as usual, then the state is read."""
+        raw = conn.connection.dbapi_connection
+        if _pipelines(raw):
+            from psycopg.rows import namedtuple_row
+
+            with raw.pipeline():
+                lock = raw.cursor()
+                lock.execute(_LOCK_PSYCOPG, (LOCK_KEY,))
+                read = raw.cursor(row_factory=namedtuple_row)
+                read.execute(_STATE_PSYCOPG, _state_params(*tables))
+            if lock.fetchone()[0]:
+                yield _state_of(read.fetchone())
+                return
+        with super().locked_state(conn, timeout, own, tables, pin=pin) as state:
+            yield state
 
     def make_engine(self, url: URL, *, must_exist: bool = False, tokens: TokenCache | None = None,
                     sessions: Sessions = DEFAULT_SESSIONS) -> Engine:
@@ -194,6 +234,12 @@ class PostgreSQL(Dialect):
             cparams["dbname"] = database()
 
         event.listen(engine, "do_connect", _choose_database)
+
+    def batch_statements(self, engine: Engine) -> None:
+        if engine.dialect.driver == "psycopg":  # psycopg 3's pipeline mode; psycopg2 has none
+            from tenants.dialects import psycopg_batch
+
+            psycopg_batch.batch_statements(engine)
 
     @contextlib.contextmanager
     def lock(self, conn: Connection, timeout: float, own: str | None = None) -> Iterator[None]:

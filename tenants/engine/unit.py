@@ -50,10 +50,10 @@ from tenants.db import (
     is_throttling,
     is_transient,
     known_tables,
+    locked_state,
     missing_file,
     read_state,
     schema_snapshot,
-    tenant_lock,
 )
 from tenants.engine.history import Recorder
 from tenants.engine.pins import TABLE as PIN_TABLE
@@ -252,10 +252,11 @@ def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
             _check(progress.after, job, revisions, tenant.name)
         try:
             # The lock lives on the migration connection itself: see tenants.db.tenant_lock.
-            with tenant_lock(conn, job.lock_timeout, job.sessions.application_name):
-                # The truth, now that nobody else can move it: the version, the pin and which of the tool's
-                # tables exist, in one statement (tenants.db.read_state).
-                state = _read(conn, job, pin=job.operation == "upgrade")
+            # The truth, read once nobody else can move it: the version, the pin and which of the tool's tables
+            # exist, in one statement, sent with the lock's where the driver can (tenants.db.locked_state).
+            with locked_state(conn, job.lock_timeout, job.sessions.application_name, job.version_table, PIN_TABLE,
+                              job.history_table, pin=job.operation == "upgrade") as state:
+                _judge(state, job)
                 current = _position(state)
                 progress.saw(current)
                 progress.settle(current, job, revisions)
@@ -381,7 +382,11 @@ def _read(conn, job: Job, *, pin: bool = False) -> TenantState:
     (tables, no version table) here. One statement on PostgreSQL and SQL Server, whatever the database holds
     (:func:`tenants.db.read_state`): the no-op path stays one query.
     """
-    state = read_state(conn, job.version_table, PIN_TABLE, job.history_table, pin=pin)
+    return _judge(read_state(conn, job.version_table, PIN_TABLE, job.history_table, pin=pin), job)
+
+
+def _judge(state: TenantState, job: Job) -> TenantState:
+    """Stops an upgrade of an unmanaged database (tables, no version table) here."""
     if state.versions is None and job.operation == "upgrade" and job.unmanaged == "report":
         tables = foreign_tables(state, job.own_tables())
         if tables:

@@ -122,7 +122,7 @@ class Scheduler:
         self.partial: dict[str, TenantResult] = {}  # results of throttled attempts, per tenant
         self.throttles: dict[str, int] = {}  # throttles while running alone, per tenant: they count as retries
         self.results: list[TenantResult] = []
-        self.failures = self.streak = 0
+        self.failures = 0
         self.breaks = 0  # workers that died before starting a single tenant, in a row with no result in between
         self.prechecking, self.interrupted, self.held = True, False, False
         self.pressure_wait = 0.0
@@ -278,15 +278,13 @@ class Scheduler:
             self.on_tenant_done(self.slots.land(future), future)
 
     def on_precheck_done(self, tenant: Tenant, result: TenantResult | None) -> None:
-        """The parent read a tenant's revision: done already, or on to a worker. Once ``concurrency``
-        tenants in a row needed work, stop reading (see ProcessStrategy)."""
+        """The parent read a tenant's revision: done already, or on to a worker. Once a tenant needs work, stop
+        reading: the workers read the rest themselves (see ProcessStrategy)."""
         if result is None:
             self.ready.append(tenant)
-            self.streak += 1
-            self.prechecking = self.streak < self.concurrency
+            self.prechecking = False
         else:
             self._finish(result)
-            self.streak = 0
 
     def on_precheck_late(self, future: Future, ran: float) -> None:
         """The parent's read of a tenant took the whole tenant timeout: the tenant is timed out. The read only

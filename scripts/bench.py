@@ -280,6 +280,21 @@ class Bench:
         self.verify(label, self.names)
 
 
+    def psql_probe(self, label: str) -> None:
+        """The shell's raw no-op pass, what an operator would type: per tenant a psql process, one login and one
+        query, C at a time (xargs -P). Every tenant must answer the head."""
+        url = self.target.url
+        psql = ["psql", "-X", "-q", "-At", "-h", url.host or "127.0.0.1", "-p", str(url.port or 5432),
+                "-U", url.username or "postgres", "-d", "{}", "-c", "SELECT version_num FROM alembic_version"]
+        env = {**os.environ, **({"PGPASSWORD": url.password} if url.password else {})}
+        xargs = ["xargs", f"-P{self.args.concurrency}", "-I{}", *psql]
+
+        def probe_all() -> None:
+            out = self.run(xargs, label, input="\n".join(self.names) + "\n", env=env).split()
+            if out != [self.head] * len(self.names):
+                raise SystemExit(f"bench: {label}: not every tenant answered {self.head}")
+        self.timed(label, probe_all)
+
     def probe(self, label: str) -> None:
         """The raw floor of a no-op pass: per tenant one login and one query (the recorded revision), C at a
         time, in this process. Every tenant must answer the head."""
@@ -322,15 +337,11 @@ def report(bench: Bench, args: argparse.Namespace, shell_label: str | None, shel
          t["in-process command.upgrade loop (no-op)"] / t["tenants no-op in-process (api.upgrade)"], ">=", 5.0),
         ("in-process upgrade / tenants upgrade (no target)",
          t["in-process command.upgrade loop (empty -> head)"] / up, None, None),
+        ("tenants no-op / psql probe (both CLIs)", noop / t[PSQL_PROBE_LABEL.format(c=c)], "<=", 2.0),
+        ("tenants no-op in-process / probe in-process",
+         t["tenants no-op in-process (api.upgrade)"] / t[PROBE_LABEL.format(c=c)], "<=", 2.0),
     ]
-    print(f"\n{'ratio':<60}{'value':>10}{'target':>12}  result")
-    for label, value, op, target in ratios:
-        goal = f"{op} {target:g}" if op else "-"
-        if value is None:
-            print(f"{label:<60}{'n/a':>10}{goal:>12}  not measured")
-        else:
-            met = op is None or (value <= target if op == "<=" else value >= target)
-            print(f"{label:<60}{value:>10.2f}{goal:>12}  {'' if op is None else 'met' if met else 'NOT MET'}")
+    _print_ratios(ratios)
 
 
 def report_delayed(bench: Bench, args: argparse.Namespace) -> None:
@@ -362,18 +373,29 @@ def report_delayed(bench: Bench, args: argparse.Namespace) -> None:
     up, psql = "tenants upgrade (empty -> head)", f"xargs -P{c} psql -f offline.sql"
     noop, probe, startup = ("tenants upgrade (no-op: all at head)", PROBE_LABEL.format(c=c),
                             "tenants start-up (tenants --help)")
+    shell_probe, library = PSQL_PROBE_LABEL.format(c=c), "tenants no-op in-process (api.upgrade)"
     ratios = [
-        (f"tenants upgrade / xargs -P{c} psql: time", t[up] / t[psql]),
-        (f"tenants upgrade / xargs -P{c} psql: round trips", _ratio(per[up], per[psql], "round_trips")),
-        (f"tenants upgrade / xargs -P{c} psql: logins", _ratio(per[up], per[psql], "connections")),
-        ("tenants no-op / probe: time", t[noop] / t[probe]),
-        ("tenants no-op minus start-up / probe: time", (t[noop] - t[startup]) / t[probe]),
-        ("tenants no-op / probe: round trips", _ratio(per[noop], per[probe], "round_trips")),
-        ("tenants no-op / probe: logins", _ratio(per[noop], per[probe], "connections")),
+        (f"tenants upgrade / xargs -P{c} psql: time", t[up] / t[psql], "<=", 1.0),
+        (f"tenants upgrade / xargs -P{c} psql: round trips", _ratio(per[up], per[psql], "round_trips"), None, None),
+        ("tenants upgrade: logins per tenant", per[up]["connections"], None, None),
+        ("tenants no-op / psql probe (both CLIs): time", t[noop] / t[shell_probe], "<=", 1.5),
+        ("tenants no-op in-process / probe in-process: time", t[library] / t[probe], "<=", 1.5),
+        ("tenants no-op minus start-up / probe in-process: time", (t[noop] - t[startup]) / t[probe], None, None),
+        ("tenants no-op / probe: round trips", _ratio(per[noop], per[probe], "round_trips"), None, None),
+        ("tenants no-op: logins per tenant", per[noop]["connections"], None, None),
     ]
-    print(f"\n{'ratio':<60}{'value':>10}")
-    for label, value in ratios:
-        print(f"{label:<60}{value:>10.2f}" if value is not None else f"{label:<60}{'n/a':>10}")
+    _print_ratios(ratios)
+
+
+def _print_ratios(ratios: list[tuple[str, float | None, str | None, float | None]]) -> None:
+    print(f"\n{'ratio':<60}{'value':>10}{'target':>12}  result")
+    for label, value, op, target in ratios:
+        goal = f"{op} {target:g}" if op else "-"
+        if value is None:
+            print(f"{label:<60}{'n/a':>10}{goal:>12}  not measured")
+        else:
+            met = op is None or (value <= target if op == "<=" else value >= target)
+            print(f"{label:<60}{value:>10.2f}{goal:>12}  {'' if op is None else 'met' if met else 'NOT MET'}")
 
 
 def _ratio(a: dict, b: dict, key: str) -> float | None:
@@ -381,6 +403,7 @@ def _ratio(a: dict, b: dict, key: str) -> float | None:
 
 
 PROBE_LABEL = "probe: psycopg connect + SELECT version_num ({c} threads)"
+PSQL_PROBE_LABEL = "probe: xargs -P{c} psql -c 'SELECT version_num ...'"
 
 
 def run_direct(bench: Bench, args: argparse.Namespace) -> None:
@@ -393,6 +416,8 @@ def run_direct(bench: Bench, args: argparse.Namespace) -> None:
         bench.tenants_upgrade("tenants upgrade (empty -> head)")
         bench.tenants_upgrade("tenants upgrade (no-op: all at head)")
         bench.library_noop("tenants no-op in-process (api.upgrade)")
+        bench.probe(PROBE_LABEL.format(c=args.concurrency))
+        bench.psql_probe(PSQL_PROBE_LABEL.format(c=args.concurrency))
         bench.startup("tenants start-up (tenants --help)")
         bench.server.reset(names)
         bench.psql_fanout(f"xargs -P{args.concurrency} psql -f offline.sql")
@@ -418,7 +443,9 @@ def run_delayed(bench: Bench, args: argparse.Namespace) -> None:
             bench.server.reset(bench.names)
         bench.tenants_upgrade("tenants upgrade (empty -> head)")
         bench.tenants_upgrade("tenants upgrade (no-op: all at head)")
+        bench.library_noop("tenants no-op in-process (api.upgrade)")
         bench.probe(PROBE_LABEL.format(c=args.concurrency))
+        bench.psql_probe(PSQL_PROBE_LABEL.format(c=args.concurrency))
         bench.startup("tenants start-up (tenants --help)")
         bench.server.reset(bench.names)
         bench.psql_fanout(f"xargs -P{args.concurrency} psql -f offline.sql")

@@ -69,7 +69,7 @@ def _tables(name: str) -> set[str]:
 @pytest.fixture
 def migration(proxy, tenant_db):
     """A migration connection of the tool's (batching on), to the tenant through the proxy, and the proxy."""
-    connector = Connector()
+    connector = Connector(sessions=Sessions(batch_statements=True))
     with connector.engine(_url(proxy, tenant_db)) as engine, engine.connect() as conn:
         conn.rollback()  # the engine's first connect initialised the dialect: not what is counted
         assert isinstance(conn.connection.dbapi_connection, psycopg_batch.Connection)
@@ -100,7 +100,7 @@ def test_a_failing_held_back_statement_fails_its_transaction_with_the_databases_
         migration.execute(text("SELECT 1"))
     assert isinstance(caught.value.orig, psycopg.errors.DuplicateTable)
     assert 'relation "a" already exists' in str(caught.value.orig)
-    assert any("sent ahead of this one" in note and "CREATE TABLE a" in note
+    assert any("one sent ahead of it" in note and "CREATE TABLE a" in note
                for note in getattr(caught.value.orig, "__notes__", []))
     migration.rollback()
     assert _tables(tenant_db) == {"a"}  # c rolled back with the transaction
@@ -157,7 +157,8 @@ def test_the_switch_turns_it_off(proxy, tenant_db):
     with connector.engine(_url(proxy, tenant_db)) as engine, engine.connect() as conn:
         assert not isinstance(conn.connection.dbapi_connection, psycopg_batch.Connection)
     connector.dispose()
-    with Connector().engine(_url(proxy, tenant_db), reads=True) as engine, engine.connect() as conn:
+    batching = Connector(sessions=Sessions(batch_statements=True))
+    with batching.engine(_url(proxy, tenant_db), reads=True) as engine, engine.connect() as conn:
         assert not isinstance(conn.connection.dbapi_connection, psycopg_batch.Connection)  # reads: never
 
 
@@ -178,7 +179,8 @@ def test_a_migration_with_an_autocommit_block_and_a_failing_ddl(proxy, tenant_db
     }, env_py=(ROOT / "alembic" / "env.py").read_text())
     revisions = Revisions(ini)
     job = Job(operation="upgrade", target=revisions.head(), alembic_ini=str(ini), run_id="batch", retries=0)
-    result = run_tenant(Tenant(tenant_db, _url(proxy, tenant_db)), job, revisions, Connector(), read_first=False)
+    batching = Connector(sessions=Sessions(batch_statements=True))
+    result = run_tenant(Tenant(tenant_db, _url(proxy, tenant_db)), job, revisions, batching, read_first=False)
     assert result.status is Status.FAILED and list(result.applied) == ["r1"]
     assert 'relation "one" already exists' in result.error
     assert _tables(tenant_db) == {"alembic_version", "one", "tenants_history"}
@@ -188,3 +190,33 @@ def test_a_migration_with_an_autocommit_block_and_a_failing_ddl(proxy, tenant_db
             == [("one_id",), ("one_pkey",)]
         assert conn.execute("SELECT to_revision, outcome FROM tenants_history ORDER BY id").fetchall() \
             == [("r1", "applied"), ("r2", "failed")]
+
+
+def test_the_key_reaches_every_connection_of_the_environment(tmp_path):
+    from helpers import fleet_config, settings_for
+
+    from tenants.errors import ConfigError
+
+    on = settings_for(fleet_config(tmp_path / "on.toml", ["a"]))
+    off = settings_for(fleet_config(tmp_path / "off.toml", ["a"]))  # the default
+    on = settings_for(fleet_config(tmp_path / "on.toml", ["a"], extra="batch_statements = true"))
+    assert on.environment.sessions.batch_statements is True
+    assert off.environment.sessions.batch_statements is False
+    with pytest.raises(ConfigError, match="batch_statements"):
+        settings_for(fleet_config(tmp_path / "bad.toml", ["a"], extra='batch_statements = "no"'))
+
+
+def test_the_servers_idle_in_transaction_timeout_still_ends_a_silent_session(pg_available, tenant_db):
+    """What the fault handling relies on (issue 11): a tool session left idle inside a transaction is ended by
+    the server. Held-back statements are sent as one simple-query message, which leaves that timeout armed
+    (psycopg's pipeline mode ends with a Flush that would disarm it)."""
+    url = make_url(PG_URL).set(database=tenant_db).render_as_string(hide_password=False)
+    connector = Connector(sessions=Sessions(idle_in_transaction_timeout=0.5, batch_statements=True))
+    with connector.engine(url) as engine, engine.connect() as conn:
+        assert isinstance(conn.connection.dbapi_connection, psycopg_batch.Connection)
+        conn.execute(text("CREATE TABLE t (id int)"))
+        conn.execute(text("SELECT 1"))  # BEGIN, the CREATE and this: one message, a transaction open
+        time.sleep(1.5)
+        with pytest.raises(Exception, match="idle-in-transaction timeout"):
+            conn.execute(text("SELECT 2"))
+    connector.dispose()

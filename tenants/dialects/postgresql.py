@@ -114,6 +114,26 @@ def _state_of(row) -> TenantState:
         tuple(row.tables or ()), found, bool(row.history))
 
 
+def _answer_from_login(dialect) -> None:
+    """Spare SQLAlchemy's first connection of an engine two of its set-up round trips (issue 13): the server's
+    version and ``standard_conforming_strings`` came with the login (the server reports both in its startup
+    answer, psycopg keeps them in ``info``), so they are not asked again with a query each. The default schema
+    and isolation level are still asked: the server does not report them. Each engine does this once per
+    process (engines are shared per server, :class:`tenants.db.Connector`)."""
+
+    def server_version(connection):
+        number = connection.connection.dbapi_connection.info.server_version  # e.g. 150013, 90624
+        major = number // 10000
+        return (major, number % 10000) if major >= 10 else (major, number // 100 % 100, number % 100)
+
+    def backslash_escapes(connection):
+        info = connection.connection.dbapi_connection.info
+        dialect._backslash_escapes = info.parameter_status("standard_conforming_strings") == "off"
+
+    dialect._get_server_version_info = server_version
+    dialect._set_backslash_escapes = backslash_escapes
+
+
 def _pipelines(raw) -> bool:
     """Whether ``raw`` (a DB-API connection) is psycopg 3's, in autocommit: statements can share a round trip."""
     psycopg = sys.modules.get("psycopg")  # loaded if raw is one of its connections
@@ -185,7 +205,15 @@ class PostgreSQL(Dialect):
 
     def make_engine(self, url: URL, *, must_exist: bool = False, tokens: TokenCache | None = None,
                     sessions: Sessions = DEFAULT_SESSIONS) -> Engine:
-        return create_engine(url, poolclass=NullPool, connect_args=self.connect_args(url, sessions))
+        if url.get_driver_name() != "psycopg":
+            return create_engine(url, poolclass=NullPool, connect_args=self.connect_args(url, sessions))
+        # use_native_hstore=False: SQLAlchemy's HSTORE type then converts values itself (as with any driver
+        # without an hstore adapter) instead of looking the type up on each engine's first connection: a
+        # savepoint, a query and its release, three round trips to a far-away pool (issue 13).
+        engine = create_engine(url, poolclass=NullPool, connect_args=self.connect_args(url, sessions),
+                               use_native_hstore=False)
+        _answer_from_login(engine.dialect)
+        return engine
 
     def connect_args(self, url: URL, sessions: Sessions) -> dict[str, object]:
         """libpq's connection parameters for ``sessions``; a parameter the URL sets itself is left to it.

@@ -79,8 +79,10 @@ class Cursor(psycopg.Cursor):
         ahead = conn._take_ahead()
         if not ahead:
             return super().execute(query, params, **kw)
-        with conn._sending(ahead):
-            super().execute(query, params, **kw)
+        with _noted(ahead):
+            super().execute(_joined(conn, [*ahead, (query, params)]), prepare=False)
+        while self.nextset():  # to this statement's answer, the last
+            pass
         return self
 
     def executemany(self, query, params_seq, **kw):
@@ -147,15 +149,11 @@ class Connection(psycopg.Connection):
         ahead, self._pending, self._begin_queued = self._pending, [], False
         return ahead
 
-    def _sending(self, ahead: list[tuple[Any, Any]]):
-        """A pipeline that sends ``ahead`` first: leaving it sends the Sync and reads every answer."""
-        return _Sending(self, ahead)
-
     def _flush(self) -> None:
         ahead = self._take_ahead()
         if ahead:
-            with self._sending(ahead):
-                pass
+            with _noted(ahead):
+                psycopg.Cursor(self).execute(_joined(self, ahead), prepare=False)
 
     def _end(self) -> None:
         self._pending, self._begin_queued, self._savepoint = [], False, False
@@ -165,10 +163,10 @@ class Connection(psycopg.Connection):
         # (only its BEGIN is queued) has nothing to commit.
         pending = self._pending[1:] if self._begin_queued else self._pending
         if pending:
-            ahead = self._take_ahead()
+            ahead = [*self._take_ahead(), (b"COMMIT", None)]
             self._end()
-            with self._sending([*ahead, (b"COMMIT", None)]):
-                pass
+            with _noted(ahead):
+                psycopg.Cursor(self).execute(_joined(self, ahead), prepare=False)
             return
         self._end()
         super().commit()  # the driver sends COMMIT if the server is in a transaction
@@ -187,42 +185,38 @@ class Connection(psycopg.Connection):
         return super().cursor(*args, **kw)
 
 
-class _Sending:
-    def __init__(self, conn: Connection, ahead: list[tuple[Any, Any]]) -> None:
-        self.conn, self.ahead = conn, ahead
-        self.cursors: list[psycopg.Cursor] = []
+def _joined(conn: psycopg.Connection, statements: list[tuple[Any, Any]]) -> str:
+    """The statements as one simple-query message: each rendered with its parameters bound client-side
+    (psycopg's ``ClientCursor.mogrify``, as psycopg2 always binds). One message, one round trip, and the server
+    answers it with one ReadyForQuery: its idle-in-transaction timeout is armed afterwards as after any
+    statement. (psycopg's pipeline mode would also take one round trip, but it ends with a Flush message after
+    the Sync, which disarms that timeout until the next statement: a client gone silent then would hold its
+    transaction, and its locks, for ever.)"""
+    render = psycopg.ClientCursor(conn)
+    parts = []
+    for query, params in statements:
+        if params is not None:
+            query = render.mogrify(query, params)
+        elif isinstance(query, bytes):
+            query = query.decode()
+        parts.append(query.strip().rstrip(";"))
+    return ";\n".join(parts)
+
+
+class _noted:
+    """Adds a note naming the held-back statements to an error raised while they are sent."""
+
+    def __init__(self, ahead: list[tuple[Any, Any]]) -> None:
+        self.ahead = ahead
 
     def __enter__(self) -> None:
-        self.pipeline = self.conn.pipeline()
-        self.pipeline.__enter__()
-        try:
-            for query, params in self.ahead:
-                cursor = psycopg.Cursor(self.conn)  # plain: not held back again
-                self.cursors.append(cursor)
-                cursor.execute(query, params)
-        except BaseException as err:
-            self._exit(err)
-            raise
+        return None
 
     def __exit__(self, kind, err, tb) -> None:
-        self._exit(err)
-
-    def _exit(self, err: BaseException | None) -> None:
-        try:
-            self.pipeline.__exit__(type(err) if err else None, err, err.__traceback__ if err else None)
-        except psycopg.Error as failed:
-            self._note(failed)
-            raise
         if isinstance(err, psycopg.Error):
-            self._note(err)
-
-    def _note(self, err: psycopg.Error) -> None:
-        # The first statement without an answer is the one that failed (the later ones were not run).
-        for cursor, (query, _) in zip(self.cursors, self.ahead, strict=False):
-            if cursor.pgresult is None:
-                text = query.decode() if isinstance(query, bytes) else str(query)
-                err.add_note(f"raised by a statement sent ahead of this one (issue 13): {' '.join(text.split())[:300]}")
-                return
+            shown = "; ".join(" ".join((q.decode() if isinstance(q, bytes) else str(q)).split())[:120]
+                              for q, _ in self.ahead)
+            err.add_note(f"raised by this statement or one sent ahead of it (issue 13): {shown[:600]}")
 
 
 def batch_statements(engine: Engine) -> None:

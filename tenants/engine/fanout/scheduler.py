@@ -123,6 +123,12 @@ class Scheduler:
         self.throttles: dict[str, int] = {}  # throttles while running alone, per tenant: they count as retries
         self.results: list[TenantResult] = []
         self.failures = 0
+        # The parent's reads in flight at most (slow start, doubled by each tenant found done already, up to the
+        # limit): a read of a tenant that needs work is a login the worker then repeats, and every read in
+        # flight when the first such tenant is found is one. Starting with one read, a fleet being upgraded
+        # pays one such login per run (issue 13: one login per tenant); a fleet at the target reaches full
+        # speed after a couple of reads.
+        self.read_window = 1
         self.breaks = 0  # workers that died before starting a single tenant, in a row with no result in between
         self.prechecking, self.interrupted, self.held = True, False, False
         self.pressure_wait = 0.0
@@ -152,7 +158,8 @@ class Scheduler:
 
     def _start_reads(self) -> None:
         # Reads and migrations together stay within the limit.
-        while self.starting() and self.unchecked and len(self.checks) + len(self.slots) < self.aimd.limit:
+        while self.starting() and self.unchecked and len(self.checks) < self.read_window \
+                and len(self.checks) + len(self.slots) < self.aimd.limit:
             tenant = self.unchecked.popleft()
             future = self.threads.submit(self.read, tenant)
             self.checks[future], self.checked_since[future] = tenant, self.clock()
@@ -285,6 +292,7 @@ class Scheduler:
             self.prechecking = False
         else:
             self._finish(result)
+            self.read_window = min(self.concurrency, self.read_window * 2)
 
     def on_precheck_late(self, future: Future, ran: float) -> None:
         """The parent's read of a tenant took the whole tenant timeout: the tenant is timed out. The read only

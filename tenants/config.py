@@ -114,7 +114,7 @@ class Environment:
     statement_timeout: float = 0.0
     read_timeout: float = 30.0
     # PostgreSQL over psycopg 3: a migration's DDL goes with its next statement (tenants.dialects.psycopg_batch).
-    batch_statements: bool = False
+    batch_statements: bool = True
     maintenance_database: str = "postgres"  # where `source = "server"` lists pg_database
     # The expected schemas (tenants.engine.expected): "build" them on a scratch database (SQL Server: only in
     # `reference_database`, else consensus), or "consensus" of the fleet; cached under `schema_cache` (None:
@@ -240,7 +240,7 @@ KEYS: dict[str, Key] = {
     "idle_in_transaction_timeout": Key((int, float), 300.0, not_negative=True),
     "statement_timeout": Key((int, float), 0.0, not_negative=True),
     "read_timeout": Key((int, float), 30.0, not_negative=True),
-    "batch_statements": Key(bool, False),
+    "batch_statements": Key(bool, True),
     "maintenance_database": Key(str, "postgres"),
     "expected_schema": Key(str, "build", choices=EXPECTED_SCHEMA),
     "reference_database": Key(str),

@@ -197,9 +197,8 @@ def test_the_key_reaches_every_connection_of_the_environment(tmp_path):
 
     from tenants.errors import ConfigError
 
-    on = settings_for(fleet_config(tmp_path / "on.toml", ["a"]))
-    off = settings_for(fleet_config(tmp_path / "off.toml", ["a"]))  # the default
-    on = settings_for(fleet_config(tmp_path / "on.toml", ["a"], extra="batch_statements = true"))
+    on = settings_for(fleet_config(tmp_path / "on.toml", ["a"]))  # the default
+    off = settings_for(fleet_config(tmp_path / "off.toml", ["a"], extra="batch_statements = false"))
     assert on.environment.sessions.batch_statements is True
     assert off.environment.sessions.batch_statements is False
     with pytest.raises(ConfigError, match="batch_statements"):
@@ -220,3 +219,24 @@ def test_the_servers_idle_in_transaction_timeout_still_ends_a_silent_session(pg_
         with pytest.raises(Exception, match="idle-in-transaction timeout"):
             conn.execute(text("SELECT 2"))
     connector.dispose()
+
+
+def test_a_worker_connection_watches_for_a_vanished_client(pg_available):
+    """The worker's connections ask the server to check for a vanished client while a statement runs (what
+    ends a killed worker's transaction at once, tests/test_timeout.py); a batching connection too."""
+    from tenants.dialects import dialect_for
+
+    dialect_for("postgresql").setup_worker(check_client=True)
+    connector = Connector(sessions=Sessions(batch_statements=True))
+    try:
+        with connector.engine(PG_URL) as engine, engine.connect() as conn:
+            assert isinstance(conn.connection.dbapi_connection, psycopg_batch.Connection)
+            assert conn.execute(text("SHOW client_connection_check_interval")).scalar() == "1s"
+    finally:
+        from sqlalchemy import event
+        from sqlalchemy.pool import Pool
+
+        from tenants.dialects.postgresql import check_client_while_busy
+
+        event.remove(Pool, "connect", check_client_while_busy)
+        connector.dispose()

@@ -112,7 +112,7 @@ def test_the_no_op_read_costs_what_a_raw_probe_costs(proxy, database):
 def test_an_upgrade_from_empty_costs_one_login_and_no_read_transactions(proxy, database):
     name = database()
     tenant, job, revisions = _tenant(proxy, name), _job(), Revisions(ALEMBIC_INI)
-    connector = Connector(sessions=Sessions(batch_statements=True))  # off by default for now (see README)
+    connector = Connector(sessions=Sessions(batch_statements=True))
     _warm(connector, tenant, proxy)
     proxy.reset()
     result = run_tenant(tenant, job, revisions, connector, read_first=False)  # as a worker does

@@ -98,7 +98,7 @@ class Sessions:
     # Whether a migration connection holds back the statements nobody reads an answer from (DDL, the history
     # row) and sends them with the next one that needs an answer: PostgreSQL over psycopg 3 only
     # (tenants.dialects.psycopg_batch). Off: every statement is its own round trip, as with plain Alembic.
-    batch_statements: bool = False
+    batch_statements: bool = True
 
     def reading(self) -> Sessions:
         """The settings of a connection that only reads (prechecks, discovery): every statement has a deadline."""

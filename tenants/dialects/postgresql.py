@@ -371,7 +371,8 @@ def check_client_while_busy(dbapi_connection, _record) -> None:
 
     A listener on the ``Pool`` class reaches every connection the worker opens, whichever engine opened it.
     """
-    if not type(dbapi_connection).__module__.startswith(("psycopg", "pg8000")):
+    # By class ancestry: the batching connection (tenants.dialects.psycopg_batch) is a psycopg connection too.
+    if not any(cls.__module__.startswith(("psycopg", "pg8000")) for cls in type(dbapi_connection).__mro__):
         return
     cursor = dbapi_connection.cursor()
     try:

@@ -3,8 +3,8 @@
 Why (issue 13): to a pool in another region every round trip costs tens of milliseconds, and a revision is
 mostly statements nobody reads an answer from: its DDL, the tool's history row, and the ``BEGIN`` the driver
 sends before them. Sent one by one, as every driver does, a tenant cost about 30 round trips where ``psql -f``
-of the same SQL costs 21. Here they are held back and sent, in order, in the same network write as the next
-statement whose answer is needed (psycopg's pipeline mode: one Sync, one round trip), or with the ``COMMIT``:
+of the same SQL costs 21. Here they are held back and sent, in order, in one message with the next statement
+whose answer is needed (a multi-statement simple query: one round trip), or with the ``COMMIT``:
 
     BEGIN; CREATE TABLE ...; CREATE INDEX ...; UPDATE alembic_version ...   -- one round trip (Alembic reads
     INSERT INTO tenants_history ...; COMMIT                                  -- the UPDATE's row count), one more
@@ -16,15 +16,19 @@ DML, RETURNING), anything outside a transaction (``autocommit_block()`` for ``CR
 runs as before, statement by statement), anything after a ``SAVEPOINT`` in the transaction (code that catches
 a statement's error to go on, behind a savepoint, must see it at that statement).
 
-What changes for a migration: only when the error of a held-back statement is raised. The transaction fails
-and rolls back as before, at the next statement that needs an answer (or the commit) instead of at the DDL
-itself; the error is the database's own, with a note naming the statement. No statement runs that would not
-have, none runs in another order or another transaction.
+What changes for a migration: when the error of a held-back statement is raised. The transaction fails and
+rolls back as before, at the next statement that needs an answer (or the commit) instead of at the DDL itself;
+the error is the database's own, with a note naming the statements sent with it. And a statement sent with
+held-back ones has its parameters bound by the client (psycopg's ``ClientCursor``, as psycopg2 always does)
+rather than by the server. No statement runs that would not have, none runs in another order or another
+transaction.
 
 How: the connection runs in the driver's autocommit and the transaction is this class's (the ``BEGIN`` is
 queued like any held-back statement); :attr:`Connection.autocommit` is what SQLAlchemy and Alembic set and
 read, with the DB-API's meaning. Only the tool's migration connections use this class (never its reads), and
-only with psycopg 3: psycopg2 has no pipeline mode, and an env.py that opens its own engine gets plain psycopg.
+only with psycopg 3 (its connection can be subclassed; a psycopg2 URL migrates statement by statement); an
+env.py that opens its own engine (``env_py = engine|url``) gets plain psycopg. ``batch_statements = false``
+turns it off (:class:`tenants.dialects.Sessions`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import re
 from typing import Any
 
 import psycopg
+import psycopg.sql
 from psycopg import IsolationLevel
 from psycopg.pq import TransactionStatus
 from sqlalchemy import event
@@ -80,7 +85,7 @@ class Cursor(psycopg.Cursor):
         if not ahead:
             return super().execute(query, params, **kw)
         with _noted(ahead):
-            super().execute(_joined(conn, [*ahead, (query, params)]), prepare=False)
+            super().execute(_joined(conn, [*ahead, (query, params)]), prepare=False, binary=kw.get("binary"))
         while self.nextset():  # to this statement's answer, the last
             pass
         return self
@@ -197,6 +202,8 @@ def _joined(conn: psycopg.Connection, statements: list[tuple[Any, Any]]) -> str:
     for query, params in statements:
         if params is not None:
             query = render.mogrify(query, params)
+        elif isinstance(query, psycopg.sql.Composable):
+            query = query.as_string(conn)
         elif isinstance(query, bytes):
             query = query.decode()
         parts.append(query.strip().rstrip(";"))

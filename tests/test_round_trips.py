@@ -220,3 +220,29 @@ def test_one_connection_per_tenant_in_pg_stat_activity(pg_fleet, tmp_path):
         watcher.join(5)
     assert {r.status for r in report.results} == {Status.UPGRADED}
     assert set(seen) == set(fleet.names) and set(seen.values()) == {1}
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_an_engines_first_connection_asks_what_the_login_did_not_say_in_one_query(proxy, database, batch):
+    """SQLAlchemy's set-up of an engine's first connection: the server's version and standard_conforming_strings
+    come with the login, the default schema and isolation level in one query (tenants.dialects.postgresql's
+    _answer_from_login). The dialect ends up knowing what it would have asked for itself."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    name = database()
+    url = _tenant(proxy, name).url
+    connector = Connector(sessions=Sessions(batch_statements=batch))
+    with connector.engine(url) as engine, engine.connect():
+        pass
+    counts = _settled(proxy)
+    # After the login: BEGIN and the one query (one message when batching), the ROLLBACK, and the closing
+    # Terminate (the proxy counts it). 9 statements before.
+    assert counts["connections"] == 1 and counts["round_trips"] == (3 if batch else 4), counts["by_type"]
+    plain = create_engine(make_url(url).set(drivername="postgresql+psycopg"), poolclass=NullPool)
+    with plain.connect():
+        pass
+    for attribute in ("server_version_info", "default_schema_name", "default_isolation_level", "_backslash_escapes"):
+        assert getattr(engine.dialect, attribute) == getattr(plain.dialect, attribute), attribute
+    plain.dispose()
+    connector.dispose()

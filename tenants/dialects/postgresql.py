@@ -115,11 +115,11 @@ def _state_of(row) -> TenantState:
 
 
 def _answer_from_login(dialect) -> None:
-    """Spare SQLAlchemy's first connection of an engine two of its set-up round trips (issue 13): the server's
+    """Spare SQLAlchemy's first connection of an engine three of its set-up round trips (issue 13): the server's
     version and ``standard_conforming_strings`` came with the login (the server reports both in its startup
-    answer, psycopg keeps them in ``info``), so they are not asked again with a query each. The default schema
-    and isolation level are still asked: the server does not report them. Each engine does this once per
-    process (engines are shared per server, :class:`tenants.db.Connector`)."""
+    answer, psycopg keeps them in ``info``), so they are not asked again with a query each; the default schema
+    and isolation level, which the server does not report, are asked with one query instead of two. Each
+    engine does this once per process (engines are shared per server, :class:`tenants.db.Connector`)."""
 
     def server_version(connection):
         number = connection.connection.dbapi_connection.info.server_version  # e.g. 150013, 90624
@@ -130,8 +130,23 @@ def _answer_from_login(dialect) -> None:
         info = connection.connection.dbapi_connection.info
         dialect._backslash_escapes = info.parameter_status("standard_conforming_strings") == "off"
 
+    def default_schema(connection):
+        # The default schema and the default isolation level, asked one after the other by SQLAlchemy
+        # (DefaultDialect.initialize): one query for both.
+        schema, isolation = connection.exec_driver_sql(
+            "SELECT current_schema(), current_setting('transaction_isolation')").one()
+        answered["isolation"] = isolation.upper()
+        return schema
+
+    def default_isolation(dbapi_connection):
+        return answered.pop("isolation", None) or asked_isolation(dbapi_connection)
+
+    answered: dict[str, str] = {}
+    asked_isolation = dialect.get_default_isolation_level
     dialect._get_server_version_info = server_version
     dialect._set_backslash_escapes = backslash_escapes
+    dialect._get_default_schema_name = default_schema
+    dialect.get_default_isolation_level = default_isolation
 
 
 def _pipelines(raw) -> bool:

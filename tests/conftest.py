@@ -7,6 +7,7 @@ the server is unreachable the PostgreSQL tests skip with the reason, unless ``TE
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import uuid
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from sqlalchemy.engine import make_url
 
 pytest.register_assert_rewrite("helpers")  # its asserts (payload shapes) explain themselves as a test's do
 
-from helpers import ALEMBIC_INI, PG_URL, admin, fleet_config, pg_dsn, serve_webhook  # noqa: E402
+from helpers import ALEMBIC_INI, PG_URL, ROOT, admin, fleet_config, pg_dsn, serve_webhook  # noqa: E402
 
 from tenants.cli import main  # noqa: E402
 from tenants.dialects.postgresql import PostgreSQL  # noqa: E402
@@ -157,3 +158,15 @@ def pg_fleet(pg_available, tmp_path: Path):
     yield make
     for name in created:
         admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_proxy(pg_available):
+    """scripts/latency_proxy.py in front of the test server, with no delay: its counters of logins, messages
+    and round trips (issue 13)."""
+    spec = importlib.util.spec_from_file_location("latency_proxy", ROOT / "scripts" / "latency_proxy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    url = make_url(PG_URL)
+    with module.LatencyProxy(f"{url.host or '127.0.0.1'}:{url.port or 5432}") as running:
+        yield running

@@ -7,7 +7,6 @@ rollback undoes what was held back; outside a transaction, and after a SAVEPOINT
 
 from __future__ import annotations
 
-import importlib.util
 import time
 import uuid
 
@@ -27,18 +26,9 @@ from tenants.model import Status, Tenant
 pytestmark = pytest.mark.postgres
 
 
-def _proxy_class():
-    spec = importlib.util.spec_from_file_location("latency_proxy", ROOT / "scripts" / "latency_proxy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.LatencyProxy
-
-
 @pytest.fixture
-def proxy(pg_available):
-    url = make_url(PG_URL)
-    with _proxy_class()(f"{url.host or '127.0.0.1'}:{url.port or 5432}") as running:
-        yield running
+def proxy(pg_proxy):
+    return pg_proxy
 
 
 @pytest.fixture

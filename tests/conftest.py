@@ -170,3 +170,19 @@ def pg_proxy(pg_available):
     url = make_url(PG_URL)
     with module.LatencyProxy(f"{url.host or '127.0.0.1'}:{url.port or 5432}") as running:
         yield running
+
+
+@pytest.fixture
+def pg_database(pg_available):
+    """Factory: a throwaway, empty PostgreSQL database; its name. Dropped afterwards."""
+    made = []
+
+    def make(suffix: str = "") -> str:
+        name = f"rt_{uuid.uuid4().hex[:8]}{suffix}"
+        admin(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,5 +1,5 @@
 """Issue 13: a migration connection's statements with no answer travel with the next one that has one
-(tenants.dialects.psycopg_batch), against a real PostgreSQL, counted by the latency proxy (no delay).
+(tenants.dialects.psycopg_batch), against a real PostgreSQL, counted by the latency pg_proxy (no delay).
 
 What must not change is what a migration sees: every statement runs, in order, in its transaction; a failing
 one fails the transaction (at the next statement that needs an answer, with the database's own error); a
@@ -8,11 +8,10 @@ rollback undoes what was held back; outside a transaction, and after a SAVEPOINT
 from __future__ import annotations
 
 import time
-import uuid
 
 import psycopg
 import pytest
-from helpers import PG_URL, ROOT, admin, make_project, pg_dsn
+from helpers import PG_URL, ROOT, make_project, pg_dsn
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
@@ -27,28 +26,20 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def proxy(pg_proxy):
-    return pg_proxy
+def tenant_db(pg_database):
+    return pg_database()
 
 
-@pytest.fixture
-def tenant_db(pg_available):
-    name = f"batch_{uuid.uuid4().hex[:8]}"
-    admin(f'CREATE DATABASE "{name}"')
-    yield name
-    admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _url(proxy, name: str) -> str:
-    return make_url(PG_URL).set(host="127.0.0.1", port=proxy.port, database=name,
+def _url(pg_proxy, name: str) -> str:
+    return make_url(PG_URL).set(host="127.0.0.1", port=pg_proxy.port, database=name,
                                 query={"sslmode": "disable"}).render_as_string(hide_password=False)
 
 
-def _settled(proxy) -> dict:
+def _settled(pg_proxy) -> dict:
     deadline = time.monotonic() + 5
-    while proxy.stats()["open_connections"] and time.monotonic() < deadline:
+    while pg_proxy.stats()["open_connections"] and time.monotonic() < deadline:
         time.sleep(0.01)
-    return proxy.stats()
+    return pg_proxy.stats()
 
 
 def _tables(name: str) -> set[str]:
@@ -57,27 +48,27 @@ def _tables(name: str) -> set[str]:
 
 
 @pytest.fixture
-def migration(proxy, tenant_db):
-    """A migration connection of the tool's (batching on), to the tenant through the proxy, and the proxy."""
+def migration(pg_proxy, tenant_db):
+    """A migration connection of the tool's (batching on), to the tenant through the pg_proxy, and the pg_proxy."""
     connector = Connector(sessions=Sessions(batch_statements=True))
-    with connector.engine(_url(proxy, tenant_db)) as engine, engine.connect() as conn:
+    with connector.engine(_url(pg_proxy, tenant_db)) as engine, engine.connect() as conn:
         conn.rollback()  # the engine's first connect initialised the dialect: not what is counted
         assert isinstance(conn.connection.dbapi_connection, psycopg_batch.Connection)
-        proxy.reset()
+        pg_proxy.reset()
         yield conn
     connector.dispose()
 
 
-def test_ddl_travels_with_the_next_statement_that_needs_an_answer(migration, proxy, tenant_db):
+def test_ddl_travels_with_the_next_statement_that_needs_an_answer(migration, pg_proxy, tenant_db):
     migration.execute(text("CREATE TABLE a (id int primary key)"))
     migration.execute(text("CREATE INDEX a_id ON a (id)"))
     migration.execute(text("COMMENT ON TABLE a IS 'held back'"))
-    assert proxy.stats()["round_trips"] == 0  # nothing sent yet: not even the BEGIN
+    assert pg_proxy.stats()["round_trips"] == 0  # nothing sent yet: not even the BEGIN
     assert migration.execute(text("SELECT count(*) FROM a")).scalar() == 0
-    assert proxy.stats()["round_trips"] == 1
+    assert pg_proxy.stats()["round_trips"] == 1
     migration.execute(text("CREATE TABLE b (id int)"))
     migration.commit()
-    assert proxy.stats()["round_trips"] == 2  # CREATE TABLE b went with the COMMIT
+    assert pg_proxy.stats()["round_trips"] == 2  # CREATE TABLE b went with the COMMIT
     assert _tables(tenant_db) == {"a", "b"}
 
 
@@ -105,13 +96,13 @@ def test_a_rollback_drops_what_was_held_back_and_a_commit_sends_it(migration, te
     assert _tables(tenant_db) == {"kept"}
 
 
-def test_autocommit_statements_are_sent_at_once(migration, proxy, tenant_db):
+def test_autocommit_statements_are_sent_at_once(migration, pg_proxy, tenant_db):
     migration.execute(text("CREATE TABLE t (id int)"))
     migration.commit()
-    proxy.reset()
+    pg_proxy.reset()
     auto = migration.execution_options(isolation_level="AUTOCOMMIT")
     auto.execute(text("CREATE INDEX CONCURRENTLY t_id ON t (id)"))  # refused inside a transaction block
-    assert proxy.stats()["round_trips"] >= 1
+    assert pg_proxy.stats()["round_trips"] >= 1
     with psycopg.connect(pg_dsn(tenant_db)) as conn:
         assert conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 't'").fetchall() == [("t_id",)]
     migration.commit()  # ends SQLAlchemy's autobegun transaction (nothing on the server in autocommit)
@@ -142,17 +133,17 @@ def test_executemany_and_server_side_cursors_see_what_was_held_back(migration, t
     migration.commit()
 
 
-def test_the_switch_turns_it_off(proxy, tenant_db):
+def test_the_switch_turns_it_off(pg_proxy, tenant_db):
     connector = Connector(sessions=Sessions(batch_statements=False))
-    with connector.engine(_url(proxy, tenant_db)) as engine, engine.connect() as conn:
+    with connector.engine(_url(pg_proxy, tenant_db)) as engine, engine.connect() as conn:
         assert not isinstance(conn.connection.dbapi_connection, psycopg_batch.Connection)
     connector.dispose()
     batching = Connector(sessions=Sessions(batch_statements=True))
-    with batching.engine(_url(proxy, tenant_db), reads=True) as engine, engine.connect() as conn:
+    with batching.engine(_url(pg_proxy, tenant_db), reads=True) as engine, engine.connect() as conn:
         assert not isinstance(conn.connection.dbapi_connection, psycopg_batch.Connection)  # reads: never
 
 
-def test_a_migration_with_an_autocommit_block_and_a_failing_ddl(proxy, tenant_db, tmp_path):
+def test_a_migration_with_an_autocommit_block_and_a_failing_ddl(pg_proxy, tenant_db, tmp_path):
     """Through the unit of work and Alembic: r1 builds an index CONCURRENTLY in autocommit_block(), r2 creates
     a table and then one that already exists. r1 commits; r2 fails and rolls back, its table with it; the
     history says so."""
@@ -170,7 +161,7 @@ def test_a_migration_with_an_autocommit_block_and_a_failing_ddl(proxy, tenant_db
     revisions = Revisions(ini)
     job = Job(operation="upgrade", target=revisions.head(), alembic_ini=str(ini), run_id="batch", retries=0)
     batching = Connector(sessions=Sessions(batch_statements=True))
-    result = run_tenant(Tenant(tenant_db, _url(proxy, tenant_db)), job, revisions, batching, read_first=False)
+    result = run_tenant(Tenant(tenant_db, _url(pg_proxy, tenant_db)), job, revisions, batching, read_first=False)
     assert result.status is Status.FAILED and list(result.applied) == ["r1"]
     assert 'relation "one" already exists' in result.error
     assert _tables(tenant_db) == {"alembic_version", "one", "tenants_history"}

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import psycopg
 import pytest
-from helpers import ALEMBIC_INI, DEMO_REVISIONS, PG_URL, ROOT, admin, failing_project, pg_dsn
+from helpers import ALEMBIC_INI, DEMO_REVISIONS, PG_URL, ROOT, failing_project, pg_dsn
 from sqlalchemy.engine import make_url
 
 from tenants.db import Connector, Sessions
@@ -23,39 +22,18 @@ from tenants.model import Status, Tenant
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture
-def proxy(pg_proxy):
-    return pg_proxy
-
-
-@pytest.fixture
-def database(pg_available):
-    """A throwaway tenant database; its name, dropped afterwards."""
-    made = []
-
-    def make(suffix: str = "") -> str:
-        name = f"rt_{uuid.uuid4().hex[:8]}{suffix}"
-        admin(f'CREATE DATABASE "{name}"')
-        made.append(name)
-        return name
-
-    yield make
-    for name in made:
-        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _tenant(proxy, name: str) -> Tenant:
-    url = make_url(PG_URL).set(host="127.0.0.1", port=proxy.port, database=name,
+def _tenant(pg_proxy, name: str) -> Tenant:
+    url = make_url(PG_URL).set(host="127.0.0.1", port=pg_proxy.port, database=name,
                                query={"sslmode": "disable"})  # the proxy reads only plain framing
     return Tenant(name, url.render_as_string(hide_password=False))
 
 
-def _settled(proxy) -> dict:
+def _settled(pg_proxy) -> dict:
     """The counters once every connection through the proxy has closed (its Terminate is counted)."""
     deadline = time.monotonic() + 5
-    while proxy.stats()["open_connections"] and time.monotonic() < deadline:
+    while pg_proxy.stats()["open_connections"] and time.monotonic() < deadline:
         time.sleep(0.01)
-    return proxy.stats()
+    return pg_proxy.stats()
 
 
 def _job(ini=ALEMBIC_INI, run_id: str | None = "rt-run") -> Job:
@@ -63,35 +41,35 @@ def _job(ini=ALEMBIC_INI, run_id: str | None = "rt-run") -> Job:
                retries=0)
 
 
-def _warm(connector: Connector, tenant: Tenant, proxy) -> None:
+def _warm(connector: Connector, tenant: Tenant, pg_proxy) -> None:
     """The engine's first connection initialises SQLAlchemy's dialect (several statements, once per process
     and server): not what a tenant costs."""
     for reads in (False, True):  # the migration engine, and the one of the parent's reads
         with connector.engine(tenant.url, reads=reads) as engine, engine.connect():
             pass
-    _settled(proxy)
+    _settled(pg_proxy)
 
 
-def _probe(proxy, name: str) -> dict:
+def _probe(pg_proxy, name: str) -> dict:
     """A raw psycopg probe: connect, one SELECT, close; what the no-op read is held to."""
-    proxy.reset()
+    pg_proxy.reset()
     url = make_url(PG_URL)
-    with psycopg.connect(host="127.0.0.1", port=proxy.port, user=url.username or "postgres", password=url.password,
+    with psycopg.connect(host="127.0.0.1", port=pg_proxy.port, user=url.username or "postgres", password=url.password,
                          dbname=name, sslmode="disable", autocommit=True) as conn:
         conn.execute("SELECT version_num FROM alembic_version").fetchall()
-    return _settled(proxy)
+    return _settled(pg_proxy)
 
 
-def test_the_no_op_read_costs_what_a_raw_probe_costs(proxy, database):
-    name = database()
-    tenant, job, revisions, connector = _tenant(proxy, name), _job(), Revisions(ALEMBIC_INI), Connector()
+def test_the_no_op_read_costs_what_a_raw_probe_costs(pg_proxy, pg_database):
+    name = pg_database()
+    tenant, job, revisions, connector = _tenant(pg_proxy, name), _job(), Revisions(ALEMBIC_INI), Connector()
     assert run_tenant(tenant, job, revisions, connector).status is Status.UPGRADED
-    _warm(connector, tenant, proxy)
-    proxy.reset()
+    _warm(connector, tenant, pg_proxy)
+    pg_proxy.reset()
     result = precheck(tenant, job, revisions, connector)
-    counts = _settled(proxy)
+    counts = _settled(pg_proxy)
     assert result is not None and result.status is Status.UP_TO_DATE
-    probe = _probe(proxy, name)
+    probe = _probe(pg_proxy, name)
     # One login, one statement (the version, the pin and the tool's tables at once), no BEGIN/ROLLBACK.
     assert counts["connections"] == 1
     assert counts["round_trips"] == probe["round_trips"], (counts["by_type"], probe["by_type"])
@@ -99,14 +77,14 @@ def test_the_no_op_read_costs_what_a_raw_probe_costs(proxy, database):
     connector.dispose()
 
 
-def test_an_upgrade_from_empty_costs_one_login_and_no_read_transactions(proxy, database):
-    name = database()
-    tenant, job, revisions = _tenant(proxy, name), _job(), Revisions(ALEMBIC_INI)
+def test_an_upgrade_from_empty_costs_one_login_and_no_read_transactions(pg_proxy, pg_database):
+    name = pg_database()
+    tenant, job, revisions = _tenant(pg_proxy, name), _job(), Revisions(ALEMBIC_INI)
     connector = Connector(sessions=Sessions(batch_statements=True))
-    _warm(connector, tenant, proxy)
-    proxy.reset()
+    _warm(connector, tenant, pg_proxy)
+    pg_proxy.reset()
     result = run_tenant(tenant, job, revisions, connector, read_first=False)  # as a worker does
-    counts = _settled(proxy)
+    counts = _settled(pg_proxy)
     assert result.status is Status.UPGRADED and list(result.applied) == DEMO_REVISIONS
     assert counts["connections"] == 1
     # Before issue 13: 41 statements over 43 round trips (each read in BEGIN/ROLLBACK, a failing SELECT of the
@@ -126,16 +104,16 @@ def test_an_upgrade_from_empty_costs_one_login_and_no_read_transactions(proxy, d
     connector.dispose()
 
 
-def test_an_upgrade_of_a_tenant_with_history_skips_every_existence_check(proxy, database):
-    name = database()
-    tenant, revisions = _tenant(proxy, name), Revisions(ALEMBIC_INI)
+def test_an_upgrade_of_a_tenant_with_history_skips_every_existence_check(pg_proxy, pg_database):
+    name = pg_database()
+    tenant, revisions = _tenant(pg_proxy, name), Revisions(ALEMBIC_INI)
     connector = Connector(sessions=Sessions(batch_statements=True))
     partial = Job(operation="upgrade", target="0002_invoices", alembic_ini=str(ALEMBIC_INI), run_id="first")
     assert run_tenant(tenant, partial, revisions, connector).status is Status.UPGRADED
-    _settled(proxy)
-    proxy.reset()
+    _settled(pg_proxy)
+    pg_proxy.reset()
     result = run_tenant(tenant, _job(), revisions, connector, read_first=False)
-    counts = _settled(proxy)
+    counts = _settled(pg_proxy)
     assert result.status is Status.UPGRADED and list(result.applied) == DEMO_REVISIONS[2:]
     # lock, state; Alembic's SELECT of the version rows (its has_table answered from the state); revision 3:
     # BEGIN, ALTER, UPDATE, version, history, COMMIT; revision 4: BEGIN, CREATE INDEX, version, history, COMMIT;
@@ -144,12 +122,12 @@ def test_an_upgrade_of_a_tenant_with_history_skips_every_existence_check(proxy, 
     connector.dispose()
 
 
-def test_each_revision_still_commits_alone_after_reads_in_autocommit(proxy, database, tmp_path):
+def test_each_revision_still_commits_alone_after_reads_in_autocommit(pg_proxy, pg_database, tmp_path):
     """A failing second revision leaves the first committed (with its history row) and nothing of the second:
     the connection went back to transactions before env.py got it."""
-    name = database("_bad")
+    name = pg_database("_bad")
     ini = failing_project(tmp_path / "project")
-    tenant, revisions, connector = _tenant(proxy, name), Revisions(ini), Connector()
+    tenant, revisions, connector = _tenant(pg_proxy, name), Revisions(ini), Connector()
     result = run_tenant(tenant, _job(ini), revisions, connector, read_first=False)
     assert result.status is Status.FAILED and list(result.applied) == ["r1"]
     with psycopg.connect(pg_dsn(name)) as conn:
@@ -161,15 +139,15 @@ def test_each_revision_still_commits_alone_after_reads_in_autocommit(proxy, data
     connector.dispose()
 
 
-def test_a_new_tenant_whose_first_revision_fails_keeps_no_version_table(proxy, database, tmp_path):
+def test_a_new_tenant_whose_first_revision_fails_keeps_no_version_table(pg_proxy, pg_database, tmp_path):
     """Alembic creates its version table in the first revision's transaction: answering its existence check
     from the state read must not make that table commit on its own."""
     from helpers import make_project
 
-    name = database()
+    name = pg_database()
     ini = make_project(tmp_path / "project", {"r1": "op.execute('SELECT * FROM no_such_table')"},
                        env_py=(ROOT / "alembic" / "env.py").read_text())
-    tenant, revisions, connector = _tenant(proxy, name), Revisions(ini), Connector()
+    tenant, revisions, connector = _tenant(pg_proxy, name), Revisions(ini), Connector()
     assert run_tenant(tenant, _job(ini, run_id=None), revisions, connector, read_first=False).status is Status.FAILED
     with psycopg.connect(pg_dsn(name)) as conn:
         assert conn.execute("SELECT to_regclass('alembic_version')").fetchone() == (None,)
@@ -213,21 +191,21 @@ def test_one_connection_per_tenant_in_pg_stat_activity(pg_fleet, tmp_path):
 
 
 @pytest.mark.parametrize("batch", [False, True])
-def test_an_engines_first_connection_asks_what_the_login_did_not_say_in_one_query(proxy, database, batch):
+def test_an_engines_first_connection_asks_what_the_login_did_not_say_in_one_query(pg_proxy, pg_database, batch):
     """SQLAlchemy's set-up of an engine's first connection: the server's version and standard_conforming_strings
     come with the login, the default schema and isolation level in one query (tenants.dialects.postgresql's
     _answer_from_login). The dialect ends up knowing what it would have asked for itself."""
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    name = database()
-    url = _tenant(proxy, name).url
+    name = pg_database()
+    url = _tenant(pg_proxy, name).url
     connector = Connector(sessions=Sessions(batch_statements=batch))
     with connector.engine(url) as engine, engine.connect():
         pass
-    counts = _settled(proxy)
+    counts = _settled(pg_proxy)
     # After the login: BEGIN and the one query (one message when batching), the ROLLBACK, and the closing
-    # Terminate (the proxy counts it). 9 statements before.
+    # Terminate (the pg_proxy counts it). 9 statements before.
     assert counts["connections"] == 1 and counts["round_trips"] == (3 if batch else 4), counts["by_type"]
     plain = create_engine(make_url(url).set(drivername="postgresql+psycopg"), poolclass=NullPool)
     with plain.connect():

@@ -1,5 +1,5 @@
 """Issue 13: a migration connection's statements with no answer travel with the next one that has one
-(tenants.dialects.psycopg_batch), against a real PostgreSQL, counted by the latency pg_proxy (no delay).
+(tenants.dialects.psycopg_batch), against a real PostgreSQL, counted by the latency proxy (no delay).
 
 What must not change is what a migration sees: every statement runs, in order, in its transaction; a failing
 one fails the transaction (at the next statement that needs an answer, with the database's own error); a

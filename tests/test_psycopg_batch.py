@@ -49,7 +49,7 @@ def _tables(name: str) -> set[str]:
 
 @pytest.fixture
 def migration(pg_proxy, tenant_db):
-    """A migration connection of the tool's (batching on), to the tenant through the pg_proxy, and the pg_proxy."""
+    """A migration connection of the tool's (batching on), to the tenant through the proxy, and the proxy."""
     connector = Connector(sessions=Sessions(batch_statements=True))
     with connector.engine(_url(pg_proxy, tenant_db)) as engine, engine.connect() as conn:
         conn.rollback()  # the engine's first connect initialised the dialect: not what is counted

@@ -48,6 +48,7 @@ from tenants.engine.fanout import (
     choose_strategy,
     noting_signals,
     signal_name,
+    start_early,
 )
 from tenants.engine.pins import TABLE as PIN_TABLE
 from tenants.engine.pins import Pin, read_pin
@@ -532,6 +533,7 @@ def prepare_upgrade(settings: Settings, revision: str = "head", selection: Selec
     target = revisions.resolve(revision)
     if resume is not None:
         check_resume(resume, settings.environment.name, target, head, force)
+    start_early(concurrency or settings.environment.concurrency)  # the workers' forkserver, during discovery
     tenants, skipped = discover_all(settings, selection, source)
     if (concurrency is None and settings.environment.source == "azure-pool"
             and not settings.environment.concurrency_explicit):

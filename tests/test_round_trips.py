@@ -190,8 +190,9 @@ def test_one_connection_per_tenant_in_pg_stat_activity(pg_fleet, tmp_path):
     assert set(seen) == set(fleet.names) and set(seen.values()) == {1}
 
 
-@pytest.mark.parametrize("batch", [False, True])
-def test_an_engines_first_connection_asks_what_the_login_did_not_say_in_one_query(pg_proxy, pg_database, batch):
+@pytest.mark.parametrize(("batch", "reads"), [(False, False), (True, False), (True, True)])
+def test_an_engines_first_connection_asks_what_the_login_did_not_say_in_one_query(pg_proxy, pg_database, batch,
+                                                                                   reads):
     """SQLAlchemy's set-up of an engine's first connection: the server's version and standard_conforming_strings
     come with the login, the default schema and isolation level in one query (tenants.dialects.postgresql's
     _answer_from_login). The dialect ends up knowing what it would have asked for itself."""
@@ -201,12 +202,14 @@ def test_an_engines_first_connection_asks_what_the_login_did_not_say_in_one_quer
     name = pg_database()
     url = _tenant(pg_proxy, name).url
     connector = Connector(sessions=Sessions(batch_statements=batch))
-    with connector.engine(url) as engine, engine.connect():
+    with connector.engine(url, reads=reads) as engine, engine.connect():
         pass
     counts = _settled(pg_proxy)
     # After the login: BEGIN and the one query (one message when batching), the ROLLBACK, and the closing
-    # Terminate (the pg_proxy counts it). 9 statements before.
-    assert counts["connections"] == 1 and counts["round_trips"] == (3 if batch else 4), counts["by_type"]
+    # Terminate (the proxy counts it). 9 statements before. The tool's reads run in autocommit from the login
+    # on: the query alone.
+    assert counts["connections"] == 1
+    assert counts["round_trips"] == (2 if reads else 3 if batch else 4), counts["by_type"]
     plain = create_engine(make_url(url).set(drivername="postgresql+psycopg"), poolclass=NullPool)
     with plain.connect():
         pass

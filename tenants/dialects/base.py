@@ -99,10 +99,13 @@ class Sessions:
     # row) and sends them with the next one that needs an answer: PostgreSQL over psycopg 3 only
     # (tenants.dialects.psycopg_batch). Off: every statement is its own round trip, as with plain Alembic.
     batch_statements: bool = True
+    reads_only: bool = False  # the tool's own reads (prechecks, discovery, read-backs): see reading()
 
     def reading(self) -> Sessions:
-        """The settings of a connection that only reads (prechecks, discovery): every statement has a deadline."""
-        return replace(self, statement_timeout=self.read_timeout)
+        """The settings of a connection that only reads (prechecks, discovery): every statement has a deadline,
+        and no statement needs a transaction (each read is one statement), so a dialect may run them all in
+        autocommit from the login on (PostgreSQL)."""
+        return replace(self, statement_timeout=self.read_timeout, reads_only=True)
 
     def lock_timeout(self, dialect: Dialect) -> float:
         return dialect.ddl_lock_timeout if self.ddl_lock_timeout is None else self.ddl_lock_timeout

@@ -225,8 +225,13 @@ class PostgreSQL(Dialect):
         # use_native_hstore=False: SQLAlchemy's HSTORE type then converts values itself (as with any driver
         # without an hstore adapter) instead of looking the type up on each engine's first connection: a
         # savepoint, a query and its release, three round trips to a far-away pool (issue 13).
-        engine = create_engine(url, poolclass=NullPool, connect_args=self.connect_args(url, sessions),
-                               use_native_hstore=False)
+        connect_args = self.connect_args(url, sessions)
+        if sessions.reads_only:
+            # In autocommit from the login on: SQLAlchemy's set-up of the engine's first connection then costs
+            # one round trip (its one query, below), not three (BEGIN, the query, ROLLBACK); the reads switch
+            # to autocommit anyway (tenants.db.autocommit).
+            connect_args["autocommit"] = True
+        engine = create_engine(url, poolclass=NullPool, connect_args=connect_args, use_native_hstore=False)
         _answer_from_login(engine.dialect)
         return engine
 

@@ -30,13 +30,13 @@ from tenants.engine.fanout.base import (
     noting_signals,
     signal_name,
 )
-from tenants.engine.fanout.process import ProcessStrategy
+from tenants.engine.fanout.process import ProcessStrategy, start_early
 from tenants.engine.fanout.serial import SerialStrategy
 from tenants.engine.pressure import PressureGate
 from tenants.engine.revisions import Revisions
 
 __all__ = ["FAILURES", "FailurePolicy", "FanOut", "Noted", "OnResult", "ProcessStrategy", "SerialStrategy",
-           "Strategy", "Whereabouts", "choose_strategy", "noting_signals", "signal_name"]
+           "Strategy", "Whereabouts", "choose_strategy", "noting_signals", "signal_name", "start_early"]
 
 
 def choose_strategy(concurrency: int, tenants: int, revisions: Revisions | None = None,

@@ -288,8 +288,9 @@ def start_early(concurrency: int) -> None:
     discovery (round trips to the server, or Azure's API), that happens while the parent waits on the network
     instead of after the first tenant with work is found (issue 13: it was 0.3 s of a 40-tenant upgrade's
     critical path). A run that needs no worker (a fleet at the target) started it anyway; one that turns out
-    serial leaves it idle, and it ends with this process."""
-    if concurrency > 1:
+    serial leaves it idle, and it ends with this process. Only from the main thread (signals are set around
+    the start, see _start_forkserver): a library caller's thread leaves it to the run, as before."""
+    if concurrency > 1 and threading.current_thread() is threading.main_thread():
         _forkserver()
         _start_forkserver()
 

@@ -33,7 +33,7 @@ from tenants.db import (
     read_version,
     schema_snapshot,
 )
-from tenants.dialects import placeholder_urls
+from tenants.dialects import dialect_for, placeholder_urls
 from tenants.engine import baseline as baseline_module
 from tenants.engine import history, pins
 from tenants.engine.adopt import AdoptReport, AdoptRow, AdoptState, match
@@ -533,7 +533,9 @@ def prepare_upgrade(settings: Settings, revision: str = "head", selection: Selec
     target = revisions.resolve(revision)
     if resume is not None:
         check_resume(resume, settings.environment.name, target, head, force)
-    start_early(concurrency or settings.environment.concurrency)  # the workers' forkserver, during discovery
+    # The workers' forkserver starts now, during discovery.
+    start_early(concurrency or settings.environment.concurrency,
+                dialect_for(settings.environment.dialect).worker_modules)
     tenants, skipped = discover_all(settings, selection, source)
     if (concurrency is None and settings.environment.source == "azure-pool"
             and not settings.environment.concurrency_explicit):

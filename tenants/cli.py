@@ -25,6 +25,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tenants.config import DEFAULT_ENV, Settings, load_settings
+from tenants.dialects import dialect_for
+from tenants.engine.forkserver import start_early
 from tenants.errors import TenantsError, UsageError
 from tenants.lazy import lazy_module
 from tenants.model import RESUMABLE, RunReport, TenantResult, counted
@@ -546,6 +548,11 @@ def upgrade(
     settings: Settings | None = None
     try:
         settings = obj.settings()
+        # The workers' forkserver first: its imports (half a second) overlap this process's loading of the
+        # library and the discovery, instead of delaying the first tenant with work (api.prepare_upgrade
+        # starts it too, for library callers; the second call finds it running).
+        start_early(concurrency or settings.environment.concurrency,
+                    dialect_for(settings.environment.dialect).worker_modules)
         # Neither flag: the default policy (the first failure, or with waves each wave's budget); see RunOptions.
         limit = None if keep_going else max_failures if max_failures is not None else api.FailureLimit.DEFAULT
         options = api.RunOptions(concurrency=concurrency, retries=retries, tenant_timeout=tenant_timeout,

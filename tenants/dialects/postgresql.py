@@ -190,6 +190,7 @@ class PostgreSQL(Dialect):
     missing_table_states = frozenset({"42P01"})  # undefined_table
 
     ddl_lock_timeout = 30.0
+    worker_modules = ("psycopg", "sqlalchemy.dialects.postgresql.psycopg", "tenants.dialects.psycopg_batch")
     autocommit_reads = True  # psycopg and psycopg2 switch autocommit on the client: no round trip
 
     def read_state(self, conn: Connection, version_table: str, pin_table: str, history_table: str, *,

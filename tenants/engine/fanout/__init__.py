@@ -30,8 +30,9 @@ from tenants.engine.fanout.base import (
     noting_signals,
     signal_name,
 )
-from tenants.engine.fanout.process import ProcessStrategy, start_early
+from tenants.engine.fanout.process import ProcessStrategy
 from tenants.engine.fanout.serial import SerialStrategy
+from tenants.engine.forkserver import start_early
 from tenants.engine.pressure import PressureGate
 from tenants.engine.revisions import Revisions
 

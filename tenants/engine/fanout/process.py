@@ -56,7 +56,6 @@ import multiprocessing.forkserver
 import os
 import queue
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -71,6 +70,7 @@ from tenants.engine.fanout.base import Whereabouts, noting_signals, skipped
 from tenants.engine.fanout.orphans import die_with_parent
 from tenants.engine.fanout.scheduler import Scheduler, drain_grace
 from tenants.engine.fanout.slots import CLOCK_SIZE, PID, STARTED, STOP, Slot, Slots
+from tenants.engine.forkserver import forkserver_context, start_forkserver
 from tenants.engine.history import applied_by_run
 from tenants.engine.pressure import PressureGate
 from tenants.engine.revisions import Revisions
@@ -189,7 +189,7 @@ class ProcessStrategy:
         # sets itself up, or came before it (an earlier wave, the parent's set-up), is taken when the scheduler
         # is ready, before it starts anything.
         with noting_signals() as noted:
-            context = _forkserver()
+            context = forkserver_context()
             revisions = self.revisions or Revisions(job.alembic_ini, job.version_table)
             connector = job.connector()
             threads = DaemonThreads()  # the parent's reads: prechecks, and after a timeout or a stop
@@ -202,7 +202,7 @@ class ProcessStrategy:
             run.signals = noted.received  # the handler appends to it from now on: the scheduler acts on them
             run.take_signals()
             try:
-                _start_forkserver()
+                start_forkserver()
                 while run.start():
                     for future in run.wait():
                         run.on_done(future)
@@ -264,48 +264,6 @@ class DaemonThreads(Executor):
             threads, self._threads = self._threads, 0
         for _ in range(threads):
             self._tasks.put(self._STOP)
-
-
-def _start_forkserver() -> None:
-    """Start the forkserver now, with SIGINT and SIGTERM ignored: a process inherits ignored signals through
-    exec (not blocked ones: the child's mask is reset), and Python keeps them ignored, so the forkserver ignores
-    them from its first instruction, and every worker it forks from its birth. A Ctrl-C while the forkserver
-    imports (the first second of a run) so kills neither it (with a traceback) nor a worker before its
-    initializer runs (every tenant "failed: the worker pool broke"); this process notes it and the run skips
-    the tenants. The price: a signal in the few milliseconds of the fork and exec is lost here (press again)."""
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in signals}
-    try:
-        multiprocessing.forkserver.ensure_running()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-
-
-def start_early(concurrency: int) -> None:
-    """Start the forkserver now, for a run that will likely fork workers (``concurrency`` > 1): it imports
-    SQLAlchemy and Alembic once (about 0.3 s) before it can fork the first worker, and started here, before
-    discovery (round trips to the server, or Azure's API), that happens while the parent waits on the network
-    instead of after the first tenant with work is found (issue 13: it was 0.3 s of a 40-tenant upgrade's
-    critical path). A run that needs no worker (a fleet at the target) started it anyway; one that turns out
-    serial leaves it idle, and it ends with this process. Only from the main thread (signals are set around
-    the start, see _start_forkserver): a library caller's thread leaves it to the run, as before."""
-    if concurrency > 1 and threading.current_thread() is threading.main_thread():
-        _forkserver()
-        _start_forkserver()
-
-
-def _forkserver() -> multiprocessing.context.BaseContext:
-    context = multiprocessing.get_context("forkserver")
-    # The forkserver imports these once and forks every worker from itself. "__main__" included: a
-    # worker would otherwise re-run the main script (the console script imports the CLI: typer, rich).
-    # (Only a main module that is a file: one read from stdin cannot be imported again, anywhere.)
-    main_file = getattr(sys.modules["__main__"], "__file__", None)
-    real_main = bool(main_file) and os.path.isfile(main_file)
-    # orphans first: it makes the forkserver die with this process (see there).
-    preload = ["tenants.engine.fanout.orphans", "tenants.engine.fanout.process"]
-    context.set_forkserver_preload(["__main__", *preload] if real_main else preload)
-    return context
 
 
 def _spawn(context: multiprocessing.context.BaseContext, job: Job, check_client: bool) -> Slot:

@@ -326,3 +326,28 @@ def test_a_read_of_the_parent_still_going_at_the_timeout_is_given_up_and_its_ten
     assert late["t0"].duration == 5.5 and late["t0"].to_revision is None
     assert late["t0"].error.startswith("timed out: reading its revision (before any change) took 5s")
     assert [t.name for t, _, _ in s.workers.pending()] == [] and [t.name for t in s.run.ready] == ["t1"]
+
+
+def test_the_parents_reads_start_one_at_a_time_but_a_slow_read_holds_nobody_back():
+    """Slow start (issue 13): one read at first, so a fleet being upgraded logs in once more than its tenants
+    at most; but a read still going after SLOW_READ (an unreachable tenant waiting out its connect timeout)
+    no longer counts, and the next reads start."""
+    submitted = []
+
+    class Hanging:
+        def submit(self, fn, tenant):
+            submitted.append(tenant.name)
+            return Future()  # never ends
+
+    s = scheduler(4, concurrency=3)
+    s.run.threads = Hanging()
+    assert s.run.start() and submitted == ["t0"]
+    s.now[0] += 0.5
+    s.run.start()
+    assert submitted == ["t0"]  # a read in flight: still one at a time
+    s.now[0] += 0.6  # t0's read has taken 1.1 s: slow
+    s.run.start()
+    assert submitted == ["t0", "t1"]
+    s.now[0] += 1.0  # both slow now
+    s.run.start()
+    assert submitted == ["t0", "t1", "t2"]  # at most `concurrency` reads at once

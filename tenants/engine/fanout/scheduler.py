@@ -61,6 +61,10 @@ _NO_WORKERS = ("worker processes could not start (3 died in a row before startin
 _STOPPED = ("interrupted ({}) while migrating: its worker process was killed and the server rolls the revision in "
             "progress back (its connection died); rerun to resume")
 SIGNAL_POLL = 0.2  # seconds: how soon the loop acts on a signal
+# Seconds after which a read of the parent no longer holds the others back (see Scheduler.read_window): a tenant
+# that cannot be reached waits out its connect timeout (10 s), and the slow start must not make the fleet wait
+# with it. A read takes tens of milliseconds, a few hundred with a far-away pool's TLS and Entra token.
+SLOW_READ = 1.0
 READ_BACK = 2.0  # seconds: how long the reads of where stopped tenants are may take before they are unknown
 # Grace for the tenants in flight after the first signal, in GitHub Actions: a cancelled job gets SIGINT, then
 # SIGTERM about 7.5 s later, then SIGKILL: stop them, read them back and write the reports before that.
@@ -158,7 +162,10 @@ class Scheduler:
 
     def _start_reads(self) -> None:
         # Reads and migrations together stay within the limit.
-        while self.starting() and self.unchecked and len(self.checks) < self.read_window \
+        now = self.clock()
+        slow = sum(1 for started in self.checked_since.values() if now - started >= SLOW_READ)
+        window = min(self.concurrency, self.read_window + slow)  # a slow read does not hold the others back
+        while self.starting() and self.unchecked and len(self.checks) < window \
                 and len(self.checks) + len(self.slots) < self.aimd.limit:
             tenant = self.unchecked.popleft()
             future = self.threads.submit(self.read, tenant)

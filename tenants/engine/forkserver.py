@@ -48,9 +48,10 @@ def start_early(concurrency: int, preload: tuple[str, ...] = ()) -> None:
 
 def forkserver_context(extra: tuple[str, ...] = ()) -> multiprocessing.context.BaseContext:
     context = multiprocessing.get_context("forkserver")
-    # The forkserver imports these once and forks every worker from itself. "__main__" included: a
-    # worker would otherwise re-run the main script (the console script imports the CLI: typer, rich).
-    # (Only a main module that is a file: one read from stdin cannot be imported again, anywhere.)
+    # The forkserver imports these once and forks every worker from itself. "__main__" included, for Pythons
+    # where it works (on 3.11 the forkserver never gets the main path, so every worker re-imports the main
+    # script itself: hence a light console script, see tenants.__main__). (Only a main module that is a file:
+    # one read from stdin cannot be imported again, anywhere.)
     main_file = getattr(sys.modules["__main__"], "__file__", None)
     real_main = bool(main_file) and os.path.isfile(main_file)
     # orphans first: it makes the forkserver die with this process (see there).

@@ -7,8 +7,11 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from helpers import ROOT
 from setuptools import find_packages
+
+from tenants.__main__ import _forks_workers
 
 
 def test_the_wheel_includes_every_subpackage():
@@ -36,3 +39,20 @@ def test_a_worker_re_importing_the_console_script_imports_no_cli(tmp_path):
     # And the script runs the CLI when it is the main script.
     help_run = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=ROOT)
     assert help_run.returncode == 0 and "upgrade" in help_run.stdout
+
+
+@pytest.mark.parametrize(("argv", "forks"), [
+    (["upgrade"], True),
+    (["--config", "x.toml", "--env", "prod", "upgrade", "head"], True),
+    (["-v", "upgrade", "-j", "8"], True),
+    (["-c", "upgrade", "status"], False),  # "upgrade" is the configuration file's name here
+    (["status"], False),
+    (["downgrade", "-t", "acme"], False),
+    (["upgrade", "--help"], False),
+    (["upgrade", "-j", "1"], False),
+    (["upgrade", "--concurrency", "1"], False),
+    (["upgrade", "--concurrency=1"], False),
+    ([], False),
+])
+def test_the_entry_point_starts_the_forkserver_early_only_for_an_upgrade_that_may_fork(argv, forks):
+    assert _forks_workers(argv) is forks

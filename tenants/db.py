@@ -211,10 +211,14 @@ def known_tables(conn: Connection, answers: dict[str, bool | None]) -> None:
     def answer(connection, table_name: str, schema: str | None) -> bool | None:
         known = getattr(connection, "info", {}).get(_KNOWN) if schema is None else None
         there = known.get(table_name.lower()) if known else None
-        # "Missing" only inside a transaction: Alembic's first question, outside one, is what begins the
-        # transaction its version table is then created in (with the first revision, which commits or rolls
-        # back with it); answered without a statement, the table would be created and committed on its own.
-        return there if there or (there is False and connection.in_transaction()) else None
+        if there is False and not connection.in_transaction():
+            # Alembic's first question, outside a transaction, is what begins (SQLAlchemy's autobegin) the
+            # transaction its version table is then created in, with the first revision, which commits or
+            # rolls back with it. Answered without a statement, that transaction is begun here as the statement
+            # would have (else the table would be created and committed on its own). On a batching connection
+            # the BEGIN itself waits for the next statement (tenants.dialects.psycopg_batch).
+            connection.begin()
+        return there
 
     def has_table(connection, table_name, schema=None, **kw):
         there = answer(connection, table_name, schema)

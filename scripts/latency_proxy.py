@@ -19,7 +19,9 @@ Counted on the client -> server stream, whose PostgreSQL framing is parsed (fron
   direction switches client-after-server: what the latency multiplies (a connection's first send is not one,
   its closing Terminate is);
 - tls_connections: connections whose stream turned into TLS after an SSLRequest (their messages are not
-  counted: the framing is encrypted).
+  counted: the framing is encrypted);
+- logins_by_database: startup packets by the database they name (the user's name when they name none), so
+  that logins to tenant databases are told from others (discovery's, to the maintenance database).
 
 Library:
 
@@ -80,6 +82,7 @@ class FrontendParser:
         self.buffer = bytearray()
         self.startup = True  # the next message is untyped (int32 length first)
         self.opaque = False  # TLS (or GSS) after an SSLRequest: no more framing to read
+        self.database: str | None = None  # named by the startup packet, once parsed
 
     def feed(self, data: bytes) -> list[str]:
         if self.opaque:
@@ -107,6 +110,10 @@ class FrontendParser:
             code = struct.unpack_from("!I", buf, 4)[0] if length >= 8 else 0
             name = UNTYPED.get(code, "startup")
             self.startup = name in ("ssl", "gssenc")  # after those the real startup packet follows
+            if name == "startup":  # protocol version, then parameter names and values, each NUL-terminated
+                words = bytes(buf[8:end]).split(b"\0")
+                params = dict(zip(words[0::2], words[1::2], strict=False))
+                self.database = (params.get(b"database") or params.get(b"user") or b"").decode(errors="replace")
         else:
             name = chr(buf[0])
         del buf[:end]
@@ -124,6 +131,7 @@ class _Stats:
             self.open = getattr(self, "open", 0)  # a gauge, not a counter: connections open now
             self.bytes_to_server = self.bytes_to_client = 0
             self.by_type: Counter[str] = Counter()
+            self.logins_by_database: Counter[str] = Counter()
 
     def snapshot(self) -> dict:
         with self.lock:
@@ -131,7 +139,8 @@ class _Stats:
                     "messages": sum(self.by_type.values()),
                     "round_trips": self.round_trips, "tls_connections": self.tls_connections,
                     "bytes_to_server": self.bytes_to_server, "bytes_to_client": self.bytes_to_client,
-                    "by_type": dict(sorted(self.by_type.items()))}
+                    "by_type": dict(sorted(self.by_type.items())),
+                    "logins_by_database": dict(sorted(self.logins_by_database.items()))}
 
 
 class _Connection:
@@ -149,6 +158,8 @@ class _Connection:
         with stats.lock:
             stats.bytes_to_server += len(data)
             stats.by_type.update(names)
+            if "startup" in names:
+                stats.logins_by_database[self.parser.database or ""] += 1
             if self.server_spoke:
                 stats.round_trips += 1
             if self.parser.opaque and not was_opaque:

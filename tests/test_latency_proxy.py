@@ -37,6 +37,17 @@ def _connect(proxy, **kw) -> psycopg.Connection:
                            password=url.password, dbname=url.database or "postgres", sslmode="disable", **kw)
 
 
+def _upstream_database() -> str:
+    return make_url(PG_URL).database or "postgres"
+
+
+def test_a_startup_packet_naming_a_database_is_counted_under_it():
+    startup = b"user\0app\0database\0tenant_7\0application_name\0tenants\0\0"
+    packet = struct.pack("!II", 8 + len(startup), 196608) + startup
+    parser = latency_proxy.FrontendParser()
+    assert parser.feed(packet) == ["startup"] and parser.database == "tenant_7"
+
+
 @pytest.mark.postgres
 def test_one_connection_is_one_login_and_a_select_one_query_message(pg_available):
     with latency_proxy.LatencyProxy(_upstream()) as proxy:
@@ -45,6 +56,7 @@ def test_one_connection_is_one_login_and_a_select_one_query_message(pg_available
             assert login["connections"] == 1
             assert login["by_type"] == {"startup": 1}  # sslmode=disable: no SSLRequest first
             assert login["round_trips"] == 0  # the startup packet is the connection's first send
+            assert login["logins_by_database"] == {_upstream_database(): 1}
 
             proxy.reset()
             assert conn.execute("SELECT 1").fetchall() == [(1,)]
@@ -97,6 +109,7 @@ def test_the_framing_is_parsed_across_chunk_boundaries():
     parser = latency_proxy.FrontendParser()
     names = [name for i in range(0, len(stream), 3) for name in parser.feed(stream[i:i + 3])]
     assert names == ["ssl", "startup", "Q", "Q", "X"]
+    assert parser.database == "pg"  # no database named: the user's name, as the server takes it
 
     tls = latency_proxy.FrontendParser()
     assert tls.feed(ssl) == ["ssl"]

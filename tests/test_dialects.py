@@ -59,6 +59,18 @@ def test_what_each_dialect_declares():
     assert [d.retry_backoff for d in (sqlite, postgres, mssql)] == [(1.0, 30.0), (1.0, 30.0), (5.0, 60.0)]
 
 
+@pytest.mark.parametrize(("url", "rides"), [
+    ("postgresql+psycopg://u@h/{tenant}", True),  # the lock and the read in one pipeline
+    ("postgresql+psycopg2://u@h/{tenant}", False),
+    # No driver named: SQLAlchemy's default, psycopg from SQLAlchemy 2.1 on (psycopg2 before).
+    ("postgresql://u@h/{tenant}", make_url("postgresql://").get_driver_name() == "psycopg"),
+    ("mssql+pyodbc://u@h/{tenant}?driver=FreeTDS", False),  # sp_getapplock: a round trip of its own
+    ("sqlite:///db/{tenant}.db", False),
+])
+def test_where_the_lock_rides_with_the_read_the_workers_read_every_tenant(url, rides):
+    assert dialect_for(url).lock_rides_with_read(url) is rides
+
+
 def test_only_sql_server_post_processes_offline_sql():
     sql = "CREATE TABLE alembic_version (\n    version_num VARCHAR(32) NOT NULL\n);\n"
     assert DIALECTS["postgresql"].offline_script(sql, "alembic_version") == sql

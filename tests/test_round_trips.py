@@ -124,6 +124,20 @@ def test_an_upgrade_of_a_tenant_with_history_skips_every_existence_check(pg_prox
     connector.dispose()
 
 
+def test_on_change_is_called_once_env_py_runs_and_never_for_a_tenant_at_the_target(pg_proxy, pg_database):
+    """A worker tells its parent when env.py starts on its tenant (the first step that may change it): a worker
+    killed before then changed nothing (tenants.engine.fanout.scheduler's timeout and stop reports)."""
+    name = pg_database()
+    tenant, job, revisions, connector = _tenant(pg_proxy, name), _job(), Revisions(ALEMBIC_INI), Connector()
+    calls: list[int] = []
+    for status in (Status.UPGRADED, Status.UP_TO_DATE):
+        calls.clear()
+        result = run_tenant(tenant, job, revisions, connector, read_first=False, on_change=lambda: calls.append(1))
+        assert result.status is status
+        assert calls == ([1] if status is Status.UPGRADED else [])
+    connector.dispose()
+
+
 def test_each_revision_still_commits_alone_after_reads_in_autocommit(pg_proxy, pg_database, tmp_path):
     """A failing second revision leaves the first committed (with its history row) and nothing of the second:
     the connection went back to transactions before env.py got it."""
@@ -191,6 +205,31 @@ def test_one_connection_per_tenant_in_pg_stat_activity(pg_fleet, tmp_path):
         watcher.join(5)
     assert {r.status for r in report.results} == {Status.UPGRADED}
     assert set(seen) == set(fleet.names) and set(seen.values()) == {1}
+
+
+def test_a_run_logs_into_each_tenant_once_whether_it_needs_work_or_not(pg_fleet, pg_proxy):
+    """Issue 13's acceptance, for whole runs: on PostgreSQL over psycopg the workers read every tenant under its
+    lock, in one round trip with it (no read ahead in the parent, whose login a tenant with work would pay
+    twice), so an upgrade of new tenants and the no-op pass after it each log into every tenant's database
+    exactly once. The only other login is discovery's, to the maintenance database."""
+    from tenants import api
+    from tenants.config import load_settings
+    from tenants.selection import Selection
+
+    fleet = pg_fleet(5, extra="concurrency = 3\n")
+    direct = make_url(PG_URL)
+    text = fleet.config.read_text().replace(f"@{direct.host or '127.0.0.1'}:{direct.port or 5432}/",
+                                            f"@127.0.0.1:{pg_proxy.port}/")
+    assert f":{pg_proxy.port}/" in text
+    fleet.config.write_text(text)
+    settings = load_settings(str(fleet.config), "pg")
+    for expected in (Status.UPGRADED, Status.UP_TO_DATE):
+        pg_proxy.reset()
+        report = api.upgrade(settings, selection=Selection())
+        assert {r.status for r in report.results} == {expected}
+        logins = _settled(pg_proxy)["logins_by_database"]
+        assert {name: logins.pop(name, 0) for name in fleet.names} == dict.fromkeys(fleet.names, 1)
+        assert logins == {direct.database or "postgres": 1}  # discovery
 
 
 @pytest.mark.parametrize(("batch", "reads"), [(False, False), (True, False), (True, True)])

@@ -16,7 +16,7 @@ import pytest
 
 from tenants.engine.fanout import FailurePolicy, Whereabouts, slots
 from tenants.engine.fanout.scheduler import READ_BACK, Scheduler, drain_grace
-from tenants.engine.fanout.slots import PID, STARTED, Slot, Slots
+from tenants.engine.fanout.slots import CHANGING, CLOCK_SIZE, PID, STARTED, Slot, Slots
 from tenants.model import Status, Tenant, TenantResult
 
 
@@ -29,7 +29,7 @@ class Workers:
         self.given: list[tuple[Tenant, Future, list]] = []
 
     def spawn(self) -> Slot:
-        clock = [0.0, 0.0, 0.0]
+        clock = [0.0] * CLOCK_SIZE
         slot = Slot(FakeExecutor(self, clock), clock)
         self.spawned.append(slot)
         return slot
@@ -39,7 +39,8 @@ class Workers:
 
 
 class FakeExecutor:
-    """A slot's executor of one process: the worker writes its clock as it starts the tenant."""
+    """A slot's executor of one process: the worker writes its clock as it starts the tenant, and at once says
+    it runs env.py on it (CHANGING; a test clears that for a worker still connecting or reading)."""
 
     def __init__(self, workers, clock):
         self.workers, self.clock, self.shut = workers, clock, False
@@ -48,7 +49,7 @@ class FakeExecutor:
         if not self.workers.start:
             raise BrokenProcessPool("A process in the process pool was terminated abruptly")
         future = Future()
-        self.clock[PID], self.clock[STARTED] = 4242, self.workers.now()
+        self.clock[PID], self.clock[STARTED], self.clock[CHANGING] = 4242, self.workers.now(), 1.0
         self.workers.given.append((tenant, future, self.clock))
         return future
 
@@ -218,6 +219,37 @@ def test_a_second_signal_kills_the_tenants_in_flight_and_reads_back_where_they_s
     assert (stopped.from_revision, stopped.to_revision, stopped.applied) == ("base", "p2", ("p1", "p2"))
     assert stopped.error.startswith("interrupted (SIGTERM) while migrating: its worker process was killed")
     assert fan.results[4].error == "not started: interrupted (SIGTERM)"
+
+
+def test_a_worker_stopped_or_timed_out_before_env_py_ran_changed_nothing(monkeypatch):
+    """A worker killed while still connecting, waiting for the lock or reading (CHANGING not set) did not touch
+    its tenant: the report says so, for a timeout as for a stop."""
+    monkeypatch.setattr(slots, "os", SimpleNamespace(kill=lambda pid, sig: None))
+    s = scheduler(3, concurrency=2, timeout=10.0, where=lambda t: Whereabouts("base", (), "base"))
+    (_, reading, clock), (_, _, other) = past_the_prechecks(s)
+    clock[CHANGING] = other[CHANGING] = 0.0
+    s.now[0] += 10.5
+    s.run.wait()  # the timeout: both killed
+    reading.set_exception(BrokenProcessPool("killed"))
+    fan = settle(s)
+    timed_out = fan.results[0]
+    assert timed_out.status is Status.TIMED_OUT and timed_out.to_revision == "base"
+    assert timed_out.error.startswith("timed out: still connecting, waiting for its lock or reading its revision "
+                                      "10s after it started (--tenant-timeout): its worker process was killed "
+                                      "before any change; nothing was changed")
+
+    s = scheduler(2, concurrency=2, where=lambda t: Whereabouts("base", (), "base"))
+    (_, reading, clock), *_ = past_the_prechecks(s)
+    clock[CHANGING] = 0.0
+    s.run.on_signal(signal.SIGTERM)
+    s.run.on_signal(signal.SIGINT)
+    s.run.wait()
+    for _, future, _ in s.workers.pending():
+        future.set_exception(BrokenProcessPool("killed"))
+    stopped = settle(s).results[0]
+    assert stopped.status is Status.FAILED
+    assert stopped.error.startswith("interrupted (SIGTERM) while connecting, waiting for its lock or reading its "
+                                    "revision: its worker process was killed before any change; nothing was changed")
 
 
 def test_the_grace_ends_the_drain_and_a_read_back_that_hangs_is_given_up(monkeypatch):

@@ -196,6 +196,38 @@ def test_postgres_rolls_back_the_killed_tenants_transaction_at_once(pg_fleet, tm
     assert fleet.version(slow) == "p2"
 
 
+@pytest.mark.postgres
+def test_a_worker_killed_before_env_py_ran_reports_nothing_changed(pg_fleet, tmp_path):
+    """On PostgreSQL the workers read every tenant under its lock (no read ahead in the parent). A tenant whose
+    worker is killed while still waiting for its lock (another session holds it) changed nothing, and its
+    report says so; one killed inside a revision says its revision in progress rolls back."""
+    import psycopg
+    from helpers import pg_dsn
+
+    from tenants.dialects.postgresql import LOCK_KEY
+
+    ini = make_project(tmp_path / "proj", {"p1": """
+        from alembic import context
+        if '_001' in context.config.get_main_option('sqlalchemy.url'):
+            op.execute('SELECT pg_sleep(30)')
+    """}, env_py=(ROOT / "alembic" / "env.py").read_text())
+    fleet = pg_fleet(2, alembic=ini, extra="lock_timeout = 60\n")
+    waiting, sleeping = fleet.names
+    settings = load_settings(fleet.config, "pg", environ={})
+    with psycopg.connect(pg_dsn(waiting), autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        report = api.upgrade(settings, options=api.RunOptions(concurrency=2, max_failures=None,
+                                                               tenant_timeout=TIMEOUT))
+    by = {r.tenant: r for r in report.results}
+    assert by[waiting].status is Status.TIMED_OUT and by[waiting].to_revision == "base"
+    assert by[waiting].error.startswith("timed out: still connecting, waiting for its lock or reading its "
+                                        "revision 2s after it started (--tenant-timeout): its worker process was "
+                                        "killed before any change; nothing was changed")
+    assert by[sleeping].status is Status.TIMED_OUT
+    assert by[sleeping].error.startswith("timed out: still running 2s after it started (--tenant-timeout): its "
+                                         "worker process was killed and the server rolls the revision in progress")
+
+
 def test_the_timeout_covers_the_parents_read_of_a_tenant(sqlite_config, tmp_path):
     """The parent reads each tenant's revision before handing it to a worker (the precheck). A read that hangs
     (here: the file locked by someone else; the read waits for SQLite's 30 s busy timeout) is given up at the

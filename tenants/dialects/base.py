@@ -211,6 +211,13 @@ class Dialect:
         none either."""
         yield
 
+    def lock_rides_with_read(self, url: str) -> bool:
+        """Whether :meth:`locked_state` costs one round trip on ``url``'s driver, as a plain read does: then a
+        worker's read under the lock costs what the parent's lock-free read costs, and the fan-out lets the
+        workers read every tenant (each logged into once) instead of reading ahead in the parent
+        (:class:`tenants.engine.fanout.ProcessStrategy`). Here the lock is a round trip of its own."""
+        return False
+
     @contextlib.contextmanager
     def locked_state(self, conn: Connection, timeout: float, own: str | None, tables: tuple[str, str, str], *,
                      pin: bool = True) -> Iterator[TenantState]:

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool, Pool
 
@@ -152,7 +152,8 @@ def _answer_from_login(dialect) -> None:
 def _pipelines(raw) -> bool:
     """Whether ``raw`` (a DB-API connection) is psycopg 3's, in autocommit: statements can share a round trip."""
     psycopg = sys.modules.get("psycopg")  # loaded if raw is one of its connections
-    return psycopg is not None and isinstance(raw, psycopg.Connection) and raw.autocommit
+    return (psycopg is not None and isinstance(raw, psycopg.Connection) and raw.autocommit
+            and psycopg.Pipeline.is_supported())
 
 
 def _xml_rows(document: str | None) -> list[dict[str, str]] | None:
@@ -197,6 +198,15 @@ class PostgreSQL(Dialect):
                    pin: bool = True) -> TenantState:
         """One statement, one round trip, whatever exists (:data:`STATE_SQL`)."""
         return _state_of(conn.execute(text(STATE_SQL), _state_params(version_table, pin_table, history_table)).one())
+
+    def lock_rides_with_read(self, url: str) -> bool:
+        """psycopg 3 sends the lock and the read in one pipeline (:meth:`locked_state`), given a libpq with
+        pipeline mode (14 and newer; psycopg's binary wheels carry one); psycopg2 cannot."""
+        if make_url(url).get_driver_name() != "psycopg":
+            return False
+        import psycopg
+
+        return psycopg.Pipeline.is_supported()
 
     @contextlib.contextmanager
     def locked_state(self, conn: Connection, timeout: float, own: str | None, tables: tuple[str, str, str], *,

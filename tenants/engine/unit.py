@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
@@ -142,7 +142,8 @@ class _Outcome(Exception):
 
 
 def run_tenant(tenant: Tenant, job: Job, revisions: Revisions, connector: Connector, *,
-               read_first: bool = True, hand_back_throttled: bool = False, sleep=time.sleep) -> TenantResult:
+               read_first: bool = True, hand_back_throttled: bool = False, sleep=time.sleep,
+               on_change: Callable[[], None] | None = None) -> TenantResult:
     """Run ``job`` on ``tenant``; never raises (a bug in here is still reported as that tenant's failure).
 
     ``read_first=False`` skips the unlocked read (step 2) and goes straight to the lock: for a tenant already
@@ -157,11 +158,14 @@ def run_tenant(tenant: Tenant, job: Job, revisions: Revisions, connector: Connec
     revisions this run's attempts committed, and a tenant this run moved is ``upgraded`` (``downgraded``) even
     when the attempt that ended found nothing left to do. A failure is recorded once in the tenant's history,
     by the attempt that ends the tenant, never by a transient error that is retried.
+
+    ``on_change`` is called when an attempt starts env.py, the first step that may change the tenant (a
+    worker tells its parent so: a tenant killed before then changed nothing).
     """
     started = time.monotonic()
     rng = random.Random()
     attempts = 0
-    progress = _Progress()  # kept across attempts: "before" is the first read, "after" the latest one
+    progress = _Progress(on_change)  # kept across attempts: "before" is the first read, "after" the latest one
     while True:
         attempts += 1
         progress.migrating = False
@@ -195,7 +199,8 @@ class LockLost(TransientLockError):
 class _Progress:
     """What is known of the tenant across attempts: first read, latest read, and what this run applied."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
+        self.on_change = on_change
         self.before: tuple[str, ...] | None = None
         self.after: tuple[str, ...] | None = None
         self.applied: list[str] = []  # revisions this run's attempts committed (applied, or undone), in order
@@ -286,6 +291,8 @@ def _migrate(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
     current = _position(state)
     recorder = job.recorder(state.history)
     progress.migrating = True
+    if progress.on_change is not None:
+        progress.on_change()
     autocommit(conn, False)
     known_tables(conn, {job.version_table: state.versions is not None, job.history_table: state.history})
     try:

@@ -65,11 +65,11 @@ from functools import partial
 from typing import Any
 
 from tenants.db import Connector, NoVersionTable, missing_file, read_version
-from tenants.dialects import setup_worker
+from tenants.dialects import dialect_for, setup_worker
 from tenants.engine.fanout.base import Whereabouts, noting_signals, skipped
 from tenants.engine.fanout.orphans import die_with_parent
 from tenants.engine.fanout.scheduler import Scheduler, drain_grace
-from tenants.engine.fanout.slots import CLOCK_SIZE, PID, STARTED, STOP, Slot, Slots
+from tenants.engine.fanout.slots import CHANGING, CLOCK_SIZE, PID, STARTED, STOP, Slot, Slots
 from tenants.engine.forkserver import forkserver_context, start_forkserver
 from tenants.engine.history import applied_by_run
 from tenants.engine.pressure import PressureGate
@@ -116,12 +116,15 @@ def _work(tenant: Tenant) -> TenantResult:
     clock[PID] = os.getpid()
     if clock[STOP]:  # the run was interrupted before this worker got to its tenant: the parent reports it
         return skipped(tenant, "interrupted")
+    clock[CHANGING] = 0.0
     clock[STARTED] = time.monotonic()  # the tenant timeout counts from here
     try:
-        # Tenants reach a worker because the parent found they need work, or stopped reading after the first
-        # such tenant: go straight to the lock (the revision is read again under it anyway). A throttled
-        # tenant comes back to the parent, which lowers the concurrency (AIMD, see tenants.engine.fanout.aimd).
-        return run_tenant(tenant, job, revisions, connector, read_first=False, hand_back_throttled=True)
+        # Straight to the lock, whose round trip reads the revision too (tenants.db.locked_state): a tenant
+        # reaches a worker because the parent found it needs work, or does not read ahead (see ProcessStrategy).
+        # A throttled tenant comes back to the parent, which lowers the concurrency (AIMD, see
+        # tenants.engine.fanout.aimd). CHANGING tells the parent, should it kill this process, whether env.py ran.
+        return run_tenant(tenant, job, revisions, connector, read_first=False, hand_back_throttled=True,
+                          on_change=partial(clock.__setitem__, CHANGING, 1.0))
     finally:
         clock[STARTED] = 0.0  # before the result leaves: a worker done with its tenant is never killed for it
 
@@ -153,18 +156,22 @@ def _where(tenant: Tenant, job: Job, connector: Connector) -> Whereabouts:
 class ProcessStrategy:
     """At most ``concurrency`` tenants at once, each in a worker process.
 
-    The parent first reads tenants' revisions itself, from ``concurrency`` threads (:func:`precheck`: one
-    connection and one query each, no Alembic context, so threads are safe). Tenants already at the target
-    are done right there: a fleet at head never starts a worker process. Tenants with work to do stream to
-    the worker processes as they are found, so the workers start while the parent is still reading.
+    Who reads a tenant's revision first depends on what the tenant's lock costs (issue 13: one login per
+    tenant). The workers read it themselves, under the tenant's lock (:func:`tenants.db.locked_state`).
+    Where the lock travels with that read, one round trip for both (PostgreSQL over psycopg 3,
+    :meth:`~tenants.dialects.Dialect.lock_rides_with_read`), a tenant already at the target costs a worker
+    what a read costs anywhere, one login and one round trip: every tenant goes straight to a worker, and
+    each is logged into exactly once, whether it needs work or not.
 
-    Once a tenant needs work, the workers are needed anyway: the parent stops reading and hands the rest
-    straight to the workers, which read the revision themselves, under the tenant's lock, in the same round
-    trip as the lock (:func:`tenants.db.locked_state`): a tenant already at the target costs a worker what it
-    costs the parent, one login and one round trip. Each read in the parent costs a login of its own (a TLS
-    handshake and an Entra token on Azure SQL), which a tenant that goes to a worker pays twice: so only the
-    first tenant with work is read twice per run. (Issue 13 measured ``concurrency`` in a row before: 1.16
-    logins per tenant over 40 new tenants at concurrency 4; now 1 + 1/N.)
+    Elsewhere (SQL Server, where the applock is a round trip of its own; SQLite; psycopg2) the parent reads
+    tenants' revisions first, from ``concurrency`` threads (:func:`precheck`: one connection and one lock-free
+    query each, no Alembic context, so threads are safe). Tenants already at the target are done right there:
+    a fleet at head starts no worker process. Tenants with work to do stream to the worker processes as they
+    are found, so the workers start while the parent is still reading. Once a tenant needs work, the workers
+    are needed anyway: the parent stops reading and hands the rest straight to the workers. Each read in the
+    parent costs a login of its own (a TLS handshake and an Entra token on Azure SQL), which a tenant that
+    goes to a worker pays twice: so only the first tenant with work is read twice per run (1 + 1/N logins
+    per tenant; 1.16 over 40 new tenants at concurrency 4 before issue 13).
 
     Protecting a shared pool (AIMD, as TCP does, :mod:`tenants.engine.fanout.aimd`): a tenant that hits a
     throttling error (Azure SQL's worker or request limit of the elastic pool) comes back ``throttled``; the
@@ -198,7 +205,9 @@ class ProcessStrategy:
                             slots=slots, threads=threads,
                             read=partial(precheck, job=job, revisions=revisions, connector=connector),
                             where=partial(_where, job=job, connector=connector), gate=self.gate,
-                            timeout=self.tenant_timeout, drain=self.drain, done=job.done)
+                            timeout=self.tenant_timeout, drain=self.drain, done=job.done,
+                            precheck=not (tenants and dialect_for(tenants[0].url).lock_rides_with_read(
+                                tenants[0].url)))
             run.signals = noted.received  # the handler appends to it from now on: the scheduler acts on them
             run.take_signals()
             try:

@@ -60,6 +60,8 @@ _NO_WORKERS = ("worker processes could not start (3 died in a row before startin
                "this tenant. From a script, guard it with `if __name__ == \"__main__\":`; or use concurrency 1")
 _STOPPED = ("interrupted ({}) while migrating: its worker process was killed and the server rolls the revision in "
             "progress back (its connection died); rerun to resume")
+_STOPPED_UNCHANGED = ("interrupted ({}) while connecting, waiting for its lock or reading its revision: its worker "
+                      "process was killed before any change; nothing was changed; rerun to resume")
 SIGNAL_POLL = 0.2  # seconds: how soon the loop acts on a signal
 # Seconds after which a read of the parent no longer holds the others back (see Scheduler.read_window): a tenant
 # that cannot be reached waits out its connect timeout (10 s), and the slow start must not make the fleet wait
@@ -96,21 +98,26 @@ _READ_TIMED_OUT = ("timed out: reading its revision (before any change) took {:g
                   "changed; rerun to resume")
 _TIMED_OUT = ("timed out: still running {:g}s after it started (--tenant-timeout): its worker process was "
               "killed and the server rolls the revision in progress back (its connection died); rerun to resume")
+_TIMED_OUT_UNCHANGED = ("timed out: still connecting, waiting for its lock or reading its revision {:g}s after it "
+                        "started (--tenant-timeout): its worker process was killed before any change; nothing "
+                        "was changed; rerun to resume")
 
 
 class Scheduler:
     """One process fan-out over ``tenants``: which tenant is where, and what to do when something finishes.
 
-    ``read(tenant)`` is the parent's precheck (None: it needs work), run in ``threads``; ``where(tenant)`` reads
-    back the revision of a tenant whose worker was killed, also in ``threads``. ``slots`` runs tenants in
-    worker processes. ``clock`` is ``time.monotonic`` (the workers' clocks use it too).
+    ``read(tenant)`` is the parent's precheck (None: it needs work), run in ``threads``; ``precheck=False``:
+    none, every tenant goes to a worker, which reads it under its lock. ``where(tenant)`` reads back the
+    revision of a tenant whose worker was killed, also in ``threads``. ``slots`` runs tenants in worker
+    processes. ``clock`` is ``time.monotonic`` (the workers' clocks use it too).
     """
 
     def __init__(self, tenants: list[Tenant], policy: FailurePolicy, on_result: OnResult, *, concurrency: int,
                  retries: int, slots: Slots, threads: Executor, read: Callable[[Tenant], TenantResult | None],
                  where: Callable[[Tenant], Whereabouts], gate: PressureGate | None = None,
                  timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
-                 drain: Callable[[int], float | None] = drain_grace, done: Status | None = None) -> None:
+                 drain: Callable[[int], float | None] = drain_grace, done: Status | None = None,
+                 precheck: bool = True) -> None:
         self.policy, self.on_result, self.concurrency, self.retries = policy, on_result, concurrency, retries
         self.slots, self.threads, self.read, self.where = slots, threads, read, where
         self.gate, self.timeout, self.clock = gate, timeout, clock
@@ -134,7 +141,7 @@ class Scheduler:
         # speed after a couple of reads.
         self.read_window = 1
         self.breaks = 0  # workers that died before starting a single tenant, in a row with no result in between
-        self.prechecking, self.interrupted, self.held = True, False, False
+        self.prechecking, self.interrupted, self.held = precheck, False, False
         self.pressure_wait = 0.0
         self.drain = drain
         self.signals: list[int] = []  # noted by the handler, in order; the loop acts on them
@@ -364,14 +371,16 @@ class Scheduler:
 
     def on_timed_out(self, flight: Flight, earlier: TenantResult | None) -> None:
         """Killed for the timeout. Where did it stop? Read it (a connection: in a thread)."""
+        why = _TIMED_OUT if flight.slot.changing() else _TIMED_OUT_UNCHANGED  # had env.py started?
         late = TenantResult(flight.tenant.name, Status.TIMED_OUT, attempts=1, duration=flight.slot.killed_after,
-                            error=_TIMED_OUT.format(self.timeout))
+                            error=why.format(self.timeout))
         self.autopsies[self.threads.submit(self.where, flight.tenant)] = merge(earlier, late)
 
     def on_stopped(self, flight: Flight, earlier: TenantResult | None) -> None:
         """Killed because the run was stopped. Where did it stop? Read it, as after a timeout."""
+        why = _STOPPED if flight.slot.changing() else _STOPPED_UNCHANGED  # had env.py started?
         stopped = TenantResult(flight.tenant.name, Status.FAILED, attempts=1, duration=flight.slot.killed_after or 0.0,
-                               error=_STOPPED.format(self.why))
+                               error=why.format(self.why))
         self.autopsies[self.threads.submit(self.where, flight.tenant)] = merge(earlier, stopped)
 
     def on_timed_out_read(self, result: TenantResult, where: Whereabouts) -> None:

@@ -24,12 +24,14 @@ from typing import Any
 
 from tenants.model import Tenant, TenantResult
 
-# A slot's clock: a multiprocessing RawArray("d", 3). The worker writes [pid, time.monotonic() when it started
+# A slot's clock: a multiprocessing RawArray("d", 4). The worker writes [pid, time.monotonic() when it started
 # its tenant, 0.0 when it is done with it]; the parent reads them. (CLOCK_MONOTONIC is one clock for every
 # process of the machine, so the two sides compare readings.) The parent writes STOP (1.0) when the run was
 # interrupted: a worker that has not started its tenant yet (a process still starting) hands it back skipped.
-PID, STARTED, STOP = 0, 1, 2
-CLOCK_SIZE = 3
+# The worker writes CHANGING: 1.0 from the moment it runs env.py on its tenant, 0.0 before (connecting, waiting
+# for the lock, reading): a worker killed before that changed nothing, and its report says so.
+PID, STARTED, STOP, CHANGING = 0, 1, 2, 3
+CLOCK_SIZE = 4
 POLL = 0.1  # a tenant submitted whose worker has not started it yet (a new process): look again this soon
 
 
@@ -67,6 +69,10 @@ class Slot:
         for process in list(processes.values()):
             with contextlib.suppress(Exception):  # gone already
                 process.kill()
+
+    def changing(self) -> bool:
+        """Whether its worker got as far as running env.py on the tenant it is on (see CHANGING)."""
+        return bool(self.clock[CHANGING])
 
     def ever_started(self) -> bool:
         """Whether its process got as far as starting a tenant (a pid is written then, never cleared)."""

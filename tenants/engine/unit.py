@@ -42,6 +42,7 @@ from sqlalchemy.engine import Engine
 from tenants.db import (
     Connector,
     LockNotAcquired,
+    NoVersionTable,
     Sessions,
     TenantState,
     TransientLockError,
@@ -53,6 +54,7 @@ from tenants.db import (
     locked_state,
     missing_file,
     read_state,
+    read_version,
     schema_snapshot,
 )
 from tenants.engine.history import Recorder
@@ -454,7 +456,12 @@ def version_rows_problem(current: tuple[str, ...], revisions: Revisions, version
 
 
 def _read_raw(conn, job: Job) -> tuple[str, ...]:
-    return _position(read_state(conn, job.version_table, PIN_TABLE, job.history_table, pin=False))
+    """The version rows alone, after env.py: the cheapest read of them (the version table is there after any
+    run of Alembic; a missing one, say env.py used another name, reads as no rows, base)."""
+    try:
+        return read_version(conn, job.version_table)
+    except NoVersionTable:
+        return ()
 
 
 def _read_after(tenant: Tenant, job: Job, connector: Connector, conn) -> tuple[tuple[str, ...] | None, bool]:

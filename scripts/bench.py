@@ -229,6 +229,9 @@ class Bench:
         # The console script, what an operator types (not `python -m tenants`: each worker process re-imports
         # a main script, not a `__main__` module, so only the script shows that cost).
         script = BIN / "tenants"
+        if script.is_file() and "tenants.__main__" not in script.read_text(errors="replace"):
+            raise SystemExit(f"bench: {script} is an older console script (not tenants.__main__:main); "
+                             "reinstall the project (pip install -e .) before timing it")
         command = [str(script)] if script.is_file() else [sys.executable, "-m", "tenants"]
         return [*command, "--config", str(self.toml), "--env", "bench", *argv]
 

@@ -13,8 +13,8 @@ Why (issue 13):
   (SQLAlchemy, Alembic, the drivers: about 0.3 s) then overlap this process's own instead of following them,
   and the first tenant with work finds its worker ready. The configuration is not read yet, so the forkserver
   imports every installed dialect's driver (:mod:`tenants.dialects.workers`), and a run that turns out to need
-  no worker (a fleet at the target, ``concurrency = 1`` in the configuration) leaves it idle; it ends with
-  this process.
+  no worker (``concurrency = 1`` in the configuration, one tenant; on SQL Server and SQLite a fleet at the
+  target, which the parent reads itself) leaves it idle; it ends with this process.
 """
 
 from __future__ import annotations
@@ -28,9 +28,12 @@ _ROOT_OPTIONS_WITH_VALUE = frozenset({"--config", "-c", "--env", "-e"})
 
 def main() -> None:
     if _forks_workers(sys.argv[1:]):
-        from tenants.engine.forkserver import start_early
+        try:
+            from tenants.engine.forkserver import start_early
 
-        start_early(2, ("tenants.dialects.workers",))
+            start_early(2, ("tenants.dialects.workers",))
+        except Exception:  # noqa: BLE001 - only a head start: the run starts its forkserver itself, and reports
+            pass
     from tenants.cli import main as cli_main
 
     try:

@@ -8,6 +8,7 @@ import re
 import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -60,10 +61,12 @@ def test_what_each_dialect_declares():
 
 
 @pytest.mark.parametrize(("url", "rides"), [
-    ("postgresql+psycopg://u@h/{tenant}", True),  # the lock and the read in one pipeline
+    # The lock and the read in one pipeline, given a libpq with pipeline mode (14 and newer).
+    ("postgresql+psycopg://u@h/{tenant}", psycopg.Pipeline.is_supported()),
     ("postgresql+psycopg2://u@h/{tenant}", False),
     # No driver named: SQLAlchemy's default, psycopg from SQLAlchemy 2.1 on (psycopg2 before).
-    ("postgresql://u@h/{tenant}", make_url("postgresql://").get_driver_name() == "psycopg"),
+    ("postgresql://u@h/{tenant}",
+     make_url("postgresql://").get_driver_name() == "psycopg" and psycopg.Pipeline.is_supported()),
     ("mssql+pyodbc://u@h/{tenant}?driver=FreeTDS", False),  # sp_getapplock: a round trip of its own
     ("sqlite:///db/{tenant}.db", False),
 ])

@@ -70,13 +70,14 @@ KEEP_GOING = FailurePolicy(None)
 
 
 def scheduler(n=6, *, concurrency=2, policy=KEEP_GOING, read=lambda t: None, where=lambda t: Whereabouts("p1"),
-              timeout=None, retries=1, start=True):
+              timeout=None, retries=1, start=True, precheck=True):
     now = [100.0]  # a time.monotonic() reading: never 0.0, which a clock reads as "not started"
     workers = Workers(lambda: now[0], start)
     reported: list[TenantResult] = []
     run = Scheduler([Tenant(f"t{i}", f"sqlite:///t{i}.db") for i in range(n)], policy, reported.append,
                     concurrency=concurrency, retries=retries, slots=Slots(workers.spawn, lambda t: None),
-                    threads=InlineThreads(), read=read, where=where, timeout=timeout, clock=lambda: now[0])
+                    threads=InlineThreads(), read=read, where=where, timeout=timeout, clock=lambda: now[0],
+                    precheck=precheck)
     return SimpleNamespace(run=run, workers=workers, reported=reported, now=now)
 
 
@@ -234,9 +235,9 @@ def test_a_worker_stopped_or_timed_out_before_env_py_ran_changed_nothing(monkeyp
     fan = settle(s)
     timed_out = fan.results[0]
     assert timed_out.status is Status.TIMED_OUT and timed_out.to_revision == "base"
-    assert timed_out.error.startswith("timed out: still connecting, waiting for its lock or reading its revision "
-                                      "10s after it started (--tenant-timeout): its worker process was killed "
-                                      "before any change; nothing was changed")
+    assert timed_out.error.startswith("timed out: 10s after it started (--tenant-timeout) env.py had not run on it "
+                                      "yet (connecting, waiting for its lock, reading): its worker process was "
+                                      "killed; nothing was changed")
 
     s = scheduler(2, concurrency=2, where=lambda t: Whereabouts("base", (), "base"))
     (_, reading, clock), *_ = past_the_prechecks(s)
@@ -248,8 +249,38 @@ def test_a_worker_stopped_or_timed_out_before_env_py_ran_changed_nothing(monkeyp
         future.set_exception(BrokenProcessPool("killed"))
     stopped = settle(s).results[0]
     assert stopped.status is Status.FAILED
-    assert stopped.error.startswith("interrupted (SIGTERM) while connecting, waiting for its lock or reading its "
-                                    "revision: its worker process was killed before any change; nothing was changed")
+    assert stopped.error.startswith("interrupted (SIGTERM) before env.py ran on it (connecting, waiting for its "
+                                    "lock, reading): its worker process was killed; nothing was changed")
+
+
+def test_a_tenant_that_applied_revisions_before_a_throttle_is_never_said_unchanged(monkeypatch):
+    """Handed back throttled after committing p1, run again, killed before env.py this time: this run did change
+    it (p1), so the report says the revision in progress rolls back, never "nothing was changed"."""
+    monkeypatch.setattr(slots, "os", SimpleNamespace(kill=lambda pid, sig: None))
+    s = scheduler(1, concurrency=1, timeout=10.0, where=lambda t: Whereabouts("p1", ("p1",), "base"))
+    (_, first, _), = past_the_prechecks(s)
+    first.set_result(TenantResult("t0", Status.THROTTLED, "base", "p1", ("p1",), attempts=1, error="(10928)"))
+    for future in s.run.wait():
+        s.run.on_done(future)
+    assert s.run.start()
+    (_, again, clock), = s.workers.pending()
+    clock[CHANGING] = 0.0  # the second run is still connecting
+    s.now[0] += 10.5
+    s.run.wait()
+    again.set_exception(BrokenProcessPool("killed"))
+    (result,) = settle(s).results
+    assert result.status is Status.TIMED_OUT and result.applied == ("p1",)
+    assert "nothing was changed" not in result.error and "rolls the revision in progress back" in result.error
+
+
+def test_without_prechecks_every_tenant_goes_to_a_worker_and_the_parent_reads_none():
+    """precheck=False (PostgreSQL over psycopg: the workers' read under the lock costs one round trip too):
+    the parent reads no tenant ahead; tenants at the target are reported by the workers."""
+    reads = []
+    s = scheduler(5, concurrency=2, read=lambda t: reads.append(t.name), precheck=False)
+    fan = settle(s, lambda name, attempt: TenantResult(name, Status.UP_TO_DATE, "p1", "p1", attempts=1))
+    assert reads == [] and [r.status for r in fan.results] == [Status.UP_TO_DATE] * 5
+    assert sorted(t.name for t, _, _ in s.workers.given) == [f"t{i}" for i in range(5)]
 
 
 def test_the_grace_ends_the_drain_and_a_read_back_that_hangs_is_given_up(monkeypatch):

@@ -21,6 +21,7 @@ from tenants import api
 from tenants.config import load_settings
 from tenants.dialects.postgresql import LOCK_KEY
 from tenants.model import Status
+from tenants.selection import Selection
 
 pytestmark = pytest.mark.postgres
 
@@ -106,6 +107,31 @@ def test_another_runs_lock_is_reported_with_who_holds_it(pg_fleet):
         assert other.execute("SELECT 1").fetchone() == (1,)  # another run's session is left alone
     finally:
         other.close()
+
+
+def test_a_tenant_at_the_target_whose_lock_is_held_is_up_to_date_not_locked(pg_fleet):
+    """On PostgreSQL the workers read each tenant under its lock. A tenant with nothing to do whose lock another
+    session holds (a second run going over the fleet) is up-to-date, as a lock-free read says; one with work
+    is locked. Parallel (workers) and serial (one tenant, in this process) agree."""
+    fleet = pg_fleet(3)
+    settings = settings_of(fleet)
+    assert {r.status for r in api.upgrade(settings).results} == {Status.UPGRADED}
+    behind = fleet.names[2]
+    with psycopg.connect(pg_dsn(behind), autocommit=True) as conn:  # behind: it has work (never run: locked)
+        conn.execute("UPDATE alembic_version SET version_num = '0003_invoice_status'")
+    holders = [psycopg.connect(pg_dsn(name), autocommit=True, application_name="tenants 0ther")
+               for name in (fleet.names[0], behind)]
+    try:
+        for holder in holders:
+            holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        parallel = {r.tenant: r.status for r in api.upgrade(settings, options=api.RunOptions(concurrency=3)).results}
+        assert parallel == {fleet.names[0]: Status.UP_TO_DATE, fleet.names[1]: Status.UP_TO_DATE,
+                            behind: Status.LOCKED}
+        serial = api.upgrade(settings, selection=Selection(tenants=(fleet.names[0],))).results
+        assert [r.status for r in serial] == [Status.UP_TO_DATE]
+    finally:
+        for holder in holders:
+            holder.close()
 
 
 LOST_ACK_ENV_PY = """

@@ -220,9 +220,9 @@ def test_a_worker_killed_before_env_py_ran_reports_nothing_changed(pg_fleet, tmp
                                                                tenant_timeout=TIMEOUT))
     by = {r.tenant: r for r in report.results}
     assert by[waiting].status is Status.TIMED_OUT and by[waiting].to_revision == "base"
-    assert by[waiting].error.startswith("timed out: still connecting, waiting for its lock or reading its "
-                                        "revision 2s after it started (--tenant-timeout): its worker process was "
-                                        "killed before any change; nothing was changed")
+    assert by[waiting].error.startswith("timed out: 2s after it started (--tenant-timeout) env.py had not run on "
+                                        "it yet (connecting, waiting for its lock, reading): its worker process "
+                                        "was killed; nothing was changed")
     assert by[sleeping].status is Status.TIMED_OUT
     assert by[sleeping].error.startswith("timed out: still running 2s after it started (--tenant-timeout): its "
                                          "worker process was killed and the server rolls the revision in progress")

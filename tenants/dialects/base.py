@@ -171,7 +171,7 @@ class Dialect:
     missing_table_states: ClassVar[frozenset[str]] = frozenset()
     missing_table_text: ClassVar[tuple[str, ...]] = ("doesn't exist",)  # MySQL's "Table 'x' doesn't exist"
     # Modules a worker process of this dialect imports on its first tenant (the driver, SQLAlchemy's dialect):
-    # the forkserver imports them once instead (tenants.engine.fanout.process.start_early).
+    # the forkserver imports them once instead (tenants.engine.forkserver.start_early, tenants.dialects.workers).
     worker_modules: ClassVar[tuple[str, ...]] = ()
 
     # --- engines -----------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ Per attempt:
 2. read the recorded revision with one query. A tenant already at the target stops here: the no-op path
    costs one connection and one query, never a run of env.py. A revision missing from the graph (an
    out-of-band change) is reported ``unknown-revision`` and never touched. (Worker processes skip this
-   read: the parent has just done it, see :func:`precheck` and :mod:`tenants.engine.fanout`);
+   read: the parent has just done it, see :func:`precheck`, or, where the lock travels with the read in one
+   round trip, step 3's read under the lock is the first; see :mod:`tenants.engine.fanout`);
 3. take the tenant's lock on the migration connection itself (:func:`tenants.db.tenant_lock`, which says why)
    and read the revision again under it: another run may have moved the tenant meanwhile, and the version
    table is the truth;
@@ -150,7 +151,9 @@ def run_tenant(tenant: Tenant, job: Job, revisions: Revisions, connector: Connec
 
     ``read_first=False`` skips the unlocked read (step 2) and goes straight to the lock: for a tenant already
     known, or all but known, to need work (the parent read it, see :mod:`tenants.engine.fanout`), that read is a
-    wasted query. Without it an up-to-date tenant costs a lock query too, so the default keeps it.
+    wasted query, and where the lock travels with the read (:meth:`~tenants.dialects.Dialect.lock_rides_with_read`)
+    it costs nothing. Elsewhere an up-to-date tenant then costs a lock query too, so the default keeps it. A
+    tenant whose lock is held, with nothing to do, is still ``up-to-date``, as the unlocked read would say.
 
     ``hand_back_throttled``: on a throttling error (the elastic pool is saturated), wait one backoff and return
     ``throttled`` instead of retrying here: the fan-out then lowers its concurrency and runs the tenant again
@@ -278,6 +281,9 @@ def _attempt(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
         except LockNotAcquired as err:
             if not read_first:  # report where the tenant is, not "unknown"
                 progress.saw(_read_raw(conn, job))
+                # Nothing to do there is up-to-date, lock or not: what a lock-free first read says (the parent's
+                # precheck, the serial strategy), whoever holds the lock (a second run going over the fleet).
+                _check(progress.after, job, revisions, tenant.name)
             held = f"held by another run ({err.holder})" if err.holder else "held by another run"
             raise _Outcome(Status.LOCKED, progress.after or (), f"{held}: its lock is taken") from None
 
@@ -456,6 +462,11 @@ def version_rows_problem(current: tuple[str, ...], revisions: Revisions, version
 
 
 def _read_raw(conn, job: Job) -> tuple[str, ...]:
+    """The version rows, whatever exists (one statement, never a failing one)."""
+    return _position(read_state(conn, job.version_table, PIN_TABLE, job.history_table, pin=False))
+
+
+def _read_rows(conn, job: Job) -> tuple[str, ...]:
     """The version rows alone, after env.py: the cheapest read of them (the version table is there after any
     run of Alembic; a missing one, say env.py used another name, reads as no rows, base)."""
     try:
@@ -474,12 +485,12 @@ def _read_after(tenant: Tenant, job: Job, connector: Connector, conn) -> tuple[t
         conn.rollback()
         known_tables(conn, {})
         autocommit(conn)  # the read: one round trip, no BEGIN/ROLLBACK
-        return _read_raw(conn, job), True
+        return _read_rows(conn, job), True
     except Exception:  # noqa: BLE001
         try:
             with connector.engine(tenant.url, must_exist=True, reads=True) as engine, engine.connect() as fresh:
                 autocommit(fresh)
-                return _read_raw(fresh, job), False
+                return _read_rows(fresh, job), False
         except Exception:  # noqa: BLE001 - unknown is an honest answer
             return None, False
 

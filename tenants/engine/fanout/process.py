@@ -201,13 +201,13 @@ class ProcessStrategy:
             connector = job.connector()
             threads = DaemonThreads()  # the parent's reads: prechecks, and after a timeout or a stop
             slots = Slots(partial(_spawn, context, job, self.tenant_timeout is not None), _work)
+            # The parent reads ahead only where a worker's read would cost a round trip more (see above).
+            workers_read = bool(tenants) and dialect_for(tenants[0].url).lock_rides_with_read(tenants[0].url)
             run = Scheduler(tenants, policy, on_result, concurrency=self.concurrency, retries=job.retries,
                             slots=slots, threads=threads,
                             read=partial(precheck, job=job, revisions=revisions, connector=connector),
                             where=partial(_where, job=job, connector=connector), gate=self.gate,
-                            timeout=self.tenant_timeout, drain=self.drain, done=job.done,
-                            precheck=not (tenants and dialect_for(tenants[0].url).lock_rides_with_read(
-                                tenants[0].url)))
+                            timeout=self.tenant_timeout, drain=self.drain, done=job.done, precheck=not workers_read)
             run.signals = noted.received  # the handler appends to it from now on: the scheduler acts on them
             run.take_signals()
             try:

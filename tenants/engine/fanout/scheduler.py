@@ -60,8 +60,8 @@ _NO_WORKERS = ("worker processes could not start (3 died in a row before startin
                "this tenant. From a script, guard it with `if __name__ == \"__main__\":`; or use concurrency 1")
 _STOPPED = ("interrupted ({}) while migrating: its worker process was killed and the server rolls the revision in "
             "progress back (its connection died); rerun to resume")
-_STOPPED_UNCHANGED = ("interrupted ({}) while connecting, waiting for its lock or reading its revision: its worker "
-                      "process was killed before any change; nothing was changed; rerun to resume")
+_STOPPED_UNCHANGED = ("interrupted ({}) before env.py ran on it (connecting, waiting for its lock, reading): its "
+                      "worker process was killed; nothing was changed; rerun to resume")
 SIGNAL_POLL = 0.2  # seconds: how soon the loop acts on a signal
 # Seconds after which a read of the parent no longer holds the others back (see Scheduler.read_window): a tenant
 # that cannot be reached waits out its connect timeout (10 s), and the slow start must not make the fleet wait
@@ -72,6 +72,12 @@ READ_BACK = 2.0  # seconds: how long the reads of where stopped tenants are may 
 # SIGTERM about 7.5 s later, then SIGKILL: stop them, read them back and write the reports before that.
 ACTIONS_GRACE = 4.0
 TERM_GRACE = 20.0  # elsewhere, after SIGTERM (under Kubernetes' default 30 s before its SIGKILL)
+
+
+def _changed(flight: Flight, earlier: TenantResult | None) -> bool:
+    """Whether a killed worker's tenant may have been changed by this run: its env.py had started (the slot's
+    CHANGING), or an earlier run of it (handed back throttled) had applied revisions already."""
+    return flight.slot.changing() or bool(earlier is not None and earlier.applied)
 
 
 def drain_grace(signum: int, environ: Mapping[str, str] = os.environ) -> float | None:
@@ -98,9 +104,9 @@ _READ_TIMED_OUT = ("timed out: reading its revision (before any change) took {:g
                   "changed; rerun to resume")
 _TIMED_OUT = ("timed out: still running {:g}s after it started (--tenant-timeout): its worker process was "
               "killed and the server rolls the revision in progress back (its connection died); rerun to resume")
-_TIMED_OUT_UNCHANGED = ("timed out: still connecting, waiting for its lock or reading its revision {:g}s after it "
-                        "started (--tenant-timeout): its worker process was killed before any change; nothing "
-                        "was changed; rerun to resume")
+_TIMED_OUT_UNCHANGED = ("timed out: {:g}s after it started (--tenant-timeout) env.py had not run on it yet "
+                        "(connecting, waiting for its lock, reading): its worker process was killed; nothing was "
+                        "changed; rerun to resume")
 
 
 class Scheduler:
@@ -371,14 +377,14 @@ class Scheduler:
 
     def on_timed_out(self, flight: Flight, earlier: TenantResult | None) -> None:
         """Killed for the timeout. Where did it stop? Read it (a connection: in a thread)."""
-        why = _TIMED_OUT if flight.slot.changing() else _TIMED_OUT_UNCHANGED  # had env.py started?
+        why = _TIMED_OUT if _changed(flight, earlier) else _TIMED_OUT_UNCHANGED
         late = TenantResult(flight.tenant.name, Status.TIMED_OUT, attempts=1, duration=flight.slot.killed_after,
                             error=why.format(self.timeout))
         self.autopsies[self.threads.submit(self.where, flight.tenant)] = merge(earlier, late)
 
     def on_stopped(self, flight: Flight, earlier: TenantResult | None) -> None:
         """Killed because the run was stopped. Where did it stop? Read it, as after a timeout."""
-        why = _STOPPED if flight.slot.changing() else _STOPPED_UNCHANGED  # had env.py started?
+        why = _STOPPED if _changed(flight, earlier) else _STOPPED_UNCHANGED
         stopped = TenantResult(flight.tenant.name, Status.FAILED, attempts=1, duration=flight.slot.killed_after or 0.0,
                                error=why.format(self.why))
         self.autopsies[self.threads.submit(self.where, flight.tenant)] = merge(earlier, stopped)

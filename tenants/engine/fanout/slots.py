@@ -5,10 +5,10 @@ of ``concurrency`` processes: a pool does not say which process runs which tenan
 breaks the whole pool, failing every tenant in flight in it. A worker that has to be killed (the tenant
 timeout, see :mod:`tenants.engine.fanout.process`), or that dies of itself (the kernel's OOM killer), would
 take its siblings down with it. With one executor per worker, only that slot breaks; the other tenants in
-flight never notice, and the slot gets a new process for the next tenant. Each slot has a *clock*, two doubles
-of shared memory the worker writes as it starts and ends a tenant (its pid, and when it started; no lock: a
-worker killed mid-write must not leave one held), so the parent knows which process to kill and since when the
-tenant has run.
+flight never notice, and the slot gets a new process for the next tenant. Each slot has a *clock*, a few doubles
+of shared memory the worker writes as it starts and ends a tenant (its pid, when it started, whether env.py has
+run; no lock: a worker killed mid-write must not leave one held), so the parent knows which process to kill,
+since when the tenant has run, and whether it may have changed it.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def _forks_workers(argv: list[str]) -> bool:
         return False
     rest = list(words)
     serial = any(a in ("--concurrency", "-j") and b == "1" for a, b in zip(rest, rest[1:], strict=False))
-    return not serial and "--concurrency=1" not in rest and not {"--help", "-h"} & set(rest)
+    return not serial and not {"--concurrency=1", "-j1", "--help", "-h"} & set(rest)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ def test_a_worker_re_importing_the_console_script_imports_no_cli(tmp_path):
     (["upgrade", "-j", "1"], False),
     (["upgrade", "--concurrency", "1"], False),
     (["upgrade", "--concurrency=1"], False),
+    (["upgrade", "-j1"], False),
     ([], False),
 ])
 def test_the_entry_point_starts_the_forkserver_early_only_for_an_upgrade_that_may_fork(argv, forks):

@@ -31,7 +31,7 @@ def main() -> None:
         try:
             from tenants.engine.forkserver import start_early
 
-            start_early(2, ("tenants.dialects.workers",))
+            start_early(concurrency=2, preload=("tenants.dialects.workers",))  # 2: any parallel run
         except Exception:  # noqa: BLE001 - only a head start: the run starts its forkserver itself, and reports
             pass
     from tenants.cli import main as cli_main

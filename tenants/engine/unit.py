@@ -214,6 +214,12 @@ class _Progress:
         self.unsure: tuple[tuple[str, ...], frozenset[str]] | None = None
         self.migrating = False  # the attempt in progress got as far as running env.py
 
+    def start_migrating(self) -> None:
+        """The attempt runs env.py now: the first step that may change the tenant (``on_change`` says so)."""
+        self.migrating = True
+        if self.on_change is not None:
+            self.on_change()
+
     def saw(self, current: tuple[str, ...]) -> None:
         if self.before is None:
             self.before = current
@@ -298,9 +304,7 @@ def _migrate(tenant: Tenant, job: Job, revisions: Revisions, connector: Connecto
     that (:func:`tenants.db.known_tables`) until the first DDL."""
     current = _position(state)
     recorder = job.recorder(state.history)
-    progress.migrating = True
-    if progress.on_change is not None:
-        progress.on_change()
+    progress.start_migrating()
     autocommit(conn, False)
     known_tables(conn, {job.version_table: state.versions is not None, job.history_table: state.history})
     try:
